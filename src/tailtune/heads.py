@@ -1,0 +1,78 @@
+"""Heads: map the vector at the read position (CLS or [MASK]) to one score per class.
+
+Every head exposes ``class_weights()``: the effective per-class weight vectors and biases of
+its last linear map, used for η-norm calibration and the weight-norm analysis of the
+long-tail paper.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+
+class MLPHead(nn.Module):
+    """``Linear -> act -> Dropout [-> LayerNorm] -> Linear`` (CLS-tuning; "w/ LN" adds the LayerNorm)."""
+
+    def __init__(self, hidden: int, n_classes: int, activation: str = "tanh",
+                 dropout: float = 0.1, layer_norm: bool = False, ln_eps: float = 1e-12):
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        self.act = ACT2FN[activation]
+        self.dropout = nn.Dropout(dropout)
+        self.layer_norm = nn.LayerNorm(hidden, eps=ln_eps) if layer_norm else None
+        self.out = nn.Linear(hidden, n_classes)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (batch, hidden) -> (batch, classes)
+        z = self.dropout(self.act(self.dense(h)))
+        if self.layer_norm is not None:
+            z = self.layer_norm(z)
+        return self.out(z)
+
+    def class_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.out.weight, self.out.bias
+
+
+class VerbalizerHead(nn.Module):
+    """MLM head restricted to the verbalizer's tokens (prompt-tuning).
+
+    ``z = LN(act(dense(h)))``; a token's logit is ``z · E_t + b_t`` with ``E`` the decoder
+    (output embedding) matrix; a class's score is the mean logit over its words' sub-tokens,
+    averaged over its words. Only the label tokens' rows of ``E`` are ever multiplied, never
+    the whole vocabulary. With a tied ``E`` the decoder is the input embedding matrix; with
+    decoupled embeddings ("w/ ed.") it is a trainable copy.
+    """
+
+    def __init__(self, hidden: int, decoder_weight: nn.Parameter, bias: nn.Parameter,
+                 class_tokens: list[list[list[int]]], activation: str = "gelu", ln_eps: float = 1e-12):
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        self.act = ACT2FN[activation]
+        self.layer_norm = nn.LayerNorm(hidden, eps=ln_eps)
+        self.decoder_weight = decoder_weight  # (vocab, hidden), maybe shared with the input embeddings
+        self.bias = bias                      # (vocab,)
+        token_ids = sorted({t for words in class_tokens for word in words for t in word})
+        col = {t: j for j, t in enumerate(token_ids)}
+        avg = torch.zeros(len(class_tokens), len(token_ids))
+        for c, words in enumerate(class_tokens):
+            for word in words:
+                for t in word:
+                    avg[c, col[t]] += 1.0 / (len(word) * len(words))
+        self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long), persistent=False)
+        self.register_buffer("token_to_class", avg, persistent=False)  # (classes, label tokens)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (batch, hidden) -> (batch, classes)
+        z = self.layer_norm(self.act(self.dense(h)))
+        token_logits = z @ self.decoder_weight[self.token_ids].T + self.bias[self.token_ids]  # (batch, label tokens)
+        return token_logits @ self.token_to_class.T
+
+    def class_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.token_to_class @ self.decoder_weight[self.token_ids]  # (classes, hidden)
+        return w, self.token_to_class @ self.bias[self.token_ids]
+
+    def load_pretrained(self, parts) -> None:
+        """Copy the pretrained transform (dense + LayerNorm) and output bias."""
+        with torch.no_grad():
+            self.dense.load_state_dict(parts.dense.state_dict())
+            self.layer_norm.load_state_dict(parts.layer_norm.state_dict())
+            self.bias.copy_(parts.bias)

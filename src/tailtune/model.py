@@ -1,0 +1,277 @@
+"""Classifier = input format x head x what trains x objective; presets; save and load."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+from .backbone import Backbone, drop_pooler, fingerprint, load_backbone
+from .heads import MLPHead, VerbalizerHead
+from .losses import classification_loss, eta_norm
+from .prompts import Encoded, Template, Verbalizer, encode_plain
+
+DEFAULT_TEMPLATE = "{text} It is about {mask} ."
+FORMAT_VERSION = 1
+
+_CHOICES = {
+    "input_format": ("plain", "template"),
+    "head": ("mlp", "verbalizer"),
+    "activation": ("tanh", "relu", "gelu"),
+    "layer_norm": ("none", "fresh", "pretrained"),
+    "trains": ("all", "head"),
+    "loss": ("ce", "focal"),
+}
+
+
+@dataclass
+class ClassifierConfig:
+    """The four axes of a classifier. Field comments double as CLI help."""
+
+    input_format: str = "plain"
+    """plain ([CLS] text [SEP], head reads [CLS]) or template (head reads [MASK])"""
+    template: str | None = None
+    """prompt template with {text}, optional {text_b} and one {mask}"""
+    head: str = "mlp"
+    """mlp (MLP on the read vector) or verbalizer (pretrained MLM head + label words)"""
+    activation: str = "tanh"
+    """activation of the MLP head"""
+    dropout: float = 0.1
+    """dropout of the MLP head"""
+    layer_norm: str = "none"
+    """LayerNorm in the MLP head: none, fresh, or pretrained (from the MLM head)"""
+    decouple_embeddings: bool = False
+    """verbalizer head: train a copy of the output embeddings apart from the input ones"""
+    trains: str = "all"
+    """what trains: all (full fine-tuning) or head (backbone frozen)"""
+    loss: str = "ce"
+    """training objective: ce or focal"""
+    focal_gamma: float = 1.0
+    """γ of the focal loss"""
+    eta: float | None = None
+    """η-norm at prediction: divide class scores by ||w_c||^η (None: off)"""
+    max_length: int = 128
+    """maximum tokens per example (texts are truncated, templates never)"""
+
+    def __post_init__(self):
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        if self.head == "verbalizer" and self.input_format != "template":
+            raise ValueError("head='verbalizer' reads the [MASK] vector: it needs input_format='template'")
+        if self.head != "mlp" and self.layer_norm != "none":
+            raise ValueError(f"layer_norm={self.layer_norm!r} applies to the MLP head only")
+        if self.head != "verbalizer" and self.decouple_embeddings:
+            raise ValueError("decouple_embeddings applies to the verbalizer head only")
+        if self.input_format == "template" and self.template is None:
+            self.template = DEFAULT_TEMPLATE
+        if self.template is not None:
+            Template(self.template)  # fail early on a bad template
+        if self.eta is not None and self.eta < 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if self.focal_gamma < 0:
+            raise ValueError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length={self.max_length} is too small")
+
+    @property
+    def needs_mlm_head(self) -> bool:
+        return self.head == "verbalizer" or self.layer_norm == "pretrained"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# name -> (axis overrides, one-line description). Every row of the long-tail paper's grid.
+PRESETS: dict[str, tuple[dict, str]] = {
+    "cls": ({}, "CLS-tuning: tanh MLP head on [CLS], all weights, cross-entropy"),
+    "cls-relu": ({"activation": "relu"}, "CLS-tuning with a ReLU MLP head"),
+    "cls-eta-norm": ({"eta": 1.1}, "CLS-tuning, class scores divided by ||w_c||^1.1 at prediction"),
+    "cls-focal": ({"loss": "focal"}, "CLS-tuning with focal loss (γ=1)"),
+    "cls-prompt": ({"input_format": "template"}, "CLS-tuning w/ prompt: template input, MLP head on [MASK]"),
+    "cls-ln": ({"layer_norm": "fresh"}, "CLS-tuning w/ LN: LayerNorm before the output layer"),
+    "cls-pt-ln": ({"layer_norm": "pretrained"}, "CLS-tuning w/ pt. LN: that LayerNorm from the MLM head"),
+    "prompt": ({"input_format": "template", "head": "verbalizer"},
+               "prompt-tuning: template, pretrained MLM head + verbalizer"),
+    "prompt-ed": ({"input_format": "template", "head": "verbalizer", "decouple_embeddings": True},
+                  "prompt-tuning w/ ed.: output embeddings decoupled from input embeddings"),
+    "prompt-focal": ({"input_format": "template", "head": "verbalizer", "loss": "focal"},
+                     "prompt-tuning with focal loss"),
+    "prompt-eta-norm": ({"input_format": "template", "head": "verbalizer", "eta": 1.1},
+                        "prompt-tuning with η-norm at prediction"),
+    "linear-probe": ({"trains": "head"}, "frozen backbone, only the MLP head trains"),
+}
+
+
+def config_from_preset(preset: str, **overrides) -> ClassifierConfig:
+    """Resolve a preset name and apply axis overrides (unknown keys are an error)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from: {', '.join(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(ClassifierConfig)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise ValueError(f"unknown classifier option(s) {bad}; known: {sorted(fields)}")
+    values = dict(PRESETS[preset][0])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return ClassifierConfig(**values)
+
+
+class Classifier(nn.Module):
+    """An encoder, an input format and a head, side by side (composition, not subclasses)."""
+
+    def __init__(self, config: ClassifierConfig, labels: list[str], backbone: Backbone,
+                 verbalizer: Verbalizer | None = None, backbone_fingerprint: str | None = None):
+        super().__init__()
+        self.config = config
+        self.labels = list(labels)
+        self.tokenizer = backbone.tokenizer
+        self.backbone_name = backbone.name
+        self.encoder = drop_pooler(backbone.encoder)
+        self.template = Template(config.template) if config.input_format == "template" else None
+        self.fingerprint = backbone_fingerprint or fingerprint(self.encoder)
+        enc_cfg = self.encoder.config
+        hidden = enc_cfg.hidden_size if hasattr(enc_cfg, "hidden_size") else enc_cfg.dim
+        ln_eps = getattr(enc_cfg, "layer_norm_eps", 1e-12)
+        self.verbalizer = None
+        if config.head == "mlp":
+            self.head = MLPHead(hidden, len(labels), config.activation, config.dropout,
+                                layer_norm=config.layer_norm != "none", ln_eps=ln_eps)
+        else:
+            self.verbalizer = verbalizer or Verbalizer(labels)
+            if self.verbalizer.labels != self.labels:
+                raise ValueError("the verbalizer's labels differ from the classifier's label space")
+            emb = self.encoder.get_input_embeddings().weight
+            decoder = nn.Parameter(emb.detach().clone()) if config.decouple_embeddings else emb
+            bias = nn.Parameter(torch.zeros(emb.shape[0]))
+            token_map = self.verbalizer.token_ids(self.tokenizer)
+            act = getattr(enc_cfg, "hidden_act", getattr(enc_cfg, "activation", "gelu"))
+            self.head = VerbalizerHead(hidden, decoder, bias, [token_map[y] for y in labels],
+                                       act if isinstance(act, str) else "gelu", ln_eps)
+        if backbone.mlm is not None:
+            self._init_from_mlm(backbone.mlm)
+        self.set_trainable()
+
+    # -- construction helpers ------------------------------------------------
+    def _init_from_mlm(self, parts) -> None:
+        if self.config.head == "verbalizer":
+            self.head.load_pretrained(parts)
+            if parts.missing:
+                warnings.warn(
+                    f"backbone {self.backbone_name!r} has no pretrained MLM head "
+                    f"({', '.join(parts.missing)} missing): the head's transform (dense + LayerNorm) is "
+                    f"initialised randomly and the output bias is zero; the decoder is the pretrained "
+                    f"{'(copied) ' if self.config.decouple_embeddings else '(tied) '}input embedding "
+                    f"matrix. Prompt-based results on this backbone are not those of a real MLM head.",
+                    stacklevel=3)
+        elif self.config.layer_norm == "pretrained":
+            if "LayerNorm" in parts.missing:
+                warnings.warn(f"backbone {self.backbone_name!r} has no pretrained MLM-head LayerNorm: "
+                              f"the head's LayerNorm is initialised fresh (this equals 'cls-ln')",
+                              stacklevel=3)
+            else:
+                with torch.no_grad():
+                    self.head.layer_norm.load_state_dict(parts.layer_norm.state_dict())
+
+    def set_trainable(self) -> None:
+        """What trains: everything, or nothing but the head."""
+        for p in self.encoder.parameters():
+            p.requires_grad_(self.config.trains == "all")
+        for name, p in self.head.named_parameters():
+            # a tied decoder is the (possibly frozen) input embedding matrix
+            tied = name == "decoder_weight" and not self.config.decouple_embeddings
+            p.requires_grad_(self.config.trains == "all" or not tied)
+
+    def trainable_parameter_names(self) -> list[str]:
+        return [n for n, p in self.named_parameters() if p.requires_grad]
+
+    # -- inputs ----------------------------------------------------------------
+    def encode(self, texts: list[str], texts_b: list[str] | None = None) -> list[Encoded]:
+        if self.template is not None:
+            return self.template.encode(self.tokenizer, texts, texts_b, self.config.max_length)
+        return encode_plain(self.tokenizer, texts, texts_b, self.config.max_length)
+
+    # -- forward ---------------------------------------------------------------
+    def forward(self, input_ids, attention_mask, position, token_type_ids=None) -> torch.Tensor:
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), position]  # (batch, hidden)
+        return self.head(h)  # (batch, classes)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return classification_loss(logits, target, self.config.loss, self.config.focal_gamma)
+
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Post-hoc calibration applied at prediction time only (η-norm)."""
+        if self.config.eta is None:
+            return logits
+        return eta_norm(logits, self.head.class_weights()[0].detach().float(), self.config.eta)
+
+    def class_weight_norms(self) -> list[float]:
+        return self.head.class_weights()[0].detach().float().norm(dim=-1).tolist()
+
+    # -- save / load -------------------------------------------------------------
+    def metadata(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "tailtune_version": __version__,
+            "config": self.config.to_dict(),
+            "labels": self.labels,
+            "template": self.config.template,
+            "verbalizer": self.verbalizer.to_dict() if self.verbalizer else None,
+            "backbone": {"name": self.backbone_name, "fingerprint": self.fingerprint,
+                         "model_type": self.encoder.config.model_type},
+        }
+
+    def save(self, directory: str | Path, extra: dict | None = None) -> Path:
+        """Write ``tailtune.json``, ``model.safetensors`` and ``backbone/`` (config + tokenizer)."""
+        from safetensors.torch import save_model
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = self.metadata()
+        meta["preset"] = (extra or {}).get("preset")
+        meta.update({k: v for k, v in (extra or {}).items() if k != "preset"})
+        self.encoder.config.save_pretrained(directory / "backbone")
+        self.tokenizer.save_pretrained(directory / "backbone")
+        save_model(self, str(directory / "model.safetensors"))
+        (directory / "tailtune.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Classifier":
+        from safetensors.torch import load_model
+        from transformers import AutoConfig, AutoModel
+        from .backbone import _quiet_transformers, load_tokenizer
+        directory = Path(directory)
+        meta_path = directory / "tailtune.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a saved tailtune classifier (no tailtune.json)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{directory} was saved by a newer tailtune (format "
+                             f"{meta['format_version']}); upgrade tailtune to load it")
+        config = ClassifierConfig(**meta["config"])
+        with _quiet_transformers():
+            enc_config = AutoConfig.from_pretrained(directory / "backbone")
+            encoder = AutoModel.from_config(enc_config)
+        backbone = Backbone(encoder, load_tokenizer(str(directory / "backbone")), meta["backbone"]["name"])
+        verbalizer = Verbalizer(meta["labels"], meta["verbalizer"]) if meta.get("verbalizer") else None
+        model = cls(config, meta["labels"], backbone, verbalizer, meta["backbone"]["fingerprint"])
+        load_model(model, str(directory / "model.safetensors"), strict=True, device=str(device))
+        model.saved_metadata = meta
+        return model.to(device).eval()
+
+
+def build_classifier(config: ClassifierConfig, labels: list[str], backbone: str | None = None,
+                     verbalizer: dict | None = None, trust_remote_code: bool = False) -> Classifier:
+    """Load the backbone (with its MLM head when the config needs one) and assemble a classifier."""
+    bb = load_backbone(backbone, with_mlm_head=config.needs_mlm_head, trust_remote_code=trust_remote_code)
+    verb = Verbalizer(labels, verbalizer) if config.head == "verbalizer" else None
+    if verb is not None:
+        verb.check(bb.tokenizer)
+    return Classifier(config, labels, bb, verb)

@@ -1,0 +1,189 @@
+"""Input formats (plain or template with a [MASK]) and verbalizers (label -> words -> token ids)."""
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+
+SLOTS = ("text", "text_b", "mask")
+_SLOT_RE = re.compile(r"\{([^{}]*)\}")
+
+
+class TemplateError(ValueError):
+    pass
+
+
+@dataclass
+class Encoded:
+    """One tokenized example: token ids, optional segment ids, and the position the head reads."""
+
+    input_ids: list[int]
+    position: int
+    token_type_ids: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class _Piece:
+    kind: str          # "lit", "text", "text_b" or "mask"
+    content: str = ""  # literal words (stripped)
+    space: bool = False  # whitespace before this piece in the template
+
+
+class Template:
+    """A prompt such as ``"{text} This is {mask} news ."``.
+
+    Slots: ``{text}``, optional ``{text_b}`` (a second text, e.g. an entity) and exactly one
+    ``{mask}``. Only the text slots are truncated, so the [MASK] and the template words always
+    survive ``max_length``.
+    """
+
+    def __init__(self, template: str):
+        self.template = template
+        self.pieces = self._parse(template)
+
+    @staticmethod
+    def _parse(template: str) -> list[_Piece]:
+        pieces, pos = [], 0
+        for m in _SLOT_RE.finditer(template):
+            lit = template[pos:m.start()]
+            if lit.strip():
+                pieces.append(_Piece("lit", lit.strip(), pos > 0 and lit[:1].isspace()))
+            slot = m.group(1).strip()
+            if slot not in SLOTS:
+                raise TemplateError(f"template {template!r}: unknown slot {{{slot}}}; "
+                                    f"use {{text}}, {{text_b}} and {{mask}}")
+            before = template[:m.start()]
+            pieces.append(_Piece(slot, space=bool(before) and before[-1].isspace()))
+            pos = m.end()
+        if template[pos:].strip():
+            pieces.append(_Piece("lit", template[pos:].strip(), template[pos:][:1].isspace()))
+        kinds = [p.kind for p in pieces]
+        if kinds.count("mask") != 1:
+            raise TemplateError(f"template {template!r} needs exactly one {{mask}} slot "
+                                f"(found {kinds.count('mask')}), e.g. \"{{text}} It is about {{mask}} .\"")
+        if "text" not in kinds:
+            raise TemplateError(f"template {template!r} has no {{text}} slot")
+        for slot in ("text", "text_b"):
+            if kinds.count(slot) > 1:
+                raise TemplateError(f"template {template!r} uses {{{slot}}} more than once")
+        return pieces
+
+    @property
+    def uses_text_b(self) -> bool:
+        return any(p.kind == "text_b" for p in self.pieces)
+
+    def encode(self, tokenizer, texts: list[str], texts_b: list[str] | None,
+               max_length: int) -> list[Encoded]:
+        if self.uses_text_b and texts_b is None:
+            raise TemplateError(f"template {self.template!r} has a {{text_b}} slot but the data has "
+                                f"no second text column (set --text-b-col)")
+        def tok(strings):
+            return tokenizer(strings, add_special_tokens=False)["input_ids"]
+        lits = {p: tok([(" " if p.space else "") + p.content])[0] for p in self.pieces if p.kind == "lit"}
+        slot_ids = {}
+        for slot, values in (("text", texts), ("text_b", texts_b)):
+            piece = next((p for p in self.pieces if p.kind == slot), None)
+            if piece is not None:
+                slot_ids[slot] = tok([(" " if piece.space else "") + v.strip() for v in values])
+        prefix, suffix = special_tokens(tokenizer)
+        budget = max_length - len(prefix) - len(suffix) - 1 - sum(len(v) for v in lits.values())
+        if budget < 1 + ("text_b" in slot_ids):
+            raise TemplateError(f"template {self.template!r} leaves no room for the text at "
+                                f"max_length={max_length}; raise max_length or shorten the template")
+        out = []
+        for i in range(len(texts)):
+            a = slot_ids["text"][i]
+            b = slot_ids["text_b"][i] if "text_b" in slot_ids else []
+            b_keep = min(len(b), max(budget - len(a), budget // 2))
+            a_keep = min(len(a), budget - b_keep)
+            body, mask_at = [], -1
+            for p in self.pieces:
+                if p.kind == "lit":
+                    body += lits[p]
+                elif p.kind == "text":
+                    body += a[:a_keep]
+                elif p.kind == "text_b":
+                    body += b[:b_keep]
+                else:
+                    mask_at = len(body)
+                    body.append(tokenizer.mask_token_id)
+            out.append(Encoded(prefix + body + suffix, len(prefix) + mask_at))
+        return out
+
+    def __repr__(self) -> str:
+        return f"Template({self.template!r})"
+
+
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a single text (e.g. [CLS] ... [SEP])."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for k in range(len(full) - len(bare) + 1):
+        if full[k:k + len(bare)] == bare:
+            return full[:k], full[k + len(bare):]
+    raise TemplateError(f"cannot locate the special tokens of {type(tokenizer).__name__}")
+
+
+def encode_plain(tokenizer, texts: list[str], texts_b: list[str] | None,
+                 max_length: int) -> list[Encoded]:
+    """``[CLS] text [SEP] (text_b [SEP])``; the head reads position 0."""
+    enc = tokenizer(texts, texts_b, truncation=True, max_length=max_length)
+    types = enc.get("token_type_ids") if texts_b is not None else None
+    return [Encoded(ids, 0, types[i] if types is not None else None)
+            for i, ids in enumerate(enc["input_ids"])]
+
+
+# ---------------------------------------------------------------- verbalizer
+
+def readable(label: str) -> str:
+    """Default label word: underscores, hyphens and colons become spaces."""
+    return re.sub(r"[_\-:]+", " ", label).strip()
+
+
+class Verbalizer:
+    """Maps each label to one or more words; each word to its sub-token ids.
+
+    A class's score is the mean logit of its word's sub-tokens at [MASK], averaged over the
+    class's words. ``words`` defaults to the readable label name.
+    """
+
+    def __init__(self, labels: list[str], words: dict[str, list[str] | str] | None = None):
+        words = dict(words or {})
+        extra = sorted(set(words) - set(labels))
+        if extra:
+            raise ValueError(f"verbalizer names labels that are not in the label space: {extra}")
+        self.labels = list(labels)
+        self.words = {}
+        for y in labels:
+            w = words.get(y, readable(y))
+            w = [w] if isinstance(w, str) else list(w)
+            if not w or not all(isinstance(x, str) and x.strip() for x in w):
+                raise ValueError(f"verbalizer: label {y!r} needs at least one non-empty word")
+            self.words[y] = [x.strip() for x in w]
+
+    def token_ids(self, tokenizer) -> dict[str, list[list[int]]]:
+        """Sub-token ids of every word, encoded as they appear after a space in a sentence."""
+        return {y: [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in ws]
+                for y, ws in self.words.items()}
+
+    def describe(self, tokenizer) -> list[dict]:
+        """One row per (label, word): its sub-tokens and whether any is unknown."""
+        rows = []
+        for y, ids_list in self.token_ids(tokenizer).items():
+            for w, ids in zip(self.words[y], ids_list):
+                rows.append({"label": y, "word": w, "tokens": tokenizer.convert_ids_to_tokens(ids),
+                             "unknown": tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids})
+        return rows
+
+    def check(self, tokenizer) -> list[dict]:
+        rows = self.describe(tokenizer)
+        for r in rows:
+            if not r["tokens"]:
+                raise ValueError(f"verbalizer word {r['word']!r} of label {r['label']!r} tokenizes to nothing")
+            if r["unknown"]:
+                warnings.warn(f"verbalizer word {r['word']!r} (label {r['label']!r}) contains a token unknown "
+                              f"to the vocabulary: {r['tokens']}; pick another word", stacklevel=2)
+        return rows
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return dict(self.words)

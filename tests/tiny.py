@@ -1,0 +1,50 @@
+"""Tiny random BERT and RoBERTa models with locally built tokenizers (no downloads)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+WORDS = ("the a is it was about this news question sports business science health world "
+         "money fx interest rate oil grain ship trade great good bad terrible awful fine "
+         "movie film food game team market price stock earn acq crude what who where when "
+         "how why location person number description entity human desc manner city "
+         "country date").split()
+
+
+def make_bert(directory: Path, seed: int = 0) -> str:
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", "!"] + WORDS + \
+            [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz")
+    (directory / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    tok = BertTokenizer(str(directory / "vocab.txt"))
+    tok.save_pretrained(directory)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertForMaskedLM(cfg).save_pretrained(directory)
+    return str(directory)
+
+
+def make_roberta(directory: Path, seed: int = 0) -> str:
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizerFast
+    directory.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    corpus = [" ".join(WORDS)] * 4 + [w for w in WORDS]
+    bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(directory))
+    import json
+    vocab = json.loads((directory / "vocab.json").read_text())
+    merges = [tuple(line.split()) for line in (directory / "merges.txt").read_text().splitlines()
+              if line and not line.startswith("#")]
+    tok = RobertaTokenizerFast(vocab=vocab, merges=merges)
+    tok.save_pretrained(directory)
+    torch.manual_seed(seed)
+    cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=130, pad_token_id=tok.pad_token_id,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    RobertaForMaskedLM(cfg).save_pretrained(directory)
+    return str(directory)
