@@ -1,0 +1,99 @@
+"""One epoch of CLS-tuning: tailtune's loop vs a plain Hugging Face Trainer script.
+
+Same model (embedded MiniLM default), data (R52 train, test), batch size, max length, learning
+rate, warm-up and bf16 setting. Writes benchmarks/results/speed_vs_hf.json.
+
+    python benchmarks/speed_vs_hf.py --data-dir ../shared/data
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from tailtune import TrainConfig, build_classifier, config_from_preset, read_dataset
+from tailtune.backbone import default_backbone_path
+from tailtune.data import label_space
+from tailtune.train import predict_logits, set_seed, train
+
+
+def run_tailtune(tr, te, labels, a):
+    set_seed(a.seed)
+    model = build_classifier(config_from_preset("cls", max_length=a.max_length), labels)
+    t0 = time.perf_counter()
+    enc = model.encode(tr.texts)
+    t_tok = time.perf_counter() - t0
+    idx = {c: i for i, c in enumerate(labels)}
+    cfg = TrainConfig(epochs=1, batch_size=a.batch_size, lr=a.lr, bf16=a.bf16, seed=a.seed, progress=False)
+    res = train(model, enc, [idx[y] for y in tr.labels], cfg)
+    pred = predict_logits(model, model.encode(te.texts), 128, a.bf16).argmax(-1).tolist()
+    return {"tokenize_s": t_tok, "train_epoch_s": res.seconds,
+            "macro_f1": f1_score(te.labels, [labels[i] for i in pred], average="macro"),
+            "accuracy": accuracy_score(te.labels, [labels[i] for i in pred])}
+
+
+def run_hf(tr, te, labels, a):
+    from datasets import Dataset
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              Trainer, TrainingArguments)
+    path = default_backbone_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    idx = {c: i for i, c in enumerate(labels)}
+    t0 = time.perf_counter()
+    def encode(ds):
+        d = Dataset.from_dict({"text": ds.texts, "label": [idx[y] for y in ds.labels]})
+        return d.map(lambda b: tok(b["text"], truncation=True, max_length=a.max_length), batched=True,
+                     remove_columns=["text"])
+    dtr = encode(tr)
+    t_tok = time.perf_counter() - t0
+    dte = encode(te)
+    torch.manual_seed(a.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
+    args = TrainingArguments(output_dir=str(Path(a.out).parent / "hf_tmp"), per_device_train_batch_size=a.batch_size,
+                             per_device_eval_batch_size=128, num_train_epochs=1, learning_rate=a.lr,
+                             warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, bf16=a.bf16,
+                             use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no",
+                             eval_strategy="no", logging_strategy="no", seed=a.seed, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=dtr, data_collator=DataCollatorWithPadding(tok))
+    t0 = time.perf_counter()
+    trainer.train()
+    t_train = time.perf_counter() - t0
+    pred = trainer.predict(dte).predictions.argmax(-1).tolist()
+    return {"tokenize_s": t_tok, "train_epoch_s": t_train,
+            "macro_f1": f1_score(te.labels, [labels[i] for i in pred], average="macro"),
+            "accuracy": accuracy_score(te.labels, [labels[i] for i in pred])}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--data-dir", default=os.environ.get("TAILTUNE_DATA", "../shared/data"))
+    p.add_argument("--dataset", default="longtail/r52")
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--out", default="benchmarks/results/speed_vs_hf.json")
+    a = p.parse_args()
+    d = Path(a.data_dir) / a.dataset
+    tr, te = read_dataset(d / "train.tsv"), read_dataset(d / "test.tsv")
+    labels = label_space(tr.labels)
+    te = te.subset([i for i, y in enumerate(te.labels) if y in set(labels)])
+    ours, hf = run_tailtune(tr, te, labels, a), run_hf(tr, te, labels, a)
+    out = {"setup": {**vars(a), "train_examples": len(tr), "test_examples": len(te),
+                     "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu"},
+           "tailtune": ours, "hf_trainer": hf,
+           "epoch_time_ratio_hf_over_tailtune": hf["train_epoch_s"] / ours["train_epoch_s"]}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

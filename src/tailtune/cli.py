@@ -1,0 +1,232 @@
+"""The ``tailtune`` command: thin wrappers over the library."""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from .data import DataError, read_dataset
+from .model import PRESETS, ClassifierConfig
+from .prompts import TemplateError
+from .train import TrainConfig
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """Field docstrings of a config dataclass, so they double as CLI help."""
+    import inspect
+    tree = ast.parse(inspect.getsource(cls))
+    docs, last = {}, None
+    for node in tree.body[0].body:
+        if isinstance(node, ast.AnnAssign):
+            last = node.target.id
+        elif isinstance(node, ast.Expr) and isinstance(getattr(node, "value", None), ast.Constant) and last:
+            docs[last] = node.value.value
+            last = None
+    return docs
+
+
+def _add_config_args(p, cls, skip=()):
+    docs = _field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool) or f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=docs.get(f.name))
+        else:
+            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
+            p.add_argument(flag, type=kind, default=None, help=docs.get(f.name))
+
+
+def _collect(args, cls, skip=()) -> dict:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if f.name not in skip and getattr(args, f.name, None) is not None}
+
+
+def _add_data_args(p, split_flags):
+    for flag, required in split_flags:
+        p.add_argument(flag, required=required, help=f"{flag[2:]} file (.tsv, .csv or .jsonl)")
+    p.add_argument("--text-col", default="text", help="column holding the text")
+    p.add_argument("--text-b-col", default=None, help="column holding a second text (e.g. entity)")
+    p.add_argument("--label-col", default="label", help="column holding the label")
+
+
+def _read(args, path):
+    return read_dataset(path, args.text_col, args.label_col, args.text_b_col) if path else None
+
+
+def _print_setup(clf, train_ds):
+    from .data import class_stats
+    stats = class_stats(train_ds.labels, clf.theta)
+    print(f"preset {clf.preset}: {PRESETS[clf.preset][1] if clf.preset in PRESETS else ''}")
+    print(f"train: {stats['n_examples']} examples, {stats['n_classes']} classes, imbalance ratio "
+          f"{stats['imbalance_ratio']:.1f}, {len(stats['head'])} head / {len(stats['tail'])} tail (θ={clf.theta})")
+
+
+def cmd_train(args) -> int:
+    from .api import TailtuneClassifier
+    from .metrics import export_weight_norms, format_report
+    train_ds, dev_ds, test_ds = _read(args, args.train), _read(args, args.dev), _read(args, args.test)
+    verbalizer = json.loads(Path(args.verbalizer).read_text()) if args.verbalizer else None
+    out = Path(args.output)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise DataError(f"{out} exists and is not empty; choose another --output or pass --overwrite")
+    clf = TailtuneClassifier(args.preset, args.backbone, verbalizer=verbalizer,
+                             train_config=TrainConfig(**_collect(args, TrainConfig)), theta=args.theta,
+                             dev_fraction=args.dev_fraction, trust_remote_code=args.trust_remote_code,
+                             **_collect(args, ClassifierConfig))
+    _print_setup(clf, train_ds)
+    clf.fit(train_ds, dev=dev_ds)
+    if clf.model_.verbalizer is not None:
+        for row in clf.model_.verbalizer.describe(clf.model_.tokenizer):
+            print(f"  verbalizer {row['label']!r} -> {row['word']!r} -> {row['tokens']}")
+    print(f"trainable parameters: {clf.n_trainable_:,}; best dev macro-F1 "
+          f"{clf.train_result_.best_dev_macro_f1} at step {clf.train_result_.best_step}")
+    clf.save(out)
+    export_weight_norms(clf.weight_norms(), out / "analysis", f"{args.preset}")
+    print(f"saved to {out}")
+    if test_ds is not None:
+        report = clf.evaluate(test_ds)
+        (out / "test_report.json").write_text(json.dumps(report, indent=2))
+        print(format_report(report))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .api import TailtuneClassifier
+    from .metrics import format_report
+    clf = TailtuneClassifier.load(args.model, args.device)
+    report = clf.evaluate(_read(args, args.data), args.theta)
+    print(format_report(report))
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .api import TailtuneClassifier
+    clf = TailtuneClassifier.load(args.model, args.device)
+    if args.data:
+        ds = _read_unlabelled(args)
+        texts, texts_b = ds.texts, ds.texts_b
+    else:
+        texts, texts_b = [t for t in args.text], None
+    probs = clf.predict_proba(texts, texts_b)
+    out = open(args.output, "w") if args.output else sys.stdout
+    for text, p in zip(texts, probs):
+        best = int(p.argmax())
+        out.write(json.dumps({"text": text, "label": clf.labels_[best], "score": round(float(p[best]), 6)},
+                             ensure_ascii=False) + "\n")
+    return 0
+
+
+def _read_unlabelled(args):
+    from .data import TextDataset, _read_delimited, _read_jsonl
+    path = Path(args.data)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    rows = _read_jsonl(path) if path.suffix == ".jsonl" else _read_delimited(
+        path, "\t" if path.suffix == ".tsv" else ",", True, None)
+    if rows and args.text_col not in rows[0][1]:
+        raise DataError(f"{path}: no column {args.text_col!r}; columns are {sorted(rows[0][1])}")
+    texts = [r[args.text_col] for _, r in rows]
+    texts_b = [r[args.text_b_col] for _, r in rows] if args.text_b_col else None
+    return TextDataset(texts, [""] * len(texts), texts_b, str(path))
+
+
+def cmd_run(args) -> int:
+    from .experiment import load_experiment, run_experiment
+    cfg = load_experiment(args.config, args.data_dir)
+    if args.output_dir:
+        cfg["output_dir"] = args.output_dir
+    run_experiment(cfg, args.only)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    run_demo(args.output, epochs=args.epochs, preset=args.preset)
+    return 0
+
+
+def cmd_presets(args) -> int:
+    for name, (axes, desc) in PRESETS.items():
+        print(f"{name:<16} {desc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tailtune", description="Few-shot and long-tailed text classification "
+                                "with BERT-family encoders.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a classifier and save it")
+    _add_data_args(t, [("--train", True), ("--dev", False), ("--test", False)])
+    t.add_argument("--preset", default="cls", choices=list(PRESETS), help="method (see 'tailtune presets')")
+    t.add_argument("--backbone", default=None, help="Hugging Face name or local path (default: embedded MiniLM)")
+    t.add_argument("--verbalizer", default=None, help="JSON file mapping each label to a word or list of words")
+    t.add_argument("--output", "-o", required=True, help="directory for the saved classifier")
+    t.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output")
+    t.add_argument("--theta", type=float, default=0.65, help="head/tail threshold θ")
+    t.add_argument("--dev-fraction", type=float, default=0.1, help="dev share carved from train without --dev")
+    t.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub")
+    _add_config_args(t, ClassifierConfig)
+    _add_config_args(t, TrainConfig)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="long-tail report of a saved classifier on labelled data")
+    e.add_argument("model", help="saved classifier directory")
+    _add_data_args(e, [("--data", True)])
+    e.add_argument("--theta", type=float, default=None, help="head/tail threshold (default: the model's)")
+    e.add_argument("--output", default=None, help="write the report as JSON here")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("predict", help="predict labels for new texts (JSON lines)")
+    r.add_argument("model", help="saved classifier directory")
+    r.add_argument("text", nargs="*", help="texts to classify (or use --data)")
+    r.add_argument("--data", default=None, help="file of texts (.tsv, .csv or .jsonl)")
+    r.add_argument("--text-col", default="text")
+    r.add_argument("--text-b-col", default=None)
+    r.add_argument("--output", default=None, help="write JSON lines here (default: stdout)")
+    r.add_argument("--device", default="auto")
+    r.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("run", help="run an experiment YAML (presets x datasets x seeds), resumable")
+    x.add_argument("config", help="experiment YAML file")
+    x.add_argument("--data-dir", default=None, help="root of relative data paths (or $TAILTUNE_DATA)")
+    x.add_argument("--output-dir", default=None, help="override the file's output_dir")
+    x.add_argument("--only", nargs="*", default=None, help="run only these datasets or presets")
+    x.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="train and evaluate on small built-in demo data with the embedded default")
+    d.add_argument("--output", default="tailtune-demo", help="where to save the demo classifier")
+    d.add_argument("--preset", default="cls", choices=list(PRESETS))
+    d.add_argument("--epochs", type=float, default=4)
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("presets", help="list the named methods")
+    s.set_defaults(func=cmd_presets)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "predict" and not args.text and not args.data:
+        print("tailtune predict: give texts or --data FILE", file=sys.stderr)
+        return 2
+    warnings.simplefilter("default", UserWarning)
+    try:
+        return args.func(args)
+    except (DataError, TemplateError, ValueError, FileNotFoundError) as e:
+        print(f"tailtune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
