@@ -21,7 +21,8 @@ def make_bert(directory: Path, seed: int = 0) -> str:
     tok.save_pretrained(directory)
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128)
+                     intermediate_size=64, max_position_embeddings=128,
+                     initializer_range=0.2)  # larger init: frozen random features still differ per input
     BertForMaskedLM(cfg).save_pretrained(directory)
     return str(directory)
 
@@ -44,7 +45,7 @@ def make_roberta(directory: Path, seed: int = 0) -> str:
     tok.save_pretrained(directory)
     torch.manual_seed(seed)
     cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=130, pad_token_id=tok.pad_token_id,
+                        intermediate_size=64, max_position_embeddings=130, pad_token_id=tok.pad_token_id, initializer_range=0.2,
                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     RobertaForMaskedLM(cfg).save_pretrained(directory)
     return str(directory)

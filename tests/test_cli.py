@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from tailtune.cli import main
+from conftest import TOY_LABELS, TOY_TEXTS
+
+
+@pytest.fixture
+def toy_files(tmp_path):
+    rows = "\n".join(f"{t}\t{y}" for t, y in zip(TOY_TEXTS * 3, TOY_LABELS * 3))
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + rows + "\n")
+    (tmp_path / "test.tsv").write_text("text\tlabel\n" + rows + "\n")
+    (tmp_path / "bad.tsv").write_text("sentence\tlabel\nx\ty\n")
+    return tmp_path
+
+
+def test_train_evaluate_predict(tiny_bert, toy_files, capsys):
+    out = toy_files / "model"
+    rc = main(["train", "--train", str(toy_files / "train.tsv"), "--test", str(toy_files / "test.tsv"),
+               "--preset", "prompt", "--backbone", tiny_bert, "--output", str(out), "--epochs", "1",
+               "--template", "{text} it is about {mask} .", "--no-progress", "--eta", "1.0"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "macro-F1" in text and "verbalizer 'good' -> 'good' -> ['good']" in text
+    meta = json.loads((out / "tailtune.json").read_text())
+    assert meta["preset"] == "prompt" and meta["config"]["eta"] == 1.0 and meta["backbone"]["fingerprint"]
+    assert (out / "analysis" / "weight_norms.csv").is_file() and (out / "test_report.json").is_file()
+    assert main(["evaluate", str(out), "--data", str(toy_files / "test.tsv")]) == 0
+    assert "tail-F1" in capsys.readouterr().out
+    assert main(["predict", str(out), "the movie was great", "oil price"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["text"] for x in lines] == ["the movie was great", "oil price"]
+    assert all(x["label"] in {"good", "bad", "money"} for x in lines)
+
+
+def test_errors_speak_to_the_user(tiny_bert, toy_files, capsys):
+    rc = main(["train", "--train", str(toy_files / "bad.tsv"), "--backbone", tiny_bert,
+               "--output", str(toy_files / "m")])
+    assert rc == 2
+    assert "no column 'text'" in capsys.readouterr().err
+    rc = main(["train", "--train", str(toy_files / "train.tsv"), "--backbone", tiny_bert, "--preset", "prompt",
+               "--template", "{text} no mask", "--output", str(toy_files / "m")])
+    assert rc == 2 and "exactly one {mask}" in capsys.readouterr().err
+    (toy_files / "m2").mkdir()
+    (toy_files / "m2" / "keep.txt").write_text("precious")
+    rc = main(["train", "--train", str(toy_files / "train.tsv"), "--backbone", tiny_bert,
+               "--output", str(toy_files / "m2")])
+    assert rc == 2 and "--overwrite" in capsys.readouterr().err
+    assert (toy_files / "m2" / "keep.txt").read_text() == "precious"  # nothing saved is lost
+    assert main(["evaluate", str(toy_files), "--data", str(toy_files / "test.tsv")]) == 2
+    assert "not a saved tailtune classifier" in capsys.readouterr().err

@@ -1,0 +1,48 @@
+import json
+
+import yaml
+
+from tailtune.experiment import load_experiment, results_table, run_experiment
+from conftest import TOY_LABELS, TOY_TEXTS
+
+
+def _write_data(d):
+    d.mkdir(parents=True, exist_ok=True)
+    rows = "\n".join(f"{t}\t{y}" for t, y in zip(TOY_TEXTS * 3, TOY_LABELS * 3))
+    (d / "train.tsv").write_text("text\tlabel\n" + rows + "\n")
+    (d / "test.tsv").write_text("text\tlabel\n" + rows + "\n")
+
+
+def test_experiment_runs_resumes_and_tabulates(tiny_bert, tmp_path):
+    _write_data(tmp_path / "data" / "toy")
+    cfg = {
+        "backbone": tiny_bert, "data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "out"),
+        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "progress": False},
+        "datasets": {"toy": {"train": "toy/train.tsv", "test": "toy/test.tsv", "theta": 0.5,
+                             "template": "{text} it is about {mask} .",
+                             "verbalizer": {"good": "good", "bad": "bad", "money": "price"}}},
+        "presets": {"prompt-eta": {"preset": "prompt", "eta": 1.0}},
+        "runs": [{"presets": ["cls", "prompt-eta"], "seeds": [1, 2]}],
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = run_experiment(load_experiment(path), log=lambda *_: None)
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["preset"], r["seed"]) for r in rows] == [("cls", 1), ("cls", 2), ("prompt-eta", 1), ("prompt-eta", 2)]
+    assert rows[2]["config"]["eta"] == 1.0 and rows[2]["config"]["head"] == "verbalizer"
+    assert (out / "runs" / "toy" / "cls" / "seed1" / "weight_norms.png").is_file()
+    # resumable: a second run skips everything already in results.jsonl
+    logs = []
+    run_experiment(load_experiment(path), log=logs.append)
+    assert sum("skipped" in m for m in logs) == 4
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4
+    table = (out / "results.md").read_text()
+    assert "| cls |" in table and "toy Acc" in table and "toy Tail-F1" in table and " ± " in table
+
+
+def test_table_layout():
+    rows = [{"dataset": "d", "preset": "cls", "seed": s, "accuracy": a, "macro_f1": 0.5, "head_f1": 0.9,
+             "tail_f1": 0.1} for s, a in ((1, 0.8), (2, 0.9))]
+    table = results_table(rows)
+    assert "| cls | 85.0 ± 5.0 | 50.0 ± 0.0 | 2 |" in table
+    assert "| cls | 90.0 ± 0.0 | 10.0 ± 0.0 | 2 |" in table

@@ -1,0 +1,82 @@
+"""One shared test over every registered preset, on tiny random BERT and RoBERTa models."""
+import numpy as np
+import pytest
+import torch
+
+import tailtune as tt
+from tailtune.train import predict_logits, set_seed, train
+
+
+def _fit(preset, backbone, toy, epochs=8, **kw):
+    return tt.TailtuneClassifier(preset, backbone, template="{text} it is about {mask} .",
+                                 verbalizer={"good": "good", "bad": "bad", "money": "price"},
+                                 train_config=tt.TrainConfig(epochs=epochs, batch_size=8, lr=3e-3, head_lr=1e-2,
+                                                             seed=1, progress=False, warmup_ratio=0.0), **kw)
+
+
+def _mean_loss(model, encoded, target):
+    return model.loss(predict_logits(model, encoded, calibrated=False), target).item()
+
+
+@pytest.mark.parametrize("preset", list(tt.PRESETS))
+def test_every_preset(preset, tiny_model, toy, tmp_path):
+    texts, labels = toy
+    clf = _fit(preset, tiny_model, toy)
+    labels_ = sorted(set(labels))
+    target = torch.tensor([labels_.index(y) for y in labels])
+
+    # 1. the loss falls on the toy task (same pieces fit() uses, loss measured before and after)
+    set_seed(1)
+    model = tt.build_classifier(clf.config, labels_, tiny_model, clf.verbalizer)
+    enc = model.encode(texts)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss_before = _mean_loss(model, enc, target)
+    train(model, enc, target.tolist(), clf.train_config)
+    assert _mean_loss(model, enc, target) < loss_before - 0.05
+    # ... and frozen parameters never move
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            assert torch.equal(p, before[n]), n
+
+    clf.fit(texts, labels, dev=tt.TextDataset(texts[:12], labels[:12]))
+    model = clf.model_
+    cfg = model.config
+
+    # 2. the trainable set is what the preset says
+    names = set(model.trainable_parameter_names())
+    head_names = {f"head.{n}" for n, _ in model.head.named_parameters()}
+    encoder_names = {f"encoder.{n}" for n, _ in model.encoder.named_parameters()}
+    if cfg.trains == "all":
+        assert encoder_names <= names
+    else:
+        assert not names & encoder_names
+        assert names and all(n.startswith("head.") for n in names)
+    if cfg.head == "verbalizer":
+        tied = model.head.decoder_weight is model.encoder.get_input_embeddings().weight
+        assert tied != cfg.decouple_embeddings
+        assert ("head.decoder_weight" in names) == cfg.decouple_embeddings
+        assert "head.bias" in names and "head.layer_norm.weight" in names
+    else:
+        assert {"head.dense.weight", "head.out.weight"} <= names
+        assert ("head.layer_norm.weight" in head_names) == (cfg.layer_norm != "none")
+    assert names <= head_names | encoder_names
+
+    # 3. save -> load gives the same predictions
+    clf.save(tmp_path / "m")
+    loaded = tt.TailtuneClassifier.load(tmp_path / "m", device="cpu")
+    np.testing.assert_allclose(loaded.decision_function(texts), clf.decision_function(texts), atol=1e-5)
+    assert loaded.predict(texts) == clf.predict(texts)
+    assert loaded.labels_ == clf.labels_
+
+
+def test_presets_are_composable():
+    cfg = tt.config_from_preset("prompt", eta=1.1, loss="focal")
+    assert (cfg.head, cfg.eta, cfg.loss) == ("verbalizer", 1.1, "focal")
+    with pytest.raises(ValueError, match="unknown preset"):
+        tt.config_from_preset("nope")
+    with pytest.raises(ValueError, match="unknown classifier option"):
+        tt.config_from_preset("cls", etaa=1.0)
+    with pytest.raises(ValueError, match="needs input_format='template'"):
+        tt.ClassifierConfig(head="verbalizer")
+    with pytest.raises(ValueError, match="layer_norm"):
+        tt.config_from_preset("prompt", layer_norm="fresh")

@@ -1,0 +1,46 @@
+import random
+
+import numpy as np
+
+import tailtune as tt
+from tailtune.train import length_grouped_batches
+
+
+def _clf(backbone, seed, **train):
+    return tt.TailtuneClassifier("cls", backbone, train_config=tt.TrainConfig(
+        epochs=3, batch_size=4, lr=1e-3, seed=seed, progress=False, **train))
+
+
+def test_same_seed_same_metrics(tiny_bert, toy):
+    texts, labels = toy
+    a = _clf(tiny_bert, 5).fit(texts, labels)
+    b = _clf(tiny_bert, 5).fit(texts, labels)
+    c = _clf(tiny_bert, 6).fit(texts, labels)
+    np.testing.assert_array_equal(a.decision_function(texts), b.decision_function(texts))
+    assert a.train_result_.history == b.train_result_.history
+    assert not np.array_equal(a.decision_function(texts), c.decision_function(texts))
+
+
+def test_early_stopping_and_best_checkpoint(tiny_bert, toy):
+    texts, labels = toy
+    clf = _clf(tiny_bert, 1, eval_every=1, patience=2)
+    dev = tt.TextDataset(texts[:12], labels[:12])
+    clf.fit(texts, labels, dev=dev)
+    r = clf.train_result_
+    evals = [h for h in r.history if "dev_macro_f1" in h]
+    best = max(h["dev_macro_f1"] for h in evals)
+    assert r.best_dev_macro_f1 == best
+    # stopped once two evaluations in a row did not beat the best
+    if r.steps < 27:
+        assert [h["step"] for h in evals][-1] - r.best_step == 2
+    # the restored parameters are the best ones: dev macro-F1 equals the best recorded
+    assert clf.evaluate(dev)["macro_f1"] == best
+
+
+def test_length_grouped_batches_cover_everything():
+    lengths = [random.Random(0).randint(1, 100) for _ in range(1000)]
+    batches = length_grouped_batches(lengths, 16, random.Random(0), group=4)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(1000))
+    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
+    assert spread < 30  # grouped: far below the ~95 of random batches
