@@ -32,6 +32,10 @@ def test_train_evaluate_predict(tiny_bert, toy_files, capsys):
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["text"] for x in lines] == ["the movie was great", "oil price"]
     assert all(x["label"] in {"good", "bad", "money"} for x in lines)
+    (toy_files / "texts.tsv").write_text("text\nthe film was bad\nstock price\n")
+    assert main(["predict", str(out), "--data", str(toy_files / "texts.tsv"),
+                 "--output", str(toy_files / "pred.jsonl")]) == 0
+    assert len((toy_files / "pred.jsonl").read_text().splitlines()) == 2
 
 
 def test_errors_speak_to_the_user(tiny_bert, toy_files, capsys):

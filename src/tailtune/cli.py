@@ -112,7 +112,7 @@ def cmd_predict(args) -> int:
     from .api import TailtuneClassifier
     clf = TailtuneClassifier.load(args.model, args.device)
     if args.data:
-        ds = _read_unlabelled(args)
+        ds = read_dataset(args.data, args.text_col, None, args.text_b_col)
         texts, texts_b = ds.texts, ds.texts_b
     else:
         texts, texts_b = [t for t in args.text], None
@@ -123,20 +123,6 @@ def cmd_predict(args) -> int:
         out.write(json.dumps({"text": text, "label": clf.labels_[best], "score": round(float(p[best]), 6)},
                              ensure_ascii=False) + "\n")
     return 0
-
-
-def _read_unlabelled(args):
-    from .data import TextDataset, _read_delimited, _read_jsonl
-    path = Path(args.data)
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    rows = _read_jsonl(path) if path.suffix == ".jsonl" else _read_delimited(
-        path, "\t" if path.suffix == ".tsv" else ",", True, None)
-    if rows and args.text_col not in rows[0][1]:
-        raise DataError(f"{path}: no column {args.text_col!r}; columns are {sorted(rows[0][1])}")
-    texts = [r[args.text_col] for _, r in rows]
-    texts_b = [r[args.text_b_col] for _, r in rows] if args.text_b_col else None
-    return TextDataset(texts, [""] * len(texts), texts_b, str(path))
 
 
 def cmd_run(args) -> int:

@@ -40,13 +40,14 @@ class TextDataset:
 
 # ---------------------------------------------------------------- reading
 
-def read_dataset(path: str | Path, text_col: str = "text", label_col: str = "label",
+def read_dataset(path: str | Path, text_col: str = "text", label_col: str | None = "label",
                  text_b_col: str | None = None, header: bool = True,
                  columns: Sequence[str] | None = None) -> TextDataset:
     """Read a .tsv, .csv or .jsonl file into a TextDataset.
 
     TSV/CSV use standard CSV quoting. Files without a header row need ``header=False`` and
-    ``columns`` naming each column in order (e.g. ``["label", "text"]``).
+    ``columns`` naming each column in order (e.g. ``["label", "text"]``). ``label_col=None``
+    reads unlabelled texts (labels become empty strings).
     """
     path = Path(path)
     if not path.is_file():
@@ -116,10 +117,10 @@ def _rows_to_dataset(rows, source, text_col, label_col, text_b_col) -> TextDatas
                             f"Choose the right one with --text-col/--text-b-col/--label-col")
     texts, labels, texts_b = [], [], [] if text_b_col else None
     for lineno, row in rows:
-        text, label = row.get(text_col), row.get(label_col)
+        text, label = row.get(text_col), row.get(label_col) if label_col else ""
         if text is None or not str(text).strip():
             raise DataError(f"{source}, line {lineno}: empty text in column {text_col!r}")
-        if label is None or not str(label).strip():
+        if label_col and (label is None or not str(label).strip()):
             raise DataError(f"{source}, line {lineno}: empty label in column {label_col!r}")
         texts.append(str(text))
         labels.append(str(label).strip())

@@ -1,7 +1,9 @@
 """``tailtune demo``: the main job end to end on small, long-tailed demo data written for tailtune.
 
 The data are customer-support messages composed from hand-written phrases (no third-party
-text): 8 intents whose training counts fall from 60 to 3, i.e. a long tail.
+text): 8 intents whose training counts fall from 60 to 3, i.e. a long tail. The test split is
+long-tailed too (a quarter of each class's training count, at least 2) and is built from a
+phrase per intent that training never sees.
 """
 from __future__ import annotations
 
@@ -38,12 +40,12 @@ OPENERS = ["", "Hello, ", "Hi team, ", "Good morning. ", "Excuse me, ", "Quick q
 CLOSERS = ["", " Thanks.", " Thank you!", " Please help.", " This is urgent.", " Regards, Sam."]
 
 
-def make_demo_data(seed: int = 0, test_per_class: int = 6) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def make_demo_data(seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     rng = random.Random(seed)
     def message(phrases):
         return (rng.choice(OPENERS) + rng.choice(phrases) + rng.choice(CLOSERS)).strip()
-    train = [(message(ph), y) for y, (n, ph) in INTENTS.items() for _ in range(n)]
-    test = [(message(ph), y) for y, (n, ph) in INTENTS.items() for _ in range(test_per_class)]
+    train = [(message(ph[:-1]), y) for y, (n, ph) in INTENTS.items() for _ in range(n)]
+    test = [(message(ph[-1:]), y) for y, (n, ph) in INTENTS.items() for _ in range(max(2, n // 4))]
     rng.shuffle(train)
     return train, test
 
