@@ -57,7 +57,7 @@ def run_hf(tr, te, labels, a):
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
     args = TrainingArguments(output_dir=str(Path(a.out).parent / "hf_tmp"), per_device_train_batch_size=a.batch_size,
                              per_device_eval_batch_size=128, num_train_epochs=1, learning_rate=a.lr,
-                             warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, bf16=a.bf16,
+                             warmup_steps=0.1, weight_decay=0.01, max_grad_norm=1.0, bf16=a.bf16,
                              use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no",
                              eval_strategy="no", logging_strategy="no", seed=a.seed, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=dtr, data_collator=DataCollatorWithPadding(tok))
@@ -79,10 +79,13 @@ def main():
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--limit", type=int, default=None, help="first N train/test examples (smoke runs)")
     p.add_argument("--out", default="benchmarks/results/speed_vs_hf.json")
     a = p.parse_args()
     d = Path(a.data_dir) / a.dataset
     tr, te = read_dataset(d / "train.tsv"), read_dataset(d / "test.tsv")
+    if a.limit:
+        tr, te = tr.subset(range(min(a.limit, len(tr)))), te.subset(range(min(a.limit, len(te))))
     labels = label_space(tr.labels)
     te = te.subset([i for i, y in enumerate(te.labels) if y in set(labels)])
     ours, hf = run_tailtune(tr, te, labels, a), run_hf(tr, te, labels, a)

@@ -192,6 +192,9 @@ class Classifier(nn.Module):
 
     # -- inputs ----------------------------------------------------------------
     def encode(self, texts: list[str], texts_b: list[str] | None = None) -> list[Encoded]:
+        if self.template is not None and texts_b is not None and not self.template.uses_text_b:
+            warnings.warn(f"the data has a second text but the template {self.config.template!r} has no "
+                          f"{{text_b}} slot: the second text is ignored", stacklevel=2)
         if self.template is not None:
             return self.template.encode(self.tokenizer, texts, texts_b, self.config.max_length)
         return encode_plain(self.tokenizer, texts, texts_b, self.config.max_length)
