@@ -46,11 +46,16 @@ def test_every_preset(preset, tiny_model, toy, tmp_path):
     names = set(model.trainable_parameter_names())
     head_names = {f"head.{n}" for n, _ in model.head.named_parameters()}
     encoder_names = {f"encoder.{n}" for n, _ in model.encoder.named_parameters()}
+    tuning_names = {n for n in names if n.startswith("tuning.")}
     if cfg.trains == "all":
         assert encoder_names <= names
+    elif cfg.trains == "bitfit":
+        assert names & encoder_names == {n for n in encoder_names if n.endswith(".bias")}
     else:
         assert not names & encoder_names
-        assert names and all(n.startswith("head.") for n in names)
+    assert (cfg.trains == "adapter") == any(n.startswith("tuning.adapters.") for n in tuning_names)
+    assert ("{soft" in (cfg.full_template or "")) == ("tuning.soft_prompt" in tuning_names)
+    assert names <= head_names | encoder_names | tuning_names
     if cfg.head == "verbalizer":
         tied = model.head.decoder_weight is model.encoder.get_input_embeddings().weight
         assert tied != cfg.decouple_embeddings
@@ -59,10 +64,13 @@ def test_every_preset(preset, tiny_model, toy, tmp_path):
     else:
         assert {"head.dense.weight", "head.out.weight"} <= names
         assert ("head.layer_norm.weight" in head_names) == (cfg.layer_norm != "none")
-    assert names <= head_names | encoder_names
 
-    # 3. save -> load gives the same predictions
+    # 3. save -> load gives the same predictions; a task module holds only what trained
     clf.save(tmp_path / "m")
+    if cfg.trains != "all":
+        from safetensors.torch import load_file
+        assert set(load_file(tmp_path / "m" / "module.safetensors")) == names
+        assert not (tmp_path / "m" / "model.safetensors").exists()
     loaded = tt.TailtuneClassifier.load(tmp_path / "m", device="cpu")
     np.testing.assert_allclose(loaded.decision_function(texts), clf.decision_function(texts), atol=1e-5)
     assert loaded.predict(texts) == clf.predict(texts)

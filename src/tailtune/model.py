@@ -15,6 +15,7 @@ from .backbone import Backbone, drop_pooler, fingerprint, load_backbone
 from .heads import MLPHead, VerbalizerHead
 from .losses import classification_loss, eta_norm
 from .prompts import Encoded, Template, Verbalizer, encode_plain
+from .tuning import add_adapters, trainable_flags
 
 DEFAULT_TEMPLATE = "{text} It is about {mask} ."
 FORMAT_VERSION = 1
@@ -24,7 +25,10 @@ _CHOICES = {
     "head": ("mlp", "verbalizer"),
     "activation": ("tanh", "relu", "gelu"),
     "layer_norm": ("none", "fresh", "pretrained"),
-    "trains": ("all", "head"),
+    "trains": ("all", "head", "bitfit", "adapter", "prompt"),
+    "adapter_kind": ("houlsby", "pfeiffer"),
+    "adapter_init": ("near-identity", "normal", "zero"),
+    "soft_init": ("vocab", "random"),
     "loss": ("ce", "focal"),
 }
 
@@ -48,7 +52,19 @@ class ClassifierConfig:
     decouple_embeddings: bool = False
     """verbalizer head: train a copy of the output embeddings apart from the input ones"""
     trains: str = "all"
-    """what trains: all (full fine-tuning) or head (backbone frozen)"""
+    """what trains besides the head: all, head (nothing else), bitfit (biases), adapter, prompt (soft tokens)"""
+    adapter_kind: str = "houlsby"
+    """houlsby (after attention and FFN outputs) or pfeiffer (after the FFN output only)"""
+    adapter_size: int = 64
+    """adapter bottleneck width"""
+    adapter_activation: str = "relu"
+    """adapter activation"""
+    adapter_init: str = "near-identity"
+    """adapter initialisation: near-identity, normal or zero (up-projection zero)"""
+    soft_tokens: int = 0
+    """soft prompt tokens prepended to the template (more can sit inside it: {soft:N})"""
+    soft_init: str = "vocab"
+    """initialisation of soft tokens without given words: vocab (random word embeddings) or random"""
     loss: str = "ce"
     """training objective: ce or focal"""
     focal_gamma: float = 1.0
@@ -73,12 +89,28 @@ class ClassifierConfig:
             self.template = DEFAULT_TEMPLATE
         if self.template is not None:
             Template(self.template)  # fail early on a bad template
+        if self.soft_tokens < 0 or self.adapter_size < 1:
+            raise ValueError(f"soft_tokens must be >= 0 and adapter_size >= 1, got {self.soft_tokens}, "
+                             f"{self.adapter_size}")
+        has_soft = self.input_format == "template" and "{soft" in self.full_template
+        if self.soft_tokens and self.input_format != "template":
+            raise ValueError("soft_tokens need input_format='template' (they sit in the template)")
+        if self.trains == "prompt" and not has_soft:
+            raise ValueError("trains='prompt' trains soft prompt tokens: set soft_tokens > 0 or put "
+                             "{soft:N} in the template")
         if self.eta is not None and self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
         if self.focal_gamma < 0:
             raise ValueError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
         if self.max_length < 8:
             raise ValueError(f"max_length={self.max_length} is too small")
+
+    @property
+    def full_template(self) -> str | None:
+        """The template with the prepended soft tokens spelled out."""
+        if self.template is None:
+            return None
+        return (f"{{soft:{self.soft_tokens}}} " if self.soft_tokens else "") + self.template
 
     @property
     def needs_mlm_head(self) -> bool:
@@ -106,6 +138,15 @@ PRESETS: dict[str, tuple[dict, str]] = {
     "prompt-eta-norm": ({"input_format": "template", "head": "verbalizer", "eta": 1.1},
                         "prompt-tuning with η-norm at prediction"),
     "linear-probe": ({"trains": "head"}, "frozen backbone, only the MLP head trains"),
+    "bitfit": ({"trains": "bitfit"}, "CLS head; of the backbone only the biases train (BitFit)"),
+    "adapter": ({"trains": "adapter"}, "CLS head; Houlsby adapters after attention and FFN, backbone frozen"),
+    "adapter-pfeiffer": ({"trains": "adapter", "adapter_kind": "pfeiffer"},
+                         "CLS head; Pfeiffer adapters after the FFN, backbone frozen"),
+    "prompt-adapter": ({"input_format": "template", "head": "verbalizer", "trains": "adapter"},
+                       "prompt-tuning head with Houlsby adapters, backbone frozen"),
+    "soft-prompt": ({"input_format": "template", "head": "verbalizer", "trains": "prompt", "soft_tokens": 20},
+                    "20 soft tokens before the template, MLM head + verbalizer; backbone frozen "
+                    "(with hard template words: a hybrid prompt)"),
 }
 
 
@@ -133,7 +174,7 @@ class Classifier(nn.Module):
         self.tokenizer = backbone.tokenizer
         self.backbone_name = backbone.name
         self.encoder = drop_pooler(backbone.encoder)
-        self.template = Template(config.template) if config.input_format == "template" else None
+        self.template = Template(config.full_template) if config.input_format == "template" else None
         self.fingerprint = backbone_fingerprint or fingerprint(self.encoder)
         enc_cfg = self.encoder.config
         hidden = enc_cfg.hidden_size if hasattr(enc_cfg, "hidden_size") else enc_cfg.dim
@@ -155,7 +196,28 @@ class Classifier(nn.Module):
                                        act if isinstance(act, str) else "gelu", ln_eps)
         if backbone.mlm is not None:
             self._init_from_mlm(backbone.mlm)
+        self.tuning = nn.Module()  # small task modules; backbone parameter names stay untouched
+        if config.trains == "adapter":
+            self.tuning.adapters = add_adapters(self.encoder, hidden, config.adapter_kind, config.adapter_size,
+                                                config.adapter_activation, config.adapter_init)
+        soft_ids = self.template.soft_init_ids(self.tokenizer) if self.template is not None else []
+        if soft_ids:
+            self.tuning.soft_prompt = nn.Parameter(self._init_soft(soft_ids))  # (soft tokens, hidden)
         self.set_trainable()
+
+    def _init_soft(self, ids: list[int | None]) -> torch.Tensor:
+        emb = self.encoder.get_input_embeddings().weight.detach()
+        special = set(self.tokenizer.all_special_ids)
+        pool = torch.tensor([i for i in range(min(len(emb), 5000, len(self.tokenizer))) if i not in special])
+        rows = []
+        for i in ids:
+            if i is not None:
+                rows.append(emb[i])
+            elif self.config.soft_init == "vocab":
+                rows.append(emb[pool[torch.randint(len(pool), ()).item()]])
+            else:
+                rows.append(torch.randn(emb.shape[1]) * emb.std())
+        return torch.stack(rows).clone()
 
     # -- construction helpers ------------------------------------------------
     def _init_from_mlm(self, parts) -> None:
@@ -179,13 +241,10 @@ class Classifier(nn.Module):
                     self.head.layer_norm.load_state_dict(parts.layer_norm.state_dict())
 
     def set_trainable(self) -> None:
-        """What trains: everything, or nothing but the head."""
-        for p in self.encoder.parameters():
-            p.requires_grad_(self.config.trains == "all")
-        for name, p in self.head.named_parameters():
-            # a tied decoder is the (possibly frozen) input embedding matrix
-            tied = name == "decoder_weight" and not self.config.decouple_embeddings
-            p.requires_grad_(self.config.trains == "all" or not tied)
+        """The head and task modules always train; the backbone as ``config.trains`` says."""
+        flags = trainable_flags(self, self.config.trains)
+        for name, p in self.named_parameters():
+            p.requires_grad_(flags[name])
 
     def trainable_parameter_names(self) -> list[str]:
         return [n for n, p in self.named_parameters() if p.requires_grad]
@@ -200,9 +259,17 @@ class Classifier(nn.Module):
         return encode_plain(self.tokenizer, texts, texts_b, self.config.max_length)
 
     # -- forward ---------------------------------------------------------------
-    def forward(self, input_ids, attention_mask, position, token_type_ids=None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, position, token_type_ids=None,
+                soft_positions=None) -> torch.Tensor:
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        if soft_positions is None:
+            kwargs["input_ids"] = input_ids
+        else:  # swap the soft prompt vectors in at their placeholder positions
+            embeds = self.encoder.get_input_embeddings()(input_ids).clone()  # (batch, seq, hidden)
+            rows = torch.arange(len(input_ids), device=input_ids.device)[:, None]
+            embeds[rows, soft_positions] = self.tuning.soft_prompt.to(embeds.dtype)
+            kwargs["inputs_embeds"] = embeds
+        hidden = self.encoder(attention_mask=attention_mask, **kwargs).last_hidden_state
         h = hidden[torch.arange(hidden.shape[0], device=hidden.device), position]  # (batch, hidden)
         return self.head(h)  # (batch, classes)
 
@@ -232,22 +299,35 @@ class Classifier(nn.Module):
         }
 
     def save(self, directory: str | Path, extra: dict | None = None) -> Path:
-        """Write ``tailtune.json``, ``model.safetensors`` and ``backbone/`` (config + tokenizer)."""
-        from safetensors.torch import save_model
+        """Write ``tailtune.json``, the weights and ``backbone/`` (encoder config + tokenizer).
+
+        Full fine-tuning saves every weight (``model.safetensors``). When the backbone is
+        (partly) frozen only what trained is saved (``module.safetensors``, a task module);
+        loading it needs the same base backbone, checked by fingerprint.
+        """
+        from safetensors.torch import save_file, save_model
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = self.metadata()
         meta["preset"] = (extra or {}).get("preset")
         meta.update({k: v for k, v in (extra or {}).items() if k != "preset"})
+        meta["artefact"] = "full" if self.config.trains == "all" else "module"
         self.encoder.config.save_pretrained(directory / "backbone")
         self.tokenizer.save_pretrained(directory / "backbone")
-        save_model(self, str(directory / "model.safetensors"))
+        if meta["artefact"] == "full":
+            save_model(self, str(directory / "model.safetensors"))
+        else:
+            trained = {n: p.detach().cpu().contiguous() for n, p in self.named_parameters() if p.requires_grad}
+            save_file(trained, str(directory / "module.safetensors"))
         (directory / "tailtune.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Classifier":
-        from safetensors.torch import load_model
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu",
+             backbone: str | None = None) -> "Classifier":
+        """Load a saved classifier; a task module goes onto ``backbone`` (default: the one it was
+        trained on), which must be the same base model."""
+        from safetensors.torch import load_file, load_model
         from transformers import AutoConfig, AutoModel
         from .backbone import _quiet_transformers, load_tokenizer
         directory = Path(directory)
@@ -259,13 +339,29 @@ class Classifier(nn.Module):
             raise ValueError(f"{directory} was saved by a newer tailtune (format "
                              f"{meta['format_version']}); upgrade tailtune to load it")
         config = ClassifierConfig(**meta["config"])
-        with _quiet_transformers():
-            enc_config = AutoConfig.from_pretrained(directory / "backbone")
-            encoder = AutoModel.from_config(enc_config)
-        backbone = Backbone(encoder, load_tokenizer(str(directory / "backbone")), meta["backbone"]["name"])
         verbalizer = Verbalizer(meta["labels"], meta["verbalizer"]) if meta.get("verbalizer") else None
-        model = cls(config, meta["labels"], backbone, verbalizer, meta["backbone"]["fingerprint"])
-        load_model(model, str(directory / "model.safetensors"), strict=True, device=str(device))
+        saved = meta["backbone"]
+        if meta.get("artefact", "full") == "full":
+            with _quiet_transformers():
+                encoder = AutoModel.from_config(AutoConfig.from_pretrained(directory / "backbone"))
+            bb = Backbone(encoder, load_tokenizer(str(directory / "backbone")), saved["name"])
+            model = cls(config, meta["labels"], bb, verbalizer, saved["fingerprint"])
+            load_model(model, str(directory / "model.safetensors"), strict=True, device=str(device))
+        else:
+            bb = load_backbone(backbone or saved["name"])
+            found = fingerprint(bb.encoder)
+            if found != saved["fingerprint"]:
+                raise ValueError(
+                    f"{directory} is a task module for backbone {saved['name']!r} (fingerprint "
+                    f"{saved['fingerprint']}), but {backbone or saved['name']!r} has fingerprint {found}: "
+                    f"a different model. Load it onto the backbone it was trained on (backbone=...).")
+            model = cls(config, meta["labels"], bb, verbalizer, saved["fingerprint"])
+            state = load_file(str(directory / "module.safetensors"), device=str(device))
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            absent = sorted(set(model.trainable_parameter_names()) - set(state))
+            if unexpected or absent:
+                raise ValueError(f"{directory}/module.safetensors does not match its config: "
+                                 f"missing {absent[:5]}, unexpected {unexpected[:5]}")
         model.saved_metadata = meta
         return model.to(device).eval()
 

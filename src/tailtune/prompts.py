@@ -5,7 +5,7 @@ import re
 import warnings
 from dataclasses import dataclass
 
-SLOTS = ("text", "text_b", "mask")
+SLOTS = ("text", "text_b", "mask", "soft")
 _SLOT_RE = re.compile(r"\{([^{}]*)\}")
 
 
@@ -20,21 +20,24 @@ class Encoded:
     input_ids: list[int]
     position: int
     token_type_ids: list[int] | None = None
+    soft_positions: list[int] | None = None  # where the soft prompt tokens sit, in order
 
 
 @dataclass(frozen=True)
 class _Piece:
-    kind: str          # "lit", "text", "text_b" or "mask"
-    content: str = ""  # literal words (stripped)
+    kind: str          # "lit", "text", "text_b", "mask" or "soft"
+    content: str = ""  # literal words (stripped); for soft: a count or init words
     space: bool = False  # whitespace before this piece in the template
 
 
 class Template:
     """A prompt such as ``"{text} This is {mask} news ."``.
 
-    Slots: ``{text}``, optional ``{text_b}`` (a second text, e.g. an entity) and exactly one
-    ``{mask}``. Only the text slots are truncated, so the [MASK] and the template words always
-    survive ``max_length``.
+    Slots: ``{text}``, optional ``{text_b}`` (a second text, e.g. an entity), exactly one
+    ``{mask}``, and soft (trainable) prompt tokens anywhere: ``{soft}`` (one token),
+    ``{soft:4}`` (four) or ``{soft:It was}`` (one per sub-token of these words, initialised
+    from their embeddings). Only the text slots are truncated, so the [MASK], the template
+    words and the soft tokens always survive ``max_length``.
     """
 
     def __init__(self, template: str):
@@ -48,12 +51,19 @@ class Template:
             lit = template[pos:m.start()]
             if lit.strip():
                 pieces.append(_Piece("lit", lit.strip(), pos > 0 and lit[:1].isspace()))
-            slot = m.group(1).strip()
+            slot, _, arg = m.group(1).partition(":")
+            slot = slot.strip()
             if slot not in SLOTS:
                 raise TemplateError(f"template {template!r}: unknown slot {{{slot}}}; "
-                                    f"use {{text}}, {{text_b}} and {{mask}}")
+                                    f"use {{text}}, {{text_b}}, {{mask}} and {{soft}} / {{soft:N}} / {{soft:words}}")
+            if slot == "soft":
+                arg = arg.strip() or "1"
+                if arg.isdigit() and int(arg) < 1:
+                    raise TemplateError(f"template {template!r}: {{soft:{arg}}} needs at least one token")
+            elif arg:
+                raise TemplateError(f"template {template!r}: {{{slot}}} takes no argument")
             before = template[:m.start()]
-            pieces.append(_Piece(slot, space=bool(before) and before[-1].isspace()))
+            pieces.append(_Piece(slot, arg.strip(), space=bool(before) and before[-1].isspace()))
             pos = m.end()
         if template[pos:].strip():
             pieces.append(_Piece("lit", template[pos:].strip(), template[pos:][:1].isspace()))
@@ -72,13 +82,24 @@ class Template:
     def uses_text_b(self) -> bool:
         return any(p.kind == "text_b" for p in self.pieces)
 
+    def soft_init_ids(self, tokenizer) -> list[int | None]:
+        """One entry per soft token, in order: the vocabulary id it starts from (None: default init)."""
+        out = []
+        for p in self.pieces:
+            if p.kind == "soft":
+                if p.content.isdigit():
+                    out += [None] * int(p.content)
+                else:
+                    out += tokenizer(" " + p.content, add_special_tokens=False)["input_ids"]
+        return out
+
     def encode(self, tokenizer, texts: list[str], texts_b: list[str] | None,
                max_length: int) -> list[Encoded]:
         if self.uses_text_b and texts_b is None:
             raise TemplateError(f"template {self.template!r} has a {{text_b}} slot but the data has "
                                 f"no second text column (set --text-b-col)")
         def tok(strings):
-            return tokenizer(strings, add_special_tokens=False)["input_ids"]
+            return tokenizer(strings, add_special_tokens=False, verbose=False)["input_ids"]
         lits = {p: tok([(" " if p.space else "") + p.content])[0] for p in self.pieces if p.kind == "lit"}
         slot_ids = {}
         for slot, values in (("text", texts), ("text_b", texts_b)):
@@ -86,7 +107,10 @@ class Template:
             if piece is not None:
                 slot_ids[slot] = tok([(" " if piece.space else "") + v.strip() for v in values])
         prefix, suffix = special_tokens(tokenizer)
-        budget = max_length - len(prefix) - len(suffix) - 1 - sum(len(v) for v in lits.values())
+        soft_n = {p: int(p.content) if p.content.isdigit() else len(tok([" " + p.content])[0])
+                  for p in self.pieces if p.kind == "soft"}
+        n_soft = sum(soft_n[p] for p in self.pieces if p.kind == "soft")
+        budget = max_length - len(prefix) - len(suffix) - 1 - n_soft - sum(len(v) for v in lits.values())
         if budget < 1 + ("text_b" in slot_ids):
             raise TemplateError(f"template {self.template!r} leaves no room for the text at "
                                 f"max_length={max_length}; raise max_length or shorten the template")
@@ -96,7 +120,7 @@ class Template:
             b = slot_ids["text_b"][i] if "text_b" in slot_ids else []
             b_keep = min(len(b), max(budget - len(a), budget // 2))
             a_keep = min(len(a), budget - b_keep)
-            body, mask_at = [], -1
+            body, mask_at, soft_at = [], -1, []
             for p in self.pieces:
                 if p.kind == "lit":
                     body += lits[p]
@@ -104,10 +128,14 @@ class Template:
                     body += a[:a_keep]
                 elif p.kind == "text_b":
                     body += b[:b_keep]
+                elif p.kind == "soft":  # placeholders: the classifier swaps in the soft vectors
+                    soft_at += [len(prefix) + len(body) + k for k in range(soft_n[p])]
+                    body += [tokenizer.pad_token_id] * soft_n[p]
                 else:
                     mask_at = len(body)
                     body.append(tokenizer.mask_token_id)
-            out.append(Encoded(prefix + body + suffix, len(prefix) + mask_at))
+            out.append(Encoded(prefix + body + suffix, len(prefix) + mask_at,
+                               soft_positions=soft_at or None))
         return out
 
     def __repr__(self) -> str:

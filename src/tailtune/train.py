@@ -106,6 +106,8 @@ def collate(examples: list[Encoded], pad_id: int, device: torch.device) -> dict:
              "position": torch.tensor([e.position for e in examples], dtype=torch.long)}
     if types is not None:
         batch["token_type_ids"] = types
+    if examples[0].soft_positions:
+        batch["soft_positions"] = torch.tensor([e.soft_positions for e in examples], dtype=torch.long)
     return {k: v.to(device) for k, v in batch.items()}
 
 
