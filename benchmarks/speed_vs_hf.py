@@ -74,7 +74,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data-dir", default=os.environ.get("TAILTUNE_DATA", "../shared/data"))
     p.add_argument("--dataset", default="longtail/r52")
-    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)

@@ -137,8 +137,10 @@ class TailtuneClassifier:
         return self.model_.save(directory, extra)
 
     @classmethod
-    def load(cls, directory: str | Path, device: str = "auto") -> "TailtuneClassifier":
-        model = Classifier.load(directory, resolve_device(device))
+    def load(cls, directory: str | Path, device: str = "auto",
+             backbone: str | None = None) -> "TailtuneClassifier":
+        """Load a saved classifier (a task module goes onto ``backbone``, default: its own)."""
+        model = Classifier.load(directory, resolve_device(device), backbone)
         meta = model.saved_metadata
         clf = cls.__new__(cls)
         clf.preset, clf.backbone, clf.config = meta.get("preset"), meta["backbone"]["name"], model.config

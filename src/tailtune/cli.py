@@ -85,8 +85,10 @@ def cmd_train(args) -> int:
     if clf.model_.verbalizer is not None:
         for row in clf.model_.verbalizer.describe(clf.model_.tokenizer):
             print(f"  verbalizer {row['label']!r} -> {row['word']!r} -> {row['tokens']}")
-    print(f"trainable parameters: {clf.n_trainable_:,}; best dev macro-F1 "
-          f"{clf.train_result_.best_dev_macro_f1} at step {clf.train_result_.best_step}")
+    c = clf.model_.parameter_counts()
+    print(f"trainable parameters: {c['trainable']:,} ({c['pct_of_backbone']:.3f}% of the backbone; "
+          f"{c['pct_of_backbone_without_head']:.3f}% without the head)")
+    print(f"best dev macro-F1 {clf.train_result_.best_dev_macro_f1} at step {clf.train_result_.best_step}")
     clf.save(out)
     export_weight_norms(clf.weight_norms(), out / "analysis", f"{args.preset}")
     print(f"saved to {out}")
@@ -100,7 +102,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .api import TailtuneClassifier
     from .metrics import format_report
-    clf = TailtuneClassifier.load(args.model, args.device)
+    clf = TailtuneClassifier.load(args.model, args.device, args.backbone)
     report = clf.evaluate(_read(args, args.data), args.theta)
     print(format_report(report))
     if args.output:
@@ -110,7 +112,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     from .api import TailtuneClassifier
-    clf = TailtuneClassifier.load(args.model, args.device)
+    clf = TailtuneClassifier.load(args.model, args.device, args.backbone)
     if args.data:
         ds = read_dataset(args.data, args.text_col, None, args.text_b_col)
         texts, texts_b = ds.texts, ds.texts_b
@@ -171,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--theta", type=float, default=None, help="head/tail threshold (default: the model's)")
     e.add_argument("--output", default=None, help="write the report as JSON here")
     e.add_argument("--device", default="auto")
+    e.add_argument("--backbone", default=None, help="base backbone for a saved task module (default: its own)")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="predict labels for new texts (JSON lines)")
@@ -181,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--text-b-col", default=None)
     r.add_argument("--output", default=None, help="write JSON lines here (default: stdout)")
     r.add_argument("--device", default="auto")
+    r.add_argument("--backbone", default=None, help="base backbone for a saved task module (default: its own)")
     r.set_defaults(func=cmd_predict)
 
     x = sub.add_parser("run", help="run an experiment YAML (presets x datasets x seeds), resumable")

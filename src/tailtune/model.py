@@ -249,6 +249,18 @@ class Classifier(nn.Module):
     def trainable_parameter_names(self) -> list[str]:
         return [n for n, p in self.named_parameters() if p.requires_grad]
 
+    def parameter_counts(self) -> dict:
+        """Trainable parameters, absolute and as % of the backbone, with and without the head."""
+        count = lambda prefix, trainable: sum(  # noqa: E731
+            p.numel() for n, p in self.named_parameters()
+            if n.startswith(prefix) and (p.requires_grad or not trainable))
+        backbone = count("encoder.", False)
+        head, trainable = count("head.", True), count("", True)
+        return {"backbone": backbone, "trainable": trainable, "trainable_head": head,
+                "trainable_without_head": trainable - head,
+                "pct_of_backbone": 100 * trainable / backbone,
+                "pct_of_backbone_without_head": 100 * (trainable - head) / backbone}
+
     # -- inputs ----------------------------------------------------------------
     def encode(self, texts: list[str], texts_b: list[str] | None = None) -> list[Encoded]:
         if self.template is not None and texts_b is not None and not self.template.uses_text_b:

@@ -1,0 +1,73 @@
+"""The parameter-efficient part of the 'what trains' axis (adapters, BitFit, soft prompts, task modules)."""
+import pytest
+import torch
+
+import tailtune as tt
+from tailtune.backbone import load_tokenizer
+from tailtune.train import collate
+from tiny import make_bert
+
+
+def test_soft_template_syntax(tiny_model):
+    tok = load_tokenizer(tiny_model)
+    t = tt.Template("{soft:3} {text} {soft:it was} {mask} .")
+    init = t.soft_init_ids(tok)
+    assert init[:3] == [None] * 3 and init[3:] == tok(" it was", add_special_tokens=False)["input_ids"]
+    enc = t.encode(tok, ["the movie " * 30], None, 20)[0]
+    assert len(enc.input_ids) == 20 and len(enc.soft_positions) == len(init)
+    assert enc.soft_positions[:3] == [1, 2, 3]  # right after [CLS]
+    assert enc.soft_positions[-1] == enc.position - 1  # the soft words stand just before [MASK]
+    with pytest.raises(tt.prompts.TemplateError, match="at least one"):
+        tt.Template("{soft:0} {text} {mask}")
+
+
+def test_soft_prompt_vectors_reach_the_encoder(tiny_bert):
+    cfg = tt.config_from_preset("soft-prompt", soft_tokens=2, template="{text} {soft:it was} {mask} .")
+    model = tt.build_classifier(cfg, ["good", "bad"], tiny_bert).eval()
+    words = model.tokenizer(" it was", add_special_tokens=False)["input_ids"]
+    emb = model.encoder.get_input_embeddings().weight
+    torch.testing.assert_close(model.tuning.soft_prompt[2:], emb[words])  # initialised from the words
+    batch = collate(model.encode(["the movie was great"]), model.tokenizer.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():
+        before = model(**batch)
+        model.tuning.soft_prompt.add_(torch.randn_like(model.tuning.soft_prompt))  # (a constant would vanish in LayerNorm)
+        assert not torch.allclose(before, model(**batch))
+
+
+def test_adapters_start_near_identity_and_sit_where_they_should(tiny_bert):
+    plain = tt.build_classifier(tt.config_from_preset("cls"), ["a", "b"], tiny_bert).eval()
+    houlsby = tt.build_classifier(tt.config_from_preset("adapter"), ["a", "b"], tiny_bert).eval()
+    pfeiffer = tt.build_classifier(tt.config_from_preset("adapter-pfeiffer"), ["a", "b"], tiny_bert).eval()
+    assert sorted(houlsby.tuning.adapters) == ["0_attn", "0_ffn", "1_attn", "1_ffn"]
+    assert sorted(pfeiffer.tuning.adapters) == ["0_ffn", "1_ffn"]
+    batch = collate(plain.encode(["the movie was great"]), 0, torch.device("cpu"))
+    with torch.no_grad():
+        h0 = plain.encoder(input_ids=batch["input_ids"]).last_hidden_state
+        h1 = houlsby.encoder(input_ids=batch["input_ids"]).last_hidden_state
+        houlsby.tuning.adapters["0_ffn"].up.bias.normal_()  # (a constant would vanish in LayerNorm)
+        h2 = houlsby.encoder(input_ids=batch["input_ids"]).last_hidden_state
+    torch.testing.assert_close(h0, h1, atol=1e-3, rtol=0)  # near-identity
+    assert (h2 - h0).abs().max() > 0.1  # the hook really sits in the forward pass
+
+
+def test_parameter_accounting(tiny_bert):
+    full = tt.build_classifier(tt.config_from_preset("cls"), ["a", "b"], tiny_bert).parameter_counts()
+    assert full["pct_of_backbone_without_head"] == pytest.approx(100.0)
+    bitfit = tt.build_classifier(tt.config_from_preset("bitfit"), ["a", "b"], tiny_bert).parameter_counts()
+    assert 0 < bitfit["pct_of_backbone_without_head"] < 5
+    adapter = tt.build_classifier(tt.config_from_preset("adapter", adapter_size=4), ["a", "b"], tiny_bert)
+    c = adapter.parameter_counts()
+    assert c["trainable_without_head"] == 4 * (32 * 4 + 4 + 4 * 32 + 32)  # 4 adapters of 32->4->32
+
+
+def test_task_module_refuses_another_backbone(tiny_bert, tmp_path, toy):
+    texts, labels = toy
+    clf = tt.TailtuneClassifier("adapter", tiny_bert, train_config=tt.TrainConfig(epochs=1, progress=False))
+    clf.fit(texts, labels).save(tmp_path / "task")
+    module = (tmp_path / "task" / "module.safetensors").stat().st_size
+    assert module < 100_000  # kilobytes: adapters + head only
+    other = make_bert(tmp_path / "other-bert", seed=1)
+    with pytest.raises(ValueError, match="a different model"):
+        tt.Classifier.load(tmp_path / "task", backbone=other)
+    same = tt.Classifier.load(tmp_path / "task", backbone=tiny_bert)
+    assert same.labels == clf.labels_
