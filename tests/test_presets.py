@@ -51,6 +51,8 @@ def test_every_preset(preset, tiny_model, toy, tmp_path):
         assert encoder_names <= names
     elif cfg.trains == "bitfit":
         assert names & encoder_names == {n for n in encoder_names if n.endswith(".bias")}
+    elif cfg.trains == "lora":
+        assert names & encoder_names and all(".lora_" in n for n in names & encoder_names)
     else:
         assert not names & encoder_names
     assert (cfg.trains == "adapter") == any(n.startswith("tuning.adapters.") for n in tuning_names)
@@ -88,3 +90,14 @@ def test_presets_are_composable():
         tt.ClassifierConfig(head="verbalizer")
     with pytest.raises(ValueError, match="layer_norm"):
         tt.config_from_preset("prompt", layer_norm="fresh")
+
+
+@pytest.mark.parametrize("preset", ["cls", "prompt", "cls-pt-ln", "adapter", "lora", "soft-prompt"])
+def test_distilbert(preset, tmp_path_factory, toy, tmp_path):
+    from tiny import make_distilbert
+    texts, labels = toy
+    path = make_distilbert(tmp_path_factory.mktemp("tiny-distilbert"))
+    clf = _fit(preset, path, toy, epochs=2).fit(texts, labels)
+    clf.save(tmp_path / "m")
+    loaded = tt.TailtuneClassifier.load(tmp_path / "m", device="cpu")
+    np.testing.assert_allclose(loaded.decision_function(texts), clf.decision_function(texts), atol=1e-5)

@@ -71,3 +71,17 @@ def test_task_module_refuses_another_backbone(tiny_bert, tmp_path, toy):
         tt.Classifier.load(tmp_path / "task", backbone=other)
     same = tt.Classifier.load(tmp_path / "task", backbone=tiny_bert)
     assert same.labels == clf.labels_
+
+
+def test_lora_starts_as_the_base_model(tiny_model):
+    plain = tt.build_classifier(tt.config_from_preset("cls"), ["a", "b"], tiny_model).eval()
+    lora = tt.build_classifier(tt.config_from_preset("lora", lora_r=2), ["a", "b"], tiny_model).eval()
+    batch = collate(plain.encode(["the movie was great"]), plain.tokenizer.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():
+        h0 = plain.encoder(input_ids=batch["input_ids"]).last_hidden_state
+        h1 = lora.encoder(input_ids=batch["input_ids"]).last_hidden_state
+    torch.testing.assert_close(h0, h1)  # B = 0 at the start
+    c = lora.parameter_counts()
+    assert c["trainable_without_head"] == 2 * 2 * (32 * 2 + 2 * 32)  # 2 layers x (query, value) x (A + B)
+    with pytest.raises(ValueError, match="lora_targets"):
+        tt.build_classifier(tt.config_from_preset("lora", lora_targets="nope"), ["a", "b"], tiny_model)

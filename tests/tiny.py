@@ -49,3 +49,16 @@ def make_roberta(directory: Path, seed: int = 0) -> str:
                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     RobertaForMaskedLM(cfg).save_pretrained(directory)
     return str(directory)
+
+
+def make_distilbert(directory: Path, seed: int = 0) -> str:
+    import torch
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertForMaskedLM
+    bert_dir = Path(make_bert(directory / "tok", seed))  # reuse the word-piece vocabulary
+    tok = AutoTokenizer.from_pretrained(bert_dir)
+    tok.save_pretrained(directory)
+    torch.manual_seed(seed)
+    cfg = DistilBertConfig(vocab_size=len(tok), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                           max_position_embeddings=128, initializer_range=0.2)
+    DistilBertForMaskedLM(cfg).save_pretrained(directory)
+    return str(directory)

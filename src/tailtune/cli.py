@@ -56,6 +56,11 @@ def _add_data_args(p, split_flags):
     p.add_argument("--label-col", default="label", help="column holding the label")
 
 
+def _add_loading_args(p):
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--backbone", default=None, help="base backbone for a saved task module (default: its own)")
+
+
 def _read(args, path):
     return read_dataset(path, args.text_col, args.label_col, args.text_b_col) if path else None
 
@@ -172,8 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(e, [("--data", True)])
     e.add_argument("--theta", type=float, default=None, help="head/tail threshold (default: the model's)")
     e.add_argument("--output", default=None, help="write the report as JSON here")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--backbone", default=None, help="base backbone for a saved task module (default: its own)")
+    _add_loading_args(e)
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="predict labels for new texts (JSON lines)")
@@ -183,8 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--text-col", default="text")
     r.add_argument("--text-b-col", default=None)
     r.add_argument("--output", default=None, help="write JSON lines here (default: stdout)")
-    r.add_argument("--device", default="auto")
-    r.add_argument("--backbone", default=None, help="base backbone for a saved task module (default: its own)")
+    _add_loading_args(r)
     r.set_defaults(func=cmd_predict)
 
     x = sub.add_parser("run", help="run an experiment YAML (presets x datasets x seeds), resumable")

@@ -15,7 +15,7 @@ from .backbone import Backbone, drop_pooler, fingerprint, load_backbone
 from .heads import MLPHead, VerbalizerHead
 from .losses import classification_loss, eta_norm
 from .prompts import Encoded, Template, Verbalizer, encode_plain
-from .tuning import add_adapters, trainable_flags
+from .tuning import add_adapters, add_lora, trainable_flags
 
 DEFAULT_TEMPLATE = "{text} It is about {mask} ."
 FORMAT_VERSION = 1
@@ -25,7 +25,7 @@ _CHOICES = {
     "head": ("mlp", "verbalizer"),
     "activation": ("tanh", "relu", "gelu"),
     "layer_norm": ("none", "fresh", "pretrained"),
-    "trains": ("all", "head", "bitfit", "adapter", "prompt"),
+    "trains": ("all", "head", "bitfit", "adapter", "lora", "prompt"),
     "adapter_kind": ("houlsby", "pfeiffer"),
     "adapter_init": ("near-identity", "normal", "zero"),
     "soft_init": ("vocab", "random"),
@@ -52,7 +52,7 @@ class ClassifierConfig:
     decouple_embeddings: bool = False
     """verbalizer head: train a copy of the output embeddings apart from the input ones"""
     trains: str = "all"
-    """what trains besides the head: all, head (nothing else), bitfit (biases), adapter, prompt (soft tokens)"""
+    """what trains besides the head: all, head (nothing else), bitfit (biases), adapter, lora, prompt (soft tokens)"""
     adapter_kind: str = "houlsby"
     """houlsby (after attention and FFN outputs) or pfeiffer (after the FFN output only)"""
     adapter_size: int = 64
@@ -61,6 +61,14 @@ class ClassifierConfig:
     """adapter activation"""
     adapter_init: str = "near-identity"
     """adapter initialisation: near-identity, normal or zero (up-projection zero)"""
+    lora_r: int = 8
+    """LoRA rank"""
+    lora_alpha: float = 16.0
+    """LoRA scaling α (the update is scaled by α/r)"""
+    lora_dropout: float = 0.1
+    """dropout on the LoRA input"""
+    lora_targets: str | None = None
+    """comma-separated module names LoRA adapts (default per architecture: query,value)"""
     soft_tokens: int = 0
     """soft prompt tokens prepended to the template (more can sit inside it: {soft:N})"""
     soft_init: str = "vocab"
@@ -144,6 +152,9 @@ PRESETS: dict[str, tuple[dict, str]] = {
                          "CLS head; Pfeiffer adapters after the FFN, backbone frozen"),
     "prompt-adapter": ({"input_format": "template", "head": "verbalizer", "trains": "adapter"},
                        "prompt-tuning head with Houlsby adapters, backbone frozen"),
+    "lora": ({"trains": "lora"}, "CLS head; LoRA (r=8, α=16) on query and value, backbone frozen (via PEFT)"),
+    "prompt-lora": ({"input_format": "template", "head": "verbalizer", "trains": "lora"},
+                    "prompt-tuning head with LoRA, backbone frozen"),
     "soft-prompt": ({"input_format": "template", "head": "verbalizer", "trains": "prompt", "soft_tokens": 20},
                     "20 soft tokens before the template, MLM head + verbalizer; backbone frozen "
                     "(with hard template words: a hybrid prompt)"),
@@ -200,6 +211,8 @@ class Classifier(nn.Module):
         if config.trains == "adapter":
             self.tuning.adapters = add_adapters(self.encoder, hidden, config.adapter_kind, config.adapter_size,
                                                 config.adapter_activation, config.adapter_init)
+        if config.trains == "lora":
+            add_lora(self.encoder, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets)
         soft_ids = self.template.soft_init_ids(self.tokenizer) if self.template is not None else []
         if soft_ids:
             self.tuning.soft_prompt = nn.Parameter(self._init_soft(soft_ids))  # (soft tokens, hidden)
@@ -207,8 +220,12 @@ class Classifier(nn.Module):
 
     def _init_soft(self, ids: list[int | None]) -> torch.Tensor:
         emb = self.encoder.get_input_embeddings().weight.detach()
+        # like Lester et al.: sample among common real words (vocabularies are roughly frequency
+        # ordered); skip special, [unused] and sub-word tokens
         special = set(self.tokenizer.all_special_ids)
-        pool = torch.tensor([i for i in range(min(len(emb), 5000, len(self.tokenizer))) if i not in special])
+        tokens = self.tokenizer.convert_ids_to_tokens(list(range(min(len(emb), len(self.tokenizer)))))
+        pool = torch.tensor([i for i, t in enumerate(tokens)
+                             if i not in special and t.lstrip("Ġ▁").isalpha()][:5000])
         rows = []
         for i in ids:
             if i is not None:

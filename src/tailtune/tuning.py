@@ -1,4 +1,4 @@
-"""What trains: everything, the head only, biases (BitFit), bottleneck adapters, soft prompt tokens.
+"""What trains: everything, the head only, biases (BitFit), bottleneck adapters, LoRA, soft prompt tokens.
 
 Mechanisms never rename backbone parameters: adapters attach through forward hooks and keep
 their own parameters under ``Classifier.tuning``, so the frozen backbone stays a plain
@@ -68,6 +68,28 @@ def add_adapters(encoder: nn.Module, hidden: int, kind: str, size: int, activati
     return adapters
 
 
+# attention projections LoRA adapts by default (query and value, as in Hu et al., 2021)
+LORA_TARGETS = {"bert": "query,value", "roberta": "query,value", "xlm-roberta": "query,value",
+                "electra": "query,value", "distilbert": "q_lin,v_lin"}
+
+
+def add_lora(encoder: nn.Module, r: int, alpha: float, dropout: float, targets: str | None) -> str:
+    """Inject LoRA (``W + (α/r)·B·A``, B starting at zero) into ``encoder`` through PEFT."""
+    from peft import LoraConfig, inject_adapter_in_model
+    model_type = encoder.config.model_type
+    targets = targets or LORA_TARGETS.get(model_type)
+    if targets is None:
+        raise ValueError(f"no default LoRA target modules for model type {model_type!r}; "
+                         f"name them with lora_targets, e.g. 'query,value'")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules=[t.strip() for t in targets.split(",")])
+    try:
+        inject_adapter_in_model(config, encoder)
+    except ValueError as e:
+        raise ValueError(f"LoRA: {e} (set lora_targets to module names of this model)") from None
+    return targets
+
+
 def is_bias(name: str) -> bool:
     return name.endswith(".bias")
 
@@ -81,6 +103,8 @@ def trainable_flags(model, trains: str) -> dict[str, bool]:
             tied = name == "head.decoder_weight" and not model.config.decouple_embeddings
             flags[name] = trains == "all" or not tied
         elif name.startswith("tuning."):
+            flags[name] = True
+        elif ".lora_" in name:  # LoRA matrices live inside the backbone's modules
             flags[name] = True
         else:  # backbone
             flags[name] = trains == "all" or (trains == "bitfit" and is_bias(name))
