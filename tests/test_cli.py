@@ -54,3 +54,9 @@ def test_errors_speak_to_the_user(tiny_bert, toy_files, capsys):
     assert (toy_files / "m2" / "keep.txt").read_text() == "precious"  # nothing saved is lost
     assert main(["evaluate", str(toy_files), "--data", str(toy_files / "test.tsv")]) == 2
     assert "not a saved tailtune classifier" in capsys.readouterr().err
+
+
+def test_stats(toy_files, capsys):
+    assert main(["stats", "--data", str(toy_files / "train.tsv"), "--theta", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "36 examples, 3 classes, imbalance ratio 1.0" in out and "tail" in out

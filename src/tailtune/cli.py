@@ -86,10 +86,15 @@ def cmd_train(args) -> int:
                              dev_fraction=args.dev_fraction, trust_remote_code=args.trust_remote_code,
                              **_collect(args, ClassifierConfig))
     _print_setup(clf, train_ds)
+    if clf.config.head == "verbalizer":  # show the label words before the (long) training starts
+        from .backbone import load_tokenizer
+        from .data import label_space
+        from .prompts import Verbalizer
+        verb = Verbalizer(label_space(train_ds.labels), verbalizer)
+        for row in verb.describe(load_tokenizer(args.backbone)):
+            print(f"  verbalizer {row['label']!r} -> {row['word']!r} -> {row['tokens']}"
+                  + ("  (contains an unknown token!)" if row["unknown"] else ""))
     clf.fit(train_ds, dev=dev_ds)
-    if clf.model_.verbalizer is not None:
-        for row in clf.model_.verbalizer.describe(clf.model_.tokenizer):
-            print(f"  verbalizer {row['label']!r} -> {row['word']!r} -> {row['tokens']}")
     c = clf.model_.parameter_counts()
     print(f"trainable parameters: {c['trainable']:,} ({c['pct_of_backbone']:.3f}% of the backbone; "
           f"{c['pct_of_backbone_without_head']:.3f}% without the head)")
@@ -101,6 +106,23 @@ def cmd_train(args) -> int:
         report = clf.evaluate(test_ds)
         (out / "test_report.json").write_text(json.dumps(report, indent=2))
         print(format_report(report))
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from .data import class_stats
+    stats = class_stats(_read(args, args.data).labels, args.theta)
+    if args.json:
+        print(json.dumps(stats, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{stats['n_examples']} examples, {stats['n_classes']} classes, imbalance ratio "
+          f"{stats['imbalance_ratio']:.1f} (largest / smallest class), θ={args.theta}: "
+          f"{len(stats['head'])} head, {len(stats['tail'])} tail")
+    running = 0
+    for c, n in stats["counts"].items():
+        running += n
+        group = "head" if c in stats["head"] else "tail"
+        print(f"  {c[:30]:<31}{n:>7}  {100 * n / stats['n_examples']:5.1f}%  cum {100 * running / stats['n_examples']:5.1f}%  {group}")
     return 0
 
 
@@ -172,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(t, TrainConfig)
     t.set_defaults(func=cmd_train)
 
+    st = sub.add_parser("stats", help="class counts, imbalance ratio and the head/tail split of a data file")
+    _add_data_args(st, [("--data", True)])
+    st.add_argument("--theta", type=float, default=0.65, help="head/tail threshold θ")
+    st.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    st.set_defaults(func=cmd_stats)
+
     e = sub.add_parser("evaluate", help="long-tail report of a saved classifier on labelled data")
     e.add_argument("model", help="saved classifier directory")
     _add_data_args(e, [("--data", True)])
@@ -219,6 +247,9 @@ def main(argv=None) -> int:
     except (DataError, TemplateError, ValueError, FileNotFoundError) as e:
         print(f"tailtune {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `tailtune stats ... | head`
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":
