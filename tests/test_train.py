@@ -19,6 +19,7 @@ def test_same_seed_same_metrics(tiny_bert, toy):
     np.testing.assert_array_equal(a.decision_function(texts), b.decision_function(texts))
     assert a.train_result_.history == b.train_result_.history
     assert not np.array_equal(a.decision_function(texts), c.decision_function(texts))
+    assert a.train_result_.peak_memory_mb > 50  # resident memory of a process with torch loaded
 
 
 def test_early_stopping_and_best_checkpoint(tiny_bert, toy):

@@ -101,6 +101,7 @@ def run_one(cfg: dict, dataset: str, preset: str, seed: int, out_dir: Path) -> d
         "epochs_run": round(r.epochs_run, 3), "train_seconds": round(r.seconds, 1),
         "seconds_per_epoch": round(r.seconds / max(r.epochs_run, 1e-9), 1),
         "eval_seconds": round(eval_seconds, 1), "n_trainable": clf.n_trainable_,
+        "peak_memory_mb": r.peak_memory_mb and round(r.peak_memory_mb),
         "parameters": clf.model_.parameter_counts(),
         "config": clf.config.to_dict(), "train_config": tc.to_dict(),
         "warnings": sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)}),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -146,6 +147,45 @@ class TrainResult:
     epochs_run: float
     seconds: float
     history: list = field(default_factory=list)
+    peak_memory_mb: float | None = None  # peak resident memory (CPU) or allocated memory (CUDA)
+
+
+class PeakMemory:
+    """Peak memory while a block runs: CUDA allocator peak, or resident set size sampled every 50 ms."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_mb, self._stop = device, None, None
+
+    @staticmethod
+    def _rss_mb() -> float | None:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError):
+            return None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        import threading
+        self._stop = threading.Event()
+        self.peak_mb = self._rss_mb()
+        def sample():
+            while not self._stop.wait(0.05):
+                now = self._rss_mb()
+                if now is not None:
+                    self.peak_mb = max(self.peak_mb or 0.0, now)
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
 
 
 def _param_groups(model, cfg: TrainConfig) -> list[dict]:
@@ -197,39 +237,41 @@ def train(model, train_encoded: list[Encoded], train_targets: list[int], cfg: Tr
     best_f1, best_step, best_state, bad_evals, step = None, 0, None, 0, 0
     history, start, stop = [], time.perf_counter(), False
     bar = tqdm(total=total_steps, disable=not cfg.progress, desc="train")
-    while step < total_steps and not stop:
-        for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
-            batch = collate([train_encoded[i] for i in idx], pad, device)
-            with _autocast(device, cfg.bf16):
-                logits = model(**batch)
-            loss = model.loss(logits, targets[idx].to(device))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            record = {"step": step, "loss": loss.item()}
-            if evaluate is not None and (step % eval_every == 0 or step == total_steps):
-                metrics = evaluate()
-                model.train()
-                record.update({"dev_" + k: v for k, v in metrics.items() if isinstance(v, float)})
-                if best_f1 is None or metrics["macro_f1"] > best_f1:
-                    best_f1, best_step, bad_evals = metrics["macro_f1"], step, 0
-                    best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-                else:
-                    bad_evals += 1
-                    stop = cfg.patience is not None and bad_evals >= cfg.patience
-            history.append(record)
-            if step >= total_steps or stop:
-                break
-    bar.close()
+    with PeakMemory(device) as memory:
+        while step < total_steps and not stop:
+            for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
+                batch = collate([train_encoded[i] for i in idx], pad, device)
+                with _autocast(device, cfg.bf16):
+                    logits = model(**batch)
+                loss = model.loss(logits, targets[idx].to(device))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                record = {"step": step, "loss": loss.item()}
+                if evaluate is not None and (step % eval_every == 0 or step == total_steps):
+                    metrics = evaluate()
+                    model.train()
+                    record.update({"dev_" + k: v for k, v in metrics.items() if isinstance(v, float)})
+                    if best_f1 is None or metrics["macro_f1"] > best_f1:
+                        best_f1, best_step, bad_evals = metrics["macro_f1"], step, 0
+                        best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                    else:
+                        bad_evals += 1
+                        stop = cfg.patience is not None and bad_evals >= cfg.patience
+                history.append(record)
+                if step >= total_steps or stop:
+                    break
+        bar.close()
     if best_state is not None:
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if n in best_state:
                     p.copy_(best_state[n])
     model.eval()
-    return TrainResult(best_f1, best_step, step, step / steps_per_epoch, time.perf_counter() - start, history)
+    return TrainResult(best_f1, best_step, step, step / steps_per_epoch, time.perf_counter() - start, history,
+                       memory.peak_mb)
