@@ -27,6 +27,6 @@ def test_no_head_class_gives_nan_head_f1():
 def test_weight_norm_export(tmp_path):
     rows = weight_norms(["a", "b", "c"], [1.0, 2.0, 3.0], ["b", "b", "a", "c", "c", "c"])
     assert [r["label"] for r in rows] == ["c", "b", "a"]
-    out = export_weight_norms(rows, tmp_path)
+    export_weight_norms(rows, tmp_path)
     assert (tmp_path / "weight_norms.png").stat().st_size > 1000
     assert "c,3,3.0" in (tmp_path / "weight_norms.csv").read_text()

@@ -41,7 +41,6 @@ def test_truncation_keeps_template_and_mask(tiny_model):
 
 
 def test_plain_format_reads_cls(tiny_bert):
-    tok = load_tokenizer(tiny_bert)
     model = tt.build_classifier(tt.config_from_preset("cls", max_length=16), ["a", "b"], tiny_bert)
     enc = model.encode(["the movie " * 40], ["oil"])
     assert enc[0].position == 0 and len(enc[0].input_ids) == 16 and enc[0].token_type_ids is not None

@@ -1,11 +1,8 @@
 """A scikit-learn style estimator over the lower-level pieces."""
 from __future__ import annotations
 
-import json
 import time
-import warnings
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

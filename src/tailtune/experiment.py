@@ -17,7 +17,7 @@ from .metrics import export_weight_norms
 from .train import TrainConfig
 
 _DATASET_KEYS = {"train", "dev", "test", "theta", "template", "verbalizer", "max_length", "text_col",
-                 "text_b_col", "label_col", "dev_fraction", "train_overrides", "name"}
+                 "text_b_col", "label_col", "dev_fraction", "train_overrides"}
 
 
 def load_experiment(path: str | Path, data_dir: str | None = None) -> dict:

@@ -251,8 +251,8 @@ def train(model, train_encoded: list[Encoded], train_targets: list[int], cfg: Tr
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
                 record = {"step": step, "loss": loss.item()}
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
                 if evaluate is not None and (step % eval_every == 0 or step == total_steps):
                     metrics = evaluate()
                     model.train()
