@@ -4,7 +4,35 @@ import pytest
 import torch
 
 import tailtune as tt
+from tailtune.multitask import TaskSet
 from tailtune.train import predict_logits, set_seed, train
+
+# other task modules that share the backbone in the mixed-batch check, one per routed mechanism
+OTHER_TASKS = {"o-adapter": "adapter-pfeiffer", "o-lora": "prompt-lora", "o-prefix": "prefix",
+               "o-soft": "soft-prompt", "o-probe": "linear-probe"}
+
+
+@pytest.fixture(scope="module")
+def other_tasks(tmp_path_factory):
+    """Saved modules of every routed mechanism, with randomly moved parameters (so no module
+    is the identity), per tiny backbone."""
+    made = {}
+
+    def get(backbone):
+        if backbone not in made:
+            root = tmp_path_factory.mktemp("others")
+            for name, preset in OTHER_TASKS.items():
+                torch.manual_seed(len(name))
+                model = tt.build_classifier(tt.config_from_preset(preset, template="{text} it is {mask} ."),
+                                            ["x", "y", "z", "w"][:2 + len(name) % 3], backbone)
+                with torch.no_grad():
+                    for p in model.parameters():
+                        if p.requires_grad:
+                            p.add_(torch.randn_like(p) * 0.3)
+                model.save(root / name)
+            made[backbone] = root
+        return made[backbone]
+    return get
 
 
 def _fit(preset, backbone, toy, epochs=8, **kw):
@@ -19,7 +47,7 @@ def _mean_loss(model, encoded, target):
 
 
 @pytest.mark.parametrize("preset", list(tt.PRESETS))
-def test_every_preset(preset, tiny_model, toy, tmp_path):
+def test_every_preset(preset, tiny_model, toy, tmp_path, other_tasks):
     texts, labels = toy
     clf = _fit(preset, tiny_model, toy)
     labels_ = sorted(set(labels))
@@ -53,10 +81,12 @@ def test_every_preset(preset, tiny_model, toy, tmp_path):
         assert names & encoder_names == {n for n in encoder_names if n.endswith(".bias")}
     elif cfg.trains == "lora":
         assert names & encoder_names and all(".lora_" in n for n in names & encoder_names)
+        assert all(".default." in n for n in names & encoder_names)  # only this task's LoRA
     else:
         assert not names & encoder_names
     assert (cfg.trains == "adapter") == any(n.startswith("tuning.adapters.") for n in tuning_names)
     assert ("{soft" in (cfg.full_template or "")) == ("tuning.soft_prompt" in tuning_names)
+    assert (cfg.trains == "prefix") == any(n.startswith("tuning.prefix.") for n in tuning_names)
     assert names <= head_names | encoder_names | tuning_names
     if cfg.head == "verbalizer":
         tied = model.head.decoder_weight is model.encoder.get_input_embeddings().weight
@@ -77,6 +107,27 @@ def test_every_preset(preset, tiny_model, toy, tmp_path):
     np.testing.assert_allclose(loaded.decision_function(texts), clf.decision_function(texts), atol=1e-5)
     assert loaded.predict(texts) == clf.predict(texts)
     assert loaded.labels_ == clf.labels_
+
+    # 4. on one shared backbone, a mixed-task batch equals the same examples run task by task
+    if cfg.trains in ("all", "bitfit"):  # these change the backbone itself: they cannot share it
+        with pytest.raises(ValueError, match="cannot share"):
+            TaskSet().add(tmp_path / "m")
+        return
+    tasks = TaskSet()
+    tasks.add(tmp_path / "m", "main")
+    for name in OTHER_TASKS:
+        tasks.add(other_tasks(tiny_model) / name)
+    names = ["main", *OTHER_TASKS]
+    mixed_tasks = [names[i % len(names)] for i in range(len(texts))]
+    mixed = tasks.logits(texts, mixed_tasks, batch_size=16)
+    for name in names:
+        rows = [i for i, t in enumerate(mixed_tasks) if t == name]
+        alone = tasks.logits([texts[i] for i in rows], [name] * len(rows))
+        for i, a in zip(rows, alone):
+            torch.testing.assert_close(mixed[i], a, atol=1e-5, rtol=1e-4)
+    main = [i for i, t in enumerate(mixed_tasks) if t == "main"]
+    standalone = clf.decision_function([texts[i] for i in main])
+    np.testing.assert_allclose(torch.stack([mixed[i] for i in main]).numpy(), standalone, atol=1e-5)
 
 
 def test_presets_are_composable():

@@ -4,6 +4,7 @@ import torch
 
 import tailtune as tt
 from tailtune.backbone import load_tokenizer
+from tailtune.routing import Route
 from tailtune.train import collate
 from tiny import make_bert
 
@@ -41,13 +42,17 @@ def test_adapters_start_near_identity_and_sit_where_they_should(tiny_bert):
     assert sorted(houlsby.tuning.adapters) == ["0_attn", "0_ffn", "1_attn", "1_ffn"]
     assert sorted(pfeiffer.tuning.adapters) == ["0_ffn", "1_ffn"]
     batch = collate(plain.encode(["the movie was great"]), 0, torch.device("cpu"))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    routed = lambda m: m.router.encode([Route(m.task)], ids, mask)  # noqa: E731
     with torch.no_grad():
-        h0 = plain.encoder(input_ids=batch["input_ids"]).last_hidden_state
-        h1 = houlsby.encoder(input_ids=batch["input_ids"]).last_hidden_state
+        h0 = routed(plain)
+        h1 = routed(houlsby)
         houlsby.tuning.adapters["0_ffn"].up.bias.normal_()  # (a constant would vanish in LayerNorm)
-        h2 = houlsby.encoder(input_ids=batch["input_ids"]).last_hidden_state
+        h2 = routed(houlsby)
+        outside = houlsby.encoder(input_ids=ids).last_hidden_state
     torch.testing.assert_close(h0, h1, atol=1e-3, rtol=0)  # near-identity
     assert (h2 - h0).abs().max() > 0.1  # the hook really sits in the forward pass
+    torch.testing.assert_close(outside, h0)  # outside a routed pass the encoder is the plain model
 
 
 def test_parameter_accounting(tiny_bert):

@@ -29,7 +29,8 @@ class TailtuneClassifier:
     >>> clf = TailtuneClassifier("prompt", template="{text} This is {mask} news .")
     >>> clf.fit(texts, labels).predict(["new text"])
 
-    Axis options left at ``None`` keep the preset's value (see ``tailtune.PRESETS``).
+    Axis options left at ``None`` keep the preset's value (see ``tailtune.PRESETS``); any other
+    ``ClassifierConfig`` field (``adapter_size``, ``lora_r``, ``prefix_length``, ...) is a keyword too.
     Learned attributes: ``model_``, ``labels_``, ``class_stats_``, ``train_result_``.
     """
 
@@ -42,14 +43,14 @@ class TailtuneClassifier:
                  focal_gamma: float | None = None, eta: float | None = None,
                  max_length: int | None = None, train_config: TrainConfig | None = None,
                  theta: float = 0.65, dev_fraction: float = 0.1,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, **options):
         self.preset = preset
         self.backbone = backbone
         self.verbalizer = verbalizer
         self.config = config_from_preset(
             preset, template=template, input_format=input_format, head=head, activation=activation,
             dropout=dropout, layer_norm=layer_norm, decouple_embeddings=decouple_embeddings,
-            trains=trains, loss=loss, focal_gamma=focal_gamma, eta=eta, max_length=max_length)
+            trains=trains, loss=loss, focal_gamma=focal_gamma, eta=eta, max_length=max_length, **options)
         self.train_config = train_config or TrainConfig()
         self.theta = theta
         self.dev_fraction = dev_fraction

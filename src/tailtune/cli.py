@@ -138,20 +138,53 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from .multitask import task_dirs
+    if args.data:  # the task column, when named, is read where labels would be
+        ds = read_dataset(args.data, args.text_col, args.task_col, args.text_b_col)
+        texts, texts_b, row_tasks = ds.texts, ds.texts_b, ds.labels
+    else:
+        texts, texts_b, row_tasks = list(args.text), None, None
+    dirs = task_dirs(args.model)
+    if (Path(args.model) / "tailtune.json").is_file() and not row_tasks:
+        return _predict_one(args, texts, texts_b)
+    tasks = row_tasks or ([args.task] * len(texts) if args.task else None)
+    if tasks is None:
+        if len(dirs) > 1:
+            raise ValueError(f"{args.model} holds tasks {', '.join(dirs)}: pick one with --task NAME, or "
+                             f"name a task per row with --data FILE --task-col COLUMN")
+        tasks = list(dirs) * len(texts)
+    return _predict_tasks(args, dirs, texts, texts_b, tasks)
+
+
+def _predict_one(args, texts, texts_b) -> int:
     from .api import TailtuneClassifier
     clf = TailtuneClassifier.load(args.model, args.device, args.backbone)
-    if args.data:
-        ds = read_dataset(args.data, args.text_col, None, args.text_b_col)
-        texts, texts_b = ds.texts, ds.texts_b
-    else:
-        texts, texts_b = [t for t in args.text], None
-    probs = clf.predict_proba(texts, texts_b)
-    out = open(args.output, "w") if args.output else sys.stdout
-    for text, p in zip(texts, probs):
-        best = int(p.argmax())
-        out.write(json.dumps({"text": text, "label": clf.labels_[best], "score": round(float(p[best]), 6)},
-                             ensure_ascii=False) + "\n")
+    _write_predictions(args, texts, None, clf.predict_proba(texts, texts_b), lambda i: clf.labels_)
     return 0
+
+
+def _predict_tasks(args, dirs, texts, texts_b, tasks) -> int:
+    """Several task modules on one backbone; batches mix tasks."""
+    from .multitask import TaskSet
+    from .train import resolve_device
+    unknown = sorted(set(tasks) - set(dirs))
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown} in {args.model}; it holds: {', '.join(dirs)}")
+    task_set = TaskSet(args.backbone, str(resolve_device(args.device)))
+    for name in dict.fromkeys(tasks):
+        task_set.add(dirs[name], name)
+    probs = [s.softmax(-1).numpy() for s in task_set.logits(texts, tasks, texts_b)]
+    _write_predictions(args, texts, tasks, probs, lambda i: task_set.tasks[tasks[i]].labels)
+    return 0
+
+
+def _write_predictions(args, texts, tasks, probs, labels_of) -> None:
+    out = open(args.output, "w") if args.output else sys.stdout
+    for i, (text, p) in enumerate(zip(texts, probs)):
+        best = int(p.argmax())
+        row = {"text": text, **({"task": tasks[i]} if tasks else {}), "label": labels_of(i)[best],
+               "score": round(float(p[best]), 6)}
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def cmd_run(args) -> int:
@@ -209,8 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="predict labels for new texts (JSON lines)")
-    r.add_argument("model", help="saved classifier directory")
+    r.add_argument("model", help="saved classifier directory, or a directory of task modules (one per "
+                                 "subdirectory, named by it) that then share one backbone")
     r.add_argument("text", nargs="*", help="texts to classify (or use --data)")
+    r.add_argument("--task", default=None, help="which task module of the directory predicts")
+    r.add_argument("--task-col", default=None, help="with --data: column naming each row's task "
+                                                    "(rows of different tasks share batches)")
     r.add_argument("--data", default=None, help="file of texts (.tsv, .csv or .jsonl)")
     r.add_argument("--text-col", default="text")
     r.add_argument("--text-b-col", default=None)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,8 @@ from .backbone import Backbone, drop_pooler, fingerprint, load_backbone
 from .heads import MLPHead, VerbalizerHead
 from .losses import classification_loss, eta_norm
 from .prompts import Encoded, Template, Verbalizer, encode_plain
-from .tuning import add_adapters, add_lora, trainable_flags
+from .routing import Route, TaskRouter
+from .tuning import Prefix, adapter_sites, add_lora, make_adapters, rename_lora, trainable_flags
 
 DEFAULT_TEMPLATE = "{text} It is about {mask} ."
 FORMAT_VERSION = 1
@@ -25,7 +27,7 @@ _CHOICES = {
     "head": ("mlp", "verbalizer"),
     "activation": ("tanh", "relu", "gelu"),
     "layer_norm": ("none", "fresh", "pretrained"),
-    "trains": ("all", "head", "bitfit", "adapter", "lora", "prompt"),
+    "trains": ("all", "head", "bitfit", "adapter", "lora", "prefix", "prompt"),
     "adapter_kind": ("houlsby", "pfeiffer"),
     "adapter_init": ("near-identity", "normal", "zero"),
     "soft_init": ("vocab", "random"),
@@ -52,7 +54,7 @@ class ClassifierConfig:
     decouple_embeddings: bool = False
     """verbalizer head: train a copy of the output embeddings apart from the input ones"""
     trains: str = "all"
-    """what trains besides the head: all, head (nothing else), bitfit (biases), adapter, lora, prompt (soft tokens)"""
+    """what trains besides the head: all, head (nothing else), bitfit (biases), adapter, lora, prefix, prompt (soft tokens)"""
     adapter_kind: str = "houlsby"
     """houlsby (after attention and FFN outputs) or pfeiffer (after the FFN output only)"""
     adapter_size: int = 64
@@ -69,6 +71,10 @@ class ClassifierConfig:
     """dropout on the LoRA input"""
     lora_targets: str | None = None
     """comma-separated module names LoRA adapts (default per architecture: query,value)"""
+    prefix_length: int = 4
+    """prefix tuning: key/value vectors prepended in every layer"""
+    prefix_reparam: int = 0
+    """prefix tuning: width of the reparameterisation MLP (0: train the prefixes directly)"""
     soft_tokens: int = 0
     """soft prompt tokens prepended to the template (more can sit inside it: {soft:N})"""
     soft_init: str = "vocab"
@@ -97,9 +103,10 @@ class ClassifierConfig:
             self.template = DEFAULT_TEMPLATE
         if self.template is not None:
             Template(self.template)  # fail early on a bad template
-        if self.soft_tokens < 0 or self.adapter_size < 1:
-            raise ValueError(f"soft_tokens must be >= 0 and adapter_size >= 1, got {self.soft_tokens}, "
-                             f"{self.adapter_size}")
+        if self.soft_tokens < 0 or self.adapter_size < 1 or self.prefix_length < 1 or self.prefix_reparam < 0:
+            raise ValueError(f"need soft_tokens >= 0, adapter_size >= 1, prefix_length >= 1, prefix_reparam >= 0; "
+                             f"got {self.soft_tokens}, {self.adapter_size}, {self.prefix_length}, "
+                             f"{self.prefix_reparam}")
         has_soft = self.input_format == "template" and "{soft" in self.full_template
         if self.soft_tokens and self.input_format != "template":
             raise ValueError("soft_tokens need input_format='template' (they sit in the template)")
@@ -155,6 +162,9 @@ PRESETS: dict[str, tuple[dict, str]] = {
     "lora": ({"trains": "lora"}, "CLS head; LoRA (r=8, α=16) on query and value, backbone frozen (via PEFT)"),
     "prompt-lora": ({"input_format": "template", "head": "verbalizer", "trains": "lora"},
                     "prompt-tuning head with LoRA, backbone frozen"),
+    "prefix": ({"trains": "prefix"}, "CLS head; 4 trainable key/value prefixes in every layer, backbone frozen"),
+    "prompt-prefix": ({"input_format": "template", "head": "verbalizer", "trains": "prefix"},
+                      "prompt-tuning head with prefix tuning, backbone frozen"),
     "soft-prompt": ({"input_format": "template", "head": "verbalizer", "trains": "prompt", "soft_tokens": 20},
                     "20 soft tokens before the template, MLM head + verbalizer; backbone frozen "
                     "(with hard template words: a hybrid prompt)"),
@@ -178,9 +188,13 @@ class Classifier(nn.Module):
     """An encoder, an input format and a head, side by side (composition, not subclasses)."""
 
     def __init__(self, config: ClassifierConfig, labels: list[str], backbone: Backbone,
-                 verbalizer: Verbalizer | None = None, backbone_fingerprint: str | None = None):
+                 verbalizer: Verbalizer | None = None, backbone_fingerprint: str | None = None,
+                 task: str = "default"):
         super().__init__()
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", task):
+            raise ValueError(f"task name {task!r}: use letters, digits, '_' and '-' only")
         self.config = config
+        self.task = task
         self.labels = list(labels)
         self.tokenizer = backbone.tokenizer
         self.backbone_name = backbone.name
@@ -208,14 +222,27 @@ class Classifier(nn.Module):
         if backbone.mlm is not None:
             self._init_from_mlm(backbone.mlm)
         self.tuning = nn.Module()  # small task modules; backbone parameter names stay untouched
+        self.router = TaskRouter.of(self.encoder)
+        if task in self.router.tasks:
+            raise ValueError(f"a task named {task!r} is already attached to this backbone; pick another name")
         if config.trains == "adapter":
-            self.tuning.adapters = add_adapters(self.encoder, hidden, config.adapter_kind, config.adapter_size,
-                                                config.adapter_activation, config.adapter_init)
+            sites = adapter_sites(self.encoder, config.adapter_kind)
+            self.tuning.adapters = make_adapters(sites, hidden, config.adapter_size,
+                                                 config.adapter_activation, config.adapter_init)
+            self.router.add_adapters(task, sites, self.tuning.adapters)
         if config.trains == "lora":
-            add_lora(self.encoder, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets)
+            add_lora(self.encoder, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets,
+                     name=task)
+            self.router.add_lora(task)
+        if config.trains == "prefix":
+            self.tuning.prefix = Prefix(enc_cfg.num_hidden_layers if hasattr(enc_cfg, "num_hidden_layers")
+                                        else enc_cfg.n_layers, hidden, config.prefix_length, config.prefix_reparam)
+            self.router.add_prefix(task, self.tuning.prefix)
         soft_ids = self.template.soft_init_ids(self.tokenizer) if self.template is not None else []
         if soft_ids:
             self.tuning.soft_prompt = nn.Parameter(self._init_soft(soft_ids))  # (soft tokens, hidden)
+            self.router.add_soft_prompt(task, self.tuning.soft_prompt)
+        self.router.tasks.add(task)
         self.set_trainable()
 
     def _init_soft(self, ids: list[int | None]) -> torch.Tensor:
@@ -290,15 +317,8 @@ class Classifier(nn.Module):
     # -- forward ---------------------------------------------------------------
     def forward(self, input_ids, attention_mask, position, token_type_ids=None,
                 soft_positions=None) -> torch.Tensor:
-        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        if soft_positions is None:
-            kwargs["input_ids"] = input_ids
-        else:  # swap the soft prompt vectors in at their placeholder positions
-            embeds = self.encoder.get_input_embeddings()(input_ids).clone()  # (batch, seq, hidden)
-            rows = torch.arange(len(input_ids), device=input_ids.device)[:, None]
-            embeds[rows, soft_positions] = self.tuning.soft_prompt.to(embeds.dtype)
-            kwargs["inputs_embeds"] = embeds
-        hidden = self.encoder(attention_mask=attention_mask, **kwargs).last_hidden_state
+        hidden = self.router.encode([Route(self.task, None, soft_positions)], input_ids, attention_mask,
+                                    token_type_ids)
         h = hidden[torch.arange(hidden.shape[0], device=hidden.device), position]  # (batch, hidden)
         return self.head(h)  # (batch, classes)
 
@@ -346,16 +366,19 @@ class Classifier(nn.Module):
         if meta["artefact"] == "full":
             save_model(self, str(directory / "model.safetensors"))
         else:
-            trained = {n: p.detach().cpu().contiguous() for n, p in self.named_parameters() if p.requires_grad}
+            # LoRA adapters carry the task name inside the encoder; the file uses "default"
+            trained = {rename_lora(n, "default"): p.detach().cpu().contiguous()
+                       for n, p in self.named_parameters() if p.requires_grad}
             save_file(trained, str(directory / "module.safetensors"))
         (directory / "tailtune.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
         return directory
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu",
-             backbone: str | None = None) -> "Classifier":
+             backbone: str | Backbone | None = None, task: str = "default") -> "Classifier":
         """Load a saved classifier; a task module goes onto ``backbone`` (default: the one it was
-        trained on), which must be the same base model."""
+        trained on), which must be the same base model. Pass a loaded ``Backbone`` to attach the
+        module, as ``task``, to an encoder other task modules already use."""
         from safetensors.torch import load_file, load_model
         from transformers import AutoConfig, AutoModel
         from .backbone import _quiet_transformers, load_tokenizer
@@ -377,15 +400,16 @@ class Classifier(nn.Module):
             model = cls(config, meta["labels"], bb, verbalizer, saved["fingerprint"])
             load_model(model, str(directory / "model.safetensors"), strict=True, device=str(device))
         else:
-            bb = load_backbone(backbone or saved["name"])
+            bb = backbone if isinstance(backbone, Backbone) else load_backbone(backbone or saved["name"])
             found = fingerprint(bb.encoder)
             if found != saved["fingerprint"]:
                 raise ValueError(
                     f"{directory} is a task module for backbone {saved['name']!r} (fingerprint "
-                    f"{saved['fingerprint']}), but {backbone or saved['name']!r} has fingerprint {found}: "
+                    f"{saved['fingerprint']}), but {bb.name!r} has fingerprint {found}: "
                     f"a different model. Load it onto the backbone it was trained on (backbone=...).")
-            model = cls(config, meta["labels"], bb, verbalizer, saved["fingerprint"])
-            state = load_file(str(directory / "module.safetensors"), device=str(device))
+            model = cls(config, meta["labels"], bb, verbalizer, saved["fingerprint"], task=task)
+            state = {rename_lora(k, task): v
+                     for k, v in load_file(str(directory / "module.safetensors"), device=str(device)).items()}
             missing, unexpected = model.load_state_dict(state, strict=False)
             absent = sorted(set(model.trainable_parameter_names()) - set(state))
             if unexpected or absent:

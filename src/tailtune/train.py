@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .prompts import Encoded
+from .tuning import lora_task
 
 
 @dataclass
@@ -27,6 +28,8 @@ class TrainConfig:
     """AdamW learning rate of the backbone"""
     head_lr: float | None = None
     """learning rate of the head (None: same as lr)"""
+    module_lr: float | None = None
+    """learning rate of task-module parameters: adapters, LoRA, prefixes, soft prompts (None: same as lr)"""
     weight_decay: float = 0.01
     """AdamW weight decay (not on biases and LayerNorms)"""
     warmup_ratio: float = 0.1
@@ -49,8 +52,8 @@ class TrainConfig:
     """show a progress bar"""
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "lr", "eval_batch_size"):
-            if getattr(self, name) <= 0:
+        for name in ("epochs", "batch_size", "lr", "eval_batch_size", "head_lr", "module_lr"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
@@ -97,11 +100,12 @@ def collate(examples: list[Encoded], pad_id: int, device: torch.device) -> dict:
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
-    types = torch.zeros((len(examples), width), dtype=torch.long) if examples[0].token_type_ids else None
+    # segment ids where any example has them (a mixed-task batch may hold single texts and pairs)
+    types = torch.zeros((len(examples), width), dtype=torch.long) if any(e.token_type_ids for e in examples) else None
     for i, e in enumerate(examples):
         ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
         mask[i, :len(e.input_ids)] = 1
-        if types is not None:
+        if types is not None and e.token_type_ids:
             types[i, :len(e.token_type_ids)] = torch.tensor(e.token_type_ids)
     batch = {"input_ids": ids, "attention_mask": mask,
              "position": torch.tensor([e.position for e in examples], dtype=torch.long)}
@@ -193,9 +197,12 @@ def _param_groups(model, cfg: TrainConfig) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_head = name.startswith("head.")
         no_decay = p.ndim < 2 or "norm" in name.lower()
-        lr = cfg.head_lr if (is_head and cfg.head_lr) else cfg.lr
+        lr = cfg.lr
+        if name.startswith("head.") and cfg.head_lr:
+            lr = cfg.head_lr
+        elif (name.startswith("tuning.") or lora_task(name)) and cfg.module_lr:
+            lr = cfg.module_lr
         groups.setdefault((lr, 0.0 if no_decay else cfg.weight_decay), []).append(p)
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
@@ -220,6 +227,7 @@ def train(model, train_encoded: list[Encoded], train_targets: list[int], cfg: Tr
     model.to(device).train()
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
+    model.set_trainable()  # a shared backbone may hold other tasks' modules: train only ours
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: every parameter is frozen")

@@ -1,0 +1,115 @@
+"""Several task modules on one backbone instance; batches may mix tasks."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from .backbone import Backbone, load_backbone
+from .model import Classifier
+from .prompts import Encoded
+from .routing import Route, TaskRouter
+from .train import _autocast, collate
+
+
+def task_dirs(path: str | Path) -> dict[str, Path]:
+    """``{task: directory}``: ``path`` itself when it is a saved classifier, else its
+    subdirectories that are (the subdirectory name is the task name)."""
+    path = Path(path)
+    if (path / "tailtune.json").is_file():
+        return {path.name.replace(".", "_") or "default": path}
+    found = {p.name: p for p in sorted(path.iterdir()) if (p / "tailtune.json").is_file()} if path.is_dir() else {}
+    if not found:
+        raise FileNotFoundError(f"{path} is neither a saved tailtune classifier nor a directory of them "
+                                f"(no tailtune.json found)")
+    return found
+
+
+class TaskSet:
+    """Task modules (adapters, LoRA, prefixes, soft prompts, frozen-backbone heads) sharing
+    one encoder in memory. ``predict`` takes a task name per text; one batch may mix tasks,
+    and each row passes only through its own task's modules."""
+
+    def __init__(self, backbone: str | Backbone | None = None, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.backbone = backbone
+        self.tasks: dict[str, Classifier] = {}
+
+    def add(self, directory: str | Path, name: str | None = None) -> Classifier:
+        directory = Path(directory)
+        meta_path = directory / "tailtune.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a saved tailtune classifier (no tailtune.json)")
+        meta = json.loads(meta_path.read_text())
+        name = name or directory.name
+        trains = meta["config"]["trains"]
+        if meta.get("artefact") != "module" or trains == "bitfit":
+            raise ValueError(f"{directory} trained {'every weight' if trains == 'all' else 'backbone biases'} "
+                             f"(trains={trains!r}): it changes the backbone itself, so it cannot share one. "
+                             f"Load it on its own (TailtuneClassifier.load).")
+        if name in self.tasks:
+            raise ValueError(f"task {name!r} is already loaded; give this one another name")
+        if not isinstance(self.backbone, Backbone):
+            self.backbone = load_backbone(self.backbone or meta["backbone"]["name"])
+            self.backbone.encoder.to(self.device).eval()
+        model = Classifier.load(directory, self.device, backbone=self.backbone, task=name)
+        self.tasks[name] = model
+        return model
+
+    def remove(self, name: str) -> None:
+        self.tasks.pop(name)
+        TaskRouter.of(self.backbone.encoder).remove(name)
+
+    def _check(self, tasks: list[str]) -> None:
+        unknown = sorted(set(tasks) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; loaded: {sorted(self.tasks)}")
+
+    @torch.no_grad()
+    def logits(self, texts: list[str], tasks: list[str], texts_b: list[str] | None = None,
+               batch_size: int = 64, bf16: bool = False) -> list[torch.Tensor]:
+        """Calibrated class scores per text, each over its own task's labels."""
+        self._check(tasks)
+        encoded: list[Encoded | None] = [None] * len(texts)
+        for name, model in self.tasks.items():
+            idx = [i for i, t in enumerate(tasks) if t == name]
+            if idx:
+                enc = model.encode([texts[i] for i in idx], [texts_b[i] for i in idx] if texts_b else None)
+                for i, e in zip(idx, enc):
+                    encoded[i] = e
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i].input_ids))
+        out: list[torch.Tensor | None] = [None] * len(texts)
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            for i, scores in zip(idx, self._forward([tasks[i] for i in idx], [encoded[i] for i in idx], bf16)):
+                out[i] = scores
+        return out
+
+    def _forward(self, tasks: list[str], encoded: list[Encoded], bf16: bool) -> list[torch.Tensor]:
+        """One encoder pass over a batch that may mix tasks."""
+        pad = self.backbone.tokenizer.pad_token_id
+        batch = collate([dataclasses.replace(e, soft_positions=None) for e in encoded], pad, self.device)
+        routes = []
+        for name in dict.fromkeys(tasks):
+            rows = [i for i, t in enumerate(tasks) if t == name]
+            soft = [encoded[i].soft_positions for i in rows]
+            routes.append(Route(name, torch.tensor(rows, device=self.device),
+                                torch.tensor(soft, device=self.device) if soft[0] else None))
+        with _autocast(self.device, bf16):
+            hidden = TaskRouter.of(self.backbone.encoder).encode(
+                routes, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+            out: list[torch.Tensor | None] = [None] * len(tasks)
+            for r in routes:
+                model = self.tasks[r.task]
+                h = hidden[r.rows, batch["position"][r.rows]]
+                for i, scores in zip(r.rows.tolist(), model.calibrate(model.head(h).float()).cpu()):
+                    out[i] = scores
+        return out
+
+    def predict(self, texts: list[str], tasks: list[str] | str, texts_b: list[str] | None = None,
+                **kw) -> list[str]:
+        """Predicted labels; ``tasks`` is one name for every text or a name per text."""
+        tasks = [tasks] * len(texts) if isinstance(tasks, str) else list(tasks)
+        return [self.tasks[t].labels[int(s.argmax())] for t, s in zip(tasks, self.logits(texts, tasks, texts_b, **kw))]

@@ -1,0 +1,135 @@
+"""Prefix tuning and several task modules on one backbone instance."""
+import numpy as np
+import pytest
+import torch
+
+import tailtune as tt
+from tailtune.multitask import TaskSet, task_dirs
+from tailtune.train import predict_logits
+
+
+def _perturbed(preset, backbone, path, labels=("a", "b", "c"), seed=0, **kw):
+    """A saved module whose trainable parameters moved away from their initialisation."""
+    torch.manual_seed(seed)
+    model = tt.build_classifier(tt.config_from_preset(preset, **kw), list(labels), backbone)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    model.save(path)
+    return model
+
+
+def test_prefix_shapes_and_accounting(tiny_bert):
+    model = tt.build_classifier(tt.config_from_preset("prefix", prefix_length=3), ["a", "b"], tiny_bert)
+    assert model.tuning.prefix().shape == (2, 2, 3, 32)  # layers, key/value, length, hidden
+    assert model.parameter_counts()["trainable_without_head"] == 2 * 2 * 3 * 32
+    reparam = tt.build_classifier(tt.config_from_preset("prefix", prefix_length=3, prefix_reparam=16),
+                                  ["a", "b"], tiny_bert)
+    assert reparam.tuning.prefix().shape == (2, 2, 3, 32)
+    assert reparam.parameter_counts()["trainable_without_head"] == 3 * 32 + (32 * 16 + 16) + (16 * 128 + 128)
+
+
+def test_prefix_changes_attention_and_respects_padding(tiny_model, tmp_path):
+    model = _perturbed("prefix", tiny_model, tmp_path / "p").eval()
+    texts = ["the movie was great", "bad", "the market price of oil was terrible news"]
+    base = tt.build_classifier(tt.config_from_preset("linear-probe"), ["a", "b", "c"], tiny_model).eval()
+    base.head.load_state_dict(model.head.state_dict())
+    # the prefixes really enter attention ...
+    assert not torch.allclose(predict_logits(model, model.encode(texts)), predict_logits(base, base.encode(texts)))
+    # ... and padding (shorter rows in a batch) does not change a row's result
+    one_by_one = torch.cat([predict_logits(model, model.encode([t])) for t in texts])
+    torch.testing.assert_close(predict_logits(model, model.encode(texts), batch_size=3), one_by_one,
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_prefix_trains_with_reparameterisation(tiny_bert, toy):
+    texts, labels = toy
+    clf = tt.TailtuneClassifier("prefix", tiny_bert, prefix_reparam=16, train_config=tt.TrainConfig(
+        epochs=6, batch_size=8, lr=1e-3, head_lr=1e-2, module_lr=1e-2, progress=False, seed=1))
+    clf.fit(texts, labels)
+    assert clf.evaluate(tt.TextDataset(texts, labels))["accuracy"] > 0.5
+
+
+def test_module_lr_reaches_only_task_modules(tiny_bert):
+    from tailtune.train import _param_groups
+    model = tt.build_classifier(tt.config_from_preset("lora"), ["a", "b"], tiny_bert)
+    cfg = tt.TrainConfig(lr=1e-5, head_lr=1e-3, module_lr=1e-2)
+    by_lr = {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in _param_groups(model, cfg):
+        for p in g["params"]:
+            by_lr.setdefault(g["lr"], set()).add(names[id(p)])
+    assert all(n.startswith("head.") for n in by_lr[1e-3])
+    assert by_lr[1e-2] and all(".lora_" in n for n in by_lr[1e-2])
+    assert 1e-5 not in by_lr  # nothing else trains
+
+
+def test_task_set_matches_standalone_modules_and_shares_one_encoder(tiny_model, tmp_path):
+    presets = {"ad": "adapter", "lo": "lora", "pre": "prefix", "soft": "soft-prompt", "pl": "prompt-lora"}
+    for i, (name, preset) in enumerate(presets.items()):
+        _perturbed(preset, tiny_model, tmp_path / "set" / name, labels=("a", "b", "c", "d")[:2 + i % 3], seed=i)
+    tasks = TaskSet()
+    for name, path in task_dirs(tmp_path / "set").items():
+        tasks.add(path, name)
+    assert len({id(m.encoder) for m in tasks.tasks.values()}) == 1
+    texts = ["the movie was great", "bad food", "oil price news", "who is it", "a good game"] * 2
+    names = [list(presets)[i % len(presets)] for i in range(len(texts))]
+    mixed = tasks.logits(texts, names, batch_size=4)
+    for name in presets:  # each equals the module loaded on its own backbone, alone
+        alone = tt.Classifier.load(tmp_path / "set" / name)
+        rows = [i for i, t in enumerate(names) if t == name]
+        expected = predict_logits(alone, alone.encode([texts[i] for i in rows]))
+        torch.testing.assert_close(torch.stack([mixed[i] for i in rows]), expected, atol=1e-5, rtol=1e-4)
+    assert tasks.predict(["oil price news"], "ad")[0] in tasks.tasks["ad"].labels
+    tasks.remove("lo")
+    with pytest.raises(ValueError, match="unknown task"):
+        tasks.predict(["x"], "lo")
+    with pytest.raises(ValueError, match="already loaded"):
+        tasks.add(tmp_path / "set" / "ad", "ad")
+
+
+def test_task_set_memory_is_one_backbone(tiny_bert, tmp_path):
+    for i in range(3):
+        _perturbed("adapter", tiny_bert, tmp_path / f"t{i}", seed=i)
+    tasks = TaskSet()
+    for i in range(3):
+        tasks.add(tmp_path / f"t{i}")
+    encoder = tasks.backbone.encoder
+    backbone = sum(p.numel() for p in encoder.parameters())
+    unique = {id(p): p.numel() for m in tasks.tasks.values() for p in m.parameters()}
+    modules = sum(p.numel() for m in tasks.tasks.values() for n, p in m.named_parameters()
+                  if not n.startswith("encoder."))
+    assert sum(unique.values()) == backbone + modules  # the encoder is held once
+
+
+def test_mixed_batch_with_bf16_and_text_pairs(tiny_bert, tmp_path):
+    _perturbed("adapter", tiny_bert, tmp_path / "a", template="{text} ? {mask} , {text_b}",
+               input_format="template")
+    _perturbed("prefix", tiny_bert, tmp_path / "b")
+    tasks = TaskSet()
+    tasks.add(tmp_path / "a")
+    tasks.add(tmp_path / "b")
+    texts, pairs = ["good film", "bad game", "oil price"], ["great", "awful", "news"]
+    fp32 = tasks.logits(texts, ["a", "b", "a"], texts_b=pairs)
+    bf16 = tasks.logits(texts, ["a", "b", "a"], texts_b=pairs, bf16=True)
+    for x, y in zip(fp32, bf16):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), atol=0.1)
+
+
+def test_cli_predict_picks_a_task(tiny_bert, tmp_path, capsys):
+    import json
+
+    from tailtune.cli import main
+    _perturbed("adapter", tiny_bert, tmp_path / "set" / "topic", labels=("news", "sports"))
+    _perturbed("lora", tiny_bert, tmp_path / "set" / "mood", labels=("good", "bad", "meh"))
+    assert main(["predict", str(tmp_path / "set"), "a good film", "bad food", "--task", "mood"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["task"] for r in rows] == ["mood", "mood"] and {r["label"] for r in rows} <= {"good", "bad", "meh"}
+    data = tmp_path / "mixed.tsv"
+    data.write_text("text\ttask\na good film\tmood\nthe news\ttopic\n")
+    assert main(["predict", str(tmp_path / "set"), "--data", str(data), "--task-col", "task"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["label"] in {"good", "bad", "meh"} and rows[1]["label"] in {"news", "sports"}
+    assert main(["predict", str(tmp_path / "set"), "a good film"]) == 2  # which task?
+    assert "--task" in capsys.readouterr().err
