@@ -141,7 +141,7 @@ def cmd_predict(args) -> int:
     from .multitask import task_dirs
     if args.data:  # the task column, when named, is read where labels would be
         ds = read_dataset(args.data, args.text_col, args.task_col, args.text_b_col)
-        texts, texts_b, row_tasks = ds.texts, ds.texts_b, ds.labels
+        texts, texts_b, row_tasks = ds.texts, ds.texts_b, (ds.labels if args.task_col else None)
     else:
         texts, texts_b, row_tasks = list(args.text), None, None
     dirs = task_dirs(args.model)
