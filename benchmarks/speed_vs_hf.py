@@ -1,9 +1,13 @@
-"""One epoch of CLS-tuning: tailtune's loop vs a plain Hugging Face Trainer script.
+"""tailtune's loop vs a plain Hugging Face Trainer script, for CLS-tuning or LoRA.
 
-Same model (embedded MiniLM default), data (R52 train, test), batch size, max length, learning
-rate, warm-up and bf16 setting. Writes benchmarks/results/speed_vs_hf.json.
+Same model (embedded MiniLM default), data, batch size, max length, epochs, learning rate,
+warm-up and bf16 setting; no evaluation during training on either side. ``--method lora``
+puts the same LoRA (PEFT, r=8, alpha=16, dropout 0.1, query+value) on both sides: tailtune's
+``lora`` preset, and ``peft.get_peft_model`` on ``AutoModelForSequenceClassification``.
 
-    python benchmarks/speed_vs_hf.py --data-dir ../shared/data
+    python benchmarks/speed_vs_hf.py --data-dir ../shared/data     # -> results/speed_vs_hf.json
+    python benchmarks/speed_vs_hf.py --method lora --dataset longtail/trec50 --max-length 64 \
+        --batch-size 32 --epochs 3 --lr 1e-3 --out benchmarks/results/lora_vs_peft.json
 """
 from __future__ import annotations
 
@@ -24,15 +28,16 @@ from tailtune.train import predict_logits, set_seed, train
 
 def run_tailtune(tr, te, labels, a):
     set_seed(a.seed)
-    model = build_classifier(config_from_preset("cls", max_length=a.max_length), labels)
+    model = build_classifier(config_from_preset(a.method, max_length=a.max_length), labels)
     t0 = time.perf_counter()
     enc = model.encode(tr.texts)
     t_tok = time.perf_counter() - t0
     idx = {c: i for i, c in enumerate(labels)}
-    cfg = TrainConfig(epochs=1, batch_size=a.batch_size, lr=a.lr, bf16=a.bf16, seed=a.seed, progress=False)
+    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, bf16=a.bf16, seed=a.seed, progress=False)
     res = train(model, enc, [idx[y] for y in tr.labels], cfg)
     pred = predict_logits(model, model.encode(te.texts), 128, a.bf16).argmax(-1).tolist()
-    return {"tokenize_s": t_tok, "train_epoch_s": res.seconds,
+    return {"tokenize_s": t_tok, "train_epoch_s": res.seconds / a.epochs,
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "macro_f1": f1_score(te.labels, [labels[i] for i in pred], average="macro"),
             "accuracy": accuracy_score(te.labels, [labels[i] for i in pred])}
 
@@ -54,8 +59,13 @@ def run_hf(tr, te, labels, a):
     dte = encode(te)
     torch.manual_seed(a.seed)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
+    if a.method == "lora":  # PEFT's own recipe; pooler + classifier train, as tailtune's MLP head does
+        from peft import LoraConfig, TaskType, get_peft_model
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1,
+                                                 target_modules=["query", "value"],
+                                                 modules_to_save=["pooler", "classifier"]))
     args = TrainingArguments(output_dir=str(Path(a.out).parent / "hf_tmp"), per_device_train_batch_size=a.batch_size,
-                             per_device_eval_batch_size=128, num_train_epochs=1, learning_rate=a.lr,
+                             per_device_eval_batch_size=128, num_train_epochs=a.epochs, learning_rate=a.lr,
                              warmup_steps=0.1, weight_decay=0.01, max_grad_norm=1.0, bf16=a.bf16,
                              use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no",
                              eval_strategy="no", logging_strategy="no", seed=a.seed, disable_tqdm=True)
@@ -64,7 +74,8 @@ def run_hf(tr, te, labels, a):
     trainer.train()
     t_train = time.perf_counter() - t0
     pred = trainer.predict(dte).predictions.argmax(-1).tolist()
-    return {"tokenize_s": t_tok, "train_epoch_s": t_train,
+    return {"tokenize_s": t_tok, "train_epoch_s": t_train / a.epochs,
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "macro_f1": f1_score(te.labels, [labels[i] for i in pred], average="macro"),
             "accuracy": accuracy_score(te.labels, [labels[i] for i in pred])}
 
@@ -72,7 +83,9 @@ def run_hf(tr, te, labels, a):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data-dir", default=os.environ.get("TAILTUNE_DATA", "../shared/data"))
+    p.add_argument("--method", choices=["cls", "lora"], default="cls")
     p.add_argument("--dataset", default="longtail/r52")
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-length", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)

@@ -46,3 +46,27 @@ def test_table_layout():
     table = results_table(rows)
     assert "| cls | 85.0 ± 5.0 | 50.0 ± 0.0 | 2 |" in table
     assert "| cls | 90.0 ± 0.0 | 10.0 ± 0.0 | 2 |" in table
+
+
+def test_per_seed_files_headerless_csv_and_preset_train_options(tiny_bert, tmp_path):
+    for seed in (1, 2):  # like the LM-BFF splits: <task>/16-<seed>/{train,test}.csv, "label,text", no header
+        d = tmp_path / "data" / f"16-{seed}"
+        d.mkdir(parents=True)
+        rows = "\n".join(f'{y},"{t}"' for t, y in zip(TOY_TEXTS * 2, TOY_LABELS * 2))
+        (d / "train.csv").write_text(rows + "\n")
+        (d / "test.csv").write_text(rows + "\n")
+    cfg = {
+        "backbone": tiny_bert, "data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "out"),
+        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "progress": False},
+        "datasets": {"toy": {"train": "16-{seed}/train.csv", "test": "16-{seed}/test.csv",
+                             "columns": ["label", "text"]}},
+        "presets": {"lora": {"lora_r": 2, "train": {"module_lr": 5e-3}}},
+        "runs": [{"presets": ["lora"], "seeds": [1, 2]}],
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = run_experiment(load_experiment(path), log=lambda *_: None)
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in rows] == [1, 2]
+    assert rows[0]["config"]["lora_r"] == 2 and rows[0]["train_config"]["module_lr"] == 5e-3
+    assert rows[0]["parameters"]["trainable_without_head"] == 2 * 2 * (32 * 2 + 2 * 32)

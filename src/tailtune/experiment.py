@@ -17,7 +17,7 @@ from .metrics import export_weight_norms
 from .train import TrainConfig
 
 _DATASET_KEYS = {"train", "dev", "test", "theta", "template", "verbalizer", "max_length", "text_col",
-                 "text_b_col", "label_col", "dev_fraction", "train_overrides"}
+                 "text_b_col", "label_col", "columns", "dev_fraction", "train_overrides"}
 
 
 def load_experiment(path: str | Path, data_dir: str | None = None) -> dict:
@@ -62,20 +62,25 @@ def planned_runs(cfg: dict) -> list[tuple[str, str, int]]:
     return out
 
 
-def _read_split(cfg, ds_cfg, split):
+def _read_split(cfg, ds_cfg, split, seed):
+    """One split; ``{seed}`` in its path picks per-seed files (e.g. the 16-shot splits);
+    ``columns`` names the columns of a file without a header row."""
     if ds_cfg.get(split) is None:
         return None
-    return read_dataset(Path(cfg["data_dir"]) / ds_cfg[split], text_col=ds_cfg.get("text_col", "text"),
-                        label_col=ds_cfg.get("label_col", "label"), text_b_col=ds_cfg.get("text_b_col"))
+    columns = ds_cfg.get("columns")
+    return read_dataset(Path(cfg["data_dir"]) / ds_cfg[split].format(seed=seed),
+                        text_col=ds_cfg.get("text_col", "text"), label_col=ds_cfg.get("label_col", "label"),
+                        text_b_col=ds_cfg.get("text_b_col"), header=columns is None, columns=columns)
 
 
 def run_one(cfg: dict, dataset: str, preset: str, seed: int, out_dir: Path) -> dict:
     ds_cfg = cfg["datasets"][dataset]
-    train_ds, dev_ds, test_ds = (_read_split(cfg, ds_cfg, s) for s in ("train", "dev", "test"))
-    tc = TrainConfig(**{**cfg.get("train", {}), **ds_cfg.get("train_overrides", {}), "seed": seed})
-    theta = ds_cfg.get("theta", 0.65)
+    train_ds, dev_ds, test_ds = (_read_split(cfg, ds_cfg, s, seed) for s in ("train", "dev", "test"))
     options = dict(cfg.get("presets", {}).get(preset, {}))
     base = options.pop("preset", preset)
+    tc = TrainConfig(**{**cfg.get("train", {}), **ds_cfg.get("train_overrides", {}), **options.pop("train", {}),
+                        "seed": seed})
+    theta = ds_cfg.get("theta", 0.65)
     clf = TailtuneClassifier(base, cfg.get("backbone"), template=ds_cfg.get("template"),
                              verbalizer=ds_cfg.get("verbalizer"), max_length=ds_cfg.get("max_length"),
                              train_config=tc, theta=theta, dev_fraction=ds_cfg.get("dev_fraction", 0.1),

@@ -29,7 +29,7 @@ class TrainConfig:
     head_lr: float | None = None
     """learning rate of the head (None: same as lr)"""
     module_lr: float | None = None
-    """learning rate of task-module parameters: adapters, LoRA, prefixes, soft prompts (None: same as lr)"""
+    """learning rate of task-module parameters: adapters, LoRA, prefixes, soft prompts, BitFit biases (None: lr)"""
     weight_decay: float = 0.01
     """AdamW weight decay (not on biases and LayerNorms)"""
     warmup_ratio: float = 0.1
@@ -201,7 +201,8 @@ def _param_groups(model, cfg: TrainConfig) -> list[dict]:
         lr = cfg.lr
         if name.startswith("head.") and cfg.head_lr:
             lr = cfg.head_lr
-        elif (name.startswith("tuning.") or lora_task(name)) and cfg.module_lr:
+        elif cfg.module_lr and (name.startswith("tuning.") or lora_task(name)
+                                or model.config.trains == "bitfit"):  # BitFit's module: the biases
             lr = cfg.module_lr
         groups.setdefault((lr, 0.0 if no_decay else cfg.weight_decay), []).append(p)
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
