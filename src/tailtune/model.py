@@ -17,7 +17,7 @@ from .heads import MLPHead, VerbalizerHead
 from .losses import classification_loss, eta_norm
 from .prompts import Encoded, Template, Verbalizer, encode_plain
 from .routing import Route, TaskRouter
-from .tuning import Prefix, adapter_sites, add_lora, make_adapters, rename_lora, trainable_flags
+from .tuning import Prefix, adapter_sites, add_lora, lora_task, make_adapters, rename_lora, trainable_flags
 
 DEFAULT_TEMPLATE = "{text} It is about {mask} ."
 FORMAT_VERSION = 1
@@ -298,7 +298,8 @@ class Classifier(nn.Module):
         count = lambda prefix, trainable: sum(  # noqa: E731
             p.numel() for n, p in self.named_parameters()
             if n.startswith(prefix) and (p.requires_grad or not trainable))
-        backbone = count("encoder.", False)
+        # the base backbone: LoRA matrices live inside the encoder but are not part of it
+        backbone = sum(p.numel() for n, p in self.encoder.named_parameters() if lora_task(n) is None)
         head, trainable = count("head.", True), count("", True)
         return {"backbone": backbone, "trainable": trainable, "trainable_head": head,
                 "trainable_without_head": trainable - head,
