@@ -38,7 +38,9 @@ def other_tasks(tmp_path_factory):
 def _fit(preset, backbone, toy, epochs=8, **kw):
     return tt.TailtuneClassifier(preset, backbone, template="{text} it is about {mask} .",
                                  verbalizer={"good": "good", "bad": "bad", "money": "price"},
-                                 train_config=tt.TrainConfig(epochs=epochs, batch_size=8, lr=3e-3, head_lr=1e-2,
+                                 # a transformer decoder head (Y-Tuning) collapses at 1e-2
+                                 train_config=tt.TrainConfig(epochs=epochs, batch_size=8, lr=3e-3,
+                                                             head_lr=1e-3 if preset.startswith("y-") else 1e-2,
                                                              seed=1, progress=False, warmup_ratio=0.0), **kw)
 
 
@@ -93,6 +95,8 @@ def test_every_preset(preset, tiny_model, toy, tmp_path, other_tasks):
         assert tied != cfg.decouple_embeddings
         assert ("head.decoder_weight" in names) == cfg.decouple_embeddings
         assert "head.bias" in names and "head.layer_norm.weight" in names
+    elif cfg.head == "label-decoder":
+        assert {"head.labels", "head.task"} <= names and any(n.startswith("head.decoder.") for n in names)
     else:
         assert {"head.dense.weight", "head.out.weight"} <= names
         assert ("head.layer_norm.weight" in head_names) == (cfg.layer_norm != "none")

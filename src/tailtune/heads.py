@@ -76,3 +76,42 @@ class VerbalizerHead(nn.Module):
             self.dense.load_state_dict(parts.dense.state_dict())
             self.layer_norm.load_state_dict(parts.layer_norm.state_dict())
             self.bias.copy_(parts.bias)
+
+
+class LabelDecoderHead(nn.Module):
+    """Y-Tuning (Liu et al., 2022): learn label representations that attend to frozen text features.
+
+    Queries are a task embedding followed by ``vectors`` embeddings per label (in the backbone's
+    hidden space, so they can start from label-word embeddings). A small transformer decoder
+    lets them attend to each other (self-attention) and to the text's token features
+    (cross-attention); the label pointer pools each label's output vectors and scores it
+    against the task vector: ``s_k = <z_task, mean_m z_{k,m}> / sqrt(width)``.
+    """
+
+    def __init__(self, hidden: int, label_init: torch.Tensor, vectors: int = 1, layers: int = 2,
+                 heads: int = 4, width: int | None = None, dropout: float = 0.1):
+        super().__init__()
+        width = width or hidden
+        if width % heads:
+            raise ValueError(f"label decoder: width {width} is not divisible by {heads} heads")
+        self.n_labels, self.vectors, self.width = label_init.shape[0] // vectors, vectors, width
+        self.task = nn.Parameter(label_init.mean(0, keepdim=True).clone())  # (1, hidden)
+        self.labels = nn.Parameter(label_init.clone())  # (labels x vectors, hidden)
+        self.proj = nn.Linear(hidden, width) if width != hidden else nn.Identity()
+        layer = nn.TransformerDecoderLayer(width, heads, dim_feedforward=2 * width, dropout=dropout,
+                                           batch_first=True, norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, layers)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, hidden) token features and (batch, seq) mask -> (batch, labels) scores."""
+        batch = features.shape[0]
+        queries = self.proj(torch.cat([self.task, self.labels]).to(features.dtype)).expand(batch, -1, -1)
+        z = self.norm(self.decoder(queries, self.proj(features), memory_key_padding_mask=~mask.bool()))
+        task, labels = z[:, 0], z[:, 1:].reshape(batch, self.n_labels, self.vectors, self.width).mean(2)
+        return torch.einsum("bd,bkd->bk", task, labels) / self.width ** 0.5
+
+    def class_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each label's (mean) embedding: the analogue of a class weight vector."""
+        w = self.labels.view(self.n_labels, self.vectors, -1).mean(1)
+        return w, torch.zeros(self.n_labels, device=w.device)

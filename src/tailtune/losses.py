@@ -11,8 +11,20 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 1.0) -
     return (-(1 - logp.exp()) ** gamma * logp).mean()
 
 
+def triplet_loss(scores: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Y-Tuning's margin loss: the gold label must outscore every other label by ``margin``;
+    ``max(0, margin - s_gold + s_k)`` averaged over the other labels and the batch."""
+    scores = scores.float()
+    gold = scores.gather(1, target[:, None])  # (batch, 1)
+    hinge = (margin - gold + scores).clamp_min(0)
+    others = torch.ones_like(hinge, dtype=torch.bool).scatter_(1, target[:, None], False)
+    return (hinge * others).sum(1).mean() / max(1, scores.shape[1] - 1)
+
+
 def classification_loss(logits: torch.Tensor, target: torch.Tensor, loss: str,
-                        focal_gamma: float) -> torch.Tensor:
+                        focal_gamma: float, margin: float = 1.0) -> torch.Tensor:
+    if loss == "triplet":
+        return triplet_loss(logits, target, margin)
     if loss == "ce":
         return F.cross_entropy(logits.float(), target)
     if loss == "focal":

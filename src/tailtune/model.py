@@ -13,7 +13,7 @@ from torch import nn
 
 from . import __version__
 from .backbone import Backbone, drop_pooler, fingerprint, load_backbone
-from .heads import MLPHead, VerbalizerHead
+from .heads import LabelDecoderHead, MLPHead, VerbalizerHead
 from .losses import classification_loss, eta_norm
 from .prompts import Encoded, Template, Verbalizer, encode_plain
 from .routing import Route, TaskRouter
@@ -24,14 +24,15 @@ FORMAT_VERSION = 1
 
 _CHOICES = {
     "input_format": ("plain", "template"),
-    "head": ("mlp", "verbalizer"),
+    "head": ("mlp", "verbalizer", "label-decoder"),
     "activation": ("tanh", "relu", "gelu"),
     "layer_norm": ("none", "fresh", "pretrained"),
     "trains": ("all", "head", "bitfit", "adapter", "lora", "prefix", "prompt"),
     "adapter_kind": ("houlsby", "pfeiffer"),
     "adapter_init": ("near-identity", "normal", "zero"),
     "soft_init": ("vocab", "random"),
-    "loss": ("ce", "focal"),
+    "loss": ("ce", "focal", "triplet"),
+    "label_init": ("words", "vocab", "random"),
 }
 
 
@@ -44,7 +45,7 @@ class ClassifierConfig:
     template: str | None = None
     """prompt template with {text}, optional {text_b} and one {mask}"""
     head: str = "mlp"
-    """mlp (MLP on the read vector) or verbalizer (pretrained MLM head + label words)"""
+    """mlp (MLP on the read vector), verbalizer (pretrained MLM head + label words) or label-decoder (Y-Tuning)"""
     activation: str = "tanh"
     """activation of the MLP head"""
     dropout: float = 0.1
@@ -79,10 +80,24 @@ class ClassifierConfig:
     """soft prompt tokens prepended to the template (more can sit inside it: {soft:N})"""
     soft_init: str = "vocab"
     """initialisation of soft tokens without given words: vocab (random word embeddings) or random"""
+    label_vectors: int = 1
+    """label decoder: embeddings per label"""
+    label_init: str = "words"
+    """label decoder: label embeddings start from the label words' token embeddings, random vocabulary words, or random"""
+    decoder_layers: int = 2
+    """label decoder: transformer decoder layers"""
+    decoder_heads: int = 4
+    """label decoder: attention heads"""
+    decoder_width: int | None = None
+    """label decoder: width (None: the backbone's hidden size; else text features and labels are projected)"""
+    decoder_dropout: float = 0.0
+    """label decoder: dropout inside the decoder layers"""
     loss: str = "ce"
-    """training objective: ce or focal"""
+    """training objective: ce, focal or triplet (margin loss of Y-Tuning)"""
     focal_gamma: float = 1.0
     """γ of the focal loss"""
+    margin: float = 1.0
+    """margin of the triplet loss"""
     eta: float | None = None
     """η-norm at prediction: divide class scores by ||w_c||^η (None: off)"""
     max_length: int = 128
@@ -117,6 +132,8 @@ class ClassifierConfig:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
         if self.focal_gamma < 0:
             raise ValueError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        if min(self.label_vectors, self.decoder_layers, self.decoder_heads) < 1 or self.margin <= 0:
+            raise ValueError("label_vectors, decoder_layers and decoder_heads must be >= 1 and margin > 0")
         if self.max_length < 8:
             raise ValueError(f"max_length={self.max_length} is too small")
 
@@ -165,6 +182,10 @@ PRESETS: dict[str, tuple[dict, str]] = {
     "prefix": ({"trains": "prefix"}, "CLS head; 4 trainable key/value prefixes in every layer, backbone frozen"),
     "prompt-prefix": ({"input_format": "template", "head": "verbalizer", "trains": "prefix"},
                       "prompt-tuning head with prefix tuning, backbone frozen"),
+    "y-tuning": ({"head": "label-decoder", "trains": "head", "loss": "triplet"},
+                 "Y-Tuning: frozen backbone; label embeddings + a 2-layer decoder over the text features; "
+                 "triplet loss; features cached during training"),
+    "y-tuning-ce": ({"head": "label-decoder", "trains": "head"}, "Y-Tuning with cross-entropy instead of the triplet loss"),
     "soft-prompt": ({"input_format": "template", "head": "verbalizer", "trains": "prompt", "soft_tokens": 20},
                     "20 soft tokens before the template, MLM head + verbalizer; backbone frozen "
                     "(with hard template words: a hybrid prompt)"),
@@ -208,6 +229,10 @@ class Classifier(nn.Module):
         if config.head == "mlp":
             self.head = MLPHead(hidden, len(labels), config.activation, config.dropout,
                                 layer_norm=config.layer_norm != "none", ln_eps=ln_eps)
+        elif config.head == "label-decoder":
+            self.verbalizer = verbalizer or Verbalizer(labels)
+            self.head = LabelDecoderHead(hidden, self._label_init(), config.label_vectors, config.decoder_layers,
+                                         config.decoder_heads, config.decoder_width, config.decoder_dropout)
         else:
             self.verbalizer = verbalizer or Verbalizer(labels)
             if self.verbalizer.labels != self.labels:
@@ -245,23 +270,41 @@ class Classifier(nn.Module):
         self.router.tasks.add(task)
         self.set_trainable()
 
-    def _init_soft(self, ids: list[int | None]) -> torch.Tensor:
+    def _random_rows(self, n: int, how: str) -> torch.Tensor:
+        """``n`` embeddings of random common words (``vocab``) or random vectors of the
+        embeddings' scale (``random``)."""
         emb = self.encoder.get_input_embeddings().weight.detach()
+        if how == "random":
+            return torch.stack([torch.randn(emb.shape[1]) * emb.std() for _ in range(n)])
         # like Lester et al.: sample among common real words (vocabularies are roughly frequency
         # ordered); skip special, [unused] and sub-word tokens
         special = set(self.tokenizer.all_special_ids)
         tokens = self.tokenizer.convert_ids_to_tokens(list(range(min(len(emb), len(self.tokenizer)))))
         pool = torch.tensor([i for i, t in enumerate(tokens)
                              if i not in special and t.lstrip("Ġ▁").isalpha()][:5000])
-        rows = []
-        for i in ids:
-            if i is not None:
-                rows.append(emb[i])
-            elif self.config.soft_init == "vocab":
-                rows.append(emb[pool[torch.randint(len(pool), ()).item()]])
-            else:
-                rows.append(torch.randn(emb.shape[1]) * emb.std())
-        return torch.stack(rows).clone()
+        return torch.stack([emb[pool[torch.randint(len(pool), ()).item()]] for _ in range(n)]).clone()
+
+    def _init_soft(self, ids: list[int | None]) -> torch.Tensor:
+        emb = self.encoder.get_input_embeddings().weight.detach()
+        missing = [k for k, i in enumerate(ids) if i is None]
+        rows = emb[[i if i is not None else 0 for i in ids]].clone()
+        if missing:
+            rows[missing] = self._random_rows(len(missing), self.config.soft_init)
+        return rows
+
+    def _label_init(self) -> torch.Tensor:
+        """(labels x vectors, hidden) starting label embeddings for the label decoder."""
+        cfg = self.config
+        n = len(self.labels) * cfg.label_vectors
+        if cfg.label_init != "words":
+            return self._random_rows(n, cfg.label_init)
+        emb = self.encoder.get_input_embeddings().weight.detach()
+        token_map = self.verbalizer.token_ids(self.tokenizer)
+        words = torch.stack([torch.stack([emb[w].mean(0) for w in token_map[y]]).mean(0) for y in self.labels])
+        rows = words.repeat_interleave(cfg.label_vectors, 0)
+        if cfg.label_vectors > 1:  # identical copies would receive identical gradients forever
+            rows = rows + torch.randn_like(rows) * emb.std() * 0.1
+        return rows
 
     # -- construction helpers ------------------------------------------------
     def _init_from_mlm(self, parts) -> None:
@@ -316,15 +359,38 @@ class Classifier(nn.Module):
         return encode_plain(self.tokenizer, texts, texts_b, self.config.max_length)
 
     # -- forward ---------------------------------------------------------------
+    @property
+    def frozen_features(self) -> bool:
+        """True when nothing before the head trains: the encoder's output for a text never
+        changes, so training may compute it once and reuse it (``TrainConfig.cache_features``)."""
+        return self.config.trains == "head" and not any(True for _ in self.tuning.parameters())
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if self.frozen_features:  # fixed features: no dropout inside the frozen backbone
+            self.encoder.eval()
+        return self
+
+    def features(self, input_ids, attention_mask, token_type_ids=None, soft_positions=None) -> torch.Tensor:
+        """The encoder's token features ``(batch, seq, hidden)`` with this task's modules."""
+        return self.router.encode([Route(self.task, None, soft_positions)], input_ids, attention_mask,
+                                  token_type_ids)
+
     def forward(self, input_ids, attention_mask, position, token_type_ids=None,
-                soft_positions=None) -> torch.Tensor:
-        hidden = self.router.encode([Route(self.task, None, soft_positions)], input_ids, attention_mask,
-                                    token_type_ids)
-        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), position]  # (batch, hidden)
-        return self.head(h)  # (batch, classes)
+                soft_positions=None, features=None) -> torch.Tensor:
+        """Class scores; ``features`` (cached token features) skips the encoder."""
+        hidden = self.features(input_ids, attention_mask, token_type_ids, soft_positions) if features is None \
+            else features
+        return self.scores(hidden, attention_mask, position)
+
+    def scores(self, hidden, attention_mask, position) -> torch.Tensor:
+        """The head on token features: (batch, seq, hidden) -> (batch, classes)."""
+        if isinstance(self.head, LabelDecoderHead):  # reads every token
+            return self.head(hidden, attention_mask)
+        return self.head(hidden[torch.arange(hidden.shape[0], device=hidden.device), position])
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return classification_loss(logits, target, self.config.loss, self.config.focal_gamma)
+        return classification_loss(logits, target, self.config.loss, self.config.focal_gamma, self.config.margin)
 
     def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
         """Post-hoc calibration applied at prediction time only (η-norm)."""
@@ -424,7 +490,7 @@ def build_classifier(config: ClassifierConfig, labels: list[str], backbone: str 
                      verbalizer: dict | None = None, trust_remote_code: bool = False) -> Classifier:
     """Load the backbone (with its MLM head when the config needs one) and assemble a classifier."""
     bb = load_backbone(backbone, with_mlm_head=config.needs_mlm_head, trust_remote_code=trust_remote_code)
-    verb = Verbalizer(labels, verbalizer) if config.head == "verbalizer" else None
+    verb = Verbalizer(labels, verbalizer) if config.head in ("verbalizer", "label-decoder") else None
     if verb is not None:
         verb.check(bb.tokenizer)
     return Classifier(config, labels, bb, verb)

@@ -103,8 +103,8 @@ class TaskSet:
             out: list[torch.Tensor | None] = [None] * len(tasks)
             for r in routes:
                 model = self.tasks[r.task]
-                h = hidden[r.rows, batch["position"][r.rows]]
-                for i, scores in zip(r.rows.tolist(), model.calibrate(model.head(h).float()).cpu()):
+                logits = model.scores(hidden[r.rows], batch["attention_mask"][r.rows], batch["position"][r.rows])
+                for i, scores in zip(r.rows.tolist(), model.calibrate(logits.float()).cpu()):
                     out[i] = scores
         return out
 
