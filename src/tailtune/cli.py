@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from .data import DataError, read_dataset
+from .lm import AdaptConfig
 from .model import PRESETS, ClassifierConfig
 from .prompts import TemplateError
 from .train import TrainConfig
@@ -187,6 +188,14 @@ def _write_predictions(args, texts, tasks, probs, labels_of) -> None:
         out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def cmd_adapt_lm(args) -> int:
+    from .lm import adapt_lm
+    report = adapt_lm(AdaptConfig(**_collect(args, AdaptConfig)))
+    print(f"masked-token top-1 {report['before']['top1']:.4f} -> {report['after']['top1']:.4f}, "
+          f"top-5 {report['before']['top5']:.4f} -> {report['after']['top5']:.4f}; saved to {args.output}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from .experiment import load_experiment, run_experiment
     cfg = load_experiment(args.config, args.data_dir)
@@ -267,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--preset", default="cls", choices=list(PRESETS))
     d.add_argument("--epochs", type=float, default=4)
     d.set_defaults(func=cmd_demo)
+
+    a = sub.add_parser("adapt-lm", help="continue masked-LM training on unlabelled text; save the adapted backbone")
+    a.add_argument("--data", nargs="+", required=True, help="unlabelled text files, one document per line")
+    _add_config_args(a, AdaptConfig, skip=("data",))
+    a.set_defaults(func=cmd_adapt_lm)
 
     s = sub.add_parser("presets", help="list the named methods")
     s.set_defaults(func=cmd_presets)
