@@ -196,6 +196,13 @@ def cmd_adapt_lm(args) -> int:
     return 0
 
 
+def cmd_pretrain_prompt(args) -> int:
+    from .ppt import pretrain_prompt
+    pretrain_prompt(args.task, args.data, args.output, args.backbone, args.examples, args.dev_examples,
+                    args.soft_tokens, args.max_length, TrainConfig(**_collect(args, TrainConfig)))
+    return 0
+
+
 def cmd_run(args) -> int:
     from .experiment import load_experiment, run_experiment
     cfg = load_experiment(args.config, args.data_dir)
@@ -281,6 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--data", nargs="+", required=True, help="unlabelled text files, one document per line")
     _add_config_args(a, AdaptConfig, skip=("data",))
     a.set_defaults(func=cmd_adapt_lm)
+
+    q = sub.add_parser("pretrain-prompt", help="pre-train soft prompt tokens on a self-supervised task (PPT)")
+    q.add_argument("--task", required=True, choices=["sentence_pair", "multiple_choice", "single_sentence"])
+    q.add_argument("--data", nargs="+", required=True, help="unlabelled text files, one document per line")
+    q.add_argument("--output", required=True, help="directory for the pre-trained prompt")
+    q.add_argument("--backbone", default=None, help="backbone (default: the embedded MiniLM)")
+    q.add_argument("--examples", type=int, default=3000, help="training examples built from the text")
+    q.add_argument("--dev-examples", type=int, default=300, help="dev examples (another seed)")
+    q.add_argument("--soft-tokens", type=int, default=20, help="prompt length")
+    q.add_argument("--max-length", type=int, default=128, help="tokens per example")
+    _add_config_args(q, TrainConfig)
+    q.set_defaults(func=cmd_pretrain_prompt)
 
     s = sub.add_parser("presets", help="list the named methods")
     s.set_defaults(func=cmd_presets)

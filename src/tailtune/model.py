@@ -80,6 +80,8 @@ class ClassifierConfig:
     """soft prompt tokens prepended to the template (more can sit inside it: {soft:N})"""
     soft_init: str = "vocab"
     """initialisation of soft tokens without given words: vocab (random word embeddings) or random"""
+    prompt_init: str | None = None
+    """directory of a pre-trained prompt (tailtune pretrain-prompt): the prepended soft tokens start from it"""
     label_vectors: int = 1
     """label decoder: embeddings per label"""
     label_init: str = "words"
@@ -123,6 +125,8 @@ class ClassifierConfig:
                              f"got {self.soft_tokens}, {self.adapter_size}, {self.prefix_length}, "
                              f"{self.prefix_reparam}")
         has_soft = self.input_format == "template" and "{soft" in self.full_template
+        if self.prompt_init and not self.soft_tokens:
+            raise ValueError("prompt_init needs soft_tokens > 0 (the pre-trained prompt's length)")
         if self.soft_tokens and self.input_format != "template":
             raise ValueError("soft_tokens need input_format='template' (they sit in the template)")
         if self.trains == "prompt" and not has_soft:
@@ -266,6 +270,8 @@ class Classifier(nn.Module):
         soft_ids = self.template.soft_init_ids(self.tokenizer) if self.template is not None else []
         if soft_ids:
             self.tuning.soft_prompt = nn.Parameter(self._init_soft(soft_ids))  # (soft tokens, hidden)
+            if config.prompt_init:
+                self._load_prompt(config.prompt_init)
             self.router.add_soft_prompt(task, self.tuning.soft_prompt)
         self.router.tasks.add(task)
         self.set_trainable()
@@ -291,6 +297,19 @@ class Classifier(nn.Module):
         if missing:
             rows[missing] = self._random_rows(len(missing), self.config.soft_init)
         return rows
+
+    def _load_prompt(self, directory: str) -> None:
+        """Start the prepended soft tokens (and a verbalizer head's transform) from a pre-trained prompt."""
+        from .ppt import load_prompt
+        if not self.config.soft_tokens:
+            raise ValueError("prompt_init needs prepended soft tokens: set soft_tokens to the prompt's length")
+        tensors, _ = load_prompt(directory, self.fingerprint, self.config.soft_tokens)
+        with torch.no_grad():
+            self.tuning.soft_prompt[:self.config.soft_tokens] = tensors["soft_prompt"]
+            if self.config.head == "verbalizer":
+                for name, value in tensors.items():
+                    if name.startswith("head."):
+                        self.head.get_parameter(name[5:]).copy_(value)
 
     def _label_init(self) -> torch.Tensor:
         """(labels x vectors, hidden) starting label embeddings for the label decoder."""
@@ -457,7 +476,8 @@ class Classifier(nn.Module):
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"{directory} was saved by a newer tailtune (format "
                              f"{meta['format_version']}); upgrade tailtune to load it")
-        config = ClassifierConfig(**meta["config"])
+        # the saved weights already hold the pre-trained prompt: do not look for its directory again
+        config = ClassifierConfig(**{**meta["config"], "prompt_init": None})
         verbalizer = Verbalizer(meta["labels"], meta["verbalizer"]) if meta.get("verbalizer") else None
         saved = meta["backbone"]
         if meta.get("artefact", "full") == "full":
@@ -483,6 +503,7 @@ class Classifier(nn.Module):
                 raise ValueError(f"{directory}/module.safetensors does not match its config: "
                                  f"missing {absent[:5]}, unexpected {unexpected[:5]}")
         model.saved_metadata = meta
+        model.config = ClassifierConfig(**meta["config"])
         return model.to(device).eval()
 
 

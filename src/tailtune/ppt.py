@@ -1,0 +1,275 @@
+"""PPT (Gu et al., 2022): self-supervised tasks from unlabelled text for pre-training soft prompts,
+and the unified multiple-choice format.
+
+Documents are lines of a text file; sentences come from a rule-based splitter (below). Every
+builder is seeded and returns a balanced ``TextDataset``:
+
+1. ``sentence_pair``: (s, t) labelled ``yes`` when t follows s, ``maybe`` when t is another,
+   non-adjacent sentence of the same document, ``no`` when t comes from another document.
+   One third each.
+2. ``multiple_choice``: which of ``options`` sentences follows s? One option is the next
+   sentence; half the distractors come from the same document (non-adjacent), the rest from
+   other documents. The answer's position cycles, so every option letter is equally often right.
+3. ``single_sentence``: pseudo-labels from a small sentiment lexicon written for tailtune
+   (``POSITIVE`` / ``NEGATIVE`` below): score = (#positive - #negative words) / sqrt(#words),
+   binned into terrible < -0.6 <= bad < -0.2 <= okay <= 0.2 < good <= 0.6 < great. Sentences
+   without a lexicon word are ``okay``; classes are balanced by sampling equally from each.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+from pathlib import Path
+
+from .data import DataError, TextDataset
+
+_ABBREV = {"mr", "mrs", "ms", "dr", "prof", "inc", "co", "corp", "ltd", "jr", "sr", "st", "vs", "no", "u.s",
+           "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "e.g", "i.e"}
+_BOUNDARY = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def split_sentences(text: str, min_words: int = 4) -> list[str]:
+    """Split at ``.``, ``!`` or ``?`` followed by space and a capital or digit, unless the
+    period ends a known abbreviation (Mr., Inc., U.S., Jan., ...); drop sentences shorter
+    than ``min_words`` words."""
+    out, start = [], 0
+    for m in _BOUNDARY.finditer(text):
+        last = text[start:m.start()].rsplit(None, 1)[-1].rstrip(".").lower() if text[start:m.start()].strip() else ""
+        if last in _ABBREV or (len(last) == 1 and last.isalpha()):
+            continue
+        out.append(text[start:m.start()].strip())
+        start = m.end()
+    out.append(text[start:].strip())
+    return [s for s in out if len(s.split()) >= min_words]
+
+
+def read_documents(paths: list[str], min_sentences: int = 3) -> list[list[str]]:
+    """Documents (one per line; WikiText headings skipped) split into sentences."""
+    docs = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise DataError(f"unlabelled text file not found: {path}")
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("="):
+                sentences = split_sentences(line.replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", "."))
+                if len(sentences) >= min_sentences:
+                    docs.append(sentences)
+    if len(docs) < 2:
+        raise DataError(f"{', '.join(paths)}: need at least two documents with {min_sentences}+ sentences")
+    return docs
+
+
+def _other_doc_sentence(docs, d, rng):
+    e = rng.randrange(len(docs) - 1)
+    e += e >= d
+    return rng.choice(docs[e])
+
+
+def sentence_pair(docs: list[list[str]], n: int, seed: int = 13) -> TextDataset:
+    """``n`` pairs, a third each of yes (next sentence), maybe (same document), no (other document)."""
+    rng = random.Random(seed)
+    texts, texts_b, labels = [], [], []
+    for k in range(n):
+        d = rng.randrange(len(docs))
+        doc = docs[d]
+        i = rng.randrange(len(doc) - 1)
+        label = ("yes", "maybe", "no")[k % 3]
+        if label == "yes":
+            other = doc[i + 1]
+        elif label == "maybe":
+            far = [j for j in range(len(doc)) if abs(j - i) > 1]
+            if not far:
+                label, other = "yes", doc[i + 1]  # rare: a 3-sentence document read from its middle
+            else:
+                other = doc[rng.choice(far)]
+        else:
+            other = _other_doc_sentence(docs, d, rng)
+        texts.append(doc[i])
+        texts_b.append(other)
+        labels.append(label)
+    return TextDataset(texts, labels, texts_b, source="ppt:sentence_pair")
+
+
+def option_letters(n: int) -> list[str]:
+    if n > 26:
+        raise ValueError(f"the multiple-choice format names options a-z: {n} options are too many")
+    return [chr(ord("a") + i) for i in range(n)]
+
+
+def format_options(options: list[str]) -> str:
+    return " ".join(f"( {letter} ) {o}" for letter, o in zip(option_letters(len(options)), options))
+
+
+def multiple_choice(docs: list[list[str]], n: int, options: int = 4, seed: int = 13) -> TextDataset:
+    """``n`` questions: which option follows the sentence? Answer positions cycle evenly."""
+    rng = random.Random(seed)
+    letters = option_letters(options)
+    texts, texts_b, labels = [], [], []
+    for k in range(n):
+        d = rng.randrange(len(docs))
+        doc = docs[d]
+        i = rng.randrange(len(doc) - 1)
+        far = [doc[j] for j in range(len(doc)) if abs(j - i) > 1]
+        distractors = rng.sample(far, min(len(far), (options - 1) // 2))
+        while len(distractors) < options - 1:
+            distractors.append(_other_doc_sentence(docs, d, rng))
+        answer = k % options
+        choice = distractors[:answer] + [doc[i + 1]] + distractors[answer:]
+        texts.append(doc[i])
+        texts_b.append(format_options(choice))
+        labels.append(letters[answer])
+    return TextDataset(texts, labels, texts_b, source="ppt:multiple_choice")
+
+
+POSITIVE = set("""good great excellent best better strong gain gains gained rise rises rose higher up
+record profit profits growth improve improved improvement success successful positive win won
+favorable beautiful happy love loved wonderful fine nice pleasant popular benefit boost recovery
+surge surged advance advanced robust healthy bright award praised""".split())
+NEGATIVE = set("""bad worse worst poor weak loss losses lost fall falls fell lower down decline declined
+drop dropped cut cuts deficit crisis fail failed failure negative problem problems risk concern
+concerns war death died killed sad hate terrible awful difficult slump slumped plunge plunged
+debt fear fears damage attack criticism criticised lawsuit""".split())
+SENTIMENT = ["terrible", "bad", "okay", "good", "great"]
+
+
+def pseudo_sentiment(sentence: str) -> str:
+    words = re.findall(r"[a-z]+", sentence.lower())
+    score = (sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words)) / math.sqrt(max(1, len(words)))
+    if score < -0.6:
+        return "terrible"
+    if score < -0.2:
+        return "bad"
+    if score <= 0.2:
+        return "okay"
+    return "good" if score <= 0.6 else "great"
+
+
+def single_sentence(docs: list[list[str]], n: int, seed: int = 13) -> TextDataset:
+    """Up to ``n`` sentences with lexicon pseudo-labels, the same number from each class."""
+    rng = random.Random(seed)
+    by_label: dict[str, list[str]] = {label: [] for label in SENTIMENT}
+    for doc in docs:
+        for s in doc:
+            by_label[pseudo_sentiment(s)].append(s)
+    per_class = min(n // len(SENTIMENT), *(len(v) for v in by_label.values()))
+    if per_class == 0:
+        empty = [label for label, v in by_label.items() if not v]
+        raise DataError(f"no sentence got the pseudo-label(s) {empty}: give more or other unlabelled text")
+    texts, labels = [], []
+    for label in SENTIMENT:
+        for s in rng.sample(by_label[label], per_class):
+            texts.append(s)
+            labels.append(label)
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    return TextDataset([texts[i] for i in order], [labels[i] for i in order], source="ppt:single_sentence")
+
+
+# templates (hard parts) of the three pre-training formats; soft tokens are prepended
+TEMPLATES = {
+    "sentence_pair": "{text} ? {mask} , {text_b}",
+    "multiple_choice": "{text} {text_b} . Answer : {mask} .",
+    "single_sentence": "{text} It was {mask} .",
+}
+VERBALIZERS = {
+    "sentence_pair": {"yes": "yes", "maybe": "maybe", "no": "no"},
+    "multiple_choice": None,  # the option letters themselves
+    "single_sentence": {label: label for label in SENTIMENT},
+}
+
+
+def unified_template(words: dict[str, str], labels: list[str]) -> tuple[str, dict[str, str]]:
+    """Cast a classification task as multiple choice: the label words become options
+    ``( a ) word_a ( b ) word_b ...`` and the answer is the option letter, in the format of
+    the ``multiple_choice`` pre-training task. Returns (template, verbalizer)."""
+    letters = option_letters(len(labels))
+    options = format_options([words.get(y, y) for y in labels])
+    if any(c in options for c in "{}"):
+        raise ValueError("label words for the unified format cannot contain braces")
+    template = TEMPLATES["multiple_choice"].replace("{text_b}", options)
+    return template, dict(zip(labels, letters))
+
+
+# ---------------------------------------------------------------- pre-trained prompt artefacts
+
+PROMPT_FILE, PROMPT_META = "prompt.safetensors", "prompt.json"
+
+
+def save_prompt(model, directory: str | Path, extra: dict | None = None) -> Path:
+    """Save a classifier's prepended soft tokens (and its verbalizer head's transform) as a
+    pre-trained prompt: ``prompt.safetensors`` + ``prompt.json``."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from . import __version__
+    n = model.config.soft_tokens
+    if not n:
+        raise ValueError("save_prompt: the classifier has no prepended soft tokens (soft_tokens=0)")
+    tensors = {"soft_prompt": model.tuning.soft_prompt[:n].detach().cpu().contiguous()}
+    if model.config.head == "verbalizer":  # the MLM head's transform the prompt was trained with
+        for name in ("dense.weight", "dense.bias", "layer_norm.weight", "layer_norm.bias", "bias"):
+            tensors[f"head.{name}"] = model.head.get_parameter(name).detach().cpu().contiguous()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(directory / PROMPT_FILE))
+    meta = {"tailtune_version": __version__, "soft_tokens": n, "template": model.config.template,
+            "backbone": {"name": model.backbone_name, "fingerprint": model.fingerprint}, **(extra or {})}
+    (directory / PROMPT_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    return directory
+
+
+def load_prompt(directory: str | Path, fingerprint: str, soft_tokens: int) -> tuple[dict, dict]:
+    """The tensors and metadata of a pre-trained prompt, checked against the backbone and the
+    number of prepended soft tokens."""
+    import json
+
+    from safetensors.torch import load_file
+    directory = Path(directory)
+    if not (directory / PROMPT_META).is_file():
+        raise FileNotFoundError(f"{directory} is not a pre-trained prompt (no {PROMPT_META}); "
+                                f"make one with `tailtune pretrain-prompt`")
+    meta = json.loads((directory / PROMPT_META).read_text())
+    if meta["backbone"]["fingerprint"] != fingerprint:
+        raise ValueError(f"the prompt in {directory} was pre-trained on backbone {meta['backbone']['name']!r} "
+                         f"(fingerprint {meta['backbone']['fingerprint']}), not on this one ({fingerprint}); "
+                         f"use it with the backbone it was trained on")
+    if meta["soft_tokens"] != soft_tokens:
+        raise ValueError(f"the prompt in {directory} has {meta['soft_tokens']} soft tokens but the classifier "
+                         f"prepends {soft_tokens}: set soft_tokens={meta['soft_tokens']}")
+    return load_file(str(directory / PROMPT_FILE)), meta
+
+
+BUILDERS = {"sentence_pair": sentence_pair, "multiple_choice": multiple_choice, "single_sentence": single_sentence}
+
+
+def pretrain_prompt(task: str, data: list[str], output: str | Path, backbone: str | None = None,
+                    examples: int = 3000, dev_examples: int = 300, soft_tokens: int = 20, max_length: int = 128,
+                    train_config=None, log=print) -> dict:
+    """Pre-train ``soft_tokens`` prompt vectors on a self-supervised task with the backbone
+    frozen, and save them (PPT). Returns the dev report of the pre-training task."""
+    from collections import Counter
+
+    from .api import TailtuneClassifier
+    from .train import TrainConfig
+    if task not in BUILDERS:
+        raise ValueError(f"unknown PPT task {task!r}; choose from {', '.join(BUILDERS)}")
+    tc = train_config or TrainConfig()
+    docs = read_documents(data)
+    train_ds = BUILDERS[task](docs, examples, seed=tc.seed)
+    dev_ds = BUILDERS[task](docs, dev_examples, seed=tc.seed + 1)
+    log(f"{task}: {len(docs)} documents; {len(train_ds)} training and {len(dev_ds)} dev examples; "
+        f"labels {dict(sorted(Counter(train_ds.labels).items()))}")
+    clf = TailtuneClassifier("soft-prompt", backbone, template=TEMPLATES[task], verbalizer=VERBALIZERS[task],
+                             soft_tokens=soft_tokens, max_length=max_length, train_config=tc)
+    clf.fit(train_ds, dev=dev_ds)
+    report = clf.evaluate(dev_ds)
+    save_prompt(clf.model_, output, {
+        "task": task, "data": [str(p) for p in data], "documents": len(docs), "examples": len(train_ds),
+        "dev_examples": len(dev_ds), "label_counts": dict(Counter(train_ds.labels)),
+        "dev_accuracy": report["accuracy"], "train_config": tc.to_dict(),
+        "train_seconds": round(clf.train_result_.seconds, 1)})
+    log(f"dev accuracy {report['accuracy']:.4f}; prompt saved to {output}")
+    return report
