@@ -83,3 +83,22 @@ def test_resume_gives_the_same_model(tiny_bert, tmp_path):
     a = load_backbone(str(tmp_path / "a" / "adapted")).encoder.state_dict()
     b = load_backbone(str(tmp_path / "b" / "adapted")).encoder.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_adapt_lm_and_pretrain_prompt(tiny_bert, tmp_path, capsys):
+    from tailtune.cli import main
+    (tmp_path / "text.txt").write_text(TEXT)
+    assert main(["adapt-lm", "--data", str(tmp_path / "text.txt"), "--output", str(tmp_path / "lm"),
+                 "--backbone", tiny_bert, "--steps", "4", "--batch-size", "8", "--max-length", "16",
+                 "--eval-sequences", "8"]) == 0
+    assert "top-1" in capsys.readouterr().out
+    assert main(["adapt-lm", "--data", str(tmp_path / "nope.txt"), "--output", str(tmp_path / "lm2"),
+                 "--backbone", tiny_bert]) == 2
+    assert "not found" in capsys.readouterr().err
+    docs = "\n".join(f"Firm {i} sold oil. Prices of firm {i} rose. The film {i} was good. Team {i} lost the game."
+                     for i in range(6))
+    (tmp_path / "docs.txt").write_text(docs)
+    assert main(["pretrain-prompt", "--task", "multiple_choice", "--data", str(tmp_path / "docs.txt"),
+                 "--output", str(tmp_path / "prompt"), "--backbone", str(tmp_path / "lm"), "--examples", "16",
+                 "--dev-examples", "8", "--soft-tokens", "2", "--epochs", "1", "--no-progress"]) == 0
+    assert (tmp_path / "prompt" / "prompt.safetensors").is_file()
