@@ -83,6 +83,8 @@ def test_task_set_matches_standalone_modules_and_shares_one_encoder(tiny_model, 
         torch.testing.assert_close(torch.stack([mixed[i] for i in rows]), expected, atol=1e-5, rtol=1e-4)
     assert tasks.predict(["oil price news"], "ad")[0] in tasks.tasks["ad"].labels
     tasks.remove("lo")
+    assert not any(".lo." in n for n in tasks.backbone.encoder.state_dict())  # its LoRA matrices are gone
+    assert any(".pl." in n for n in tasks.backbone.encoder.state_dict())  # another task's stay
     with pytest.raises(ValueError, match="unknown task"):
         tasks.predict(["x"], "lo")
     with pytest.raises(ValueError, match="already loaded"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -94,6 +95,13 @@ class TaskRouter:
         self._hooked.add("prefix")
 
     def remove(self, task: str) -> None:
+        """Forget a task's modules (its LoRA matrices are deleted from the encoder)."""
+        if task in self.lora_tasks:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # PEFT says which adapter becomes active; we never use that
+                for module in self.encoder.modules():
+                    if hasattr(module, "lora_A") and task in module.lora_A:
+                        module.delete_adapter(task)
         for per_task in self.adapters.values():
             per_task.pop(task, None)
         for table in (self.prefixes, self.soft_prompts):
