@@ -152,9 +152,11 @@ class TaskRouter:
         return embeds
 
     def _lora_names(self, module, args, kwargs):
+        batch = len(args[0]) if args else len(kwargs["x"])
+        if self.routes is None:  # outside a routed pass: the plain model
+            return args, {**kwargs, "adapter_names": ["__base__"] * batch}
         names = self._cache.get("lora")
         if names is None:
-            batch = len(args[0]) if args else len(kwargs["x"])
             names = ["__base__"] * batch
             for r in self.routes or ():
                 if r.task in self.lora_tasks:
