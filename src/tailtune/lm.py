@@ -77,7 +77,9 @@ def load_chunks(paths: list[str], tokenizer, max_length: int, min_tokens: int = 
         if not Path(path).is_file():
             raise DataError(f"unlabelled text file not found: {path}")
         lines = [x.strip() for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
-        for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]:
+        with _quiet_transformers():  # long documents are expected: they are cut into chunks below
+            encoded = tokenizer(lines, add_special_tokens=False)["input_ids"]
+        for ids in encoded:
             chunks += [ids[s:s + size] for s in range(0, len(ids), size) if len(ids[s:s + size]) >= min_tokens]
     if not chunks:
         raise DataError(f"{', '.join(paths)}: no line has {min_tokens} or more tokens")
