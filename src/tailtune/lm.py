@@ -252,8 +252,9 @@ def adapt_lm(cfg: AdaptConfig, log=print) -> dict:
     seconds = seconds_before + time.perf_counter() - start
     after = evaluate_mlm(lm, eval_batches, device, cfg.bf16)
     log(f"after:  top-1 {after['top1']:.4f} top-5 {after['top5']:.4f} loss {after['loss']:.3f}")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with _quiet_transformers():
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     report = {"config": asdict(cfg), "before": before, "after": after, "steps_done": step,
               "train_seconds": round(seconds, 1), "train_chunks": len(train_chunks), "held_out_chunks": len(held_out),
               "mlm_head_was_missing": missing_head}
