@@ -35,10 +35,11 @@ def split_sentences(text: str, min_words: int = 4) -> list[str]:
     than ``min_words`` words."""
     out, start = [], 0
     for m in _BOUNDARY.finditer(text):
-        last = text[start:m.start()].rsplit(None, 1)[-1].rstrip(".").lower() if text[start:m.start()].strip() else ""
+        piece = text[start:m.start()].strip()
+        last = piece.rsplit(None, 1)[-1].rstrip(".").lower() if piece else ""
         if last in _ABBREV or (len(last) == 1 and last.isalpha()):
             continue
-        out.append(text[start:m.start()].strip())
+        out.append(piece)
         start = m.end()
     out.append(text[start:].strip())
     return [s for s in out if len(s.split()) >= min_words]

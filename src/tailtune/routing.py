@@ -50,7 +50,6 @@ class TaskRouter:
         self.lora_tasks: set[str] = set()
         self.tasks: set[str] = set()
         self.routes: list[Route] | None = None
-        self.batch_size = 0
         self._hooked: set[str] = set()
         self._cache: dict = {}  # per forward: adapter names per row, prefix tensors
 
@@ -111,9 +110,9 @@ class TaskRouter:
 
     # -- routing -----------------------------------------------------------------
     @contextlib.contextmanager
-    def route(self, routes: list[Route], batch_size: int):
+    def route(self, routes: list[Route]):
         """Within this block, batch rows go through their own task's modules."""
-        self.routes, self.batch_size, self._cache = routes, batch_size, {}
+        self.routes, self._cache = routes, {}
         try:
             yield
         finally:
@@ -122,7 +121,7 @@ class TaskRouter:
     def encode(self, routes: list[Route], input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         """The encoder's last hidden states ``(batch, seq, hidden)``, each row through its task."""
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        with self.route(routes, len(input_ids)):
+        with self.route(routes):
             return self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
 
     def _apply(self, out: torch.Tensor, modules: dict) -> torch.Tensor:
@@ -158,7 +157,7 @@ class TaskRouter:
         names = self._cache.get("lora")
         if names is None:
             names = ["__base__"] * batch
-            for r in self.routes or ():
+            for r in self.routes:
                 if r.task in self.lora_tasks:
                     rows = range(batch) if r.rows is None else r.rows.tolist()
                     for i in rows:
