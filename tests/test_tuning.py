@@ -1,4 +1,5 @@
 """The parameter-efficient part of the 'what trains' axis (adapters, BitFit, soft prompts, task modules)."""
+import numpy as np
 import pytest
 import torch
 
@@ -90,3 +91,18 @@ def test_lora_starts_as_the_base_model(tiny_model):
     assert c["trainable_without_head"] == 2 * 2 * (32 * 2 + 2 * 32)  # 2 layers x (query, value) x (A + B)
     with pytest.raises(ValueError, match="lora_targets"):
         tt.build_classifier(tt.config_from_preset("lora", lora_targets="nope"), ["a", "b"], tiny_model)
+
+
+@pytest.mark.parametrize("trains", ["bitfit", "adapter", "lora", "prefix", "prompt"])
+@pytest.mark.parametrize("head", ["mlp", "verbalizer"])
+def test_every_mechanism_with_every_head_and_objective(trains, head, tiny_bert, toy):
+    texts, labels = toy
+    for objective in ({"loss": "focal", "focal_gamma": 2.0}, {"eta": 1.0}):
+        clf = tt.TailtuneClassifier(
+            "cls", tiny_bert, input_format="template", head=head, trains=trains,
+            template="{soft:2} {text} it is about {mask} ." if trains == "prompt" else "{text} it is about {mask} .",
+            train_config=tt.TrainConfig(epochs=1, batch_size=8, lr=1e-3, progress=False), **objective)
+        clf.fit(texts, labels, dev=tt.TextDataset(texts[:6], labels[:6]))
+        assert clf.train_result_.steps == 5 and all(torch.isfinite(torch.tensor(h["loss"])) for h in clf.train_result_.history)
+        scores = clf.decision_function(texts[:3])
+        assert scores.shape == (3, 3) and np.isfinite(scores).all()
