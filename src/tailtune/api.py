@@ -10,7 +10,7 @@ import torch
 from .data import DataError, TextDataset, check_labels, check_trainable, class_stats, label_space, stratified_split
 from .metrics import long_tail_report, weight_norms
 from .model import Classifier, build_classifier, config_from_preset
-from .train import TrainConfig, predict_logits, resolve_device, set_seed, train
+from .train import TrainConfig, encode_features, predict_logits, resolve_device, set_seed, train
 
 
 def _as_dataset(X, y=None, X_b=None) -> TextDataset:
@@ -80,8 +80,16 @@ class TailtuneClassifier:
         dev_enc = self.model_.encode(dev.texts, dev.texts_b) if len(dev) else None
         self.encode_seconds_ = time.perf_counter() - t0
 
+        dev_features = None
+
         def evaluate():
-            pred = self._predict_encoded(dev_enc).argmax(-1).tolist()
+            nonlocal dev_features
+            if dev_features is None and self.model_.frozen_features and self.train_config.cache_features:
+                # the dev texts' features never change either: encode them once, inside the timed loop
+                dev_features = encode_features(self.model_, dev_enc, self.train_config.eval_batch_size,
+                                               self.train_config.bf16)
+            pred = predict_logits(self.model_, dev_enc, self.train_config.eval_batch_size, self.train_config.bf16,
+                                  features=dev_features).argmax(-1).tolist()
             return long_tail_report(dev.labels, [self.labels_[i] for i in pred], self.theta)
 
         self.train_result_ = train(self.model_, train_enc, [index[c] for c in train_ds.labels],

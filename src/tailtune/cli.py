@@ -199,7 +199,8 @@ def cmd_adapt_lm(args) -> int:
 def cmd_pretrain_prompt(args) -> int:
     from .ppt import pretrain_prompt
     pretrain_prompt(args.task, args.data, args.output, args.backbone, args.examples, args.dev_examples,
-                    args.soft_tokens, args.max_length, TrainConfig(**_collect(args, TrainConfig)))
+                    args.soft_tokens, args.max_length, TrainConfig(**_collect(args, TrainConfig)),
+                    template=args.template)
     return 0
 
 
@@ -208,7 +209,10 @@ def cmd_run(args) -> int:
     cfg = load_experiment(args.config, args.data_dir)
     if args.output_dir:
         cfg["output_dir"] = args.output_dir
-    run_experiment(cfg, args.only)
+    k, _, n = (args.shard or "0/1").partition("/")
+    if not (k.isdigit() and n.isdigit()):
+        raise ValueError(f"--shard {args.shard!r}: write K/N, e.g. 0/4")
+    run_experiment(cfg, args.only, shard=(int(k), int(n)))
     return 0
 
 
@@ -276,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--data-dir", default=None, help="root of relative data paths (or $TAILTUNE_DATA)")
     x.add_argument("--output-dir", default=None, help="override the file's output_dir")
     x.add_argument("--only", nargs="*", default=None, help="run only these datasets or presets")
+    x.add_argument("--shard", default=None, help="K/N: run every N-th planned run from the K-th (N processes "
+                   "sharing a GPU append to one results.jsonl)")
     x.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="train and evaluate on small built-in demo data with the embedded default")
@@ -298,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dev-examples", type=int, default=300, help="dev examples (another seed)")
     q.add_argument("--soft-tokens", type=int, default=20, help="prompt length")
     q.add_argument("--max-length", type=int, default=128, help="tokens per example")
+    q.add_argument("--template", default=None, help="hard part of the template (default: the task's own; "
+                   "e.g. '{text} {mask} .' for vanilla PPT)")
     _add_config_args(q, TrainConfig)
     q.set_defaults(func=cmd_pretrain_prompt)
 

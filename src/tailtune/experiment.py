@@ -16,8 +16,10 @@ from .data import read_dataset
 from .metrics import export_weight_norms
 from .train import TrainConfig
 
-_DATASET_KEYS = {"train", "dev", "test", "theta", "template", "verbalizer", "max_length", "text_col",
-                 "text_b_col", "label_col", "columns", "dev_fraction", "train_overrides"}
+_DATASET_KEYS = {"train", "dev", "test", "theta", "template", "vanilla_template", "verbalizer", "max_length",
+                 "text_col", "text_b_col", "label_col", "columns", "dev_fraction", "train_overrides"}
+VANILLA_TEMPLATE = "{text} {mask} ."
+TEMPLATE_STYLES = ("hybrid", "vanilla", "unified")
 
 
 def load_experiment(path: str | Path, data_dir: str | None = None) -> dict:
@@ -73,16 +75,36 @@ def _read_split(cfg, ds_cfg, split, seed):
                         text_b_col=ds_cfg.get("text_b_col"), header=columns is None, columns=columns)
 
 
+def prompt_format(ds_cfg: dict, style: str, labels: list[str]) -> tuple[str | None, dict | None]:
+    """(template, verbalizer) of a dataset in a prompt style: ``hybrid`` the dataset's hand-written
+    template, ``vanilla`` only the text and the mask (soft tokens do the rest; ``vanilla_template``
+    overrides), ``unified`` PPT's multiple-choice format over the label words."""
+    if style not in TEMPLATE_STYLES:
+        raise ValueError(f"template_style {style!r} is not one of {', '.join(TEMPLATE_STYLES)}")
+    words = ds_cfg.get("verbalizer")
+    if style == "hybrid":
+        return ds_cfg.get("template"), words
+    if style == "vanilla":
+        return ds_cfg.get("vanilla_template", VANILLA_TEMPLATE), words
+    from .ppt import unified_template
+    return unified_template({str(k): v for k, v in (words or {}).items()}, labels)
+
+
 def run_one(cfg: dict, dataset: str, preset: str, seed: int, out_dir: Path) -> dict:
+    """One (dataset, preset, seed). A preset entry of the YAML may rename a base preset (``preset:``)
+    and set classifier options, ``train:`` options, a ``backbone:`` and a ``template_style:``."""
+    from .data import label_space
     ds_cfg = cfg["datasets"][dataset]
     train_ds, dev_ds, test_ds = (_read_split(cfg, ds_cfg, s, seed) for s in ("train", "dev", "test"))
     options = dict(cfg.get("presets", {}).get(preset, {}))
     base = options.pop("preset", preset)
+    backbone = options.pop("backbone", cfg.get("backbone"))
+    template, verbalizer = prompt_format(ds_cfg, options.pop("template_style", "hybrid"), label_space(train_ds.labels))
     tc = TrainConfig(**{**cfg.get("train", {}), **ds_cfg.get("train_overrides", {}), **options.pop("train", {}),
                         "seed": seed})
     theta = ds_cfg.get("theta", 0.65)
-    clf = TailtuneClassifier(base, cfg.get("backbone"), template=ds_cfg.get("template"),
-                             verbalizer=ds_cfg.get("verbalizer"), max_length=ds_cfg.get("max_length"),
+    clf = TailtuneClassifier(base, backbone, template=template,
+                             verbalizer=verbalizer, max_length=ds_cfg.get("max_length"),
                              train_config=tc, theta=theta, dev_fraction=ds_cfg.get("dev_fraction", 0.1),
                              **options)
     with warnings.catch_warnings(record=True) as caught:
@@ -94,12 +116,13 @@ def run_one(cfg: dict, dataset: str, preset: str, seed: int, out_dir: Path) -> d
     run_dir = out_dir / "runs" / dataset / preset / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
-    export_weight_norms(clf.weight_norms(), run_dir, f"{dataset} / {preset} / seed {seed}")
+    if cfg.get("weight_norms", True):
+        export_weight_norms(clf.weight_norms(), run_dir, f"{dataset} / {preset} / seed {seed}")
     if cfg.get("save_models"):
         clf.save(run_dir / "model")
     r = clf.train_result_
     return {
-        "dataset": dataset, "preset": preset, "seed": seed,
+        "dataset": dataset, "preset": preset, "seed": seed, "backbone": backbone or "default",
         "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
         "head_f1": report["head_f1"], "tail_f1": report["tail_f1"],
         "best_dev_macro_f1": r.best_dev_macro_f1, "best_step": r.best_step, "steps": r.steps,
@@ -113,27 +136,41 @@ def run_one(cfg: dict, dataset: str, preset: str, seed: int, out_dir: Path) -> d
     }
 
 
-def run_experiment(cfg: dict, only: list[str] | None = None, log=print) -> Path:
-    """Run every planned (dataset, preset, seed) not already in ``results.jsonl``."""
+def run_experiment(cfg: dict, only: list[str] | None = None, log=print, shard: tuple[int, int] = (0, 1)) -> Path:
+    """Run every planned (dataset, preset, seed) not already in ``results.jsonl``. ``shard=(k, n)``
+    runs only every n-th planned run from the k-th, so n processes can share one GPU; they append
+    whole lines to the same ``results.jsonl``."""
     out_dir = Path(cfg["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.jsonl"
     done = {(r["dataset"], r["preset"], r["seed"]) for r in read_results(results_path)}
     plan = [p for p in planned_runs(cfg) if only is None or p[0] in only or p[1] in only]
+    k, n = shard
+    if not 0 <= k < n:
+        raise ValueError(f"shard {k}/{n}: need 0 <= k < n")
+    plan = plan[k::n]
     for i, (dataset, preset, seed) in enumerate(plan, 1):
         if (dataset, preset, seed) in done:
             log(f"[{i}/{len(plan)}] {dataset} {preset} seed={seed}: done, skipped")
             continue
         log(f"[{i}/{len(plan)}] {dataset} {preset} seed={seed}: running")
         row = run_one(cfg, dataset, preset, seed, out_dir)
-        with results_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        _append_line(results_path, json.dumps(row) + "\n")
         log(f"    acc {row['accuracy']:.4f} macro-F1 {row['macro_f1']:.4f} head-F1 {row['head_f1']:.4f} "
             f"tail-F1 {row['tail_f1']:.4f} ({row['train_seconds']:.0f}s training)")
     table = results_table(read_results(results_path), cfg)
     (out_dir / "results.md").write_text(table)
     log(table)
     return out_dir
+
+
+def _append_line(path: Path, line: str) -> None:
+    """One write of a whole line with O_APPEND: lines of processes sharing the file never interleave."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
 def read_results(path: Path) -> list[dict]:

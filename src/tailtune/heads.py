@@ -78,18 +78,24 @@ class VerbalizerHead(nn.Module):
             self.bias.copy_(parts.bias)
 
 
+POINTERS = ("linear", "task", "max", "mean")
+
+
 class LabelDecoderHead(nn.Module):
     """Y-Tuning (Liu et al., 2022): learn label representations that attend to frozen text features.
 
     Queries are a task embedding followed by ``vectors`` embeddings per label (in the backbone's
     hidden space, so they can start from label-word embeddings). A small transformer decoder
     lets them attend to each other (self-attention) and to the text's token features
-    (cross-attention); the label pointer pools each label's output vectors and scores it
-    against the task vector: ``s_k = <z_task, mean_m z_{k,m}> / sqrt(width)``.
+    (cross-attention). The label pointer pools each label's output vectors (mean over its
+    vectors) to one score: ``linear`` (default) ``s_k = w . z_k + b``, a learned pooling that
+    starts as the mean over dimensions; ``task`` ``s_k = <z_task, z_k> / sqrt(width)``; ``max``
+    or ``mean`` over dimensions. On TREC-50 (frozen MiniLM, 10 epochs, lr 1e-3) the linear
+    pointer beat the task dot product; see the README.
     """
 
     def __init__(self, hidden: int, label_init: torch.Tensor, vectors: int = 1, layers: int = 2,
-                 heads: int = 4, width: int | None = None, dropout: float = 0.1):
+                 heads: int = 4, width: int | None = None, dropout: float = 0.1, pointer: str = "linear"):
         super().__init__()
         width = width or hidden
         if width % heads:
@@ -102,6 +108,12 @@ class LabelDecoderHead(nn.Module):
                                            batch_first=True, norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, layers)
         self.norm = nn.LayerNorm(width)
+        if pointer not in POINTERS:
+            raise ValueError(f"label pointer {pointer!r} is not one of {', '.join(POINTERS)}")
+        self.pointer = pointer
+        if pointer == "linear":
+            self.pointer_weight = nn.Parameter(torch.full((width,), 1.0 / width))
+            self.pointer_bias = nn.Parameter(torch.zeros(()))
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(batch, seq, hidden) token features and (batch, seq) mask -> (batch, labels) scores."""
@@ -109,7 +121,11 @@ class LabelDecoderHead(nn.Module):
         queries = self.proj(torch.cat([self.task, self.labels]).to(features.dtype)).expand(batch, -1, -1)
         z = self.norm(self.decoder(queries, self.proj(features), memory_key_padding_mask=~mask.bool()))
         task, labels = z[:, 0], z[:, 1:].reshape(batch, self.n_labels, self.vectors, self.width).mean(2)
-        return torch.einsum("bd,bkd->bk", task, labels) / self.width ** 0.5
+        if self.pointer == "linear":
+            return labels @ self.pointer_weight.to(labels.dtype) + self.pointer_bias.to(labels.dtype)
+        if self.pointer == "task":
+            return torch.einsum("bd,bkd->bk", task, labels) / self.width ** 0.5
+        return labels.amax(-1) if self.pointer == "max" else labels.mean(-1)
 
     def class_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each label's (mean) embedding: the analogue of a class weight vector."""

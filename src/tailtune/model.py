@@ -33,6 +33,7 @@ _CHOICES = {
     "soft_init": ("vocab", "random"),
     "loss": ("ce", "focal", "triplet"),
     "label_init": ("words", "vocab", "random"),
+    "label_pointer": ("linear", "task", "max", "mean"),
 }
 
 
@@ -94,6 +95,9 @@ class ClassifierConfig:
     """label decoder: width (None: the backbone's hidden size; else text features and labels are projected)"""
     decoder_dropout: float = 0.0
     """label decoder: dropout inside the decoder layers"""
+    label_pointer: str = "linear"
+    """label decoder: how a label's output vector becomes its score: linear (learned pooling), task (dot
+    product with the task vector), max or mean"""
     loss: str = "ce"
     """training objective: ce, focal or triplet (margin loss of Y-Tuning)"""
     focal_gamma: float = 1.0
@@ -186,10 +190,12 @@ PRESETS: dict[str, tuple[dict, str]] = {
     "prefix": ({"trains": "prefix"}, "CLS head; 4 trainable key/value prefixes in every layer, backbone frozen"),
     "prompt-prefix": ({"input_format": "template", "head": "verbalizer", "trains": "prefix"},
                       "prompt-tuning head with prefix tuning, backbone frozen"),
-    "y-tuning": ({"head": "label-decoder", "trains": "head", "loss": "triplet"},
-                 "Y-Tuning: frozen backbone; label embeddings + a 2-layer decoder over the text features; "
-                 "triplet loss; features cached during training"),
-    "y-tuning-ce": ({"head": "label-decoder", "trains": "head"}, "Y-Tuning with cross-entropy instead of the triplet loss"),
+    "y-tuning": ({"head": "label-decoder", "trains": "head", "loss": "triplet", "margin": 0.2,
+                  "decoder_width": 128},
+                 "Y-Tuning: frozen backbone; label embeddings + a 2-layer width-128 decoder over the text "
+                 "features, linear label pointer; triplet loss (margin 0.2); features cached in training"),
+    "y-tuning-ce": ({"head": "label-decoder", "trains": "head", "decoder_width": 128},
+                    "Y-Tuning with cross-entropy instead of the triplet loss"),
     "soft-prompt": ({"input_format": "template", "head": "verbalizer", "trains": "prompt", "soft_tokens": 20},
                     "20 soft tokens before the template, MLM head + verbalizer; backbone frozen "
                     "(with hard template words: a hybrid prompt)"),
@@ -236,7 +242,8 @@ class Classifier(nn.Module):
         elif config.head == "label-decoder":
             self.verbalizer = verbalizer or Verbalizer(labels)
             self.head = LabelDecoderHead(hidden, self._label_init(), config.label_vectors, config.decoder_layers,
-                                         config.decoder_heads, config.decoder_width, config.decoder_dropout)
+                                         config.decoder_heads, config.decoder_width, config.decoder_dropout,
+                                         config.label_pointer)
         else:
             self.verbalizer = verbalizer or Verbalizer(labels)
             if self.verbalizer.labels != self.labels:
@@ -477,6 +484,7 @@ class Classifier(nn.Module):
             raise ValueError(f"{directory} was saved by a newer tailtune (format "
                              f"{meta['format_version']}); upgrade tailtune to load it")
         # the saved weights already hold the pre-trained prompt: do not look for its directory again
+        meta["config"].setdefault("label_pointer", "task")  # saved before the pointer was an option
         config = ClassifierConfig(**{**meta["config"], "prompt_init": None})
         verbalizer = Verbalizer(meta["labels"], meta["verbalizer"]) if meta.get("verbalizer") else None
         saved = meta["backbone"]

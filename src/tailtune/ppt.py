@@ -248,9 +248,10 @@ BUILDERS = {"sentence_pair": sentence_pair, "multiple_choice": multiple_choice, 
 
 def pretrain_prompt(task: str, data: list[str], output: str | Path, backbone: str | None = None,
                     examples: int = 3000, dev_examples: int = 300, soft_tokens: int = 20, max_length: int = 128,
-                    train_config=None, log=print) -> dict:
+                    train_config=None, log=print, template: str | None = None) -> dict:
     """Pre-train ``soft_tokens`` prompt vectors on a self-supervised task with the backbone
-    frozen, and save them (PPT). Returns the dev report of the pre-training task."""
+    frozen, and save them (PPT). ``template`` replaces the task's hard template (its slots must
+    match the task: ``{text_b}`` for the pair and multiple-choice tasks). Returns the dev report."""
     from collections import Counter
 
     from .api import TailtuneClassifier
@@ -263,7 +264,10 @@ def pretrain_prompt(task: str, data: list[str], output: str | Path, backbone: st
     dev_ds = BUILDERS[task](docs, dev_examples, seed=tc.seed + 1)
     log(f"{task}: {len(docs)} documents; {len(train_ds)} training and {len(dev_ds)} dev examples; "
         f"labels {dict(sorted(Counter(train_ds.labels).items()))}")
-    clf = TailtuneClassifier("soft-prompt", backbone, template=TEMPLATES[task], verbalizer=VERBALIZERS[task],
+    template = template or TEMPLATES[task]
+    if task != "single_sentence" and "{text_b}" not in template:
+        raise ValueError(f"the {task} task has a second text: the template needs a {{text_b}} slot")
+    clf = TailtuneClassifier("soft-prompt", backbone, template=template, verbalizer=VERBALIZERS[task],
                              soft_tokens=soft_tokens, max_length=max_length, train_config=tc)
     clf.fit(train_ds, dev=dev_ds)
     report = clf.evaluate(dev_ds)

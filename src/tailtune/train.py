@@ -151,8 +151,10 @@ def _autocast(device: torch.device, bf16: bool):
 
 @torch.no_grad()
 def predict_logits(model, encoded: list[Encoded], batch_size: int = 64, bf16: bool = False,
-                   calibrated: bool = True, progress: bool = False) -> torch.Tensor:
-    """Class scores for encoded examples, in input order; η-norm applied when ``calibrated``."""
+                   calibrated: bool = True, progress: bool = False,
+                   features: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Class scores for encoded examples, in input order; η-norm applied when ``calibrated``.
+    ``features``: the examples' cached token features (``encode_features``), skipping the encoder."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -161,8 +163,11 @@ def predict_logits(model, encoded: list[Encoded], batch_size: int = 64, bf16: bo
     pad = model.tokenizer.pad_token_id
     for s in tqdm(range(0, len(order), batch_size), disable=not progress, desc="predict", leave=False):
         idx = order[s:s + batch_size]
+        batch = collate([encoded[i] for i in idx], pad, device)
+        if features is not None:
+            batch["features"] = pad_features([features[i] for i in idx]).to(device)
         with _autocast(device, bf16):
-            logits = model(**collate([encoded[i] for i in idx], pad, device)).float()
+            logits = model(**batch).float()
         out[idx] = (model.calibrate(logits) if calibrated else logits).cpu()
     model.train(was_training)
     return out
