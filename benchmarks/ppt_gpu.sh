@@ -20,7 +20,7 @@ U="$D/unlabeled/reuters21578-train-bodies.txt $D/unlabeled/wikitext2-valid-test.
 if [ "$SCALE" = smoke ]; then
   LM="--steps 4 --batch-size 4 --eval-sequences 16 --max-length 32"; PT="--examples 30 --dev-examples 9 --epochs 1"
 else
-  LM="--steps 2000 --batch-size 64 --eval-sequences 1000 --max-length 128"; PT="--examples 6000 --dev-examples 600 --epochs 3"
+  LM="--steps 1500 --batch-size 64 --eval-sequences 1000 --max-length 128"; PT="--examples 6000 --dev-examples 600 --epochs 3"
 fi
 PTO="--soft-tokens 20 --max-length 128 --batch-size 32 --head-lr 1e-3 --module-lr 3e-2 --lr 1e-3 --bf16 --no-progress"
 pretrain() {  # backbone name, backbone arg

@@ -42,8 +42,11 @@ class TextDataset:
 
 def read_dataset(path: str | Path, text_col: str = "text", label_col: str | None = "label",
                  text_b_col: str | None = None, header: bool = True,
-                 columns: Sequence[str] | None = None) -> TextDataset:
+                 columns: Sequence[str] | None = None, allow_empty: bool = False) -> TextDataset:
     """Read a .tsv, .csv or .jsonl file into a TextDataset.
+
+    An empty text is an error unless ``allow_empty`` (published splits sometimes hold one, e.g.
+    LM-BFF's CR 16-shot train sets; the model then sees only the template).
 
     TSV/CSV use standard CSV quoting. Files without a header row need ``header=False`` and
     ``columns`` naming each column in order (e.g. ``["label", "text"]``). ``label_col=None``
@@ -59,7 +62,7 @@ def read_dataset(path: str | Path, text_col: str = "text", label_col: str | None
         rows = _read_delimited(path, "\t" if suffix == ".tsv" else ",", header, columns)
     else:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use .tsv, .csv or .jsonl")
-    return _rows_to_dataset(rows, str(path), text_col, label_col, text_b_col)
+    return _rows_to_dataset(rows, str(path), text_col, label_col, text_b_col, allow_empty)
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
@@ -107,7 +110,7 @@ def _read_delimited(path: Path, delimiter: str, header: bool,
     return rows
 
 
-def _rows_to_dataset(rows, source, text_col, label_col, text_b_col) -> TextDataset:
+def _rows_to_dataset(rows, source, text_col, label_col, text_b_col, allow_empty=False) -> TextDataset:
     if not rows:
         raise DataError(f"{source}: no examples found")
     present = set(rows[0][1])
@@ -118,8 +121,9 @@ def _rows_to_dataset(rows, source, text_col, label_col, text_b_col) -> TextDatas
     texts, labels, texts_b = [], [], [] if text_b_col else None
     for lineno, row in rows:
         text, label = row.get(text_col), row.get(label_col) if label_col else ""
-        if text is None or not str(text).strip():
-            raise DataError(f"{source}, line {lineno}: empty text in column {text_col!r}")
+        if text is None or (not str(text).strip() and not allow_empty):
+            raise DataError(f"{source}, line {lineno}: empty text in column {text_col!r}; fix the file, or "
+                            f"keep such rows with allow_empty (experiment YAML: allow_empty_text: true)")
         if label_col and (label is None or not str(label).strip()):
             raise DataError(f"{source}, line {lineno}: empty label in column {label_col!r}")
         texts.append(str(text))

@@ -17,7 +17,8 @@ from .metrics import export_weight_norms
 from .train import TrainConfig
 
 _DATASET_KEYS = {"train", "dev", "test", "theta", "template", "vanilla_template", "verbalizer", "max_length",
-                 "text_col", "text_b_col", "label_col", "columns", "dev_fraction", "train_overrides"}
+                 "text_col", "text_b_col", "label_col", "columns", "dev_fraction", "train_overrides",
+                 "allow_empty_text"}
 VANILLA_TEMPLATE = "{text} {mask} ."
 TEMPLATE_STYLES = ("hybrid", "vanilla", "unified")
 
@@ -72,7 +73,8 @@ def _read_split(cfg, ds_cfg, split, seed):
     columns = ds_cfg.get("columns")
     return read_dataset(Path(cfg["data_dir"]) / ds_cfg[split].format(seed=seed),
                         text_col=ds_cfg.get("text_col", "text"), label_col=ds_cfg.get("label_col", "label"),
-                        text_b_col=ds_cfg.get("text_b_col"), header=columns is None, columns=columns)
+                        text_b_col=ds_cfg.get("text_b_col"), header=columns is None, columns=columns,
+                        allow_empty=ds_cfg.get("allow_empty_text", False))
 
 
 def prompt_format(ds_cfg: dict, style: str, labels: list[str]) -> tuple[str | None, dict | None]:
