@@ -98,3 +98,10 @@ def test_from_hf_maps_class_labels():
                                    features=datasets.Features({"text": datasets.Value("string"),
                                                                "label": datasets.ClassLabel(names=["neg", "pos"])}))
     assert tt.from_hf(d).labels == ["neg", "pos"]
+
+
+def test_default_backbone_can_point_elsewhere(monkeypatch, tmp_path):
+    from tailtune.backbone import resolve_name
+    monkeypatch.setenv("TAILTUNE_DEFAULT_BACKBONE", str(tmp_path))
+    assert resolve_name("default") == resolve_name(None) == str(tmp_path)
+    assert resolve_name("bert-base-uncased") == "bert-base-uncased"

@@ -70,3 +70,38 @@ def test_per_seed_files_headerless_csv_and_preset_train_options(tiny_bert, tmp_p
     assert [r["seed"] for r in rows] == [1, 2]
     assert rows[0]["config"]["lora_r"] == 2 and rows[0]["train_config"]["module_lr"] == 5e-3
     assert rows[0]["parameters"]["trainable_without_head"] == 2 * 2 * (32 * 2 + 2 * 32)
+
+
+def test_preset_backbone_template_style_shards_and_empty_texts(tiny_bert, tmp_path):
+    """Per-preset backbone and prompt style; shards split the plan and share one results file;
+    a split holding an empty text is kept with allow_empty_text."""
+    import pytest
+
+    from tiny import make_bert
+    other = make_bert(tmp_path / "other", seed=2)
+    _write_data(tmp_path / "data" / "toy")
+    with (tmp_path / "data" / "toy" / "train.tsv").open("a") as f:
+        f.write(" \tgood\n")
+    cfg = {
+        "backbone": tiny_bert, "data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "out"),
+        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "progress": False}, "weight_norms": False,
+        "datasets": {"toy": {"train": "toy/train.tsv", "test": "toy/test.tsv", "allow_empty_text": True,
+                             "template": "{text} it is about {mask} .",
+                             "verbalizer": {"good": "good", "bad": "bad", "money": "price"}}},
+        "presets": {"unified": {"preset": "soft-prompt", "soft_tokens": 2, "template_style": "unified"},
+                    "cls@other": {"preset": "cls", "backbone": other}},
+        "runs": [{"presets": ["unified", "cls@other", "cls"], "seeds": [1]}],
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    for k in (0, 1):
+        run_experiment(load_experiment(path), log=lambda *_: None, shard=(k, 2))
+    rows = {r["preset"]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())}
+    assert sorted(rows) == ["cls", "cls@other", "unified"]
+    assert rows["cls@other"]["backbone"] == other and rows["cls"]["backbone"] == tiny_bert
+    assert rows["unified"]["config"]["template"].endswith("( a ) bad ( b ) good ( c ) price . Answer : {mask} .")
+    assert not (tmp_path / "out" / "runs" / "toy" / "cls" / "seed1" / "weight_norms.png").exists()
+    cfg["datasets"]["toy"]["allow_empty_text"] = False
+    path.write_text(yaml.safe_dump({**cfg, "output_dir": str(tmp_path / "out2")}))
+    with pytest.raises(Exception, match="empty text.*allow_empty"):
+        run_experiment(load_experiment(path), log=lambda *_: None)

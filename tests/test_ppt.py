@@ -87,3 +87,28 @@ def test_unified_multiple_choice_format(tiny_bert):
     assert tokens[enc.position] == clf.tokenizer.mask_token
     assert enc.soft_positions == [1, 2] and "terrible" in tokens and "great" in tokens
     assert clf.head.token_ids.tolist() == sorted(clf.tokenizer.convert_tokens_to_ids(["a", "b"]))
+
+
+def test_pretraining_dev_set_comes_from_held_out_documents(tmp_path):
+    from tailtune.ppt import split_documents
+    (tmp_path / "t.txt").write_text(DOCS_TEXT)
+    docs = read_documents([str(tmp_path / "t.txt")])
+    train_docs, dev_docs = split_documents(docs, dev_share=0.25, seed=3)
+    assert len(dev_docs) == 3 and len(train_docs) == 9
+    assert split_documents(docs, dev_share=0.25, seed=3) == (train_docs, dev_docs)  # seeded
+    train_sentences = {s for d in train_docs for s in d}
+    assert not train_sentences & {s for d in dev_docs for s in d}
+    # a template without the pair's second text is refused before any training
+    with pytest.raises(ValueError, match="text_b"):
+        pretrain_prompt("sentence_pair", [str(tmp_path / "t.txt")], tmp_path / "p", None, template="{text} {mask} .")
+
+
+def test_experiment_prompt_styles():
+    from tailtune.experiment import prompt_format
+    ds = {"template": "{text} It was {mask} .", "verbalizer": {"0": "terrible", "1": "great"}}
+    assert prompt_format(ds, "hybrid", ["0", "1"]) == (ds["template"], ds["verbalizer"])
+    assert prompt_format(ds, "vanilla", ["0", "1"]) == ("{text} {mask} .", ds["verbalizer"])
+    assert prompt_format({**ds, "vanilla_template": "{mask} {text}"}, "vanilla", ["0", "1"])[0] == "{mask} {text}"
+    assert prompt_format(ds, "unified", ["0", "1"]) == unified_template(ds["verbalizer"], ["0", "1"])
+    with pytest.raises(ValueError, match="template_style"):
+        prompt_format(ds, "fancy", ["0", "1"])

@@ -35,7 +35,7 @@ def test_backbone_is_bit_identical_after_training(tiny_model, toy):
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     space = ["bad", "good", "money"]
     result = train(model, model.encode(texts), [space.index(y) for y in labels],
-                   tt.TrainConfig(epochs=15, batch_size=8, lr=1e-2, seed=1, progress=False))
+                   tt.TrainConfig(epochs=15, batch_size=8, lr=3e-3, seed=1, progress=False))
     assert result.steps == 75
     assert all(torch.equal(v, before[k]) for k, v in model.encoder.state_dict().items())
     assert all(p.grad is None for p in model.encoder.parameters())  # never received a gradient
@@ -71,3 +71,45 @@ def test_only_frozen_feature_methods_cache(tiny_bert):
     assert tt.build_classifier(tt.config_from_preset("linear-probe"), ["a", "b"], tiny_bert).frozen_features
     for preset in ("cls", "adapter", "lora", "prefix", "soft-prompt", "bitfit"):
         assert not tt.build_classifier(tt.config_from_preset(preset), ["a", "b"], tiny_bert).frozen_features
+
+
+@pytest.mark.parametrize("pointer", ["linear", "task", "max"])
+def test_label_pointers_score_each_label(tiny_bert, toy, pointer):
+    texts, _ = toy
+    model = _model(tiny_bert, label_pointer=pointer, decoder_width=16, decoder_heads=2)
+    batch = collate(model.encode(texts[:4]), model.tokenizer.pad_token_id, torch.device("cpu"))
+    assert model(**batch).shape == (4, 3)
+    if pointer == "linear":  # starts as mean pooling over the LayerNorm output: every label alike
+        torch.testing.assert_close(model.head.pointer_weight, torch.full((16,), 1 / 16))
+    with pytest.raises(ValueError, match="label_pointer"):
+        tt.config_from_preset("y-tuning", label_pointer="mean")
+
+
+def test_dev_evaluation_reads_cached_features(tiny_bert, toy, monkeypatch):
+    """fit() encodes the dev texts once for a frozen backbone; the scores equal the uncached ones."""
+    texts, labels = toy
+    clf = tt.TailtuneClassifier("y-tuning", tiny_bert, verbalizer={"money": "price"},
+                                train_config=tt.TrainConfig(epochs=3, batch_size=8, lr=1e-3, seed=1, progress=False))
+    calls = []
+    import tailtune.api as api
+    real = api.encode_features
+    monkeypatch.setattr(api, "encode_features", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    clf.fit(texts, labels, dev=tt.TextDataset(texts[:10], labels[:10]))
+    assert calls == [10]  # once, for the 10 dev texts, though dev was evaluated each epoch
+    enc = clf.model_.encode(texts)
+    from tailtune.train import predict_logits
+    torch.testing.assert_close(predict_logits(clf.model_, enc, features=encode_features(clf.model_, enc)),
+                               predict_logits(clf.model_, enc), atol=1e-5, rtol=1e-5)
+
+
+def test_models_saved_before_the_pointer_option_load_with_the_task_pointer(tiny_bert, toy, tmp_path):
+    import json
+    texts, labels = toy
+    clf = tt.TailtuneClassifier("y-tuning", tiny_bert, verbalizer={"money": "price"}, label_pointer="task",
+                                train_config=tt.TrainConfig(epochs=1, seed=1, progress=False))
+    clf.fit(texts, labels, dev=tt.TextDataset(texts, labels)).save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "tailtune.json").read_text())
+    del meta["config"]["label_pointer"]
+    (tmp_path / "m" / "tailtune.json").write_text(json.dumps(meta))
+    loaded = tt.TailtuneClassifier.load(tmp_path / "m", device="cpu")
+    assert loaded.model_.head.pointer == "task" and loaded.predict(texts) == clf.predict(texts)

@@ -33,7 +33,7 @@ _CHOICES = {
     "soft_init": ("vocab", "random"),
     "loss": ("ce", "focal", "triplet"),
     "label_init": ("words", "vocab", "random"),
-    "label_pointer": ("linear", "task", "max", "mean"),
+    "label_pointer": ("linear", "task", "max"),
 }
 
 
@@ -97,7 +97,7 @@ class ClassifierConfig:
     """label decoder: dropout inside the decoder layers"""
     label_pointer: str = "linear"
     """label decoder: how a label's output vector becomes its score: linear (learned pooling), task (dot
-    product with the task vector), max or mean"""
+    product with the task vector) or max (max pooling)"""
     loss: str = "ce"
     """training objective: ce, focal or triplet (margin loss of Y-Tuning)"""
     focal_gamma: float = 1.0

@@ -243,6 +243,17 @@ def load_prompt(directory: str | Path, fingerprint: str, soft_tokens: int) -> tu
     return load_file(str(directory / PROMPT_FILE)), meta
 
 
+def split_documents(docs: list[list[str]], dev_share: float = 0.1, seed: int = 13):
+    """(train documents, dev documents): a seeded split by document (at least two in each), so the
+    pre-training dev set shares no sentence with the training set."""
+    if len(docs) < 4:
+        raise DataError(f"need at least 4 documents to hold some out for dev, got {len(docs)}")
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_dev = min(len(docs) - 2, max(2, round(dev_share * len(docs))))
+    return [docs[i] for i in sorted(order[n_dev:])], [docs[i] for i in sorted(order[:n_dev])]
+
+
 BUILDERS = {"sentence_pair": sentence_pair, "multiple_choice": multiple_choice, "single_sentence": single_sentence}
 
 
@@ -260,9 +271,11 @@ def pretrain_prompt(task: str, data: list[str], output: str | Path, backbone: st
         raise ValueError(f"unknown PPT task {task!r}; choose from {', '.join(BUILDERS)}")
     tc = train_config or TrainConfig()
     docs = read_documents(data)
-    train_ds = BUILDERS[task](docs, examples, seed=tc.seed)
-    dev_ds = BUILDERS[task](docs, dev_examples, seed=tc.seed + 1)
-    log(f"{task}: {len(docs)} documents; {len(train_ds)} training and {len(dev_ds)} dev examples; "
+    train_docs, dev_docs = split_documents(docs, seed=tc.seed)
+    train_ds = BUILDERS[task](train_docs, examples, seed=tc.seed)
+    dev_ds = BUILDERS[task](dev_docs, dev_examples, seed=tc.seed + 1)
+    log(f"{task}: {len(train_docs)} + {len(dev_docs)} documents (train + dev); "
+        f"{len(train_ds)} training and {len(dev_ds)} dev examples; "
         f"labels {dict(sorted(Counter(train_ds.labels).items()))}")
     template = template or TEMPLATES[task]
     if task != "single_sentence" and "{text_b}" not in template:
@@ -272,7 +285,8 @@ def pretrain_prompt(task: str, data: list[str], output: str | Path, backbone: st
     clf.fit(train_ds, dev=dev_ds)
     report = clf.evaluate(dev_ds)
     save_prompt(clf.model_, output, {
-        "task": task, "data": [str(p) for p in data], "documents": len(docs), "examples": len(train_ds),
+        "task": task, "data": [str(p) for p in data], "documents": len(train_docs),
+        "dev_documents": len(dev_docs), "examples": len(train_ds),
         "dev_examples": len(dev_ds), "label_counts": dict(Counter(train_ds.labels)),
         "dev_accuracy": report["accuracy"], "train_config": tc.to_dict(),
         "train_seconds": round(clf.train_result_.seconds, 1)})
