@@ -117,13 +117,21 @@ class LabelDecoderHead(nn.Module):
             self.pointer_bias = nn.Parameter(torch.zeros(()))
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(batch, seq, hidden) token features and (batch, seq) mask -> (batch, labels) scores."""
+        """(batch, seq, hidden) token features and (batch, seq) mask -> (batch, labels) scores.
+
+        Runs in float32 even under bf16 autocast: the head is small (cheap either way; on CPU
+        float32 was faster) and bf16 scores blur a 0.2 triplet margin (TREC-50 macro-F1 62.7
+        with a bf16 head vs 69.2 in float32, one seed)."""
+        with torch.autocast(features.device.type, enabled=False):
+            return self._scores(features.float(), mask)
+
+    def _scores(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch = features.shape[0]
-        queries = self.proj(torch.cat([self.task, self.labels]).to(features.dtype)).expand(batch, -1, -1)
+        queries = self.proj(torch.cat([self.task, self.labels])).expand(batch, -1, -1)
         z = self.norm(self.decoder(queries, self.proj(features), memory_key_padding_mask=~mask.bool()))
         task, labels = z[:, 0], z[:, 1:].reshape(batch, self.n_labels, self.vectors, self.width).mean(2)
         if self.pointer == "linear":
-            return labels @ self.pointer_weight.to(labels.dtype) + self.pointer_bias.to(labels.dtype)
+            return labels @ self.pointer_weight + self.pointer_bias
         if self.pointer == "task":
             return torch.einsum("bd,bkd->bk", task, labels) / self.width ** 0.5
         return labels.amax(-1)
