@@ -35,7 +35,7 @@ def main() -> None:
                 means.append(acc.mean())
                 cells.append(f"{acc.mean():.1f} ({acc.std():.1f})" + ("" if len(acc) == 5 else f" [{len(acc)}]"))
             p = got[0]["parameters"]
-            pct = f"{100 * p['trainable'] / base:.3g} ({100 * p['trainable_without_head'] / base:.2g})"
+            pct = f"{100 * p['trainable'] / base:.3g} ({100 * p['trainable_without_head'] / base:.3g})"
             secs = np.mean([r["train_seconds"] for r in got])
             out.append(f"| {bb} | {name} | {pct} | " + " | ".join(cells) + f" | {np.mean(means):.1f} | {secs:.1f} |")
     seeds = sorted({r["seed"] for r in rows})
