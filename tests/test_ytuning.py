@@ -92,8 +92,8 @@ def test_dev_evaluation_reads_cached_features(tiny_bert, toy, monkeypatch):
                                 train_config=tt.TrainConfig(epochs=3, batch_size=8, lr=1e-3, seed=1, progress=False))
     calls = []
     import tailtune.api as api
-    real = api.encode_features
-    monkeypatch.setattr(api, "encode_features", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    real = api.cached_features
+    monkeypatch.setattr(api, "cached_features", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
     clf.fit(texts, labels, dev=tt.TextDataset(texts[:10], labels[:10]))
     assert calls == [10]  # once, for the 10 dev texts, though dev was evaluated each epoch
     enc = clf.model_.encode(texts)

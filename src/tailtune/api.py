@@ -10,7 +10,7 @@ import torch
 from .data import DataError, TextDataset, check_labels, check_trainable, class_stats, label_space, stratified_split
 from .metrics import long_tail_report, weight_norms
 from .model import Classifier, build_classifier, config_from_preset
-from .train import TrainConfig, encode_features, predict_logits, resolve_device, set_seed, train
+from .train import TrainConfig, cached_features, predict_logits, resolve_device, set_seed, train
 
 
 def _as_dataset(X, y=None, X_b=None) -> TextDataset:
@@ -80,16 +80,12 @@ class TailtuneClassifier:
         dev_enc = self.model_.encode(dev.texts, dev.texts_b) if len(dev) else None
         self.encode_seconds_ = time.perf_counter() - t0
 
-        dev_features = None
+        dev_features: list = []  # filled at the first evaluation, inside the timed loop
 
         def evaluate():
-            nonlocal dev_features
-            if dev_features is None and self.model_.frozen_features and self.train_config.cache_features:
-                # the dev texts' features never change either: encode them once, inside the timed loop
-                dev_features = encode_features(self.model_, dev_enc, self.train_config.eval_batch_size,
-                                               self.train_config.bf16)
-            pred = predict_logits(self.model_, dev_enc, self.train_config.eval_batch_size, self.train_config.bf16,
-                                  features=dev_features).argmax(-1).tolist()
+            if not dev_features:  # a frozen backbone's dev features never change: encode them once
+                dev_features.append(cached_features(self.model_, dev_enc, self.train_config))
+            pred = self._predict_encoded(dev_enc, dev_features[0]).argmax(-1).tolist()
             return long_tail_report(dev.labels, [self.labels_[i] for i in pred], self.theta)
 
         self.train_result_ = train(self.model_, train_enc, [index[c] for c in train_ds.labels],
@@ -102,9 +98,9 @@ class TailtuneClassifier:
         if not hasattr(self, "model_"):
             raise RuntimeError("this classifier is not trained yet: call fit() or load()")
 
-    def _predict_encoded(self, encoded) -> torch.Tensor:
+    def _predict_encoded(self, encoded, features=None) -> torch.Tensor:
         return predict_logits(self.model_, encoded, self.train_config.eval_batch_size,
-                              self.train_config.bf16)
+                              self.train_config.bf16, features=features)
 
     def decision_function(self, X, X_b=None) -> np.ndarray:
         """Calibrated class scores, shape (n, classes), columns in ``labels_`` order."""

@@ -13,7 +13,7 @@ from torch import nn
 
 from . import __version__
 from .backbone import Backbone, drop_pooler, fingerprint, load_backbone
-from .heads import LabelDecoderHead, MLPHead, VerbalizerHead
+from .heads import POINTERS, LabelDecoderHead, MLPHead, VerbalizerHead
 from .losses import classification_loss, eta_norm
 from .prompts import Encoded, Template, Verbalizer, encode_plain
 from .routing import Route, TaskRouter
@@ -33,7 +33,7 @@ _CHOICES = {
     "soft_init": ("vocab", "random"),
     "loss": ("ce", "focal", "triplet"),
     "label_init": ("words", "vocab", "random"),
-    "label_pointer": ("linear", "task", "max"),
+    "label_pointer": POINTERS,
 }
 
 

@@ -269,6 +269,9 @@ def pretrain_prompt(task: str, data: list[str], output: str | Path, backbone: st
     from .train import TrainConfig
     if task not in BUILDERS:
         raise ValueError(f"unknown PPT task {task!r}; choose from {', '.join(BUILDERS)}")
+    template = template or TEMPLATES[task]
+    if task != "single_sentence" and "{text_b}" not in template:
+        raise ValueError(f"the {task} task has a second text: the template needs a {{text_b}} slot")
     tc = train_config or TrainConfig()
     docs = read_documents(data)
     train_docs, dev_docs = split_documents(docs, seed=tc.seed)
@@ -277,9 +280,6 @@ def pretrain_prompt(task: str, data: list[str], output: str | Path, backbone: st
     log(f"{task}: {len(train_docs)} + {len(dev_docs)} documents (train + dev); "
         f"{len(train_ds)} training and {len(dev_ds)} dev examples; "
         f"labels {dict(sorted(Counter(train_ds.labels).items()))}")
-    template = template or TEMPLATES[task]
-    if task != "single_sentence" and "{text_b}" not in template:
-        raise ValueError(f"the {task} task has a second text: the template needs a {{text_b}} slot")
     clf = TailtuneClassifier("soft-prompt", backbone, template=template, verbalizer=VERBALIZERS[task],
                              soft_tokens=soft_tokens, max_length=max_length, train_config=tc)
     clf.fit(train_ds, dev=dev_ds)

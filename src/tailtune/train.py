@@ -138,6 +138,14 @@ def encode_features(model, encoded: list[Encoded], batch_size: int = 64, bf16: b
     return out
 
 
+def cached_features(model, encoded: list[Encoded], cfg: "TrainConfig") -> list[torch.Tensor] | None:
+    """The examples' token features computed once when nothing before the head trains and
+    ``cfg.cache_features`` is on; else None (the encoder runs every time)."""
+    if not (cfg.cache_features and model.frozen_features):
+        return None
+    return encode_features(model, encoded, cfg.eval_batch_size, cfg.bf16)
+
+
 def pad_features(rows: list[torch.Tensor]) -> torch.Tensor:
     """Right-pad cached features to ``(batch, longest, hidden)``, matching ``collate``'s padding."""
     return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
@@ -279,8 +287,7 @@ def train(model, train_encoded: list[Encoded], train_targets: list[int], cfg: Tr
     history, start, stop = [], time.perf_counter(), False
     bar = tqdm(total=total_steps, disable=not cfg.progress, desc="train")
     with PeakMemory(device) as memory:
-        cache = encode_features(model, train_encoded, cfg.eval_batch_size, cfg.bf16) \
-            if cfg.cache_features and model.frozen_features else None
+        cache = cached_features(model, train_encoded, cfg)
         while step < total_steps and not stop:
             for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
                 batch = collate([train_encoded[i] for i in idx], pad, device)
