@@ -19,12 +19,12 @@ def test_train_evaluate_predict(tiny_bert, toy_files, capsys):
     out = toy_files / "model"
     rc = main(["train", "--train", str(toy_files / "train.tsv"), "--test", str(toy_files / "test.tsv"),
                "--preset", "prompt", "--backbone", tiny_bert, "--output", str(out), "--epochs", "1",
-               "--template", "{text} it is about {mask} .", "--no-progress", "--eta", "1.0"])
+               "--template", "{text} it is about {mask} .", "--no-progress", "--calibration", "eta-norm", "--eta", "1.0"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "macro-F1" in text and "verbalizer 'good' -> 'good' -> ['good']" in text
     meta = json.loads((out / "tailtune.json").read_text())
-    assert meta["preset"] == "prompt" and meta["config"]["eta"] == 1.0 and meta["backbone"]["fingerprint"]
+    assert meta["preset"] == "prompt" and meta["config"]["options"]["eta"] == 1.0 and meta["backbone"]["fingerprint"]
     assert (out / "analysis" / "weight_norms.csv").is_file() and (out / "test_report.json").is_file()
     assert main(["evaluate", str(out), "--data", str(toy_files / "test.tsv")]) == 0
     assert "tail-F1" in capsys.readouterr().out

@@ -21,7 +21,7 @@ def test_experiment_runs_resumes_and_tabulates(tiny_bert, tmp_path):
         "datasets": {"toy": {"train": "toy/train.tsv", "test": "toy/test.tsv", "theta": 0.5,
                              "template": "{text} it is about {mask} .",
                              "verbalizer": {"good": "good", "bad": "bad", "money": "price"}}},
-        "presets": {"prompt-eta": {"preset": "prompt", "eta": 1.0}},
+        "presets": {"prompt-eta": {"preset": "prompt", "calibration": "eta-norm", "eta": 1.0}},
         "runs": [{"presets": ["cls", "prompt-eta"], "seeds": [1, 2]}],
     }
     path = tmp_path / "exp.yaml"
@@ -29,7 +29,7 @@ def test_experiment_runs_resumes_and_tabulates(tiny_bert, tmp_path):
     out = run_experiment(load_experiment(path), log=lambda *_: None)
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["preset"], r["seed"]) for r in rows] == [("cls", 1), ("cls", 2), ("prompt-eta", 1), ("prompt-eta", 2)]
-    assert rows[2]["config"]["eta"] == 1.0 and rows[2]["config"]["head"] == "verbalizer"
+    assert rows[2]["config"]["options"]["eta"] == 1.0 and rows[2]["config"]["head"] == "verbalizer"
     assert (out / "runs" / "toy" / "cls" / "seed1" / "weight_norms.png").is_file()
     # resumable: a second run skips everything already in results.jsonl
     logs = []
@@ -68,7 +68,7 @@ def test_per_seed_files_headerless_csv_and_preset_train_options(tiny_bert, tmp_p
     out = run_experiment(load_experiment(path), log=lambda *_: None)
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [r["seed"] for r in rows] == [1, 2]
-    assert rows[0]["config"]["lora_r"] == 2 and rows[0]["train_config"]["module_lr"] == 5e-3
+    assert rows[0]["config"]["options"]["lora_r"] == 2 and rows[0]["train_config"]["module_lr"] == 5e-3
     assert rows[0]["parameters"]["trainable_without_head"] == 2 * 2 * (32 * 2 + 2 * 32)
 
 
@@ -99,7 +99,7 @@ def test_preset_backbone_template_style_shards_and_empty_texts(tiny_bert, tmp_pa
     rows = {r["preset"]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())}
     assert sorted(rows) == ["cls", "cls@other", "unified"]
     assert rows["cls@other"]["backbone"] == other and rows["cls"]["backbone"] == tiny_bert
-    assert rows["unified"]["config"]["template"].endswith("( a ) bad ( b ) good ( c ) price . Answer : {mask} .")
+    assert rows["unified"]["config"]["options"]["template"].endswith("( a ) bad ( b ) good ( c ) price . Answer : {mask} .")
     assert not (tmp_path / "out" / "runs" / "toy" / "cls" / "seed1" / "weight_norms.png").exists()
     cfg["datasets"]["toy"]["allow_empty_text"] = False
     path.write_text(yaml.safe_dump({**cfg, "output_dir": str(tmp_path / "out2")}))

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 import tailtune as tt
-from tailtune.losses import eta_norm, focal_loss
+from tailtune.objectives import eta_norm, focal_loss
 from tailtune.train import collate
 
 

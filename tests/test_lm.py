@@ -1,11 +1,13 @@
 """Language-model adaptation (tailtune adapt-lm) on a tiny random BERT."""
+import dataclasses
 import json
 
+import pytest
 import torch
 
 import tailtune as tt
 from tailtune.backbone import load_backbone
-from tailtune.lm import AdaptConfig, adapt_lm, mask_batch
+from tailtune.stages.lm import AdaptConfig, adapt_lm, mask_batch
 
 TEXT = "\n".join(["the market price of oil was good news", "the film was a great movie",
                   "a bad game for the team", "what is the price of the stock",
@@ -58,26 +60,28 @@ def test_resume_gives_the_same_model(tiny_bert, tmp_path):
     straight = adapt_lm(_cfg(tiny_bert, tmp_path / "a"), log=lambda *_: None)
     cfg = _cfg(tiny_bert, tmp_path / "b")
     # an interrupted run: stop after the step-20 checkpoint, then run again
-    import tailtune.lm as lm
-    real = lm._save_checkpoint
+    import tailtune.loop as loop
+    real = loop.save_checkpoint
 
     class Stop(Exception):
         pass
 
-    def save_then_stop(directory, step, *args):
-        real(directory, step, *args)
-        if step == 20:
+    def save_then_stop(directory, tensors, state):
+        real(directory, tensors, state)
+        if state["step"] == 20:
             raise Stop
-    lm._save_checkpoint = save_then_stop
+    loop.save_checkpoint = save_then_stop
     try:
         adapt_lm(cfg, log=lambda *_: None)
     except Stop:
         pass
     finally:
-        lm._save_checkpoint = real
+        loop.save_checkpoint = real
     assert json.loads((tmp_path / "b" / "adapted" / "checkpoint" / "state.json").read_text())["step"] == 20
+    with pytest.raises(tt.TailtuneError, match="--resume"):  # a second run without --resume is refused
+        adapt_lm(cfg, log=lambda *_: None)
     logs = []
-    resumed = adapt_lm(cfg, log=logs.append)
+    resumed = adapt_lm(dataclasses.replace(cfg, resume=True), log=logs.append)
     assert any("resuming" in m and "step 20" in m for m in logs)
     assert resumed["after"]["loss"] == straight["after"]["loss"]
     a = load_backbone(str(tmp_path / "a" / "adapted")).encoder.state_dict()

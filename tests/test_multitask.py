@@ -16,7 +16,7 @@ def _perturbed(preset, backbone, path, labels=("a", "b", "c"), seed=0, **kw):
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.3)
-    model.save(path)
+    tt.save_classifier(model, path)
     return model
 
 
@@ -52,12 +52,12 @@ def test_prefix_trains_with_reparameterisation(tiny_bert, toy):
 
 
 def test_module_lr_reaches_only_task_modules(tiny_bert):
-    from tailtune.train import _param_groups
+    from tailtune.loop import param_groups
     model = tt.build_classifier(tt.config_from_preset("lora"), ["a", "b"], tiny_bert)
     cfg = tt.TrainConfig(lr=1e-5, head_lr=1e-3, module_lr=1e-2)
     by_lr = {}
     names = {id(p): n for n, p in model.named_parameters()}
-    for g in _param_groups(model, cfg):
+    for g in param_groups(model, model.param_roles(), cfg):
         for p in g["params"]:
             by_lr.setdefault(g["lr"], set()).add(names[id(p)])
     assert all(n.startswith("head.") for n in by_lr[1e-3])
@@ -107,7 +107,7 @@ def test_task_set_memory_is_one_backbone(tiny_bert, tmp_path):
 
 def test_mixed_batch_with_bf16_and_text_pairs(tiny_bert, tmp_path):
     _perturbed("adapter", tiny_bert, tmp_path / "a", template="{text} ? {mask} , {text_b}",
-               input_format="template")
+               input_format="template", readout="mask")
     _perturbed("prefix", tiny_bert, tmp_path / "b")
     tasks = TaskSet()
     tasks.add(tmp_path / "a")

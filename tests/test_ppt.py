@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import tailtune as tt
-from tailtune.ppt import (SENTIMENT, load_prompt, multiple_choice, pretrain_prompt, pseudo_sentiment,
-                          read_documents, sentence_pair, single_sentence, split_sentences, unified_template)
+from tailtune.artefacts import load_prompt
+from tailtune.stages.ppt import (SENTIMENT, multiple_choice, pretrain_prompt, pseudo_sentiment, read_documents,
+                                 sentence_pair, single_sentence, split_sentences, unified_template)
 
 DOCS_TEXT = "\n".join(  # every sentence names its document, so tests can find where it came from
     f"The market price of oil rose in week {i}. Shares of bank {i} fell sharply after the report. "
@@ -52,7 +53,7 @@ def test_pretrained_prompt_round_trip(tiny_bert, tmp_path):
     pretrain_prompt("sentence_pair", [str(tmp_path / "t.txt")], tmp_path / "prompt", tiny_bert, examples=48,
                     dev_examples=12, soft_tokens=3, max_length=64, train_config=cfg, log=lambda *_: None)
     saved, meta = load_prompt(tmp_path / "prompt", tt.build_classifier(
-        tt.config_from_preset("cls"), ["a", "b"], tiny_bert).fingerprint, 3)
+        tt.config_from_preset("cls"), ["a", "b"], tiny_bert).encoder, 3)
     assert meta["task"] == "sentence_pair" and saved["soft_prompt"].shape == (3, 32)
     hybrid = tt.build_classifier(tt.config_from_preset("soft-prompt", soft_tokens=3, prompt_init=str(tmp_path / "prompt"),
                                                        template="{text} It was {mask} ."), ["good", "bad"], tiny_bert)
@@ -73,7 +74,7 @@ def test_pretrained_prompt_round_trip(tiny_bert, tmp_path):
     (tmp_path / "prompt" / "prompt.json").unlink()  # loading needs only the saved classifier
     loaded = tt.TailtuneClassifier.load(tmp_path / "clf", device="cpu")
     assert loaded.predict(texts) == clf.predict(texts)
-    assert loaded.model_.config.prompt_init == str(tmp_path / "prompt")
+    assert loaded.model_.config.options["prompt_init"] == str(tmp_path / "prompt")
 
 
 def test_unified_multiple_choice_format(tiny_bert):
@@ -90,7 +91,7 @@ def test_unified_multiple_choice_format(tiny_bert):
 
 
 def test_pretraining_dev_set_comes_from_held_out_documents(tmp_path):
-    from tailtune.ppt import split_documents
+    from tailtune.stages.ppt import split_documents
     (tmp_path / "t.txt").write_text(DOCS_TEXT)
     docs = read_documents([str(tmp_path / "t.txt")])
     train_docs, dev_docs = split_documents(docs, dev_share=0.25, seed=3)

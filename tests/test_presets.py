@@ -1,11 +1,48 @@
-"""One shared test over every registered preset, on tiny random BERT and RoBERTa models."""
+"""One shared test over every registered preset and every registry entry, on tiny random BERT and RoBERTa models.
+
+Registering an entry is enough to get it tested: an entry no preset uses is combined with the first
+preset that accepts it (``entry_configs``), and a test fails when some entry is left out.
+"""
 import numpy as np
 import pytest
 import torch
 
 import tailtune as tt
+from tailtune.config import AXIS_NAMES
+from tailtune.device import set_seed
+from tailtune.errors import ConfigError
 from tailtune.multitask import TaskSet
-from tailtune.train import predict_logits, set_seed, train
+from tailtune.train import predict_logits, train
+
+CONTEXT = {"template": "{text} it is about {mask} ."}
+WORDS = {"good": "good", "bad": "bad", "money": "price"}
+
+
+def entry_configs() -> dict:
+    """Every preset, plus one configuration for each registry entry that no preset uses."""
+    configs = {name: tt.config_from_preset(name, defaults=CONTEXT) for name in tt.PRESETS}
+    covered = {(a, getattr(c, a)) for c in configs.values() for a in AXIS_NAMES}
+    for axis, registry in tt.AXES.items():
+        for entry in registry:
+            if (axis, entry.name) in covered:
+                continue
+            for base in tt.PRESETS:
+                try:
+                    configs[f"{axis}={entry.name}"] = tt.config_from_preset(base, defaults=CONTEXT,
+                                                                            **{axis: entry.name})
+                    break
+                except ConfigError:
+                    continue
+    return configs
+
+
+CONFIGS = entry_configs()
+
+
+def test_every_registry_entry_is_covered():
+    covered = {(a, getattr(c, a)) for c in CONFIGS.values() for a in AXIS_NAMES}
+    missing = [(axis, e.name) for axis, r in tt.AXES.items() for e in r if (axis, e.name) not in covered]
+    assert not missing, f"no preset accepts these entries; give one a preset: {missing}"
 
 # other task modules that share the backbone in the mixed-batch check, one per routed mechanism
 OTHER_TASKS = {"o-adapter": "adapter-pfeiffer", "o-lora": "prompt-lora", "o-prefix": "prefix",
@@ -23,35 +60,37 @@ def other_tasks(tmp_path_factory):
             root = tmp_path_factory.mktemp("others")
             for name, preset in OTHER_TASKS.items():
                 torch.manual_seed(len(name))
-                model = tt.build_classifier(tt.config_from_preset(preset, template="{text} it is {mask} ."),
+                model = tt.build_classifier(tt.config_from_preset(preset, defaults={"template": "{text} it is {mask} ."}),
                                             ["x", "y", "z", "w"][:2 + len(name) % 3], backbone)
                 with torch.no_grad():
                     for p in model.parameters():
                         if p.requires_grad:
                             p.add_(torch.randn_like(p) * 0.3)
-                model.save(root / name)
+                tt.save_classifier(model, root / name)
             made[backbone] = root
         return made[backbone]
     return get
 
 
-def _fit(preset, backbone, toy, epochs=None, **kw):
+def _fit(preset, backbone, toy, epochs=None, config=None):
+    config = config or CONFIGS.get(preset) or tt.config_from_preset(preset, defaults=CONTEXT)
+    decoder = config.head == "label-decoder"
     # the label decoder starts with every label scoring alike (its pointer starts as mean pooling)
-    epochs = epochs or (30 if preset.startswith("y-") else 8)
-    return tt.TailtuneClassifier(preset, backbone, template="{text} it is about {mask} .",
-                                 verbalizer={"good": "good", "bad": "bad", "money": "price"},
+    epochs = epochs or (30 if decoder else 8)
+    return tt.TailtuneClassifier(preset, backbone, config=config,
+                                 verbalizer=WORDS if config.uses_label_words else None,
                                  # a transformer decoder head (Y-Tuning) collapses at 1e-2
                                  train_config=tt.TrainConfig(epochs=epochs, batch_size=8, lr=3e-3,
-                                                             head_lr=3e-3 if preset.startswith("y-") else 1e-2,
-                                                             seed=1, progress=False, warmup_ratio=0.0), **kw)
+                                                             head_lr=3e-3 if decoder else 1e-2,
+                                                             seed=1, progress=False, warmup_ratio=0.0))
 
 
 def _mean_loss(model, encoded, target):
     return model.loss(predict_logits(model, encoded, calibrated=False), target).item()
 
 
-@pytest.mark.parametrize("preset", list(tt.PRESETS))
-def test_every_preset(preset, tiny_model, toy, tmp_path, other_tasks):
+@pytest.mark.parametrize("preset", list(CONFIGS))
+def test_every_preset_and_entry(preset, tiny_model, toy, tmp_path, other_tasks):
     texts, labels = toy
     clf = _fit(preset, tiny_model, toy)
     labels_ = sorted(set(labels))
@@ -63,12 +102,14 @@ def test_every_preset(preset, tiny_model, toy, tmp_path, other_tasks):
     enc = model.encode(texts)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     loss_before = _mean_loss(model, enc, target)
-    train(model, enc, target.tolist(), clf.train_config)
+    train(model, tt.TextDataset(texts, labels), clf.train_config)
     assert _mean_loss(model, enc, target) < loss_before - 0.05
-    # ... and frozen parameters never move
-    for n, p in model.named_parameters():
-        if not p.requires_grad:
-            assert torch.equal(p, before[n]), n
+    # ... frozen parameters never move, and trainable ones do (all but the few a shift-invariant loss
+    # gives no gradient: a bias added to every class score alike)
+    moved = {n: not torch.equal(p, before[n]) for n, p in model.named_parameters()}
+    assert not any(moved[n] for n, p in model.named_parameters() if not p.requires_grad)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert sum(moved[n] for n in trainable) >= 0.9 * len(trainable), [n for n in trainable if not moved[n]]
 
     clf.fit(texts, labels, dev=tt.TextDataset(texts[:12], labels[:12]))
     model = clf.model_
@@ -89,19 +130,19 @@ def test_every_preset(preset, tiny_model, toy, tmp_path, other_tasks):
     else:
         assert not names & encoder_names
     assert (cfg.trains == "adapter") == any(n.startswith("tuning.adapters.") for n in tuning_names)
-    assert ("{soft" in (cfg.full_template or "")) == ("tuning.soft_prompt" in tuning_names)
+    assert ("{soft" in getattr(cfg.of("input_format"), "full_template", "")) == ("tuning.soft_prompt" in tuning_names)
     assert (cfg.trains == "prefix") == any(n.startswith("tuning.prefix.") for n in tuning_names)
     assert names <= head_names | encoder_names | tuning_names
     if cfg.head == "verbalizer":
         tied = model.head.decoder_weight is model.encoder.get_input_embeddings().weight
-        assert tied != cfg.decouple_embeddings
-        assert ("head.decoder_weight" in names) == cfg.decouple_embeddings
+        assert tied != cfg.options["decouple_embeddings"]
+        assert ("head.decoder_weight" in names) == cfg.options["decouple_embeddings"]
         assert "head.bias" in names and "head.layer_norm.weight" in names
     elif cfg.head == "label-decoder":
         assert {"head.labels", "head.task"} <= names and any(n.startswith("head.decoder.") for n in names)
     else:
         assert {"head.dense.weight", "head.out.weight"} <= names
-        assert ("head.layer_norm.weight" in head_names) == (cfg.layer_norm != "none")
+        assert ("head.layer_norm.weight" in head_names) == (cfg.options["layer_norm"] != "none")
 
     # 3. save -> load gives the same predictions; a task module holds only what trained
     clf.save(tmp_path / "m")
@@ -115,7 +156,7 @@ def test_every_preset(preset, tiny_model, toy, tmp_path, other_tasks):
     assert loaded.labels_ == clf.labels_
 
     # 4. on one shared backbone, a mixed-task batch equals the same examples run task by task
-    if cfg.trains in ("all", "bitfit"):  # these change the backbone itself: they cannot share it
+    if not model.shares_backbone:  # these change the backbone itself: they cannot share it
         with pytest.raises(ValueError, match="cannot share"):
             TaskSet().add(tmp_path / "m")
         return
@@ -137,16 +178,37 @@ def test_every_preset(preset, tiny_model, toy, tmp_path, other_tasks):
 
 
 def test_presets_are_composable():
-    cfg = tt.config_from_preset("prompt", eta=1.1, loss="focal")
-    assert (cfg.head, cfg.eta, cfg.loss) == ("verbalizer", 1.1, "focal")
-    with pytest.raises(ValueError, match="unknown preset"):
+    cfg = tt.config_from_preset("prompt", calibration="eta-norm", eta=1.3, objective="focal")
+    assert (cfg.head, cfg.options["eta"], cfg.objective) == ("verbalizer", 1.3, "focal")
+    off = tt.config_from_preset("cls-eta-norm", calibration="none")  # a preset's choice can be switched off
+    assert off.calibration == "none" and "eta" not in off.options
+    assert tt.config_from_preset("y-tuning", decoder_width=None).options["decoder_width"] is None
+    with pytest.raises(ConfigError, match="unknown preset"):
         tt.config_from_preset("nope")
-    with pytest.raises(ValueError, match="unknown classifier option"):
+    with pytest.raises(ConfigError, match="unknown option 'etaa'.*did you mean 'eta'"):
         tt.config_from_preset("cls", etaa=1.0)
-    with pytest.raises(ValueError, match="needs input_format='template'"):
+    with pytest.raises(ConfigError, match="needs an input with one"):
         tt.ClassifierConfig(head="verbalizer")
-    with pytest.raises(ValueError, match="layer_norm"):
+    with pytest.raises(ConfigError, match="needs readout 'mask'"):
+        tt.ClassifierConfig(head="verbalizer", input_format="template", readout="cls")
+    auto = tt.ClassifierConfig(head="verbalizer", input_format="template")
+    assert auto.readout == "auto" and auto.resolved(None).readout == "mask"
+    assert tt.ClassifierConfig(head="label-decoder").resolved(None).readout == "tokens"
+    assert tt.ClassifierConfig().resolved(None).readout == "cls"
+    with pytest.raises(ConfigError, match="'layer_norm' belongs to head='mlp'"):
         tt.config_from_preset("prompt", layer_norm="fresh")
+    with pytest.raises(ConfigError, match="'lora_r' belongs to trains='lora'.*trains='adapter'"):
+        tt.config_from_preset("adapter", lora_r=4)
+
+
+def test_config_round_trips_and_reads_old_flat_configs():
+    for cfg in CONFIGS.values():
+        assert tt.ClassifierConfig.from_dict(cfg.to_dict()) == cfg
+    old = {"input_format": "template", "template": "{text} x {mask} .", "head": "verbalizer", "loss": "focal",
+           "focal_gamma": 2.0, "eta": 1.0, "trains": "all", "lora_r": 8, "max_length": 64, "activation": "tanh"}
+    cfg = tt.ClassifierConfig.from_dict(old)
+    assert (cfg.readout, cfg.objective, cfg.calibration, cfg.max_length) == ("mask", "focal", "eta-norm", 64)
+    assert cfg.options["focal_gamma"] == 2.0 and cfg.options["eta"] == 1.0 and "lora_r" not in cfg.options
 
 
 @pytest.mark.parametrize("preset", ["cls", "prompt", "cls-pt-ln", "adapter", "lora", "soft-prompt"])

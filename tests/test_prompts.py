@@ -2,7 +2,7 @@ import pytest
 
 import tailtune as tt
 from tailtune.backbone import load_tokenizer
-from tailtune.prompts import TemplateError, Verbalizer, readable
+from tailtune.inputs import TemplateError, Verbalizer, readable
 
 
 @pytest.mark.parametrize("template,message", [

@@ -5,7 +5,7 @@ import torch
 
 import tailtune as tt
 from tailtune.backbone import load_tokenizer
-from tailtune.routing import Route
+from tailtune.tuning.routing import Route
 from tailtune.train import collate
 from tiny import make_bert
 
@@ -19,7 +19,7 @@ def test_soft_template_syntax(tiny_model):
     assert len(enc.input_ids) == 20 and len(enc.soft_positions) == len(init)
     assert enc.soft_positions[:3] == [1, 2, 3]  # right after [CLS]
     assert enc.soft_positions[-1] == enc.position - 1  # the soft words stand just before [MASK]
-    with pytest.raises(tt.prompts.TemplateError, match="at least one"):
+    with pytest.raises(tt.inputs.TemplateError, match="at least one"):
         tt.Template("{soft:0} {text} {mask}")
 
 
@@ -97,9 +97,9 @@ def test_lora_starts_as_the_base_model(tiny_model):
 @pytest.mark.parametrize("head", ["mlp", "verbalizer"])
 def test_every_mechanism_with_every_head_and_objective(trains, head, tiny_bert, toy):
     texts, labels = toy
-    for objective in ({"loss": "focal", "focal_gamma": 2.0}, {"eta": 1.0}):
+    for objective in ({"objective": "focal", "focal_gamma": 2.0}, {"calibration": "eta-norm", "eta": 1.0}):
         clf = tt.TailtuneClassifier(
-            "cls", tiny_bert, input_format="template", head=head, trains=trains,
+            "cls-prompt", tiny_bert, head=head, trains=trains,
             template="{soft:2} {text} it is about {mask} ." if trains == "prompt" else "{text} it is about {mask} .",
             train_config=tt.TrainConfig(epochs=1, batch_size=8, lr=1e-3, progress=False), **objective)
         clf.fit(texts, labels, dev=tt.TextDataset(texts[:6], labels[:6]))

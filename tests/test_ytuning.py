@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import tailtune as tt
-from tailtune.losses import triplet_loss
+from tailtune.objectives import triplet_loss
 from tailtune.train import collate, encode_features, pad_features, train
 
 
@@ -34,8 +34,8 @@ def test_backbone_is_bit_identical_after_training(tiny_model, toy):
     model = _model(tiny_model)
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     space = ["bad", "good", "money"]
-    result = train(model, model.encode(texts), [space.index(y) for y in labels],
-                   tt.TrainConfig(epochs=15, batch_size=8, lr=3e-3, seed=1, progress=False))
+    result = train(model, tt.TextDataset(texts, labels), tt.TrainConfig(epochs=15, batch_size=8, lr=3e-3, seed=1,
+                                                                        progress=False))
     assert result.steps == 75
     assert all(torch.equal(v, before[k]) for k, v in model.encoder.state_dict().items())
     assert all(p.grad is None for p in model.encoder.parameters())  # never received a gradient
@@ -59,8 +59,8 @@ def test_cached_features_give_the_same_loss_and_training(tiny_bert, toy):
     for cache in (True, False):
         torch.manual_seed(3)
         m = _model(tiny_bert, decoder_dropout=0.1)
-        r = train(m, m.encode(texts), target.tolist(), tt.TrainConfig(epochs=2, batch_size=8, lr=3e-3, seed=1,
-                                                                      progress=False, cache_features=cache))
+        r = train(m, tt.TextDataset(texts, labels), tt.TrainConfig(epochs=2, batch_size=8, lr=3e-3, seed=1,
+                                                                   progress=False, cache_features=cache))
         runs.append((r.history[-1]["loss"], m.head.labels.detach().clone()))
     assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-4)
     torch.testing.assert_close(runs[0][1], runs[1][1], atol=1e-5, rtol=1e-4)
@@ -103,13 +103,18 @@ def test_dev_evaluation_reads_cached_features(tiny_bert, toy, monkeypatch):
 
 
 def test_models_saved_before_the_pointer_option_load_with_the_task_pointer(tiny_bert, toy, tmp_path):
+    """A tailtune 0.1 artefact (format 1: a flat configuration, written before the pointer option) loads."""
     import json
     texts, labels = toy
     clf = tt.TailtuneClassifier("y-tuning", tiny_bert, verbalizer={"money": "price"}, label_pointer="task",
                                 train_config=tt.TrainConfig(epochs=1, seed=1, progress=False))
     clf.fit(texts, labels, dev=tt.TextDataset(texts, labels)).save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "tailtune.json").read_text())
-    del meta["config"]["label_pointer"]
+    options = meta["config"].pop("options")
+    del options["label_pointer"]
+    meta["config"] = {"input_format": "plain", "head": "label-decoder", "trains": "head", "loss": "triplet",
+                      "eta": None, "template": None, "lora_r": 8, **options, "max_length": meta["config"]["max_length"]}
+    meta["format_version"] = 1
     (tmp_path / "m" / "tailtune.json").write_text(json.dumps(meta))
     loaded = tt.TailtuneClassifier.load(tmp_path / "m", device="cpu")
     assert loaded.model_.head.pointer == "task" and loaded.predict(texts) == clf.predict(texts)

@@ -1,26 +1,34 @@
 """A scikit-learn style estimator over the lower-level pieces."""
 from __future__ import annotations
 
-import time
+import dataclasses
 from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 
-from .data import DataError, TextDataset, check_labels, check_trainable, class_stats, label_space, stratified_split
+from .artefacts import save_classifier
+from .config import ClassifierConfig, config_from_preset
+from .data import TextDataset, check_labels, check_trainable, class_stats, label_space, stratified_split
+from .device import resolve_device, set_seed
+from .errors import ConfigError, DataError
+from .loop import TrainConfig
 from .metrics import long_tail_report, weight_norms
-from .model import Classifier, build_classifier, config_from_preset
-from .train import TrainConfig, cached_features, predict_logits, resolve_device, set_seed, train
+from .model import Classifier, build_classifier
+from .train import cached_features, data_hash, predict_logits, train
 
 
-def _as_dataset(X, y=None, X_b=None) -> TextDataset:
+def _as_dataset(X: Any, y: Iterable | None = None, X_b: Iterable | None = None) -> TextDataset:
     if isinstance(X, TextDataset):
         return X
     if isinstance(X, str):
-        raise TypeError("X must be a list of texts, not a single string")
+        raise DataError("X must be a list of texts, not a single string")
     X = list(X)
-    return TextDataset(X, list(y) if y is not None else [""] * len(X),
-                       list(X_b) if X_b is not None else None)
+    if not all(isinstance(x, str) for x in X):
+        bad = next(x for x in X if not isinstance(x, str))
+        raise DataError(f"X must hold texts (strings); found a {type(bad).__name__}: {str(bad)[:40]!r}")
+    return TextDataset(X, list(y) if y is not None else [""] * len(X), list(X_b) if X_b is not None else None)
 
 
 class TailtuneClassifier:
@@ -29,89 +37,105 @@ class TailtuneClassifier:
     >>> clf = TailtuneClassifier("prompt", template="{text} This is {mask} news .")
     >>> clf.fit(texts, labels).predict(["new text"])
 
-    Axis options left at ``None`` keep the preset's value (see ``tailtune.PRESETS``); any other
-    ``ClassifierConfig`` field (``adapter_size``, ``lora_r``, ``prefix_length``, ...) is a keyword too.
+    Keywords override the preset: an axis (``trains="lora"``, ``calibration="eta-norm"``) or an
+    option of a chosen entry (``lora_r=4``); an option of an entry that is not chosen is an error
+    (``tailtune axes`` lists them all). Labels are strings (other labels are turned into strings).
     Learned attributes: ``model_``, ``labels_``, ``class_stats_``, ``train_result_``.
     """
 
     def __init__(self, preset: str = "cls", backbone: str | None = None, *,
-                 template: str | None = None, verbalizer: dict | None = None,
-                 input_format: str | None = None, head: str | None = None,
-                 activation: str | None = None, dropout: float | None = None,
-                 layer_norm: str | None = None, decouple_embeddings: bool | None = None,
-                 trains: str | None = None, loss: str | None = None,
-                 focal_gamma: float | None = None, eta: float | None = None,
-                 max_length: int | None = None, train_config: TrainConfig | None = None,
-                 theta: float = 0.65, dev_fraction: float = 0.1,
-                 trust_remote_code: bool = False, **options):
+                 config: ClassifierConfig | None = None, template: str | None = None,
+                 verbalizer: Mapping[str, Any] | None = None, max_length: int | None = None,
+                 train_config: TrainConfig | None = None, theta: float = 0.65, dev_fraction: float = 0.1,
+                 trust_remote_code: bool = False, **options: Any) -> None:
         self.preset = preset
         self.backbone = backbone
-        self.verbalizer = verbalizer
-        self.config = config_from_preset(
-            preset, template=template, input_format=input_format, head=head, activation=activation,
-            dropout=dropout, layer_norm=layer_norm, decouple_embeddings=decouple_embeddings,
-            trains=trains, loss=loss, focal_gamma=focal_gamma, eta=eta, max_length=max_length, **options)
+        if config is not None:
+            if options or template is not None or max_length is not None:
+                raise ConfigError("pass either a ClassifierConfig (config=...) or preset options, not both")
+            self.config = config
+        else:
+            if template is not None:
+                options["template"] = template
+            self.config = config_from_preset(preset, max_length=max_length, **options)
+        if verbalizer is not None and not self.config.uses_label_words:
+            raise ConfigError(f"a verbalizer gives label words, but head={self.config.head!r} uses none; use a head "
+                              f"that does (verbalizer, label-decoder) or leave the verbalizer out")
+        self.verbalizer = dict(verbalizer) if verbalizer is not None else None
         self.train_config = train_config or TrainConfig()
+        if not 0 < theta <= 1 or not 0 < dev_fraction < 1:
+            raise ConfigError(f"need 0 < theta <= 1 and 0 < dev_fraction < 1, got {theta} and {dev_fraction}")
         self.theta = theta
         self.dev_fraction = dev_fraction
         self.trust_remote_code = trust_remote_code
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None, X_b=None, dev: TextDataset | None = None) -> "TailtuneClassifier":
-        """Train on texts ``X`` (or a TextDataset) and labels ``y``; dev is carved if not given."""
-        train_ds = _as_dataset(X, y, X_b)
+    def fit(self, X: Any, y: Iterable | None = None, X_b: Iterable | None = None, dev: TextDataset | None = None, *,
+            checkpoint_dir: str | Path | None = None, resume: bool = False,
+            log: Callable[[str], None] | None = None) -> "TailtuneClassifier":
+        """Train on texts ``X`` (or a TextDataset) and labels ``y``; dev is carved if not given.
+
+        With ``checkpoint_dir`` a resumable checkpoint is written at every dev evaluation (or every
+        ``save_every`` steps); ``resume=True`` continues from it. ``log`` receives a line per evaluation.
+        """
         if y is None and not isinstance(X, TextDataset):
-            raise ValueError("fit needs labels: fit(texts, labels) or fit(TextDataset)")
+            raise DataError("fit needs labels: fit(texts, labels) or fit(TextDataset)")
+        train_ds = _as_dataset(X, y, X_b)
         check_trainable(train_ds)
         if dev is None:
             train_ds, dev = stratified_split(train_ds, self.dev_fraction, self.train_config.seed)
-        self.labels_ = label_space(train_ds.labels)
-        if len(self.labels_) < 2:
-            raise DataError(f"{train_ds.source}: training data has a single class ({self.labels_[0]!r})")
-        check_labels(dev, self.labels_, "dev")
-        self.class_stats_ = class_stats(train_ds.labels, self.theta)
+        labels = label_space(train_ds.labels)
+        if len(labels) < 2:
+            raise DataError(f"{train_ds.source}: training data has a single class ({labels[0]!r}); a classifier "
+                            f"needs two or more")
+        check_labels(dev, labels, "dev")
+        stats = class_stats(train_ds.labels, self.theta)
         set_seed(self.train_config.seed)
-        self.model_ = build_classifier(self.config, self.labels_, self.backbone, self.verbalizer,
-                                       self.trust_remote_code)
-        self.model_.to(resolve_device(self.train_config.device))
-        index = {c: i for i, c in enumerate(self.labels_)}
-        t0 = time.perf_counter()
-        train_enc = self.model_.encode(train_ds.texts, train_ds.texts_b)
-        dev_enc = self.model_.encode(dev.texts, dev.texts_b) if len(dev) else None
-        self.encode_seconds_ = time.perf_counter() - t0
-
+        model = build_classifier(self.config, labels, self.backbone, self.verbalizer, self.trust_remote_code,
+                                 class_counts=stats["counts"])
+        model.to(resolve_device(self.train_config.device))
+        if log is not None:
+            c = model.parameter_counts()
+            log(f"trainable parameters: {c['trainable']:,} ({c['pct_of_backbone']:.3f}% of the backbone; "
+                f"{c['pct_of_backbone_without_head']:.3f}% without the head)")
+        dev_enc = model.encode(dev.texts, dev.texts_b) if len(dev) else None
         dev_features: list = []  # filled at the first evaluation, inside the timed loop
 
-        def evaluate():
+        def evaluate() -> dict:
             if not dev_features:  # a frozen backbone's dev features never change: encode them once
-                dev_features.append(cached_features(self.model_, dev_enc, self.train_config))
-            pred = self._predict_encoded(dev_enc, dev_features[0]).argmax(-1).tolist()
-            return long_tail_report(dev.labels, [self.labels_[i] for i in pred], self.theta)
+                dev_features.append(cached_features(model, dev_enc, self.train_config))
+            pred = self._scores(model, dev_enc, dev_features[0]).argmax(-1).tolist()
+            return long_tail_report(dev.labels, [labels[i] for i in pred], self.theta)
 
-        self.train_result_ = train(self.model_, train_enc, [index[c] for c in train_ds.labels],
-                                   self.train_config, evaluate if dev_enc else None)
+        # a run that stops (diverged, interrupted) leaves no half-trained model behind
+        self.__dict__.pop("model_", None)
+        result = train(model, train_ds, self.train_config, evaluate if dev_enc else None,
+                       checkpoint_dir=checkpoint_dir, resume=resume, settings={"dev": data_hash(dev)}, log=log)
+        self.model_, self.labels_, self.class_stats_, self.train_result_ = model, labels, stats, result
         self.train_labels_ = list(train_ds.labels)
         return self
 
     # ------------------------------------------------------------------ predict
-    def _check_fitted(self):
+    def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise RuntimeError("this classifier is not trained yet: call fit() or load()")
+            raise ConfigError("this classifier is not trained yet: call fit() or load()")
 
-    def _predict_encoded(self, encoded, features=None) -> torch.Tensor:
-        return predict_logits(self.model_, encoded, self.train_config.eval_batch_size,
-                              self.train_config.bf16, features=features)
+    def _scores(self, model: Classifier, encoded: list, features: list | None = None) -> torch.Tensor:
+        return predict_logits(model, encoded, self.train_config.eval_batch_size, self.train_config.bf16,
+                              features=features)
 
-    def decision_function(self, X, X_b=None) -> np.ndarray:
+    def decision_function(self, X: Any, X_b: Iterable | None = None) -> np.ndarray:
         """Calibrated class scores, shape (n, classes), columns in ``labels_`` order."""
         self._check_fitted()
         ds = _as_dataset(X, None, X_b)
-        return self._predict_encoded(self.model_.encode(ds.texts, ds.texts_b)).numpy()
+        if not len(ds):
+            return np.zeros((0, len(self.labels_)), dtype=np.float32)
+        return self._scores(self.model_, self.model_.encode(ds.texts, ds.texts_b)).numpy()
 
-    def predict_proba(self, X, X_b=None) -> np.ndarray:
+    def predict_proba(self, X: Any, X_b: Iterable | None = None) -> np.ndarray:
         return torch.softmax(torch.from_numpy(self.decision_function(X, X_b)), -1).numpy()
 
-    def predict(self, X, X_b=None) -> list[str]:
+    def predict(self, X: Any, X_b: Iterable | None = None) -> list[str]:
         return [self.labels_[i] for i in self.decision_function(X, X_b).argmax(-1)]
 
     def evaluate(self, ds: TextDataset, theta: float | None = None) -> dict:
@@ -123,7 +147,7 @@ class TailtuneClassifier:
     def weight_norms(self) -> list[dict]:
         self._check_fitted()
         counts_from = getattr(self, "train_labels_", None) or [
-            y for y, n in self.class_stats_["counts"].items() for _ in range(n)]
+            y for y, n in self.class_stats_.get("counts", {}).items() for _ in range(n)]
         return weight_norms(self.labels_, self.model_.class_weight_norms(), counts_from)
 
     @property
@@ -132,11 +156,14 @@ class TailtuneClassifier:
         return sum(p.numel() for p in self.model_.parameters() if p.requires_grad)
 
     # ------------------------------------------------------------------ save / load
-    def save(self, directory: str | Path) -> Path:
+    def save_metadata(self) -> dict:
+        return {"preset": self.preset, "theta": self.theta, "train_config": self.train_config.to_dict(),
+                "class_stats": self.class_stats_}
+
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        """Save atomically (safetensors + JSON); an existing non-empty directory needs ``overwrite``."""
         self._check_fitted()
-        extra = {"preset": self.preset, "theta": self.theta, "train_config": self.train_config.to_dict(),
-                 "class_stats": self.class_stats_}
-        return self.model_.save(directory, extra)
+        return save_classifier(self.model_, directory, self.save_metadata(), overwrite)
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "auto",
@@ -147,7 +174,9 @@ class TailtuneClassifier:
         clf = cls.__new__(cls)
         clf.preset, clf.backbone, clf.config = meta.get("preset"), meta["backbone"]["name"], model.config
         clf.verbalizer = meta.get("verbalizer")
-        clf.train_config = TrainConfig(**{**meta.get("train_config", {}), "device": device, "progress": False})
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        saved = {k: v for k, v in (meta.get("train_config") or {}).items() if k in known}
+        clf.train_config = TrainConfig(**{**saved, "device": device, "progress": False})
         clf.theta, clf.dev_fraction, clf.trust_remote_code = meta.get("theta", 0.65), 0.1, False
         clf.model_, clf.labels_ = model, model.labels
         clf.class_stats_ = meta.get("class_stats") or {}

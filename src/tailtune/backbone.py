@@ -4,11 +4,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 import warnings
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 from torch import nn
+
+from .errors import ConfigError
 
 DEFAULT_BACKBONE = "default"
 
@@ -28,6 +32,7 @@ def default_backbone_path() -> str:
 
 
 def resolve_name(name: str | None) -> str:
+    """A backbone name or path; ``None``, ``""`` and ``"default"`` mean the embedded MiniLM."""
     return default_backbone_path() if name in (None, "", DEFAULT_BACKBONE) else name
 
 
@@ -50,13 +55,15 @@ class MLMParts:
 @dataclass
 class Backbone:
     encoder: nn.Module
-    tokenizer: object
+    tokenizer: Any
     name: str
     mlm: MLMParts | None = None
+    pooling: str | None = None  # the pooling a sentence-transformers checkpoint declares (mean, max, cls)
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' logging, progress bars and warnings inside the block."""
     from transformers.utils import logging as hf_logging
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -70,14 +77,62 @@ def _quiet_transformers():
         hf_logging.enable_progress_bar()
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False):
+@contextlib.contextmanager
+def _loading(name: str | None) -> Iterator[None]:
+    """Turn Hugging Face's loading errors into one message that says what to check."""
+    try:
+        with quiet_transformers():
+            yield
+    except (OSError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        path = resolve_name(name)
+        where = ("the local directory has no usable model or tokenizer files" if os.path.isdir(path) else
+                 "it is neither a local directory nor a model that could be downloaded (check the name, "
+                 "and the network or HF_HUB_OFFLINE)")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot load backbone {name or DEFAULT_BACKBONE!r}: {where} ({first})") from None
+
+
+def load_tokenizer(name: str | None, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
-    with _quiet_transformers():
+    with _loading(name):
         tok = AutoTokenizer.from_pretrained(resolve_name(name), trust_remote_code=trust_remote_code)
     if tok.mask_token_id is None:
-        raise ValueError(f"the tokenizer of {name!r} has no mask token; tailtune needs a "
-                         f"BERT-family (masked language model) tokenizer")
+        raise ConfigError(f"the tokenizer of {name!r} has no mask token; tailtune needs a "
+                          f"BERT-family (masked language model) tokenizer")
     return tok
+
+
+_LOCK_GUARD = threading.Lock()
+
+
+def tokenizer_lock(tokenizer: Any) -> threading.Lock:
+    """A lock per tokenizer: a fast (Rust) tokenizer called from several threads with truncation
+    settings fails with "Already borrowed", so every call goes through this lock."""
+    lock = tokenizer.__dict__.get("_tailtune_lock")
+    if lock is None:
+        with _LOCK_GUARD:
+            lock = tokenizer.__dict__.setdefault("_tailtune_lock", threading.Lock())
+    return lock
+
+
+def max_positions(encoder: nn.Module, tokenizer: Any) -> int | None:
+    """How many tokens the encoder can read (position embeddings; RoBERTa reserves padding_idx + 1)."""
+    cfg = encoder.config
+    n = getattr(cfg, "max_position_embeddings", None)
+    if n is None:
+        return None
+    if cfg.model_type in ("roberta", "xlm-roberta", "camembert") and getattr(cfg, "pad_token_id", None) is not None:
+        n -= cfg.pad_token_id + 1
+    return n
+
+
+def check_max_length(max_length: int, encoder: nn.Module, tokenizer: Any, name: str) -> None:
+    limit = max_positions(encoder, tokenizer)
+    if limit is not None and max_length > limit:
+        raise ConfigError(f"max_length={max_length} is more than backbone {name!r} can read ({limit} "
+                          f"positions); use --max-length {limit} or less")
 
 
 def drop_pooler(encoder: nn.Module) -> nn.Module:
@@ -96,8 +151,8 @@ def load_backbone(name: str | None = None, with_mlm_head: bool = False,
     """
     from transformers import AutoModel, AutoModelForMaskedLM
     path = resolve_name(name)
-    tokenizer = load_tokenizer(path, trust_remote_code)
-    with _quiet_transformers():
+    tokenizer = load_tokenizer(name, trust_remote_code)
+    with _loading(name):
         if not with_mlm_head:
             encoder = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
             return Backbone(drop_pooler(encoder), tokenizer, name or DEFAULT_BACKBONE)
@@ -107,7 +162,7 @@ def load_backbone(name: str | None = None, with_mlm_head: bool = False,
     return Backbone(drop_pooler(mlm_model.base_model), tokenizer, name or DEFAULT_BACKBONE, parts)
 
 
-def mlm_parts(mlm_model: nn.Module, missing_keys=()) -> MLMParts:
+def mlm_parts(mlm_model: nn.Module, missing_keys: Any = ()) -> MLMParts:
     """Find the MLM-head pieces of BERT-, RoBERTa- and DistilBERT-style models."""
     if hasattr(mlm_model, "cls") and hasattr(mlm_model.cls, "predictions"):  # BERT family
         p = mlm_model.cls.predictions
@@ -122,18 +177,50 @@ def mlm_parts(mlm_model: nn.Module, missing_keys=()) -> MLMParts:
         bias = mlm_model.vocab_projector.bias
         prefix, names = "", {"vocab_transform": "dense", "vocab_layer_norm": "LayerNorm", "vocab_projector.bias": "bias"}
     else:
-        raise ValueError(f"don't know where the MLM head of {type(mlm_model).__name__} lives; "
-                         f"supported: BERT, RoBERTa and DistilBERT style models")
+        raise ConfigError(f"don't know where the MLM head of {type(mlm_model).__name__} lives; "
+                          f"supported: BERT, RoBERTa and DistilBERT style models")
     missing = sorted({label for key, label in names.items()
                       if any(k.startswith(prefix + key) for k in missing_keys)})
     decoder = mlm_model.get_output_embeddings()
     return MLMParts(dense, act, ln, bias, decoder, missing)
 
 
-def fingerprint(encoder: nn.Module) -> str:
-    """A short hash of the architecture and the input embeddings: tells backbones apart."""
-    emb = encoder.get_input_embeddings().weight.detach().float().cpu()
+FINGERPRINT_VERSION = 2
+
+
+def fingerprint(encoder: nn.Module, version: int = FINGERPRINT_VERSION) -> str:
+    """A short hash that tells backbones apart.
+
+    Version 2 (current) covers every parameter of every layer: its name, shape and up to 4,096
+    evenly strided values (so a module trained on one backbone is refused on a backbone whose
+    upper layers differ). Task-module parameters living inside the encoder (LoRA) are left out.
+    Version 1 (tailtune 0.1 artefacts) hashed the input embeddings only.
+    """
     h = hashlib.sha256()
-    h.update(f"{encoder.config.model_type}|{tuple(emb.shape)}".encode())
-    h.update(emb[: min(len(emb), 4096)].contiguous().numpy().tobytes())
+    if version == 1:
+        emb = encoder.get_input_embeddings().weight.detach().float().cpu()
+        h.update(f"{encoder.config.model_type}|{tuple(emb.shape)}".encode())
+        h.update(emb[: min(len(emb), 4096)].contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+    h.update(encoder.config.model_type.encode())
+    for name, p in encoder.named_parameters():
+        if ".lora_" in name:  # task modules inside the encoder are not the backbone
+            continue
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        h.update(f"|{name.replace('.base_layer', '')}|{tuple(p.shape)}|".encode())
+        h.update(flat[::step][:4096].float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def embedding_rows(encoder: nn.Module, tokenizer: Any, n: int, how: str) -> torch.Tensor:
+    """``n`` starting vectors ``(n, hidden)``: embeddings of random common words (``vocab``, as Lester
+    et al. for soft prompts) or random vectors of the embeddings' scale (``random``)."""
+    emb = encoder.get_input_embeddings().weight.detach()
+    if how == "random":
+        return torch.stack([torch.randn(emb.shape[1]) * emb.std() for _ in range(n)])
+    # vocabularies are roughly frequency ordered; skip special, [unused] and sub-word tokens
+    special = set(tokenizer.all_special_ids)
+    tokens = tokenizer.convert_ids_to_tokens(list(range(min(len(emb), len(tokenizer)))))
+    pool = torch.tensor([i for i, t in enumerate(tokens) if i not in special and t.lstrip("Ġ▁").isalpha()][:5000])
+    return torch.stack([emb[pool[torch.randint(len(pool), ()).item()]] for _ in range(n)]).clone()

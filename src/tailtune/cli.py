@@ -1,116 +1,155 @@
-"""The ``tailtune`` command: thin wrappers over the library."""
+"""The ``tailtune`` command: thin wrappers over the library.
+
+Every error ends as one line that says what is wrong and how to fix it (exit status 2; 1 for an
+unexpected error, 130 when interrupted); ``--debug`` shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
+import math
 import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
-from .data import DataError, read_dataset
-from .lm import AdaptConfig
-from .model import PRESETS, ClassifierConfig
-from .prompts import TemplateError
-from .train import TrainConfig
+from .config import AXIS_NAMES, PRESETS, ClassifierConfig, all_options, axes_table, preset_table
+from .errors import TailtuneError
+from .loop import TrainConfig
+from .registry import field_docs
+from .stages.lm import AdaptConfig
 
-
-def _field_docs(cls) -> dict[str, str]:
-    """Field docstrings of a config dataclass, so they double as CLI help."""
-    import inspect
-    tree = ast.parse(inspect.getsource(cls))
-    docs, last = {}, None
-    for node in tree.body[0].body:
-        if isinstance(node, ast.AnnAssign):
-            last = node.target.id
-        elif isinstance(node, ast.Expr) and isinstance(getattr(node, "value", None), ast.Constant) and last:
-            docs[last] = node.value.value
-            last = None
-    return docs
+_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
 
 
-def _add_config_args(p, cls, skip=()):
-    docs = _field_docs(cls)
+def _parse_type(annotation: str) -> Callable[[str], Any]:
+    """argparse type of a dataclass field annotation such as ``int | None`` ("none" gives None)."""
+    parts = [p.strip() for p in str(annotation).split("|")]
+    base = _TYPES.get(next((p for p in parts if p != "None"), "str"), str)
+    if "None" not in parts:
+        return base
+
+    def optional(text: str) -> Any:
+        return None if text.lower() == "none" else base(text)
+    optional.__name__ = base.__name__
+    return optional
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return "none" if value is None else str(value)
+
+
+def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field, doc: str | None, prefix: str = "") -> None:
+    flag = "--" + f.name.replace("_", "-")
+    text = f"{prefix}{doc or ''} (default: {_default_text(f)})"
+    if str(f.type) == "bool":
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+    else:
+        p.add_argument(flag, type=_parse_type(f.type), default=None, help=text, metavar=f.name.upper())
+
+
+def _add_config_args(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    docs = field_docs(cls)
     for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool) or f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=docs.get(f.name))
-        else:
-            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
-            p.add_argument(flag, type=kind, default=None, help=docs.get(f.name))
+        if f.name not in skip:
+            _add_field(p, f, docs.get(f.name))
 
 
-def _collect(args, cls, skip=()) -> dict:
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if f.name not in skip and getattr(args, f.name, None) is not None}
+def _add_classifier_args(p: argparse.ArgumentParser) -> None:
+    """Flags for the axes (choices from the registries) and for every option of every entry."""
+    from .registry import AXES
+    docs = field_docs(ClassifierConfig)
+    g = p.add_argument_group("classifier axes (override the preset; `tailtune axes` lists every entry)")
+    for axis in AXIS_NAMES:
+        flags = ["--" + axis.replace("_", "-")] + (["--loss"] if axis == "objective" else [])
+        g.add_argument(*flags, dest=axis, default=None, choices=AXES[axis].names(), help=docs.get(axis))
+    g.add_argument("--max-length", type=int, default=None, help=f"{docs['max_length']} (default: the preset's, 128)")
+    o = p.add_argument_group("options of the axis entries (each only with its entry)")
+    for name, entries in all_options().items():
+        entry = entries[0]
+        f = next(f for f in entry.option_fields() if f.name == name)
+        owners = " or ".join(f"{e.axis}={e.name}" for e in entries)
+        _add_field(o, f, entry.option_docs().get(name), prefix=f"[{owners}] ")
 
 
-def _add_data_args(p, split_flags):
+def _collect(args: argparse.Namespace, names: Any) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _classifier_overrides(args: argparse.Namespace) -> dict:
+    return _collect(args, [*AXIS_NAMES, "max_length", *all_options()])
+
+
+def _add_data_args(p: argparse.ArgumentParser, split_flags: list[tuple[str, bool]]) -> None:
     for flag, required in split_flags:
         p.add_argument(flag, required=required, help=f"{flag[2:]} file (.tsv, .csv or .jsonl)")
-    p.add_argument("--text-col", default="text", help="column holding the text")
-    p.add_argument("--text-b-col", default=None, help="column holding a second text (e.g. entity)")
-    p.add_argument("--label-col", default="label", help="column holding the label")
+    p.add_argument("--text-col", default="text", help="column holding the text (default: text)")
+    p.add_argument("--text-b-col", default=None, help="column holding a second text, e.g. an entity (default: none)")
+    p.add_argument("--label-col", default="label", help="column holding the label (default: label)")
 
 
-def _add_loading_args(p):
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+def _add_loading_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--backbone", default=None, help="base backbone for a saved task module (default: its own)")
 
 
-def _read(args, path):
+def _read(args: argparse.Namespace, path: str | None) -> Any:
+    from .data import read_dataset
     return read_dataset(path, args.text_col, args.label_col, args.text_b_col) if path else None
 
 
-def _print_setup(clf, train_ds):
-    from .data import class_stats
+# ---------------------------------------------------------------- train
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .api import TailtuneClassifier
+    from .artefacts import prepare_output, read_json, staged_dir, write_classifier, write_json
+    from .data import check_labels, class_stats, label_space
+    from .metrics import export_weight_norms, format_report
+    out = Path(args.output)
+    checkpoint = prepare_output(out, args.overwrite, args.resume)
+    train_ds, dev_ds, test_ds = _read(args, args.train), _read(args, args.dev), _read(args, args.test)
+    labels = label_space(train_ds.labels)
+    for split, ds in (("dev", dev_ds), ("test", test_ds)):
+        if ds is not None:
+            check_labels(ds, labels, split)
+    verbalizer = read_json(args.verbalizer, "verbalizer file") if args.verbalizer else None
+    clf = TailtuneClassifier(args.preset, args.backbone, verbalizer=verbalizer,
+                             train_config=TrainConfig(**_collect(args, [f.name for f in dataclasses.fields(TrainConfig)])),
+                             theta=args.theta, dev_fraction=args.dev_fraction, trust_remote_code=args.trust_remote_code,
+                             **_classifier_overrides(args))
     stats = class_stats(train_ds.labels, clf.theta)
-    print(f"preset {clf.preset}: {PRESETS[clf.preset][1] if clf.preset in PRESETS else ''}")
+    print(f"preset {clf.preset}: {PRESETS[clf.preset].description}")
+    print("axes: " + ", ".join(f"{a}={getattr(clf.config, a)}" for a in AXIS_NAMES)
+          + "".join(f", {k}={v}" for k, v in clf.config.options.items()))
     print(f"train: {stats['n_examples']} examples, {stats['n_classes']} classes, imbalance ratio "
           f"{stats['imbalance_ratio']:.1f}, {len(stats['head'])} head / {len(stats['tail'])} tail (θ={clf.theta})")
-
-
-def cmd_train(args) -> int:
-    from .api import TailtuneClassifier
-    from .metrics import export_weight_norms, format_report
-    train_ds, dev_ds, test_ds = _read(args, args.train), _read(args, args.dev), _read(args, args.test)
-    verbalizer = json.loads(Path(args.verbalizer).read_text()) if args.verbalizer else None
-    out = Path(args.output)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise DataError(f"{out} exists and is not empty; choose another --output or pass --overwrite")
-    clf = TailtuneClassifier(args.preset, args.backbone, verbalizer=verbalizer,
-                             train_config=TrainConfig(**_collect(args, TrainConfig)), theta=args.theta,
-                             dev_fraction=args.dev_fraction, trust_remote_code=args.trust_remote_code,
-                             **_collect(args, ClassifierConfig))
-    _print_setup(clf, train_ds)
-    if clf.config.head == "verbalizer":  # show the label words before the (long) training starts
+    if clf.config.uses_label_words:  # show the label words before the (long) training starts
         from .backbone import load_tokenizer
-        from .data import label_space
-        from .prompts import Verbalizer
-        verb = Verbalizer(label_space(train_ds.labels), verbalizer)
-        for row in verb.describe(load_tokenizer(args.backbone)):
+        from .inputs import Verbalizer
+        for row in Verbalizer(labels, verbalizer, warn_missing=False).describe(load_tokenizer(args.backbone)):
             print(f"  verbalizer {row['label']!r} -> {row['word']!r} -> {row['tokens']}"
                   + ("  (contains an unknown token!)" if row["unknown"] else ""))
-    clf.fit(train_ds, dev=dev_ds)
-    c = clf.model_.parameter_counts()
-    print(f"trainable parameters: {c['trainable']:,} ({c['pct_of_backbone']:.3f}% of the backbone; "
-          f"{c['pct_of_backbone_without_head']:.3f}% without the head)")
-    print(f"best dev macro-F1 {clf.train_result_.best_dev_macro_f1} at step {clf.train_result_.best_step}")
-    clf.save(out)
-    export_weight_norms(clf.weight_norms(), out / "analysis", f"{args.preset}")
+    clf.fit(train_ds, dev=dev_ds, checkpoint_dir=checkpoint, resume=args.resume, log=print)
+    r = clf.train_result_
+    print(f"best dev macro-F1 {r.best_dev_macro_f1} at step {r.best_step} of {r.steps} ({r.seconds:.0f} s)")
+    report = clf.evaluate(test_ds) if test_ds is not None else None
+    with staged_dir(out, overwrite=True) as tmp:  # the finished classifier replaces the checkpoint
+        write_classifier(clf.model_, tmp, clf.save_metadata())
+        export_weight_norms(clf.weight_norms(), tmp / "analysis", args.preset)
+        if report is not None:
+            write_json(tmp / "test_report.json", report)
     print(f"saved to {out}")
-    if test_ds is not None:
-        report = clf.evaluate(test_ds)
-        (out / "test_report.json").write_text(json.dumps(report, indent=2))
+    if report is not None:
         print(format_report(report))
     return 0
 
 
-def cmd_stats(args) -> int:
+# ---------------------------------------------------------------- stats / evaluate / predict
+
+def cmd_stats(args: argparse.Namespace) -> int:
     from .data import class_stats
     stats = class_stats(_read(args, args.data).labels, args.theta)
     if args.json:
@@ -123,133 +162,181 @@ def cmd_stats(args) -> int:
     for c, n in stats["counts"].items():
         running += n
         group = "head" if c in stats["head"] else "tail"
-        print(f"  {c[:30]:<31}{n:>7}  {100 * n / stats['n_examples']:5.1f}%  cum {100 * running / stats['n_examples']:5.1f}%  {group}")
+        print(f"  {c[:30]:<31}{n:>7}  {100 * n / stats['n_examples']:5.1f}%  "
+              f"cum {100 * running / stats['n_examples']:5.1f}%  {group}")
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from .api import TailtuneClassifier
+    from .artefacts import write_json
     from .metrics import format_report
+    data = _read(args, args.data)
     clf = TailtuneClassifier.load(args.model, args.device, args.backbone)
-    report = clf.evaluate(_read(args, args.data), args.theta)
+    report = clf.evaluate(data, args.theta)
     print(format_report(report))
     if args.output:
-        Path(args.output).write_text(json.dumps(report, indent=2))
+        write_json(args.output, report)
     return 0
 
 
-def cmd_predict(args) -> int:
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .data import columns, read_dataset
+    from .errors import ConfigError
     from .multitask import task_dirs
+    if args.data and args.text:
+        raise ConfigError("give texts or --data FILE, not both")
+    if not args.data and not args.text:
+        raise ConfigError("give texts to classify, or --data FILE")
     if args.data:  # the task column, when named, is read where labels would be
-        ds = read_dataset(args.data, args.text_col, args.task_col, args.text_b_col)
+        id_col = args.id_col or ("id" if "id" in columns(args.data) else None)
+        ds = read_dataset(args.data, args.text_col, args.task_col, args.text_b_col, id_col=id_col,
+                          allow_empty=True, keep_blank_rows=True)
         texts, texts_b, row_tasks = ds.texts, ds.texts_b, (ds.labels if args.task_col else None)
+        ids: list[Any] = ds.ids if ds.ids is not None else list(range(len(texts)))
+        empty = [str(ids[i]) for i, t in enumerate(texts) if not t.strip()]
+        if empty:
+            warnings.warn(f"{len(empty)} row(s) of {args.data} have an empty text (id {', '.join(empty[:8])}"
+                          f"{' ...' if len(empty) > 8 else ''}); their predictions come from the template alone")
     else:
-        texts, texts_b, row_tasks = list(args.text), None, None
+        texts, texts_b, row_tasks, ids = list(args.text), None, None, list(range(len(args.text)))
     dirs = task_dirs(args.model)
     if (Path(args.model) / "tailtune.json").is_file() and not row_tasks:
-        return _predict_one(args, texts, texts_b)
+        if args.task:
+            raise ConfigError(f"{args.model} is a single classifier; --task picks a task of a directory of task "
+                              f"modules")
+        from .api import TailtuneClassifier
+        clf = TailtuneClassifier.load(args.model, args.device, args.backbone)
+        probs = clf.predict_proba(texts, texts_b)
+        _write_predictions(args, ids, texts, None, probs, lambda i: clf.labels_)
+        return 0
     tasks = row_tasks or ([args.task] * len(texts) if args.task else None)
     if tasks is None:
         if len(dirs) > 1:
-            raise ValueError(f"{args.model} holds tasks {', '.join(dirs)}: pick one with --task NAME, or "
-                             f"name a task per row with --data FILE --task-col COLUMN")
+            raise ConfigError(f"{args.model} holds tasks {', '.join(dirs)}: pick one with --task NAME, or "
+                              f"name a task per row with --data FILE --task-col COLUMN")
         tasks = list(dirs) * len(texts)
-    return _predict_tasks(args, dirs, texts, texts_b, tasks)
-
-
-def _predict_one(args, texts, texts_b) -> int:
-    from .api import TailtuneClassifier
-    clf = TailtuneClassifier.load(args.model, args.device, args.backbone)
-    _write_predictions(args, texts, None, clf.predict_proba(texts, texts_b), lambda i: clf.labels_)
-    return 0
-
-
-def _predict_tasks(args, dirs, texts, texts_b, tasks) -> int:
-    """Several task modules on one backbone; batches mix tasks."""
-    from .multitask import TaskSet
-    from .train import resolve_device
     unknown = sorted(set(tasks) - set(dirs))
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown} in {args.model}; it holds: {', '.join(dirs)}")
+        raise ConfigError(f"unknown task(s) {unknown} in {args.model}; it holds: {', '.join(dirs)}")
+    from .device import resolve_device
+    from .multitask import TaskSet
     task_set = TaskSet(args.backbone, str(resolve_device(args.device)))
     for name in dict.fromkeys(tasks):
         task_set.add(dirs[name], name)
     probs = [s.softmax(-1).numpy() for s in task_set.logits(texts, tasks, texts_b)]
-    _write_predictions(args, texts, tasks, probs, lambda i: task_set.tasks[tasks[i]].labels)
+    _write_predictions(args, ids, texts, tasks, probs, lambda i: task_set.tasks[tasks[i]].labels)
     return 0
 
 
-def _write_predictions(args, texts, tasks, probs, labels_of) -> None:
-    out = open(args.output, "w") if args.output else sys.stdout
-    for i, (text, p) in enumerate(zip(texts, probs)):
-        best = int(p.argmax())
-        row = {"text": text, **({"task": tasks[i]} if tasks else {}), "label": labels_of(i)[best],
-               "score": round(float(p[best]), 6)}
-        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+def _write_predictions(args: argparse.Namespace, ids: list, texts: list[str], tasks: list[str] | None,
+                       probs: Any, labels_of: Callable[[int], list[str]]) -> None:
+    """JSON lines, one per input row in input order, with its id; never NaN (a non-finite score is null)."""
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    broken = 0
+    try:
+        for i, (text, p) in enumerate(zip(texts, probs)):
+            best = int(p.argmax())
+            score = float(p[best])
+            finite = math.isfinite(score)
+            broken += not finite
+            row = {"id": ids[i], "text": text, **({"task": tasks[i]} if tasks else {}),
+                   "label": labels_of(i)[best] if finite else None, "score": round(score, 6) if finite else None}
+            out.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+    finally:
+        if args.output:
+            out.close()
+    if broken:
+        warnings.warn(f"{broken} prediction(s) had non-finite scores (written as null); the model is broken: "
+                      f"train it again")
 
 
-def cmd_adapt_lm(args) -> int:
-    from .lm import adapt_lm
-    report = adapt_lm(AdaptConfig(**_collect(args, AdaptConfig)))
+# ---------------------------------------------------------------- stages, experiments, listings
+
+def cmd_adapt_lm(args: argparse.Namespace) -> int:
+    from .stages.lm import adapt_lm
+    report = adapt_lm(AdaptConfig(**_collect(args, [f.name for f in dataclasses.fields(AdaptConfig)])))
     print(f"masked-token top-1 {report['before']['top1']:.4f} -> {report['after']['top1']:.4f}, "
           f"top-5 {report['before']['top5']:.4f} -> {report['after']['top5']:.4f}; saved to {args.output}")
     return 0
 
 
-def cmd_pretrain_prompt(args) -> int:
-    from .ppt import pretrain_prompt
+def cmd_pretrain_prompt(args: argparse.Namespace) -> int:
+    from .stages.ppt import pretrain_prompt
     pretrain_prompt(args.task, args.data, args.output, args.backbone, args.examples, args.dev_examples,
-                    args.soft_tokens, args.max_length, TrainConfig(**_collect(args, TrainConfig)),
-                    template=args.template)
+                    args.soft_tokens, args.max_length,
+                    TrainConfig(**_collect(args, [f.name for f in dataclasses.fields(TrainConfig)])),
+                    template=args.template, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
-def cmd_run(args) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
     from .experiment import load_experiment, run_experiment
+    k, _, n = (args.shard or "0/1").partition("/")
+    if not (k.isdigit() and n.isdigit()):
+        raise ConfigError(f"--shard {args.shard!r}: write K/N, e.g. 0/4")
     cfg = load_experiment(args.config, args.data_dir)
     if args.output_dir:
         cfg["output_dir"] = args.output_dir
-    k, _, n = (args.shard or "0/1").partition("/")
-    if not (k.isdigit() and n.isdigit()):
-        raise ValueError(f"--shard {args.shard!r}: write K/N, e.g. 0/4")
     run_experiment(cfg, args.only, shard=(int(k), int(n)))
     return 0
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    run_demo(args.output, epochs=args.epochs, preset=args.preset)
+    run_demo(args.output, epochs=args.epochs, preset=args.preset, overwrite=args.overwrite)
     return 0
 
 
-def cmd_presets(args) -> int:
-    for name, (axes, desc) in PRESETS.items():
-        print(f"{name:<16} {desc}")
+def cmd_presets(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(preset_table())
+        return 0
+    for name, preset in PRESETS.items():
+        print(f"{name:<18} {preset.description}")
     return 0
 
+
+def cmd_axes(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(axes_table())
+        return 0
+    from .registry import AXES
+    for axis, registry in AXES.items():
+        print(f"{axis}: {registry.help}")
+        for entry in registry:
+            opts = ", ".join(f"{f.name}={_default_text(f)}" for f in entry.option_fields())
+            print(f"  {entry.name:<15} {entry.description}" + (f"  [{opts}]" if opts else ""))
+    return 0
+
+
+# ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tailtune", description="Few-shot and long-tailed text classification "
-                                "with BERT-family encoders.")
+                                "with BERT-family encoders. Add --debug to any command for tracebacks.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a classifier and save it")
     _add_data_args(t, [("--train", True), ("--dev", False), ("--test", False)])
-    t.add_argument("--preset", default="cls", choices=list(PRESETS), help="method (see 'tailtune presets')")
+    t.add_argument("--preset", default="cls", choices=list(PRESETS), help="method (see 'tailtune presets'; default: cls)")
     t.add_argument("--backbone", default=None, help="Hugging Face name or local path (default: embedded MiniLM)")
     t.add_argument("--verbalizer", default=None, help="JSON file mapping each label to a word or list of words")
     t.add_argument("--output", "-o", required=True, help="directory for the saved classifier")
-    t.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output")
-    t.add_argument("--theta", type=float, default=0.65, help="head/tail threshold θ")
-    t.add_argument("--dev-fraction", type=float, default=0.1, help="dev share carved from train without --dev")
+    t.add_argument("--overwrite", action="store_true", help="replace a non-empty --output once training is done")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run from <output>/checkpoint")
+    t.add_argument("--theta", type=float, default=0.65, help="head/tail threshold θ (default: 0.65)")
+    t.add_argument("--dev-fraction", type=float, default=0.1, help="dev share carved from train without --dev "
+                   "(default: 0.1)")
     t.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub")
-    _add_config_args(t, ClassifierConfig)
-    _add_config_args(t, TrainConfig)
+    _add_classifier_args(t)
+    _add_config_args(t.add_argument_group("training"), TrainConfig)
     t.set_defaults(func=cmd_train)
 
     st = sub.add_parser("stats", help="class counts, imbalance ratio and the head/tail split of a data file")
     _add_data_args(st, [("--data", True)])
-    st.add_argument("--theta", type=float, default=0.65, help="head/tail threshold θ")
+    st.add_argument("--theta", type=float, default=0.65, help="head/tail threshold θ (default: 0.65)")
     st.add_argument("--json", action="store_true", help="print the statistics as JSON")
     st.set_defaults(func=cmd_stats)
 
@@ -261,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_loading_args(e)
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("predict", help="predict labels for new texts (JSON lines)")
+    r = sub.add_parser("predict", help="predict labels for new texts (JSON lines, one per input, with its id)")
     r.add_argument("model", help="saved classifier directory, or a directory of task modules (one per "
                                  "subdirectory, named by it) that then share one backbone")
     r.add_argument("text", nargs="*", help="texts to classify (or use --data)")
@@ -269,8 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--task-col", default=None, help="with --data: column naming each row's task "
                                                     "(rows of different tasks share batches)")
     r.add_argument("--data", default=None, help="file of texts (.tsv, .csv or .jsonl)")
-    r.add_argument("--text-col", default="text")
-    r.add_argument("--text-b-col", default=None)
+    r.add_argument("--text-col", default="text", help="column holding the text (default: text)")
+    r.add_argument("--text-b-col", default=None, help="column holding a second text (default: none)")
+    r.add_argument("--id-col", default=None, help="column passed through as each output's id (default: 'id' when "
+                   "the file has one, else the row number from 0)")
     r.add_argument("--output", default=None, help="write JSON lines here (default: stdout)")
     _add_loading_args(r)
     r.set_defaults(func=cmd_predict)
@@ -285,9 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="train and evaluate on small built-in demo data with the embedded default")
-    d.add_argument("--output", default="tailtune-demo", help="where to save the demo classifier")
-    d.add_argument("--preset", default="cls", choices=list(PRESETS))
-    d.add_argument("--epochs", type=float, default=4)
+    d.add_argument("--output", default="tailtune-demo", help="where to save the demo (default: tailtune-demo)")
+    d.add_argument("--preset", default="cls", choices=list(PRESETS), help="method (default: cls)")
+    d.add_argument("--epochs", type=float, default=4, help="training epochs (default: 4)")
+    d.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output")
     d.set_defaults(func=cmd_demo)
 
     a = sub.add_parser("adapt-lm", help="continue masked-LM training on unlabelled text; save the adapted backbone")
@@ -299,35 +389,83 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--task", required=True, choices=["sentence_pair", "multiple_choice", "single_sentence"])
     q.add_argument("--data", nargs="+", required=True, help="unlabelled text files, one document per line")
     q.add_argument("--output", required=True, help="directory for the pre-trained prompt")
+    q.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    q.add_argument("--resume", action="store_true", help="continue an interrupted run from <output>/checkpoint")
     q.add_argument("--backbone", default=None, help="backbone (default: the embedded MiniLM)")
-    q.add_argument("--examples", type=int, default=3000, help="training examples built from the text")
-    q.add_argument("--dev-examples", type=int, default=300, help="dev examples (another seed)")
-    q.add_argument("--soft-tokens", type=int, default=20, help="prompt length")
-    q.add_argument("--max-length", type=int, default=128, help="tokens per example")
+    q.add_argument("--examples", type=int, default=3000, help="training examples built from the text (default: 3000)")
+    q.add_argument("--dev-examples", type=int, default=300, help="dev examples, from held-out documents "
+                   "(default: 300)")
+    q.add_argument("--soft-tokens", type=int, default=20, help="prompt length (default: 20)")
+    q.add_argument("--max-length", type=int, default=128, help="tokens per example (default: 128)")
     q.add_argument("--template", default=None, help="hard part of the template (default: the task's own; "
                    "e.g. '{text} {mask} .' for vanilla PPT)")
-    _add_config_args(q, TrainConfig)
+    _add_config_args(q.add_argument_group("training"), TrainConfig)
     q.set_defaults(func=cmd_pretrain_prompt)
 
     s = sub.add_parser("presets", help="list the named methods")
+    s.add_argument("--markdown", action="store_true", help="the README's preset table")
     s.set_defaults(func=cmd_presets)
+    ax = sub.add_parser("axes", help="list every entry of every axis, with its options")
+    ax.add_argument("--markdown", action="store_true", help="the README's axes table")
+    ax.set_defaults(func=cmd_axes)
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "predict" and not args.text and not args.data:
-        print("tailtune predict: give texts or --data FILE", file=sys.stderr)
-        return 2
-    warnings.simplefilter("default", UserWarning)
-    try:
-        return args.func(args)
-    except (DataError, TemplateError, ValueError, FileNotFoundError) as e:
-        print(f"tailtune {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # e.g. `tailtune stats ... | head`
-        sys.stdout = open(os.devnull, "w")
-        return 0
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse a command line; options may come before or after positional texts."""
+    parser = build_parser()
+    if argv and argv[0] in ("predict", "evaluate"):
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[argv[0]]
+        args = sub.parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)
+
+
+def _show_warning(message: Warning | str, category: type, filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    print(f"tailtune: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    args = parse(argv)
+    command = args.command
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", UserWarning)
+        if not debug:
+            warnings.showwarning = _show_warning
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            hint = " (continue with --resume)" if command in ("train", "adapt-lm", "pretrain-prompt") else ""
+            print(f"tailtune {command}: interrupted{hint}", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # e.g. `tailtune stats ... | head`
+            sys.stdout = open(os.devnull, "w")
+            return 0
+        except TailtuneError as e:
+            if debug:
+                raise
+            print(f"tailtune {command}: error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:
+            if debug:
+                raise
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            print(f"tailtune {command}: error: {where}{e.strerror or e}", file=sys.stderr)
+            return 2
+        except Exception as e:  # a bug or an environment problem: one line, the traceback with --debug
+            if debug:
+                raise
+            first = (str(e).strip().splitlines() or [""])[0]
+            print(f"tailtune {command}: unexpected error: {type(e).__name__}: {first} (run again with --debug for "
+                  f"the traceback; if it looks like a bug in tailtune, please report it)", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-
-class DataError(ValueError):
-    """A problem with the user's data, worded so the user can fix it."""
+from .errors import ConfigError, DataError
 
 
 @dataclass
@@ -22,8 +22,10 @@ class TextDataset:
     labels: list[str]
     texts_b: list[str] | None = None
     source: str = "<memory>"
+    ids: list[str] | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
+        self.labels = [str(y) for y in self.labels]  # labels are strings (numpy or int labels too)
         if len(self.texts) != len(self.labels):
             raise DataError(f"{self.source}: {len(self.texts)} texts but {len(self.labels)} labels")
         if self.texts_b is not None and len(self.texts_b) != len(self.texts):
@@ -33,110 +35,176 @@ class TextDataset:
         return len(self.texts)
 
     def subset(self, indices: Sequence[int]) -> "TextDataset":
-        pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
-        return TextDataset(pick(self.texts), pick(self.labels),
-                           pick(self.texts_b) if self.texts_b is not None else None, self.source)
+        pick = lambda xs: [xs[i] for i in indices] if xs is not None else None  # noqa: E731
+        return TextDataset(pick(self.texts), pick(self.labels), pick(self.texts_b), self.source, pick(self.ids))
 
 
 # ---------------------------------------------------------------- reading
 
 def read_dataset(path: str | Path, text_col: str = "text", label_col: str | None = "label",
                  text_b_col: str | None = None, header: bool = True,
-                 columns: Sequence[str] | None = None, allow_empty: bool = False) -> TextDataset:
+                 columns: Sequence[str] | None = None, allow_empty: bool = False,
+                 id_col: str | None = None, keep_blank_rows: bool = False) -> TextDataset:
     """Read a .tsv, .csv or .jsonl file into a TextDataset.
 
-    An empty text is an error unless ``allow_empty`` (published splits sometimes hold one, e.g.
-    LM-BFF's CR 16-shot train sets; the model then sees only the template).
-
-    TSV/CSV use standard CSV quoting. Files without a header row need ``header=False`` and
-    ``columns`` naming each column in order (e.g. ``["label", "text"]``). ``label_col=None``
-    reads unlabelled texts (labels become empty strings).
+    TSV/CSV use standard CSV quoting; a quote that is never closed (rows merged into one) is an
+    error naming the line where it opened. Files without a header row need ``header=False`` and
+    ``columns`` naming each column in order (e.g. ``["label", "text"]``). ``label_col=None`` reads
+    unlabelled texts (labels become empty strings). An empty text is an error unless
+    ``allow_empty`` (published splits sometimes hold one, e.g. LM-BFF's CR 16-shot train sets).
+    ``id_col`` keeps an id per row; ``keep_blank_rows`` keeps blank lines as rows with empty fields
+    (for prediction, so outputs line up with inputs). UTF-8, with or without a byte-order mark.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     suffix = path.suffix.lower()
+    text = _read_text(path)
     if suffix == ".jsonl":
-        rows = _read_jsonl(path)
+        rows = _read_jsonl(path, text)
     elif suffix in (".tsv", ".csv"):
-        rows = _read_delimited(path, "\t" if suffix == ".tsv" else ",", header, columns)
+        rows = _read_delimited(path, text, "\t" if suffix == ".tsv" else ",", header, columns, keep_blank_rows)
     else:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use .tsv, .csv or .jsonl")
-    return _rows_to_dataset(rows, str(path), text_col, label_col, text_b_col, allow_empty)
+    return _rows_to_dataset(rows, str(path), text_col, label_col, text_b_col, allow_empty, id_col)
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def columns(path: str | Path) -> list[str]:
+    """The column names of a data file with a header row (a .jsonl file: the keys of its first object)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    text = _read_text(path)
+    if path.suffix.lower() == ".jsonl":
+        rows = _read_jsonl(path, text)
+        return list(rows[0][1]) if rows else []
+    first = next(csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ","),
+                 [])
+    return list(first)
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: not UTF-8 text (byte {data[e.start]:#04x}); save the file as "
+                        f"UTF-8") from None
+
+
+def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}, line {lineno}: expected a JSON object per line")
-            rows.append((lineno, obj))
-    return rows
-
-
-def _read_delimited(path: Path, delimiter: str, header: bool,
-                    columns: Sequence[str] | None) -> list[tuple[int, dict]]:
-    csv.field_size_limit(1 << 24)
-    rows = []
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter)
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
         try:
-            names = list(columns) if columns else None
-            if header:
-                first = next(reader, None)
-                if first is None:
-                    raise DataError(f"{path}: the file is empty")
-                names = names or first
-            if names is None:
-                raise DataError(f"{path}: no header row; pass the column names (columns=[...])")
-            for row in reader:
-                lineno = reader.line_num
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) != len(names):
-                    raise DataError(f"{path}, line {lineno}: expected {len(names)} fields "
-                                    f"({', '.join(names)}) but found {len(row)}; check the "
-                                    f"delimiter and quoting")
-                rows.append((lineno, dict(zip(names, row))))
-        except csv.Error as e:
-            raise DataError(f"{path}, line {reader.line_num}: unreadable row ({e})") from None
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}, line {lineno}: expected a JSON object per line, found a {type(obj).__name__}")
+        rows.append((lineno, obj))
     return rows
 
 
-def _rows_to_dataset(rows, source, text_col, label_col, text_b_col, allow_empty=False) -> TextDataset:
+def _read_delimited(path: Path, text: str, delimiter: str, header: bool, columns: Sequence[str] | None,
+                    keep_blank: bool = False) -> list[tuple[int, dict]]:
+    csv.field_size_limit(1 << 24)
+    rows: list[tuple[int, dict]] = []
+    lines = text.splitlines()
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    names = list(columns) if columns else None
+    try:
+        if header:
+            first = next(reader, None)
+            if first is None:
+                raise DataError(f"{path}: the file is empty")
+            names = names or first
+        if names is None:
+            raise DataError(f"{path}: no header row; pass the column names (columns=[...])")
+        blank: list[int] = []  # blank lines kept as rows, unless nothing follows them
+        previous = reader.line_num
+        for row in reader:
+            start, end = previous + 1, reader.line_num
+            previous = end
+            if not row or (len(row) == 1 and not row[0].strip() and len(names) > 1):
+                if keep_blank:
+                    blank.append(start)
+                continue
+            _check_quotes(path, row, start, end, len(lines), delimiter, len(names))
+            if len(row) != len(names):
+                raise DataError(f"{path}, line {start}: expected {len(names)} fields ({', '.join(names)}) but "
+                                f"found {len(row)}; check the delimiter and quoting")
+            rows += [(n, dict.fromkeys(names, "")) for n in blank]
+            blank = []
+            rows.append((start, dict(zip(names, row))))
+    except csv.Error as e:
+        raise DataError(f"{path}, line {reader.line_num}: unreadable row ({e})") from None
+    return rows
+
+
+def _check_quotes(path: Path, row: list[str], start: int, end: int, n_lines: int, delimiter: str,
+                  n_fields: int) -> None:
+    """Refuse a row that a quote left open has merged with the lines after it."""
+    if end == start:
+        return
+    for field in row:
+        if "\n" not in field:
+            continue
+        inner = field.splitlines()[1:]
+        looks_like_rows = any(delimiter in line and (delimiter == "\t" or len(next(csv.reader([line]))) == n_fields)
+                              for line in inner)
+        if looks_like_rows or (end >= n_lines and field.endswith("\n")):
+            raise DataError(f"{path}, line {start}: a quote opened on this line is not closed before line {end}"
+                            f"{' (the end of the file)' if end >= n_lines else ''}, so {end - start + 1} lines were "
+                            f"read as one row; close the quote, or double a quote that belongs to the text (\"\")")
+
+
+def _value(source: str, lineno: int, column: str, value: object, what: str) -> str:
+    """A cell as a string; JSON lists, objects, booleans and nulls are refused, not stringified."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and what == "label":
+        return str(value)
+    kind = "null" if value is None else type(value).__name__
+    raise DataError(f"{source}, line {lineno}: column {column!r} holds a {kind} ({str(value)[:40]}), not a "
+                    f"{'string or integer' if what == 'label' else 'string'}; fix the file")
+
+
+def _rows_to_dataset(rows: list[tuple[int, dict]], source: str, text_col: str, label_col: str | None,
+                     text_b_col: str | None, allow_empty: bool = False, id_col: str | None = None) -> TextDataset:
     if not rows:
         raise DataError(f"{source}: no examples found")
     present = set(rows[0][1])
-    for col in (text_col, label_col, text_b_col):
+    for col in (text_col, label_col, text_b_col, id_col):
         if col is not None and col not in present:
             raise DataError(f"{source}: no column {col!r}; columns are {sorted(present)}. "
-                            f"Choose the right one with --text-col/--text-b-col/--label-col")
-    texts, labels, texts_b = [], [], [] if text_b_col else None
+                            f"Choose the right one with --text-col/--text-b-col/--label-col/--id-col")
+    texts, labels = [], []
+    texts_b: list[str] | None = [] if text_b_col else None
+    ids: list[str] | None = [] if id_col else None
     for lineno, row in rows:
-        text, label = row.get(text_col), row.get(label_col) if label_col else ""
-        if text is None or (not str(text).strip() and not allow_empty):
+        text = _value(source, lineno, text_col, row.get(text_col), "text")
+        if not text.strip() and not allow_empty:
             raise DataError(f"{source}, line {lineno}: empty text in column {text_col!r}; fix the file, or "
                             f"keep such rows with allow_empty (experiment YAML: allow_empty_text: true)")
-        if label_col and (label is None or not str(label).strip()):
+        label = _value(source, lineno, label_col, row.get(label_col), "label") if label_col else ""
+        if label_col and not label.strip():
             raise DataError(f"{source}, line {lineno}: empty label in column {label_col!r}")
-        texts.append(str(text))
-        labels.append(str(label).strip())
+        texts.append(text)
+        labels.append(label.strip())
         if texts_b is not None:
-            b = row.get(text_b_col)
-            if b is None or not str(b).strip():
+            b = _value(source, lineno, text_b_col, row.get(text_b_col), "text")
+            if not b.strip() and not allow_empty:
                 raise DataError(f"{source}, line {lineno}: empty second text in column {text_b_col!r}")
-            texts_b.append(str(b))
-    return TextDataset(texts, labels, texts_b, source)
+            texts_b.append(b)
+        if ids is not None:
+            ids.append(str(row.get(id_col)))
+    return TextDataset(texts, labels, texts_b, source, ids)
 
 
-def from_hf(dataset, text_col: str = "text", label_col: str = "label",
+def from_hf(dataset: Any, text_col: str = "text", label_col: str = "label",
             text_b_col: str | None = None) -> TextDataset:
     """Convert a Hugging Face ``datasets.Dataset``; ClassLabel ids become their names."""
     names = None
@@ -179,7 +247,7 @@ def head_tail_split(labels: Sequence[str], theta: float = 0.65) -> tuple[list[st
     later class is *tail*.
     """
     if not 0 < theta <= 1:
-        raise ValueError(f"theta must be in (0, 1], got {theta}")
+        raise ConfigError(f"theta={theta!r}: must be in (0, 1]")
     counts = Counter(labels)
     total = sum(counts.values())
     order = sorted(counts, key=lambda c: (-counts[c], c))
@@ -221,10 +289,12 @@ def stratified_split(ds: TextDataset, dev_fraction: float = 0.1,
     """Carve a seeded, stratified dev split from ``ds``.
 
     Each class gives ``round(n * dev_fraction)`` examples to dev, but always keeps at least
-    one for training; classes with a single example stay entirely in train.
+    one for training; classes with a single example stay entirely in train. A dev example whose
+    text (and second text) also occurs in the training part is left out of dev, with a warning:
+    it would be scored on what the model trained on.
     """
     if not 0 < dev_fraction < 1:
-        raise ValueError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
+        raise DataError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
     rng = random.Random(seed)
     train_idx, dev_idx = [], []
     for y, idx in sorted(_by_class(ds.labels).items()):
@@ -233,7 +303,27 @@ def stratified_split(ds: TextDataset, dev_fraction: float = 0.1,
         n_dev = min(len(idx) - 1, max(1 if len(idx) >= 3 else 0, round(len(idx) * dev_fraction)))
         dev_idx += idx[:n_dev]
         train_idx += idx[n_dev:]
+    in_train = {_key(ds, i) for i in train_idx}
+    leaked = [i for i in dev_idx if _key(ds, i) in in_train]
+    if leaked:
+        warnings.warn(f"{ds.source}: {len(leaked)} example(s) carved for dev also occur in the training part "
+                      f"(duplicate rows); they were left out of dev", stacklevel=2)
+        dev_idx = [i for i in dev_idx if _key(ds, i) not in in_train]
     return ds.subset(sorted(train_idx)), ds.subset(sorted(dev_idx))
+
+
+def _key(ds: TextDataset, i: int) -> tuple[str, str | None]:
+    return ds.texts[i].strip(), ds.texts_b[i].strip() if ds.texts_b is not None else None
+
+
+def duplicates(ds: TextDataset) -> dict[str, int]:
+    """How many texts occur more than once, in how many rows, and how many with different labels."""
+    rows: dict[tuple, list[int]] = {}
+    for i in range(len(ds)):
+        rows.setdefault(_key(ds, i), []).append(i)
+    repeated = [idx for idx in rows.values() if len(idx) > 1]
+    return {"texts": len(repeated), "rows": sum(len(idx) for idx in repeated),
+            "conflicting": sum(len({ds.labels[i] for i in idx}) > 1 for idx in repeated)}
 
 
 def k_shot(ds: TextDataset, k: int, seed: int = 42,
@@ -254,10 +344,15 @@ def k_shot(ds: TextDataset, k: int, seed: int = 42,
 
 
 def check_trainable(ds: TextDataset) -> None:
-    """A class with a single training example cannot be split or validated; say so."""
+    """Warn about what training data can hold but should not: duplicate rows (and the same text under
+    different labels) and classes with a single example (they cannot be split or validated)."""
+    dup = duplicates(ds)
+    if dup["texts"]:
+        warnings.warn(f"{ds.source}: {dup['texts']} text(s) occur more than once ({dup['rows']} rows)"
+                      + (f", {dup['conflicting']} of them with different labels" if dup["conflicting"] else "")
+                      + "; all rows stay in training, and a carved dev split leaves out copies of training texts", stacklevel=2)
     singles = sorted(y for y, n in Counter(ds.labels).items() if n == 1)
     if singles:
-        import warnings
         warnings.warn(f"{ds.source}: {len(singles)} class(es) have a single training example "
                       f"({', '.join(singles[:8])}{' ...' if len(singles) > 8 else ''}); they stay in "
                       f"train and cannot appear in a carved dev split", stacklevel=2)

@@ -63,26 +63,33 @@ def write_demo_data(directory: Path) -> dict[str, Path]:
     return paths
 
 
-def run_demo(output: str | Path = "tailtune-demo", epochs: float = 4, preset: str = "cls") -> dict:
-    """Train ``preset`` on the demo data with the embedded default backbone, evaluate, save, predict."""
+def run_demo(output: str | Path = "tailtune-demo", epochs: float = 4, preset: str = "cls",
+             overwrite: bool = False) -> dict:
+    """Train ``preset`` on the demo data with the embedded default backbone, evaluate, save, predict.
+    An earlier demo in ``output`` is replaced; anything else there needs ``overwrite``."""
     from .api import TailtuneClassifier
+    from .artefacts import check_writable
+    from .config import config_from_preset
     from .data import class_stats, read_dataset
+    from .loop import TrainConfig
     from .metrics import export_weight_norms, format_report
-    from .train import TrainConfig
     output = Path(output)
+    earlier_demo = (output / "data" / "train.tsv").is_file()
+    check_writable(output / "model", overwrite or earlier_demo)
     paths = write_demo_data(output / "data")
     train_ds, test_ds = read_dataset(paths["train"]), read_dataset(paths["test"])
     stats = class_stats(train_ds.labels)
     print(f"demo data in {output / 'data'}: {stats['n_examples']} training messages, {stats['n_classes']} intents, "
           f"imbalance ratio {stats['imbalance_ratio']:.0f}; head {stats['head']}, tail {stats['tail']}")
-    clf = TailtuneClassifier(preset, template="{text} This message is about {mask} .", max_length=64,
+    config = config_from_preset(preset, defaults={"template": "{text} This message is about {mask} ."}, max_length=64)
+    clf = TailtuneClassifier(preset, config=config,
                              train_config=TrainConfig(epochs=epochs, batch_size=16, lr=1e-4, head_lr=1e-3,
                                                       seed=13, progress=True), dev_fraction=0.15)
     print(f"training '{preset}' on the embedded all-MiniLM-L6-v2 backbone ...")
     clf.fit(train_ds)
     report = clf.evaluate(test_ds)
     print(format_report(report))
-    clf.save(output / "model")
+    clf.save(output / "model", overwrite=True)
     export_weight_norms(clf.weight_norms(), output / "model" / "analysis", f"demo / {preset}")
     samples = ["my password does not work anymore", "the parcel never came", "is my toaster still under guarantee"]
     for text, label in zip(samples, clf.predict(samples)):

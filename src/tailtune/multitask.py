@@ -1,17 +1,24 @@
-"""Several task modules on one backbone instance; batches may mix tasks."""
+"""Several task modules on one backbone instance; batches may mix tasks.
+
+Prediction (``logits``, ``predict``) is safe from many threads at once: routing state lives per
+call. ``add`` and ``remove`` change the set of tasks and must not run while predictions do.
+"""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 
+from .artefacts import read_classifier
 from .backbone import Backbone, load_backbone
+from .config import ClassifierConfig
+from .device import autocast
+from .errors import ArtefactError, ConfigError
+from .inputs import Encoded
 from .model import Classifier
-from .prompts import Encoded
-from .routing import Route, TaskRouter
-from .train import _autocast, collate
+from .train import collate
+from .tuning.routing import Route, TaskRouter
 
 
 def task_dirs(path: str | Path) -> dict[str, Path]:
@@ -22,8 +29,8 @@ def task_dirs(path: str | Path) -> dict[str, Path]:
         return {path.name.replace(".", "_") or "default": path}
     found = {p.name: p for p in sorted(path.iterdir()) if (p / "tailtune.json").is_file()} if path.is_dir() else {}
     if not found:
-        raise FileNotFoundError(f"{path} is neither a saved tailtune classifier nor a directory of them "
-                                f"(no tailtune.json found)")
+        raise ArtefactError(f"{path} is neither a saved tailtune classifier nor a directory of them "
+                            f"(no tailtune.json found)")
     return found
 
 
@@ -32,25 +39,22 @@ class TaskSet:
     one encoder in memory. ``predict`` takes a task name per text; one batch may mix tasks,
     and each row passes only through its own task's modules."""
 
-    def __init__(self, backbone: str | Backbone | None = None, device: str = "cpu"):
+    def __init__(self, backbone: str | Backbone | None = None, device: str = "cpu") -> None:
         self.device = torch.device(device)
         self.backbone = backbone
         self.tasks: dict[str, Classifier] = {}
 
     def add(self, directory: str | Path, name: str | None = None) -> Classifier:
         directory = Path(directory)
-        meta_path = directory / "tailtune.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{directory} is not a saved tailtune classifier (no tailtune.json)")
-        meta = json.loads(meta_path.read_text())
+        meta = read_classifier(directory)
         name = name or directory.name
-        trains = meta["config"]["trains"]
-        if meta.get("artefact") != "module" or trains == "bitfit":
-            raise ValueError(f"{directory} trained {'every weight' if trains == 'all' else 'backbone biases'} "
-                             f"(trains={trains!r}): it changes the backbone itself, so it cannot share one. "
-                             f"Load it on its own (TailtuneClassifier.load).")
+        config = ClassifierConfig.from_dict(meta["config"])
+        if meta["artefact"] != "module" or not config.entry("trains").trait("shares_backbone"):
+            what = "every weight" if meta["artefact"] == "full" else "part of the backbone"
+            raise ConfigError(f"{directory} trained {what} (trains={config.trains!r}): it changes the backbone itself, "
+                              f"so it cannot share one. Load it on its own (TailtuneClassifier.load).")
         if name in self.tasks:
-            raise ValueError(f"task {name!r} is already loaded; give this one another name")
+            raise ConfigError(f"task {name!r} is already loaded; give this one another name")
         if not isinstance(self.backbone, Backbone):
             self.backbone = load_backbone(self.backbone or meta["backbone"]["name"])
             self.backbone.encoder.to(self.device).eval()
@@ -59,13 +63,14 @@ class TaskSet:
         return model
 
     def remove(self, name: str) -> None:
+        self._check([name])
         self.tasks.pop(name)
         TaskRouter.of(self.backbone.encoder).remove(name)
 
     def _check(self, tasks: list[str]) -> None:
         unknown = sorted(set(tasks) - set(self.tasks))
         if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; loaded: {sorted(self.tasks)}")
+            raise ConfigError(f"unknown task(s) {unknown}; loaded: {sorted(self.tasks)}")
 
     @torch.no_grad()
     def logits(self, texts: list[str], tasks: list[str], texts_b: list[str] | None = None,
@@ -97,19 +102,24 @@ class TaskSet:
             soft = [encoded[i].soft_positions for i in rows]
             routes.append(Route(name, torch.tensor(rows, device=self.device),
                                 torch.tensor(soft, device=self.device) if soft[0] else None))
-        with _autocast(self.device, bf16):
+        all_layers = any(self.tasks[r.task].head.layers == "all" for r in routes)
+        with autocast(self.device, bf16):
             hidden = TaskRouter.of(self.backbone.encoder).encode(
-                routes, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+                routes, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), all_layers)
             out: list[torch.Tensor | None] = [None] * len(tasks)
             for r in routes:
                 model = self.tasks[r.task]
-                logits = model.scores(hidden[r.rows], batch["attention_mask"][r.rows], batch["position"][r.rows])
+                h = hidden[r.rows]
+                if all_layers and model.head.layers != "all":  # (batch, seq, layers, hidden): the last layer
+                    h = h[:, :, -1]
+                logits = model.scores(h, batch["attention_mask"][r.rows], batch["position"][r.rows])
                 for i, scores in zip(r.rows.tolist(), model.calibrate(logits.float()).cpu()):
                     out[i] = scores
         return out
 
     def predict(self, texts: list[str], tasks: list[str] | str, texts_b: list[str] | None = None,
-                **kw) -> list[str]:
+                batch_size: int = 64, bf16: bool = False) -> list[str]:
         """Predicted labels; ``tasks`` is one name for every text or a name per text."""
         tasks = [tasks] * len(texts) if isinstance(tasks, str) else list(tasks)
-        return [self.tasks[t].labels[int(s.argmax())] for t, s in zip(tasks, self.logits(texts, tasks, texts_b, **kw))]
+        return [self.tasks[t].labels[int(s.argmax())]
+                for t, s in zip(tasks, self.logits(texts, tasks, texts_b, batch_size, bf16))]

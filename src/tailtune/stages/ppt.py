@@ -20,9 +20,15 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections import Counter
 from pathlib import Path
+from typing import Callable
 
-from .data import DataError, TextDataset
+from ..api import TailtuneClassifier
+from ..artefacts import prepare_output, save_prompt
+from ..data import TextDataset
+from ..errors import ConfigError, DataError
+from ..loop import TrainConfig
 
 _ABBREV = {"mr", "mrs", "ms", "dr", "prof", "inc", "co", "corp", "ltd", "jr", "sr", "st", "vs", "no", "u.s",
            "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "e.g", "i.e"}
@@ -62,7 +68,7 @@ def read_documents(paths: list[str], min_sentences: int = 3) -> list[list[str]]:
     return docs
 
 
-def _other_doc_sentence(docs, d, rng):
+def _other_doc_sentence(docs: list[list[str]], d: int, rng: random.Random) -> str:
     e = rng.randrange(len(docs) - 1)
     e += e >= d
     return rng.choice(docs[e])
@@ -95,7 +101,7 @@ def sentence_pair(docs: list[list[str]], n: int, seed: int = 13) -> TextDataset:
 
 def option_letters(n: int) -> list[str]:
     if n > 26:
-        raise ValueError(f"the multiple-choice format names options a-z: {n} options are too many")
+        raise ConfigError(f"the multiple-choice format names options a-z: {n} options are too many")
     return [chr(ord("a") + i) for i in range(n)]
 
 
@@ -188,62 +194,13 @@ def unified_template(words: dict[str, str], labels: list[str]) -> tuple[str, dic
     letters = option_letters(len(labels))
     options = format_options([words.get(y, y) for y in labels])
     if any(c in options for c in "{}"):
-        raise ValueError("label words for the unified format cannot contain braces")
+        raise ConfigError("label words for the unified format cannot contain braces")
     template = TEMPLATES["multiple_choice"].replace("{text_b}", options)
     return template, dict(zip(labels, letters))
 
 
-# ---------------------------------------------------------------- pre-trained prompt artefacts
-
-PROMPT_FILE, PROMPT_META = "prompt.safetensors", "prompt.json"
-
-
-def save_prompt(model, directory: str | Path, extra: dict | None = None) -> Path:
-    """Save a classifier's prepended soft tokens (and its verbalizer head's transform) as a
-    pre-trained prompt: ``prompt.safetensors`` + ``prompt.json``."""
-    import json
-
-    from safetensors.torch import save_file
-
-    from . import __version__
-    n = model.config.soft_tokens
-    if not n:
-        raise ValueError("save_prompt: the classifier has no prepended soft tokens (soft_tokens=0)")
-    tensors = {"soft_prompt": model.tuning.soft_prompt[:n].detach().cpu().contiguous()}
-    if model.config.head == "verbalizer":  # the MLM head's transform the prompt was trained with
-        for name in ("dense.weight", "dense.bias", "layer_norm.weight", "layer_norm.bias", "bias"):
-            tensors[f"head.{name}"] = model.head.get_parameter(name).detach().cpu().contiguous()
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(directory / PROMPT_FILE))
-    meta = {"tailtune_version": __version__, "soft_tokens": n, "template": model.config.template,
-            "backbone": {"name": model.backbone_name, "fingerprint": model.fingerprint}, **(extra or {})}
-    (directory / PROMPT_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
-    return directory
-
-
-def load_prompt(directory: str | Path, fingerprint: str, soft_tokens: int) -> tuple[dict, dict]:
-    """The tensors and metadata of a pre-trained prompt, checked against the backbone and the
-    number of prepended soft tokens."""
-    import json
-
-    from safetensors.torch import load_file
-    directory = Path(directory)
-    if not (directory / PROMPT_META).is_file():
-        raise FileNotFoundError(f"{directory} is not a pre-trained prompt (no {PROMPT_META}); "
-                                f"make one with `tailtune pretrain-prompt`")
-    meta = json.loads((directory / PROMPT_META).read_text())
-    if meta["backbone"]["fingerprint"] != fingerprint:
-        raise ValueError(f"the prompt in {directory} was pre-trained on backbone {meta['backbone']['name']!r} "
-                         f"(fingerprint {meta['backbone']['fingerprint']}), not on this one ({fingerprint}); "
-                         f"use it with the backbone it was trained on")
-    if meta["soft_tokens"] != soft_tokens:
-        raise ValueError(f"the prompt in {directory} has {meta['soft_tokens']} soft tokens but the classifier "
-                         f"prepends {soft_tokens}: set soft_tokens={meta['soft_tokens']}")
-    return load_file(str(directory / PROMPT_FILE)), meta
-
-
-def split_documents(docs: list[list[str]], dev_share: float = 0.1, seed: int = 13):
+def split_documents(docs: list[list[str]], dev_share: float = 0.1,
+                    seed: int = 13) -> tuple[list[list[str]], list[list[str]]]:
     """(train documents, dev documents): a seeded split by document (at least two in each), so the
     pre-training dev set shares no sentence with the training set."""
     if len(docs) < 4:
@@ -259,20 +216,18 @@ BUILDERS = {"sentence_pair": sentence_pair, "multiple_choice": multiple_choice, 
 
 def pretrain_prompt(task: str, data: list[str], output: str | Path, backbone: str | None = None,
                     examples: int = 3000, dev_examples: int = 300, soft_tokens: int = 20, max_length: int = 128,
-                    train_config=None, log=print, template: str | None = None) -> dict:
+                    train_config: TrainConfig | None = None, log: Callable[[str], None] = print,
+                    template: str | None = None, resume: bool = False, overwrite: bool = False) -> dict:
     """Pre-train ``soft_tokens`` prompt vectors on a self-supervised task with the backbone
     frozen, and save them (PPT). ``template`` replaces the task's hard template (its slots must
     match the task: ``{text_b}`` for the pair and multiple-choice tasks). Returns the dev report."""
-    from collections import Counter
-
-    from .api import TailtuneClassifier
-    from .train import TrainConfig
     if task not in BUILDERS:
-        raise ValueError(f"unknown PPT task {task!r}; choose from {', '.join(BUILDERS)}")
+        raise ConfigError(f"unknown PPT task {task!r}; choose from {', '.join(BUILDERS)}")
     template = template or TEMPLATES[task]
     if task != "single_sentence" and "{text_b}" not in template:
-        raise ValueError(f"the {task} task has a second text: the template needs a {{text_b}} slot")
+        raise ConfigError(f"the {task} task has a second text: the template needs a {{text_b}} slot")
     tc = train_config or TrainConfig()
+    ckpt = prepare_output(output, overwrite, resume)
     docs = read_documents(data)
     train_docs, dev_docs = split_documents(docs, seed=tc.seed)
     train_ds = BUILDERS[task](train_docs, examples, seed=tc.seed)
@@ -282,7 +237,7 @@ def pretrain_prompt(task: str, data: list[str], output: str | Path, backbone: st
         f"labels {dict(sorted(Counter(train_ds.labels).items()))}")
     clf = TailtuneClassifier("soft-prompt", backbone, template=template, verbalizer=VERBALIZERS[task],
                              soft_tokens=soft_tokens, max_length=max_length, train_config=tc)
-    clf.fit(train_ds, dev=dev_ds)
+    clf.fit(train_ds, dev=dev_ds, checkpoint_dir=ckpt, resume=resume, log=log)
     report = clf.evaluate(dev_ds)
     save_prompt(clf.model_, output, {
         "task": task, "data": [str(p) for p in data], "documents": len(train_docs),

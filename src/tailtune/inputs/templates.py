@@ -1,16 +1,19 @@
-"""Input formats (plain or template with a [MASK]) and verbalizers (label -> words -> token ids)."""
+"""Tokenising inputs: plain ``[CLS] text [SEP]`` and templates with a [MASK] and soft tokens."""
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
+from typing import Any
+
+from ..backbone import tokenizer_lock
+from ..errors import ConfigError
 
 SLOTS = ("text", "text_b", "mask", "soft")
 _SLOT_RE = re.compile(r"\{([^{}]*)\}")
 
 
-class TemplateError(ValueError):
-    pass
+class TemplateError(ConfigError):
+    """A template that cannot work: a missing or repeated slot, or no room for the text."""
 
 
 @dataclass
@@ -40,7 +43,7 @@ class Template:
     words and the soft tokens always survive ``max_length``.
     """
 
-    def __init__(self, template: str):
+    def __init__(self, template: str) -> None:
         self.template = template
         self.pieces = self._parse(template)
 
@@ -82,7 +85,7 @@ class Template:
     def uses_text_b(self) -> bool:
         return any(p.kind == "text_b" for p in self.pieces)
 
-    def soft_init_ids(self, tokenizer) -> list[int | None]:
+    def soft_init_ids(self, tokenizer: Any) -> list[int | None]:
         """One entry per soft token, in order: the vocabulary id it starts from (None: default init)."""
         out = []
         for p in self.pieces:
@@ -90,16 +93,18 @@ class Template:
                 if p.content.isdigit():
                     out += [None] * int(p.content)
                 else:
-                    out += tokenizer(" " + p.content, add_special_tokens=False)["input_ids"]
+                    with tokenizer_lock(tokenizer):
+                        out += tokenizer(" " + p.content, add_special_tokens=False)["input_ids"]
         return out
 
-    def encode(self, tokenizer, texts: list[str], texts_b: list[str] | None,
+    def encode(self, tokenizer: Any, texts: list[str], texts_b: list[str] | None,
                max_length: int) -> list[Encoded]:
         if self.uses_text_b and texts_b is None:
             raise TemplateError(f"template {self.template!r} has a {{text_b}} slot but the data has "
                                 f"no second text column (set --text-b-col)")
-        def tok(strings):
-            return tokenizer(strings, add_special_tokens=False, verbose=False)["input_ids"]
+        def tok(strings: list[str]) -> list[list[int]]:
+            with tokenizer_lock(tokenizer):
+                return tokenizer(strings, add_special_tokens=False, verbose=False)["input_ids"]
         lits = {p: tok([(" " if p.space else "") + p.content])[0] for p in self.pieces if p.kind == "lit"}
         slot_ids = {}
         for slot, values in (("text", texts), ("text_b", texts_b)):
@@ -142,76 +147,22 @@ class Template:
         return f"Template({self.template!r})"
 
 
-def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
     """The ids the tokenizer puts before and after a single text (e.g. [CLS] ... [SEP])."""
-    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a")["input_ids"]
+    with tokenizer_lock(tokenizer):
+        bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+        full = tokenizer("a")["input_ids"]
     for k in range(len(full) - len(bare) + 1):
         if full[k:k + len(bare)] == bare:
             return full[:k], full[k + len(bare):]
     raise TemplateError(f"cannot locate the special tokens of {type(tokenizer).__name__}")
 
 
-def encode_plain(tokenizer, texts: list[str], texts_b: list[str] | None,
+def encode_plain(tokenizer: Any, texts: list[str], texts_b: list[str] | None,
                  max_length: int) -> list[Encoded]:
-    """``[CLS] text [SEP] (text_b [SEP])``; the head reads position 0."""
-    enc = tokenizer(texts, texts_b, truncation=True, max_length=max_length)
+    """``[CLS] text [SEP] (text_b [SEP])``; position 0 ([CLS]) is the read position."""
+    with tokenizer_lock(tokenizer):
+        enc = tokenizer(texts, texts_b, truncation=True, max_length=max_length)
     types = enc.get("token_type_ids") if texts_b is not None else None
     return [Encoded(ids, 0, types[i] if types is not None else None)
             for i, ids in enumerate(enc["input_ids"])]
-
-
-# ---------------------------------------------------------------- verbalizer
-
-def readable(label: str) -> str:
-    """Default label word: underscores, hyphens and colons become spaces."""
-    return re.sub(r"[_\-:]+", " ", label).strip()
-
-
-class Verbalizer:
-    """Maps each label to one or more words; each word to its sub-token ids.
-
-    A class's score is the mean logit of its word's sub-tokens at [MASK], averaged over the
-    class's words. ``words`` defaults to the readable label name.
-    """
-
-    def __init__(self, labels: list[str], words: dict[str, list[str] | str] | None = None):
-        words = dict(words or {})
-        extra = sorted(set(words) - set(labels))
-        if extra:
-            raise ValueError(f"verbalizer names labels that are not in the label space: {extra}")
-        self.labels = list(labels)
-        self.words = {}
-        for y in labels:
-            w = words.get(y, readable(y))
-            w = [w] if isinstance(w, str) else list(w)
-            if not w or not all(isinstance(x, str) and x.strip() for x in w):
-                raise ValueError(f"verbalizer: label {y!r} needs at least one non-empty word")
-            self.words[y] = [x.strip() for x in w]
-
-    def token_ids(self, tokenizer) -> dict[str, list[list[int]]]:
-        """Sub-token ids of every word, encoded as they appear after a space in a sentence."""
-        return {y: [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in ws]
-                for y, ws in self.words.items()}
-
-    def describe(self, tokenizer) -> list[dict]:
-        """One row per (label, word): its sub-tokens and whether any is unknown."""
-        rows = []
-        for y, ids_list in self.token_ids(tokenizer).items():
-            for w, ids in zip(self.words[y], ids_list):
-                rows.append({"label": y, "word": w, "tokens": tokenizer.convert_ids_to_tokens(ids),
-                             "unknown": tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids})
-        return rows
-
-    def check(self, tokenizer) -> list[dict]:
-        rows = self.describe(tokenizer)
-        for r in rows:
-            if not r["tokens"]:
-                raise ValueError(f"verbalizer word {r['word']!r} of label {r['label']!r} tokenizes to nothing")
-            if r["unknown"]:
-                warnings.warn(f"verbalizer word {r['word']!r} (label {r['label']!r}) contains a token unknown "
-                              f"to the vocabulary: {r['tokens']}; pick another word", stacklevel=2)
-        return rows
-
-    def to_dict(self) -> dict[str, list[str]]:
-        return dict(self.words)

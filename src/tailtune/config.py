@@ -1,0 +1,264 @@
+"""A classifier's configuration: one registry entry per axis, the options of those entries, presets.
+
+``ClassifierConfig`` names one entry per axis (input format, readout, head, what trains, objective,
+calibration) and holds the options of exactly those entries. It checks itself: unknown entries,
+options that belong to an entry not in use (``lora_r`` with ``trains='adapter'``), and
+combinations an entry does not support are errors that say what to change.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, NamedTuple
+
+from . import heads, inputs, objectives, readouts, tuning  # noqa: F401  (register the built-in entries)
+from .errors import ConfigError, did_you_mean
+from .registry import AXES, Entry
+
+AXIS_NAMES: tuple[str, ...] = tuple(AXES)
+
+
+def all_options() -> dict[str, list[Entry]]:
+    """Every option name -> the entries (of any axis) that declare it."""
+    found: dict[str, list[Entry]] = {}
+    for registry in AXES.values():
+        for entry in registry:
+            for name in entry.option_names():
+                found.setdefault(name, []).append(entry)
+    return found
+
+
+@dataclass
+class ClassifierConfig:
+    """One entry per axis and their options. Field docstrings double as CLI help."""
+
+    input_format: str = "plain"
+    """input format: plain ([CLS] text [SEP]) or template (a prompt with a [MASK])"""
+    readout: str = "auto"
+    """what the head reads: auto (chosen by the head, input and backbone), cls (first token), mask (the template's
+    [MASK]) or tokens (every token)"""
+    head: str = "mlp"
+    """head: mlp (MLP on the read vector), verbalizer (pretrained MLM head + label words) or label-decoder (Y-Tuning)"""
+    trains: str = "all"
+    """what trains besides the head: all, head (nothing else), bitfit (biases), adapter, lora, prefix, prompt (soft
+    tokens)"""
+    objective: str = "ce"
+    """training loss: ce, focal or triplet (Y-Tuning's margin loss)"""
+    calibration: str = "none"
+    """post-hoc score adjustment at prediction: none or eta-norm"""
+    max_length: int = 128
+    """maximum tokens per example (texts are truncated, templates never)"""
+    options: dict[str, Any] = field(default_factory=dict)
+    """options of the chosen entries (e.g. lora_r for trains='lora'); missing ones take their defaults"""
+
+    def __post_init__(self) -> None:
+        entries = {axis: AXES[axis].get(getattr(self, axis)) for axis in AXIS_NAMES}
+        owner = {name: axis for axis, entry in entries.items() for name in entry.option_names()}
+        for name in self.options:
+            if name not in owner:
+                raise ConfigError(misplaced_option(name, self))
+        self._parsed = {axis: entry.make_options({k: v for k, v in self.options.items() if owner[k] == axis})
+                        for axis, entry in entries.items()}
+        self.options = {name: getattr(self._parsed[axis], name) for name, axis in owner.items()}
+        if not isinstance(self.max_length, int) or self.max_length < 8:
+            raise ConfigError(f"max_length={self.max_length!r} is too small: use 8 or more tokens")
+        reads, gives = entries["head"].trait("reads"), entries["readout"].trait("reads")
+        if gives != "any" and reads != gives:
+            raise ConfigError(f"head={self.head!r} reads a {reads}, but readout={self.readout!r} gives a {gives}; "
+                              f"choose a readout that gives a {reads} ("
+                              f"{', '.join(e.name for e in AXES['readout'] if e.trait('reads') == reads)})")
+        for entry in entries.values():
+            for axis, allowed in entry.requires.items():
+                deferred = entries[axis].trait("resolve") is not None  # checked again once resolved
+                if getattr(self, axis) not in allowed and not deferred:
+                    raise ConfigError(f"{entry.axis}={entry.name!r} needs {axis} "
+                                      f"{' or '.join(repr(a) for a in allowed)}, not {getattr(self, axis)!r}")
+            if entry.check is not None:
+                entry.check(self)
+
+    def resolved(self, backbone: Any) -> "ClassifierConfig":
+        """This configuration with every entry that is chosen when the classifier is built (``auto``)
+        replaced by what it resolves to on ``backbone``."""
+        config = self
+        for axis in AXIS_NAMES:
+            resolve = config.entry(axis).trait("resolve")
+            if resolve is not None:
+                config = dataclasses.replace(config, **{axis: resolve(config, backbone)})
+        return config
+
+    def entry(self, axis: str) -> Entry:
+        return AXES[axis].get(getattr(self, axis))
+
+    def of(self, axis: str) -> Any:
+        """The options dataclass of the entry chosen on ``axis``."""
+        return self._parsed[axis]
+
+    @property
+    def needs_mlm_head(self) -> bool:
+        """Does any chosen entry need the backbone's pretrained MLM head?"""
+        for axis in AXIS_NAMES:
+            need = self.entry(axis).trait("needs_mlm_head", False)
+            if need(self.of(axis)) if callable(need) else need:
+                return True
+        return False
+
+    @property
+    def uses_label_words(self) -> bool:
+        return bool(self.entry("head").trait("uses_label_words", False))
+
+    def to_dict(self) -> dict:
+        return {**{axis: getattr(self, axis) for axis in AXIS_NAMES}, "max_length": self.max_length,
+                "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ClassifierConfig":
+        """From ``to_dict()``; also reads the flat configuration of tailtune 0.1 artefacts."""
+        if "options" in d:
+            return cls(**{k: d[k] for k in (*AXIS_NAMES, "max_length", "options") if k in d})
+        return from_flat(d)
+
+
+def owned_options(axes: Mapping[str, str]) -> set[str]:
+    """The option names of the entries ``axes`` chooses (axes left out take their defaults)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ClassifierConfig) if f.name in AXIS_NAMES}
+    return {n for a in AXIS_NAMES for n in AXES[a].get(axes.get(a, defaults[a])).option_names()}
+
+
+def misplaced_option(name: str, config: Any) -> str:
+    """Why ``name`` is not an option of this configuration, and what to do."""
+    owners = all_options().get(name)
+    if not owners:
+        return (f"unknown option {name!r}{did_you_mean(name, list(all_options()) + list(AXIS_NAMES))}; "
+                f"`tailtune axes` lists every option")
+    where = " or ".join(f"{e.axis}={e.name!r}" for e in owners)
+    now = ", ".join(f"{e.axis}={getattr(config, e.axis)!r}" for e in {e.axis: e for e in owners}.values())
+    return (f"option {name!r} belongs to {where}, but this classifier has {now}: choose "
+            f"{owners[0].axis}={owners[0].name!r} (--{owners[0].axis.replace('_', '-')} {owners[0].name}) "
+            f"or drop {name}")
+
+
+def from_flat(d: Mapping[str, Any]) -> ClassifierConfig:
+    """The flat configuration of tailtune 0.1 (format 1) as a ClassifierConfig."""
+    d = dict(d)
+    head = d.get("head", "mlp")
+    template_input = d.get("input_format", "plain") == "template"
+    axes = {"input_format": d.get("input_format", "plain"),
+            "readout": "tokens" if head == "label-decoder" else ("mask" if template_input else "cls"),
+            "head": head, "trains": d.get("trains", "all"), "objective": d.get("loss", "ce"),
+            "calibration": "none" if d.get("eta") is None else "eta-norm"}
+    if head == "label-decoder":
+        d.setdefault("label_pointer", "task")  # saved before the pointer was an option
+    owned = owned_options(axes)
+    options = {k: v for k, v in d.items() if k in owned}
+    return ClassifierConfig(**axes, max_length=d.get("max_length", 128), options=options)
+
+
+# ---------------------------------------------------------------- presets
+
+class Preset(NamedTuple):
+    values: dict  # axis entries and options
+    description: str
+
+
+_PROMPT = {"input_format": "template", "readout": "mask", "head": "verbalizer"}
+_CLS = {"readout": "cls"}  # CLS-tuning reads [CLS] by definition, whatever the backbone declares
+
+# name -> values over the axes. Every row of the long-tail paper's grid keeps its paper definition.
+PRESETS: dict[str, Preset] = {
+    "cls": Preset(dict(_CLS), "CLS-tuning: tanh MLP head on [CLS], all weights, cross-entropy"),
+    "cls-relu": Preset({**_CLS, "activation": "relu"}, "CLS-tuning with a ReLU MLP head"),
+    "cls-eta-norm": Preset({**_CLS, "calibration": "eta-norm"},
+                           "CLS-tuning, class scores divided by ||w_c||^1.1 at prediction"),
+    "cls-focal": Preset({**_CLS, "objective": "focal"}, "CLS-tuning with focal loss (γ=1)"),
+    "cls-prompt": Preset({"input_format": "template", "readout": "mask"},
+                         "CLS-tuning w/ prompt: template input, MLP head on [MASK]"),
+    "cls-ln": Preset({**_CLS, "layer_norm": "fresh"}, "CLS-tuning w/ LN: LayerNorm before the output layer"),
+    "cls-pt-ln": Preset({**_CLS, "layer_norm": "pretrained"}, "CLS-tuning w/ pt. LN: that LayerNorm from the MLM head"),
+    "prompt": Preset(dict(_PROMPT), "prompt-tuning: template, pretrained MLM head + verbalizer"),
+    "prompt-ed": Preset({**_PROMPT, "decouple_embeddings": True},
+                        "prompt-tuning w/ ed.: output embeddings decoupled from input embeddings"),
+    "prompt-focal": Preset({**_PROMPT, "objective": "focal"}, "prompt-tuning with focal loss"),
+    "prompt-eta-norm": Preset({**_PROMPT, "calibration": "eta-norm"}, "prompt-tuning with η-norm at prediction"),
+    "linear-probe": Preset({**_CLS, "trains": "head"}, "frozen backbone, only the MLP head trains"),
+    "bitfit": Preset({**_CLS, "trains": "bitfit"}, "CLS head; of the backbone only the biases train (BitFit)"),
+    "adapter": Preset({**_CLS, "trains": "adapter"}, "CLS head; Houlsby adapters after attention and FFN, backbone frozen"),
+    "adapter-pfeiffer": Preset({**_CLS, "trains": "adapter", "adapter_kind": "pfeiffer"},
+                               "CLS head; Pfeiffer adapters after the FFN, backbone frozen"),
+    "prompt-adapter": Preset({**_PROMPT, "trains": "adapter"},
+                             "prompt-tuning head with Houlsby adapters, backbone frozen"),
+    "lora": Preset({**_CLS, "trains": "lora"}, "CLS head; LoRA (r=8, α=16) on query and value, backbone frozen (via PEFT)"),
+    "prompt-lora": Preset({**_PROMPT, "trains": "lora"}, "prompt-tuning head with LoRA, backbone frozen"),
+    "prefix": Preset({**_CLS, "trains": "prefix"}, "CLS head; 4 trainable key/value prefixes in every layer, backbone frozen"),
+    "prompt-prefix": Preset({**_PROMPT, "trains": "prefix"}, "prompt-tuning head with prefix tuning, backbone frozen"),
+    "y-tuning": Preset({"readout": "tokens", "head": "label-decoder", "trains": "head", "objective": "triplet",
+                        "margin": 0.2, "decoder_width": 128},
+                       "Y-Tuning: frozen backbone; label embeddings + a 2-layer width-128 decoder over the text "
+                       "features, linear label pointer; triplet loss (margin 0.2); features cached in training"),
+    "y-tuning-ce": Preset({"readout": "tokens", "head": "label-decoder", "trains": "head", "decoder_width": 128},
+                          "Y-Tuning with cross-entropy instead of the triplet loss"),
+    "soft-prompt": Preset({**_PROMPT, "trains": "prompt", "soft_tokens": 20},
+                          "20 soft tokens before the template, MLM head + verbalizer; backbone frozen "
+                          "(with hard template words: a hybrid prompt)"),
+}
+
+
+def config_from_preset(preset: str, defaults: Mapping[str, Any] | None = None, **overrides: Any) -> ClassifierConfig:
+    """A preset with axis entries and options overridden.
+
+    ``overrides`` may name axes (``trains="lora"``), ``max_length`` and options; an option that
+    belongs to no chosen entry is an error. A preset's own options are dropped when an override
+    moves their axis to another entry. ``defaults`` are options offered by the context (a
+    dataset's template and label words): each applies only where a chosen entry takes it and
+    neither the preset nor an override set it.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}{did_you_mean(preset, PRESETS)}; "
+                          f"`tailtune presets` lists them: {', '.join(PRESETS)}")
+    values = dict(PRESETS[preset].values)
+    axes = {a: values.pop(a) for a in AXIS_NAMES if a in values}
+    max_length = values.pop("max_length", None)
+    user = {}
+    for key, value in overrides.items():
+        if key in AXIS_NAMES:
+            if value is not None:
+                axes[key] = value
+        elif key == "max_length":
+            max_length = value if value is not None else max_length
+        else:
+            user[key] = value
+    owned = owned_options(axes)  # the options of the chosen entries
+    options = {k: v for k, v in (defaults or {}).items() if k in owned}
+    options.update({k: v for k, v in values.items() if k in owned})  # the preset's own win over context
+    options.update(user)  # and the user's over both; foreign options raise in ClassifierConfig
+    return ClassifierConfig(**axes, **({"max_length": max_length} if max_length is not None else {}),
+                            options=options)
+
+
+def _options_text(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items() if k not in AXIS_NAMES) or "–"
+
+
+def preset_table() -> str:
+    """The README's preset table, generated from the registry (a test keeps the README equal)."""
+    rows = ["| preset | " + " | ".join(AXIS_NAMES) + " | options | what it is |",
+            "|---|" + "---|" * (len(AXIS_NAMES) + 2)]
+    for name, preset in PRESETS.items():
+        cfg = config_from_preset(name)
+        axes = " | ".join(f"`{getattr(cfg, a)}`" for a in AXIS_NAMES)
+        rows.append(f"| `{name}` | {axes} | {_options_text(preset.values)} | {preset.description} |")
+    return "\n".join(rows)
+
+
+def axes_table() -> str:
+    """Every registered entry of every axis with its options and defaults (the README's axes table)."""
+    rows = ["| axis | entry | options (default) | what it is |", "|---|---|---|---|"]
+    for axis, registry in AXES.items():
+        for entry in registry:
+            opts = ", ".join(f"`{f.name}` ({_default(f)})" for f in entry.option_fields()) or "–"
+            rows.append(f"| {axis} | `{entry.name}` | {opts} | {entry.description} |")
+    return "\n".join(rows)
+
+
+def _default(f: dataclasses.Field) -> str:
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return "none" if value is None else str(value)

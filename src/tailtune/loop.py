@@ -1,0 +1,382 @@
+"""The one training loop: classification, masked-LM adaptation and prompt pre-training all run here.
+
+The loop knows no method by name. A *job* supplies the micro-batches of each epoch, the loss of a
+micro-batch and the role of each trainable parameter (which learning rate it gets); the loop does
+the rest: AdamW (no decay on biases and LayerNorms), linear warm-up then linear decay, gradient
+accumulation, clipping, a stop on a non-finite loss or gradient, dev evaluation with the best
+parameters kept, early stopping, resumable checkpoints, progress and peak memory.
+
+Resuming gives the same run as never stopping: a job's batches depend only on its seed and the
+epoch, and a checkpoint holds the parameters, the optimiser's moments, the step, the RNG states,
+the best parameters so far and the history (safetensors + JSON, no pickle).
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from .artefacts import load_checkpoint, save_checkpoint
+from .device import resolve_device
+from .errors import ConfigError, TrainingError
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every preset. Field docstrings double as CLI help."""
+
+    epochs: float = 3.0
+    """passes over the training data (fractions allowed)"""
+    steps: int | None = None
+    """optimisation steps in all (none: from epochs)"""
+    batch_size: int = 16
+    """examples per micro-batch"""
+    grad_accum: int = 1
+    """micro-batches per optimisation step (gradient accumulation): the effective batch is batch_size x grad_accum"""
+    lr: float = 5e-5
+    """AdamW learning rate of the backbone"""
+    head_lr: float | None = None
+    """learning rate of the head (none: same as lr)"""
+    module_lr: float | None = None
+    """learning rate of task-module parameters: adapters, LoRA, prefixes, soft prompts, BitFit biases (none: lr)"""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not on biases and LayerNorms)"""
+    warmup_ratio: float = 0.1
+    """share of steps with linear warm-up, then linear decay"""
+    max_grad_norm: float = 1.0
+    """gradient clipping (global norm)"""
+    eval_every: int | None = None
+    """evaluate on dev every N optimisation steps (none: once per epoch)"""
+    patience: int | None = None
+    """stop after this many evaluations without a better dev macro-F1 (none: never)"""
+    save_every: int | None = None
+    """with a checkpoint directory: write a resumable checkpoint every N steps (none: at every dev evaluation)"""
+    seed: int = 42
+    """seed for initialisation, dropout and batch order"""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N"""
+    bf16: bool = False
+    """bfloat16 autocast (faster on GPUs and on CPUs with AMX; slower on CPUs without it)"""
+    eval_batch_size: int = 64
+    """examples per prediction batch"""
+    cache_features: bool = True
+    """when nothing before the head trains (e.g. Y-Tuning), encode each training text once and reuse it"""
+    progress: bool = True
+    """show a progress bar"""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "lr", "eval_batch_size", "head_lr", "module_lr", "grad_accum",
+                     "steps", "save_every", "eval_every", "patience"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigError(f"{name}={value!r}: must be a number > 0")
+        for name in ("batch_size", "grad_accum", "eval_batch_size"):
+            if not float(getattr(self, name)).is_integer():
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be a whole number")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio={self.warmup_ratio!r}: must be in [0, 1)")
+        if self.weight_decay < 0 or self.max_grad_norm <= 0:
+            raise ConfigError(f"need weight_decay >= 0 and max_grad_norm > 0, got {self.weight_decay}, "
+                              f"{self.max_grad_norm}")
+        resolve_device(self.device)  # a device that is not there fails now, not after loading a model
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# settings that do not change what a run computes: a checkpoint may be resumed with other values
+NOT_RESULT_SETTINGS = ("device", "progress", "eval_batch_size", "save_every")
+
+
+@dataclass
+class TrainResult:
+    best_dev_macro_f1: float | None
+    best_step: int
+    steps: int
+    epochs_run: float
+    seconds: float
+    history: list = field(default_factory=list)
+    peak_memory_mb: float | None = None  # peak resident memory (CPU) or allocated memory (CUDA)
+
+
+class Job(Protocol):
+    """What the loop trains."""
+
+    model: torch.nn.Module
+    micro_batches: int  # per epoch
+    settings: dict  # what must be equal for a checkpoint to be resumed
+
+    def batches(self, epoch: int) -> list: ...
+
+    def loss(self, batch: Any, step: int) -> torch.Tensor: ...
+
+    def param_roles(self) -> dict[str, str]: ...
+
+
+class PeakMemory:
+    """Peak memory while a block runs: CUDA allocator peak, or resident set size sampled every 50 ms."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak_mb, self._stop = device, None, None
+
+    @staticmethod
+    def _rss_mb() -> float | None:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError):
+            return None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        self._stop = threading.Event()
+        self.peak_mb = self._rss_mb()
+
+        def sample() -> None:
+            while not self._stop.wait(0.05):
+                now = self._rss_mb()
+                if now is not None:
+                    self.peak_mb = max(self.peak_mb or 0.0, now)
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+
+
+def param_groups(model: torch.nn.Module, roles: dict[str, str], cfg: TrainConfig) -> list[dict]:
+    """AdamW groups by (learning rate, weight decay): ``lr`` for the backbone, ``head_lr`` for the
+    head, ``module_lr`` for task modules; no weight decay on biases and LayerNorms."""
+    rate = {"backbone": cfg.lr, "head": cfg.head_lr or cfg.lr, "module": cfg.module_lr or cfg.lr}
+    groups: dict[tuple, list] = {}
+    for name, p in model.named_parameters():
+        if name in roles:
+            no_decay = p.ndim < 2 or "norm" in name.lower()
+            groups.setdefault((rate[roles[name]], 0.0 if no_decay else cfg.weight_decay), []).append(p)
+    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+
+
+def adamw(groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
+    """Fused AdamW where torch has it: ~8x faster steps on CPU for a MiniLM-sized model."""
+    try:
+        return torch.optim.AdamW(groups, fused=device.type in ("cpu", "cuda"))
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups)
+
+
+def schedule(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
+    return (step + 1) / (warmup + 1) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"].to(torch.uint8).cpu())
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].to(torch.uint8).cpu(), device)
+
+
+class _Checkpoints:
+    """Where a run's checkpoints go and how they come back."""
+
+    GROUPS = ("params", "optimizer", "best", "rng")
+
+    def __init__(self, directory: str | Path | None, settings: dict, resume: bool) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self.settings, self.resume = settings, resume
+        self.last_step: int | None = None
+
+    def load(self, device: torch.device) -> tuple[dict, dict] | None:
+        if self.directory is None:
+            if self.resume:
+                raise ConfigError("resume needs a checkpoint directory")
+            return None
+        found = load_checkpoint(self.directory, self.GROUPS, str(device))
+        if found is None:
+            if self.resume:
+                raise ConfigError(f"nothing to resume: {self.directory} holds no checkpoint (a run writes one at "
+                                  f"every dev evaluation or every --save-every steps)")
+            return None
+        tensors, state = found
+        if not self.resume:
+            raise ConfigError(f"{self.directory} holds a checkpoint of an unfinished run (step {state.get('step')}); "
+                              f"continue it with --resume (resume=True), or start over with --overwrite")
+        diff = _differences(state.get("settings", {}), self.settings)
+        if diff:
+            raise ConfigError(f"the checkpoint in {self.directory} is of a run with other settings ("
+                              f"{'; '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}); resume with the same "
+                              f"settings, or start over with --overwrite")
+        self.last_step = state["step"]
+        return tensors, state
+
+    def save(self, named: dict, optimizer: torch.optim.Optimizer, best: dict | None, device: torch.device,
+             state: dict) -> None:
+        if self.directory is None:
+            return
+        bad = [n for n, p in named.items() if not bool(torch.isfinite(p).all())]
+        if bad:  # never keep a broken state
+            raise TrainingError(f"training diverged at step {state['step']}: parameters {bad[:3]} are not finite")
+        moments = {}
+        for name, p in named.items():
+            for key, value in optimizer.state.get(p, {}).items():
+                moments[f"{name}::{key}"] = value.reshape(-1) if value.dim() == 0 else value
+        save_checkpoint(self.directory, {"params": named, "optimizer": moments, "best": best or {},
+                                         "rng": _rng_state(device)},
+                        {**state, "settings": self.settings})
+        self.last_step = state["step"]
+
+
+def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, *,
+        checkpoint_dir: str | Path | None = None, resume: bool = False, metric: str = "macro_f1",
+        log: Callable[[str], None] | None = None, before: Callable[[], None] | None = None) -> TrainResult:
+    """Train ``job.model`` in place; with ``evaluate``, keep the parameters with the best dev ``metric``.
+
+    ``evaluate()`` returns a dict of dev metrics; it runs every ``cfg.eval_every`` steps (default:
+    each epoch) and after the last step. ``before()`` runs inside the timed region before the
+    first step (e.g. caching frozen features). With ``checkpoint_dir`` a checkpoint is written at
+    every evaluation (or every ``cfg.save_every`` steps); ``resume`` continues from it.
+    """
+    device = resolve_device(cfg.device)
+    model = job.model
+    model.to(device).train()
+    torch.manual_seed(cfg.seed)
+    roles = job.param_roles()
+    named = {n: p for n, p in model.named_parameters() if n in roles}
+    if not named:
+        raise ConfigError("nothing to train: every parameter is frozen")
+    params = list(named.values())
+    accum = int(cfg.grad_accum)
+    steps_per_epoch = max(1, math.ceil(job.micro_batches / accum))
+    total = cfg.steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    warmup = int(total * cfg.warmup_ratio)
+    optimizer = adamw(param_groups(model, roles, cfg), device)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    eval_every = cfg.eval_every or steps_per_epoch
+    checkpoints = _Checkpoints(checkpoint_dir, job.settings, resume)
+
+    state = {"step": 0, "epoch": 0, "window": 0, "history": [], "best": None, "best_step": 0, "bad_evals": 0,
+             "seconds": 0.0, "stopped": False, "total_steps": total}
+    best_state: dict | None = None
+    found = checkpoints.load(device)
+    if found is not None:
+        tensors, saved = found
+        state.update({k: saved[k] for k in state if k in saved})
+        with torch.no_grad():
+            for n, p in named.items():
+                p.copy_(tensors["params"][n])
+                moments = {k.split("::", 1)[1]: v for k, v in tensors["optimizer"].items() if k.startswith(n + "::")}
+                if moments:
+                    optimizer.state[p] = {k: (v.reshape(()) if k == "step" else v) for k, v in moments.items()}
+        best_state = tensors["best"] or None
+        _set_rng_state(tensors["rng"], device)
+        if log:
+            log(f"resuming from {checkpoints.directory} at step {state['step']} of {total}")
+
+    start = time.perf_counter()
+    bar = tqdm(total=total, initial=state["step"], disable=not cfg.progress, desc="train")
+
+    def elapsed() -> float:
+        return state["seconds"] + time.perf_counter() - start
+
+    def checkpoint() -> None:
+        checkpoints.save(named, optimizer, best_state, device, {**state, "seconds": elapsed()})
+
+    with PeakMemory(device) as memory:
+        if before is not None:
+            before()
+        step = state["step"]
+        while step < total and not state["stopped"]:
+            batches = job.batches(state["epoch"])
+            windows = [batches[i:i + accum] for i in range(0, len(batches), accum)]
+            for w in range(state["window"], len(windows)):
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base * schedule(step, total, warmup)
+                losses = []
+                for b in windows[w]:
+                    loss = job.loss(b, step)
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise _diverged(step + 1, total, f"the loss is {value}", cfg, checkpoints)
+                    (loss / len(windows[w]) if len(windows[w]) > 1 else loss).backward()
+                    losses.append(value)
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                if not bool(torch.isfinite(norm)):
+                    raise _diverged(step + 1, total, f"the gradient norm is {norm.item()}", cfg, checkpoints)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                state.update(step=step, window=w + 1)
+                bar.update(1)
+                record = {"step": step, "loss": sum(losses) / len(losses)}
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                evaluated = evaluate is not None and (step % eval_every == 0 or step == total)
+                if evaluated:
+                    metrics = evaluate()
+                    model.train()
+                    record.update({"dev_" + k: v for k, v in metrics.items() if isinstance(v, float)})
+                    if state["best"] is None or metrics[metric] > state["best"]:
+                        state.update(best=metrics[metric], best_step=step, bad_evals=0)
+                        best_state = {n: p.detach().clone() for n, p in named.items()}
+                    else:
+                        state["bad_evals"] += 1
+                        state["stopped"] = cfg.patience is not None and state["bad_evals"] >= cfg.patience
+                    if log:
+                        log(f"step {step}/{total} (epoch {step / steps_per_epoch:.2f}): loss {record['loss']:.4f}, "
+                            f"dev {metric} {metrics[metric]:.4f}, best {state['best']:.4f} at step "
+                            f"{state['best_step']}" + ("; stopping early" if state["stopped"] else ""))
+                state["history"].append(record)
+                if cfg.save_every is not None and step % cfg.save_every == 0 or (cfg.save_every is None and evaluated):
+                    checkpoint()
+                if step >= total or state["stopped"]:
+                    break
+            if state["window"] >= len(windows):  # the epoch is complete
+                state.update(epoch=state["epoch"] + 1, window=0)
+        bar.close()
+    if best_state is not None:
+        with torch.no_grad():
+            for n, p in named.items():
+                if n in best_state:
+                    p.copy_(best_state[n])
+    model.eval()
+    return TrainResult(state["best"], state["best_step"], step, step / steps_per_epoch, elapsed(),
+                       state["history"], memory.peak_mb)
+
+
+def _diverged(step: int, total: int, what: str, cfg: TrainConfig, checkpoints: _Checkpoints) -> TrainingError:
+    rates = ", ".join(f"{k} {getattr(cfg, k)}" for k in ("lr", "head_lr", "module_lr") if getattr(cfg, k) is not None)
+    kept = (f" The last good checkpoint (step {checkpoints.last_step}) is in {checkpoints.directory}."
+            if checkpoints.last_step else "")
+    return TrainingError(f"training diverged at step {step} of {total}: {what}, so nothing of this run is kept or "
+                         f"saved.{kept} Try a learning rate 10x lower (now: {rates})"
+                         f"{', or without --bf16' if cfg.bf16 else ''}.")

@@ -1,0 +1,1 @@
+"""Training stages beyond one classifier fit: masked-LM adaptation (``lm``) and prompt pre-training (``ppt``)."""
