@@ -39,7 +39,8 @@ def make_models(root: Path, n: int) -> None:
             if path.exists():
                 continue
             torch.manual_seed(i)
-            tt.build_classifier(tt.config_from_preset(preset, max_length=64), [f"c{j}" for j in range(4 + i)]).save(path)
+            tt.save_classifier(tt.build_classifier(tt.config_from_preset(preset, max_length=64),
+                                                   [f"c{j}" for j in range(4 + i)]), path, overwrite=True)
 
 
 def measure(root: Path, mode: str, n: int) -> dict:

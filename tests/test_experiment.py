@@ -105,3 +105,21 @@ def test_preset_backbone_template_style_shards_and_empty_texts(tiny_bert, tmp_pa
     path.write_text(yaml.safe_dump({**cfg, "output_dir": str(tmp_path / "out2")}))
     with pytest.raises(Exception, match="empty text.*allow_empty"):
         run_experiment(load_experiment(path), log=lambda *_: None)
+
+
+def test_every_benchmark_yaml_resolves_on_the_shared_data():
+    """The shipped experiment files still describe valid runs (options, templates, files), checked the way
+    `tailtune run` checks them before training."""
+    import os
+    from pathlib import Path
+
+    import pytest
+
+    from tailtune.experiment import planned_runs, resolve
+    data = Path(os.environ.get("TAILTUNE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    if not (data / "longtail" / "trec50").is_dir():
+        pytest.skip(f"no shared data at {data}")
+    for path in sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.yaml")):
+        cfg = load_experiment(path, str(data))
+        for run in planned_runs(cfg):
+            assert resolve(cfg, *run)[0].settings_hash

@@ -68,13 +68,13 @@ class ClassifierConfig:
                               f"choose a readout that gives a {reads} ("
                               f"{', '.join(e.name for e in AXES['readout'] if e.trait('reads') == reads)})")
         for entry in entries.values():
+            if entry.check is not None:
+                entry.check(self)
             for axis, allowed in entry.requires.items():
                 deferred = entries[axis].trait("resolve") is not None  # checked again once resolved
                 if getattr(self, axis) not in allowed and not deferred:
                     raise ConfigError(f"{entry.axis}={entry.name!r} needs {axis} "
                                       f"{' or '.join(repr(a) for a in allowed)}, not {getattr(self, axis)!r}")
-            if entry.check is not None:
-                entry.check(self)
 
     def resolved(self, backbone: Any) -> "ClassifierConfig":
         """This configuration with every entry that is chosen when the classifier is built (``auto``)

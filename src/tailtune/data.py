@@ -152,9 +152,8 @@ def _check_quotes(path: Path, row: list[str], start: int, end: int, n_lines: int
     for field in row:
         if "\n" not in field:
             continue
-        inner = field.splitlines()[1:]
         looks_like_rows = any(delimiter in line and (delimiter == "\t" or len(next(csv.reader([line]))) == n_fields)
-                              for line in inner)
+                              for line in field.splitlines())
         if looks_like_rows or (end >= n_lines and field.endswith("\n")):
             raise DataError(f"{path}, line {start}: a quote opened on this line is not closed before line {end}"
                             f"{' (the end of the file)' if end >= n_lines else ''}, so {end - start + 1} lines were "

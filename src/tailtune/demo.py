@@ -42,7 +42,7 @@ CLOSERS = ["", " Thanks.", " Thank you!", " Please help.", " This is urgent.", "
 
 def make_demo_data(seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     rng = random.Random(seed)
-    def message(phrases):
+    def message(phrases: list[str]) -> str:
         return (rng.choice(OPENERS) + rng.choice(phrases) + rng.choice(CLOSERS)).strip()
     train = [(message(ph[:-1]), y) for y, (n, ph) in INTENTS.items() for _ in range(n)]
     test = [(message(ph[-1:]), y) for y, (n, ph) in INTENTS.items() for _ in range(max(2, n // 4))]

@@ -374,7 +374,7 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
 
 
 def _diverged(step: int, total: int, what: str, cfg: TrainConfig, checkpoints: _Checkpoints) -> TrainingError:
-    rates = ", ".join(f"{k} {getattr(cfg, k)}" for k in ("lr", "head_lr", "module_lr") if getattr(cfg, k) is not None)
+    rates = ", ".join(f"{k} {getattr(cfg, k):g}" for k in ("lr", "head_lr", "module_lr") if getattr(cfg, k) is not None)
     kept = (f" The last good checkpoint (step {checkpoints.last_step}) is in {checkpoints.directory}."
             if checkpoints.last_step else "")
     return TrainingError(f"training diverged at step {step} of {total}: {what}, so nothing of this run is kept or "

@@ -10,7 +10,7 @@ from transformers.activations import ACT2FN
 
 from ..errors import ConfigError
 from ..registry import TRAINS, BuildContext, check_choice, check_min
-from . import Mechanism
+from .mechanisms import Mechanism
 
 # sublayer output projections, after which Houlsby (attn + ffn) and Pfeiffer (ffn) adapters sit
 _ATTN_OUT = (r"layer\.(\d+)\.attention\.output\.dense$", r"layer\.(\d+)\.attention\.out_lin$")

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import TRAINS, BuildContext, check_min
-from . import Mechanism
+from .mechanisms import Mechanism
 from .routing import Owner, TaskRouter
 
 # attention projections LoRA adapts by default (query and value, as in Hu et al., 2021)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import TRAINS, BuildContext, check_min
-from . import Mechanism
+from .mechanisms import Mechanism
 from .routing import TaskRouter
 
 # the self-attention modules whose keys and values prefixes extend

@@ -1,0 +1,99 @@
+"""The package's shape: module sizes, type hints, no import cycle, README tables from the registry."""
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tailtune"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every tailtune module ``name`` imports, at module level or inside functions."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                root = ".".join(base + ([node.module] if node.module else []))
+            else:
+                root = node.module or ""
+            targets = [f"{root}.{a.name}" if f"{root}.{a.name}" in modules else root for a in node.names]
+        found |= {t for t in targets if t in modules and t != name}
+    return found
+
+
+def test_no_module_over_500_lines():
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert max(sizes.values()) <= 500, {k: v for k, v in sizes.items() if v > 500}
+
+
+def test_type_hints_on_most_functions():
+    total = hinted = 0
+    missing = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = [a for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                        if a.arg not in ("self", "cls")] + [a for a in (node.args.vararg, node.args.kwarg) if a]
+                ok = all(a.annotation is not None for a in args) and (node.returns is not None or node.name == "__init__")
+                total += 1
+                hinted += ok
+                if not ok:
+                    missing.append(f"{path.name}:{node.name}")
+    assert hinted / total >= 0.9, missing
+
+
+def test_no_import_cycle():
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                pytest.fail("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+
+
+@pytest.mark.parametrize("marker,make", [("presets", "preset_table"), ("axes", "axes_table")])
+def test_readme_tables_come_from_the_registry(marker, make):
+    import tailtune.config as config
+    text = README.read_text()
+    m = re.search(rf"<!-- {marker}:start.*?-->\n(.*?)\n<!-- {marker}:end -->", text, re.S)
+    assert m, f"README has no <!-- {marker}:start --> ... <!-- {marker}:end --> block"
+    assert m.group(1).strip() == getattr(config, make)().strip(), \
+        f"the README's {marker} table is stale: paste the output of `tailtune {marker if marker == 'axes' else 'presets'} --markdown`"
+
+
+def test_option_names_are_unique_across_axes():
+    import tailtune as tt
+    owners: dict[str, str] = {}
+    for axis, registry in tt.AXES.items():
+        for entry in registry:
+            for name in entry.option_names():
+                assert owners.setdefault(name, axis) == axis, f"option {name!r} is declared on two axes"
