@@ -80,3 +80,34 @@ def test_eta_norm_applies_at_prediction_only(tiny_bert):
     raw = torch.randn(2, 2)
     norms = model.head.out.weight.norm(dim=-1)
     torch.testing.assert_close(model.calibrate(raw), raw / norms ** 1.1)
+
+
+def test_pooling_readouts_leave_padding_out(tiny_bert):
+    from tailtune.readouts import MaxPool, MeanPool
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, -4.0], [100.0, 100.0]]])  # (1, 3, 2); the last token is padding
+    mask = torch.tensor([[1, 1, 0]])
+    torch.testing.assert_close(MeanPool()(hidden, mask, None)[0], torch.tensor([[2.0, -1.0]]))
+    torch.testing.assert_close(MaxPool()(hidden, mask, None)[0], torch.tensor([[3.0, 2.0]]))
+    layered = hidden[:, :, None].expand(1, 3, 4, 2)  # (batch, seq, layers, hidden): every layer pooled alike
+    torch.testing.assert_close(MeanPool()(layered, mask, None)[0], torch.tensor([[2.0, -1.0]]).expand(1, 4, 2))
+    model = tt.build_classifier(tt.config_from_preset("cls", readout="mean"), ["a", "b"], tiny_bert).eval()
+    one = model.encode(["the movie was great"])
+    two = model.encode(["the movie was great", "a bad game and the film was terrible news"])
+    from tailtune.train import predict_logits
+    torch.testing.assert_close(predict_logits(model, one), predict_logits(model, two)[:1], atol=1e-5, rtol=1e-4)
+
+
+def test_auto_readout_follows_what_the_backbone_declares(tiny_bert, tmp_path):
+    import json
+    import shutil
+    shutil.copytree(tiny_bert, tmp_path / "st")
+    (tmp_path / "st" / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (tmp_path / "st" / "1_Pooling").mkdir()
+    (tmp_path / "st" / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": True}))
+    auto = tt.ClassifierConfig()
+    assert tt.build_classifier(auto, ["a", "b"], str(tmp_path / "st")).config.readout == "max"
+    assert tt.build_classifier(auto, ["a", "b"], tiny_bert).config.readout == "cls"  # declares nothing
+    assert tt.build_classifier(tt.config_from_preset("cls"), ["a", "b"], str(tmp_path / "st")).config.readout == "cls"

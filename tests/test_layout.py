@@ -87,7 +87,7 @@ def test_readme_tables_come_from_the_registry(marker, make):
     m = re.search(rf"<!-- {marker}:start.*?-->\n(.*?)\n<!-- {marker}:end -->", text, re.S)
     assert m, f"README has no <!-- {marker}:start --> ... <!-- {marker}:end --> block"
     assert m.group(1).strip() == getattr(config, make)().strip(), \
-        f"the README's {marker} table is stale: paste the output of `tailtune {marker if marker == 'axes' else 'presets'} --markdown`"
+        f"the README's {marker} table is stale: run python scripts/update_readme_tables.py"
 
 
 def test_option_names_are_unique_across_axes():

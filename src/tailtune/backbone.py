@@ -155,11 +155,37 @@ def load_backbone(name: str | None = None, with_mlm_head: bool = False,
     with _loading(name):
         if not with_mlm_head:
             encoder = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
-            return Backbone(drop_pooler(encoder), tokenizer, name or DEFAULT_BACKBONE)
+            return Backbone(drop_pooler(encoder), tokenizer, name or DEFAULT_BACKBONE, None, declared_pooling(name))
         mlm_model, info = AutoModelForMaskedLM.from_pretrained(
             path, trust_remote_code=trust_remote_code, output_loading_info=True)
     parts = mlm_parts(mlm_model, info.get("missing_keys", []))
-    return Backbone(drop_pooler(mlm_model.base_model), tokenizer, name or DEFAULT_BACKBONE, parts)
+    return Backbone(drop_pooler(mlm_model.base_model), tokenizer, name or DEFAULT_BACKBONE, parts,
+                    declared_pooling(name))
+
+
+def declared_pooling(name: str | None) -> str | None:
+    """The pooling a sentence-transformers checkpoint declares (``modules.json`` and its Pooling
+    module's ``config.json``): ``mean``, ``max`` or ``cls``; None when it declares none."""
+    import json
+
+    from transformers.utils import cached_file
+    path = resolve_name(name)
+
+    def read(filename: str) -> Any:
+        try:
+            found = cached_file(path, filename, _raise_exceptions_for_missing_entries=False,
+                                _raise_exceptions_for_connection_errors=False)
+        except (OSError, ValueError):
+            return None
+        return json.loads(open(found, encoding="utf-8").read()) if found else None
+    modules = read("modules.json")
+    pooling = next((m for m in modules or [] if str(m.get("type", "")).endswith("Pooling")), None)
+    config = read(f"{pooling['path']}/config.json") if pooling and pooling.get("path") else None
+    for key, mode in (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
+                      ("pooling_mode_max_tokens", "max")):
+        if (config or {}).get(key):
+            return mode
+    return None
 
 
 def mlm_parts(mlm_model: nn.Module, missing_keys: Any = ()) -> MLMParts:

@@ -36,7 +36,7 @@ class ClassifierConfig:
     """input format: plain ([CLS] text [SEP]) or template (a prompt with a [MASK])"""
     readout: str = "auto"
     """what the head reads: auto (chosen by the head, input and backbone), cls (first token), mask (the template's
-    [MASK]) or tokens (every token)"""
+    [MASK]), mean or max (pooled tokens) or tokens (every token)"""
     head: str = "mlp"
     """head: mlp (MLP on the read vector), verbalizer (pretrained MLM head + label words) or label-decoder (Y-Tuning)"""
     trains: str = "all"
@@ -234,8 +234,12 @@ def config_from_preset(preset: str, defaults: Mapping[str, Any] | None = None, *
                             options=options)
 
 
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|")  # a literal pipe in a markdown table cell
+
+
 def _options_text(values: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items() if k not in AXIS_NAMES) or "–"
+    return _cell(", ".join(f"{k}={v}" for k, v in values.items() if k not in AXIS_NAMES) or "–")
 
 
 def preset_table() -> str:
@@ -245,7 +249,7 @@ def preset_table() -> str:
     for name, preset in PRESETS.items():
         cfg = config_from_preset(name)
         axes = " | ".join(f"`{getattr(cfg, a)}`" for a in AXIS_NAMES)
-        rows.append(f"| `{name}` | {axes} | {_options_text(preset.values)} | {preset.description} |")
+        rows.append(f"| `{name}` | {axes} | {_options_text(preset.values)} | {_cell(preset.description)} |")
     return "\n".join(rows)
 
 
@@ -254,8 +258,8 @@ def axes_table() -> str:
     rows = ["| axis | entry | options (default) | what it is |", "|---|---|---|---|"]
     for axis, registry in AXES.items():
         for entry in registry:
-            opts = ", ".join(f"`{f.name}` ({_default(f)})" for f in entry.option_fields()) or "–"
-            rows.append(f"| {axis} | `{entry.name}` | {opts} | {entry.description} |")
+            opts = ", ".join(f"`{f.name}` ({_cell(_default(f))})" for f in entry.option_fields()) or "–"
+            rows.append(f"| {axis} | `{entry.name}` | {opts} | {_cell(entry.description)} |")
     return "\n".join(rows)
 
 

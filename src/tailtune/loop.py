@@ -358,6 +358,8 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
                 state["history"].append(record)
                 if cfg.save_every is not None and step % cfg.save_every == 0 or (cfg.save_every is None and evaluated):
                     checkpoint()
+                    if log and not evaluated and checkpoints.directory is not None:
+                        log(f"step {step}/{total}: loss {record['loss']:.4f}; checkpoint saved")
                 if step >= total or state["stopped"]:
                     break
             if state["window"] >= len(windows):  # the epoch is complete

@@ -31,6 +31,22 @@ class AtPosition:
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), position], None
 
 
+class MeanPool:
+    """The mean of the token vectors under the attention mask (sentence-transformers' mean pooling)."""
+
+    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor, position: torch.Tensor) -> Read:
+        weights = mask.to(hidden.dtype).reshape(*mask.shape, *([1] * (hidden.dim() - 2)))  # (batch, seq, [1,] 1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1), None
+
+
+class MaxPool:
+    """The elementwise maximum of the token vectors under the attention mask."""
+
+    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor, position: torch.Tensor) -> Read:
+        keep = mask.bool().reshape(*mask.shape, *([1] * (hidden.dim() - 2)))
+        return hidden.masked_fill(~keep, torch.finfo(hidden.dtype).min).amax(1), None
+
+
 class EveryToken:
     """All token vectors and the attention mask, for heads that attend over the sequence."""
 
@@ -72,6 +88,17 @@ def build_cls(opts: NoOptions, ctx: BuildContext) -> FirstToken:
                    check=_needs_mask_slot)
 def build_mask(opts: NoOptions, ctx: BuildContext) -> AtPosition:
     return AtPosition()
+
+
+@READOUTS.register("mean", NoOptions, description="mean of the token vectors (padding left out)", reads="vector")
+def build_mean(opts: NoOptions, ctx: BuildContext) -> MeanPool:
+    return MeanPool()
+
+
+@READOUTS.register("max", NoOptions, description="elementwise max of the token vectors (padding left out)",
+                   reads="vector")
+def build_max(opts: NoOptions, ctx: BuildContext) -> MaxPool:
+    return MaxPool()
 
 
 @READOUTS.register("tokens", NoOptions, description="every token, with the attention mask", reads="sequence")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..artefacts import prepare_output, read_json, staged_dir, write_json
 from ..backbone import load_tokenizer, mlm_parts, quiet_transformers, resolve_name
-from ..device import autocast, resolve_device
+from ..device import autocast, resolve_device, set_seed
 from ..errors import ConfigError, DataError
 from ..loop import TrainConfig, run
 from ..registry import check_choice
@@ -209,6 +209,7 @@ def adapt_lm(cfg: AdaptConfig, log: Callable[[str], None] = print) -> dict:
     tc = cfg.train_config()
     tokenizer = load_tokenizer(cfg.backbone or "default")
     chunks = load_chunks(cfg.data, tokenizer, cfg.max_length)
+    set_seed(cfg.seed)  # a missing MLM head starts random: from the seed, not from whatever ran before
     with quiet_transformers():
         model, info = AutoModelForMaskedLM.from_pretrained(resolve_name(cfg.backbone), output_loading_info=True)
     lm = MaskedLM(model).to(device)
