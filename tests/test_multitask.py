@@ -6,18 +6,7 @@ import torch
 import tailtune as tt
 from tailtune.multitask import TaskSet, task_dirs
 from tailtune.train import predict_logits
-
-
-def _perturbed(preset, backbone, path, labels=("a", "b", "c"), seed=0, **kw):
-    """A saved module whose trainable parameters moved away from their initialisation."""
-    torch.manual_seed(seed)
-    model = tt.build_classifier(tt.config_from_preset(preset, **kw), list(labels), backbone)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.3)
-    tt.save_classifier(model, path)
-    return model
+from tiny import perturbed_module
 
 
 def test_prefix_shapes_and_accounting(tiny_bert):
@@ -31,7 +20,7 @@ def test_prefix_shapes_and_accounting(tiny_bert):
 
 
 def test_prefix_changes_attention_and_respects_padding(tiny_model, tmp_path):
-    model = _perturbed("prefix", tiny_model, tmp_path / "p").eval()
+    model = perturbed_module("prefix", tiny_model, tmp_path / "p").eval()
     texts = ["the movie was great", "bad", "the market price of oil was terrible news"]
     base = tt.build_classifier(tt.config_from_preset("linear-probe"), ["a", "b", "c"], tiny_model).eval()
     base.head.load_state_dict(model.head.state_dict())
@@ -68,7 +57,7 @@ def test_module_lr_reaches_only_task_modules(tiny_bert):
 def test_task_set_matches_standalone_modules_and_shares_one_encoder(tiny_model, tmp_path):
     presets = {"ad": "adapter", "lo": "lora", "pre": "prefix", "soft": "soft-prompt", "pl": "prompt-lora"}
     for i, (name, preset) in enumerate(presets.items()):
-        _perturbed(preset, tiny_model, tmp_path / "set" / name, labels=("a", "b", "c", "d")[:2 + i % 3], seed=i)
+        perturbed_module(preset, tiny_model, tmp_path / "set" / name, labels=("a", "b", "c", "d")[:2 + i % 3], seed=i)
     tasks = TaskSet()
     for name, path in task_dirs(tmp_path / "set").items():
         tasks.add(path, name)
@@ -93,7 +82,7 @@ def test_task_set_matches_standalone_modules_and_shares_one_encoder(tiny_model, 
 
 def test_task_set_memory_is_one_backbone(tiny_bert, tmp_path):
     for i in range(3):
-        _perturbed("adapter", tiny_bert, tmp_path / f"t{i}", seed=i)
+        perturbed_module("adapter", tiny_bert, tmp_path / f"t{i}", seed=i)
     tasks = TaskSet()
     for i in range(3):
         tasks.add(tmp_path / f"t{i}")
@@ -106,9 +95,9 @@ def test_task_set_memory_is_one_backbone(tiny_bert, tmp_path):
 
 
 def test_mixed_batch_with_bf16_and_text_pairs(tiny_bert, tmp_path):
-    _perturbed("adapter", tiny_bert, tmp_path / "a", template="{text} ? {mask} , {text_b}",
+    perturbed_module("adapter", tiny_bert, tmp_path / "a", template="{text} ? {mask} , {text_b}",
                input_format="template", readout="mask")
-    _perturbed("prefix", tiny_bert, tmp_path / "b")
+    perturbed_module("prefix", tiny_bert, tmp_path / "b")
     tasks = TaskSet()
     tasks.add(tmp_path / "a")
     tasks.add(tmp_path / "b")
@@ -123,8 +112,8 @@ def test_cli_predict_picks_a_task(tiny_bert, tmp_path, capsys):
     import json
 
     from tailtune.cli import main
-    _perturbed("adapter", tiny_bert, tmp_path / "set" / "topic", labels=("news", "sports"))
-    _perturbed("lora", tiny_bert, tmp_path / "set" / "mood", labels=("good", "bad", "meh"))
+    perturbed_module("adapter", tiny_bert, tmp_path / "set" / "topic", labels=("news", "sports"))
+    perturbed_module("lora", tiny_bert, tmp_path / "set" / "mood", labels=("good", "bad", "meh"))
     assert main(["predict", str(tmp_path / "set"), "a good film", "bad food", "--task", "mood"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["task"] for r in rows] == ["mood", "mood"] and {r["label"] for r in rows} <= {"good", "bad", "meh"}

@@ -13,6 +13,7 @@ from tailtune.device import set_seed
 from tailtune.errors import ConfigError
 from tailtune.multitask import TaskSet
 from tailtune.train import predict_logits, train
+from tiny import perturbed_module
 
 CONTEXT = {"template": "{text} it is about {mask} ."}
 WORDS = {"good": "good", "bad": "bad", "money": "price"}
@@ -59,14 +60,8 @@ def other_tasks(tmp_path_factory):
         if backbone not in made:
             root = tmp_path_factory.mktemp("others")
             for name, preset in OTHER_TASKS.items():
-                torch.manual_seed(len(name))
-                model = tt.build_classifier(tt.config_from_preset(preset, defaults={"template": "{text} it is {mask} ."}),
-                                            ["x", "y", "z", "w"][:2 + len(name) % 3], backbone)
-                with torch.no_grad():
-                    for p in model.parameters():
-                        if p.requires_grad:
-                            p.add_(torch.randn_like(p) * 0.3)
-                tt.save_classifier(model, root / name)
+                perturbed_module(preset, backbone, root / name, ["x", "y", "z", "w"][:2 + len(name) % 3],
+                                 seed=len(name), defaults={"template": "{text} it is {mask} ."})
             made[backbone] = root
         return made[backbone]
     return get

@@ -7,25 +7,16 @@ import torch
 
 import tailtune as tt
 from tailtune.multitask import TaskSet
+from tiny import perturbed_module
 
 TEXTS = ["the movie was great", "bad food", "oil price news", "who is it", "a good game", "the market price",
          "terrible film", "stock earn news"]
 
 
-def _saved(preset, backbone, path, seed, labels=("a", "b", "c"), **kw):
-    torch.manual_seed(seed)
-    model = tt.build_classifier(tt.config_from_preset(preset, **kw), list(labels), backbone)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.3)
-    tt.save_classifier(model, path)
-    return path
-
-
 @pytest.mark.parametrize("preset", ["adapter", "lora", "prefix", "soft-prompt"])
 def test_one_classifier_from_many_threads(preset, tiny_bert, tmp_path):
-    clf = tt.TailtuneClassifier.load(_saved(preset, tiny_bert, tmp_path / preset, 1), device="cpu")
+    perturbed_module(preset, tiny_bert, tmp_path / preset, seed=1)
+    clf = tt.TailtuneClassifier.load(tmp_path / preset, device="cpu")
     calls = [TEXTS[i:] + TEXTS[:i] for i in range(24)]  # 24 calls, each its own batch shapes
     expected = [clf.decision_function(texts) for texts in calls]
     with ThreadPoolExecutor(4) as pool:
@@ -37,7 +28,8 @@ def test_one_classifier_from_many_threads(preset, tiny_bert, tmp_path):
 def test_task_set_from_many_threads(tiny_bert, tmp_path):
     tasks = TaskSet()
     for name, preset in {"ad": "adapter", "lo": "lora", "pre": "prefix", "soft": "soft-prompt"}.items():
-        tasks.add(_saved(preset, tiny_bert, tmp_path / name, len(name)), name)
+        perturbed_module(preset, tiny_bert, tmp_path / name, seed=len(name))
+        tasks.add(tmp_path / name, name)
     names = list(tasks.tasks)
     calls = [([t for t in TEXTS[:5 + i % 4]], [names[(i + k) % 4] for k in range(5 + i % 4)]) for i in range(24)]
     expected = [tasks.logits(texts, which, batch_size=3) for texts, which in calls]

@@ -62,3 +62,19 @@ def make_distilbert(directory: Path, seed: int = 0) -> str:
                            max_position_embeddings=128, initializer_range=0.2)
     DistilBertForMaskedLM(cfg).save_pretrained(directory)
     return str(directory)
+
+
+def perturbed_module(preset: str, backbone: str, path: Path, labels=("a", "b", "c"), seed: int = 0, **options):
+    """A saved classifier whose trainable parameters moved away from their initialisation (so no task
+    module is the identity); returns the model."""
+    import torch
+
+    import tailtune as tt
+    torch.manual_seed(seed)
+    model = tt.build_classifier(tt.config_from_preset(preset, **options), list(labels), backbone)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    tt.save_classifier(model, path)
+    return model
