@@ -117,6 +117,8 @@ def test_cli_predict_picks_a_task(tiny_bert, tmp_path, capsys):
     assert main(["predict", str(tmp_path / "set"), "a good film", "bad food", "--task", "mood"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["task"] for r in rows] == ["mood", "mood"] and {r["label"] for r in rows} <= {"good", "bad", "meh"}
+    assert main(["predict", str(tmp_path / "set"), "--task", "mood", "a good film"]) == 0  # the README's form
+    assert json.loads(capsys.readouterr().out)["task"] == "mood"
     data = tmp_path / "mixed.tsv"
     data.write_text("text\ttask\na good film\tmood\nthe news\ttopic\n")
     assert main(["predict", str(tmp_path / "set"), "--data", str(data), "--task-col", "task"]) == 0

@@ -94,6 +94,7 @@ class TailtuneClassifier:
         model = build_classifier(self.config, labels, self.backbone, self.verbalizer, self.trust_remote_code,
                                  class_counts=stats["counts"])
         model.to(resolve_device(self.train_config.device))
+        model.input_format.set_pool(train_ds)  # (formats that draw demonstrations from the training set)
         if log is not None:
             c = model.parameter_counts()
             log(f"trainable parameters: {c['trainable']:,} ({c['pct_of_backbone']:.3f}% of the backbone; "

@@ -121,8 +121,14 @@ class Classifier(nn.Module):
         return self
 
     # -- inputs ----------------------------------------------------------------------
-    def encode(self, texts: list[str], texts_b: list[str] | None = None) -> list[Encoded]:
-        return self.input_format.encode(texts, texts_b)
+    def encode(self, texts: list[str], texts_b: list[str] | None = None, epoch: int | None = None,
+               pool_index: list[int | None] | None = None) -> list[Encoded]:
+        """Model inputs for texts; ``epoch`` and ``pool_index`` matter to formats that draw on a pool."""
+        return self.input_format.encode(texts, texts_b, epoch, pool_index)
+
+    def encode_training(self, examples: Any, epoch: int) -> list[Encoded]:
+        """The inputs of training examples in one epoch: the examples are the pool's own rows."""
+        return self.encode(examples.texts, examples.texts_b, epoch, list(range(len(examples))))
 
     # -- forward ---------------------------------------------------------------------
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

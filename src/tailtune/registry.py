@@ -83,6 +83,10 @@ class Registry:
             return build
         return decorate
 
+    def remove(self, name: str) -> Entry:
+        """Unregister an entry (plugins and tests that register one for a while)."""
+        return self._entries.pop(name)
+
     def get(self, name: str) -> Entry:
         if name not in self._entries:
             raise ConfigError(f"{self.axis}={name!r} is not one of {', '.join(self._entries)}"

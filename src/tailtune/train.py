@@ -192,10 +192,9 @@ def train(model: Any, examples: TextDataset, cfg: TrainConfig, evaluate: Callabl
     """Fine-tune ``model`` in place on ``examples``; keep the parameters with the best dev macro-F1.
 
     ``encode(examples, epoch)`` turns the examples into model inputs (default: the model's input
-    format, once); ``evaluate()`` returns a dict with ``macro_f1``, called every ``cfg.eval_every``
+    format, ``Classifier.encode_training``; once, unless the format re-samples every epoch); ``evaluate()`` returns a dict with ``macro_f1``, called every ``cfg.eval_every``
     steps (default: each epoch). See ``loop.run`` for checkpoints and resuming.
     """
     model.set_trainable()  # a shared backbone may hold other tasks' modules: train only ours
-    job = ClassificationJob(model, examples, cfg, encode or (lambda ds, epoch: model.encode(ds.texts, ds.texts_b)),
-                            settings)
+    job = ClassificationJob(model, examples, cfg, encode or model.encode_training, settings)
     return run(job, cfg, evaluate, checkpoint_dir=checkpoint_dir, resume=resume, log=log, before=job.prepare)

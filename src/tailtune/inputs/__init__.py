@@ -2,8 +2,11 @@
 
 An input format turns texts into ``Encoded`` examples (token ids, the [MASK] position when it has
 one, soft-token positions). ``attach`` adds what the format trains (soft prompt tokens) once the
-rest of the classifier is built. A format whose ``resamples`` is true (demonstrations drawn anew
-each epoch) is re-encoded by ``train()`` every epoch; the formats here encode once.
+rest of the classifier is built. A format may draw on a pool of labelled examples (``set_pool``,
+called with the training set; e.g. demonstrations): ``encode`` then gets the epoch and, for texts
+that come from the pool, their index in it (so an example never serves as its own demonstration).
+A format whose ``resamples`` is true is re-encoded by ``train()`` every epoch; the formats here
+encode once.
 """
 from __future__ import annotations
 
@@ -23,23 +26,35 @@ from .verbalizer import Verbalizer, readable
 DEFAULT_TEMPLATE = "{text} It is about {mask} ."
 
 __all__ = ["Encoded", "Template", "TemplateError", "Verbalizer", "readable", "special_tokens", "encode_plain",
-           "DEFAULT_TEMPLATE", "PlainInput", "TemplateInput", "TemplateOptions"]
+           "DEFAULT_TEMPLATE", "InputFormat", "PlainInput", "TemplateInput", "TemplateOptions"]
 
 
-class PlainInput:
-    """``[CLS] text [SEP] (text_b [SEP])``."""
+class InputFormat:
+    """What every input format offers (the defaults: no [MASK], no pool, nothing to train)."""
 
     has_mask = False
-    resamples = False
+    resamples = False  # True: inputs are drawn anew each epoch (train() re-encodes)
+
+    def encode(self, texts: list[str], texts_b: list[str] | None = None, epoch: int | None = None,
+               pool_index: list[int | None] | None = None) -> list[Encoded]:
+        raise NotImplementedError
+
+    def set_pool(self, examples: Any) -> None:
+        """The labelled examples the format may draw on (the training set)."""
+
+    def attach(self, ctx: BuildContext, head: nn.Module) -> dict[str, nn.Parameter]:
+        return {}
+
+
+class PlainInput(InputFormat):
+    """``[CLS] text [SEP] (text_b [SEP])``."""
 
     def __init__(self, tokenizer: Any, max_length: int) -> None:
         self.tokenizer, self.max_length = tokenizer, max_length
 
-    def encode(self, texts: list[str], texts_b: list[str] | None = None) -> list[Encoded]:
+    def encode(self, texts: list[str], texts_b: list[str] | None = None, epoch: int | None = None,
+               pool_index: list[int | None] | None = None) -> list[Encoded]:
         return encode_plain(self.tokenizer, texts, texts_b, self.max_length)
-
-    def attach(self, ctx: BuildContext, head: nn.Module) -> dict[str, nn.Parameter]:
-        return {}
 
 
 @INPUT_FORMATS.register("plain", NoOptions, description="[CLS] text [SEP] (a second text after another [SEP])",
@@ -73,18 +88,18 @@ class TemplateOptions:
         return (f"{{soft:{self.soft_tokens}}} " if self.soft_tokens else "") + self.template
 
 
-class TemplateInput:
+class TemplateInput(InputFormat):
     """A prompt: the template's words, the text slots (the only part ever truncated), one [MASK]
     and optional trainable soft tokens (``Classifier.tuning.soft_prompt``)."""
 
     has_mask = True
-    resamples = False
 
     def __init__(self, opts: TemplateOptions, tokenizer: Any, max_length: int) -> None:
         self.opts, self.tokenizer, self.max_length = opts, tokenizer, max_length
         self.template = Template(opts.full_template)
 
-    def encode(self, texts: list[str], texts_b: list[str] | None = None) -> list[Encoded]:
+    def encode(self, texts: list[str], texts_b: list[str] | None = None, epoch: int | None = None,
+               pool_index: list[int | None] | None = None) -> list[Encoded]:
         if texts_b is not None and not self.template.uses_text_b:
             warnings.warn(f"the data has a second text but the template {self.opts.template!r} has no "
                           f"{{text_b}} slot: the second text is ignored", stacklevel=3)
