@@ -48,7 +48,7 @@ def train_args(files, backbone, *extra, output=None):
     (["--theta", "2"], "0 < theta <= 1"),
     (["--head", "verbalizer"], "needs an input with one"),
     (["--preset", "prompt", "--readout", "cls"], "needs readout 'mask'"),
-    (["--head", "label-decoder"], "reads a sequence, but readout='cls' gives a vector"),
+    (["--preset", "cls", "--head", "label-decoder"], "reads a sequence, but readout='cls' gives a vector"),
     (["--preset", "y-tuning", "--decoder-width", "30", "--decoder-heads", "4"], "not divisible"),
     (["--adapter-size", "0", "--trains", "adapter"], "adapter_size=0: must be >= 1"),
     (["--preset", "soft-prompt", "--soft-tokens", "0", "--template", "{text} {mask} ."], "trains='prompt' trains soft"),
@@ -100,7 +100,7 @@ def test_verbalizer_problems(tiny_bert, files, capsys):
     assert rc == 2 and "not in the label space: ['nope']" in err
     (files / "v.json").write_text('{"good": "good"}')
     rc, _, err = cli(capsys, *train_args(files, tiny_bert, "--verbalizer", files / "v.json"))
-    assert rc == 2 and "head='mlp' uses none" in err
+    assert rc == 2 and "head='cosine' uses none" in err
     with pytest.warns(UserWarning, match="no word for 2 label\\(s\\).*'bad' -> 'bad'"):  # a label left out: said
         tt.Verbalizer(["bad", "good", "money"], {"good": "great"})
 

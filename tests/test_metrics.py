@@ -30,3 +30,19 @@ def test_weight_norm_export(tmp_path):
     export_weight_norms(rows, tmp_path)
     assert (tmp_path / "weight_norms.png").stat().st_size > 1000
     assert "c,3,3.0" in (tmp_path / "weight_norms.csv").read_text()
+
+
+def test_head_tail_from_training_counts_when_the_test_split_is_balanced():
+    y_true = ["a", "b", "c", "d"] * 5  # balanced: its own counts say nothing about head and tail
+    y_pred = ["a", "b", "c", "a"] * 5
+    train = {"a": 120, "b": 60, "c": 10, "d": 5}
+    r = long_tail_report(y_true, y_pred, theta=0.65, train_counts=train)
+    assert r["group_rule"] == "train" and r["n_head"] == 1 and r["per_class"]["a"]["group"] == "head"
+    assert (r["n_many"], r["n_medium"], r["n_few"]) == (1, 1, 2)
+    assert r["many_f1"] == pytest.approx(r["per_class"]["a"]["f1"])
+    assert r["few_f1"] == pytest.approx((r["per_class"]["c"]["f1"] + r["per_class"]["d"]["f1"]) / 2)
+    split = long_tail_report(y_true, y_pred, theta=0.65, train_counts=train, groups="split")
+    assert split["group_rule"] == "split" and split["n_head"] == 2  # equal counts: head by name alone (a, b)
+    imbalanced = long_tail_report(["a"] * 9 + ["b"], ["a"] * 10, 0.5, train_counts={"a": 5, "b": 50})
+    assert imbalanced["group_rule"] == "split"  # an imbalanced split keeps the paper's rule
+    assert math.isnan(long_tail_report(y_true, y_pred)["many_f1"])  # no training counts: no shot bands

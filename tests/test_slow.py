@@ -8,7 +8,7 @@ pytestmark = pytest.mark.slow
 
 def test_demo_learns_on_the_default_backbone(tmp_path):
     from tailtune.demo import run_demo
-    report = run_demo(tmp_path / "demo", epochs=4)
+    report = run_demo(tmp_path / "demo")
     assert report["accuracy"] > 0.8
     loaded = tt.TailtuneClassifier.load(tmp_path / "demo" / "model", device="cpu")
     assert loaded.predict(["please reset my password"]) == ["account"]

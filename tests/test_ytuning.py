@@ -4,7 +4,8 @@ import torch
 
 import tailtune as tt
 from tailtune.objectives import triplet_loss
-from tailtune.train import collate, encode_features, pad_features, train
+from tailtune.inputs import collate
+from tailtune.train import encode_features, pad_features, train
 
 
 def _model(backbone, **kw):

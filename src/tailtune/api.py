@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .artefacts import save_classifier
-from .config import ClassifierConfig, config_from_preset
+from .config import PRESETS, ClassifierConfig, config_from_preset, preset_train_config
 from .data import TextDataset, check_labels, check_trainable, class_stats, label_space, stratified_split
 from .device import resolve_device, set_seed
 from .errors import ConfigError, DataError
@@ -62,7 +62,7 @@ class TailtuneClassifier:
             raise ConfigError(f"a verbalizer gives label words, but head={self.config.head!r} uses none; use a head "
                               f"that does (verbalizer, label-decoder) or leave the verbalizer out")
         self.verbalizer = dict(verbalizer) if verbalizer is not None else None
-        self.train_config = train_config or TrainConfig()
+        self.train_config = train_config or preset_train_config(preset if preset in PRESETS else "cls")
         if not 0 < theta <= 1 or not 0 < dev_fraction < 1:
             raise ConfigError(f"need 0 < theta <= 1 and 0 < dev_fraction < 1, got {theta} and {dev_fraction}")
         self.theta = theta
@@ -110,8 +110,17 @@ class TailtuneClassifier:
 
         # a run that stops (diverged, interrupted) leaves no half-trained model behind
         self.__dict__.pop("model_", None)
+        stages = [entry.build(self.config.of(f"stage:{entry.name}")) for entry in self.config.stage_entries()]
+        stage_seconds = 0.0
+        for stage in stages:  # a resumed run's checkpoint already holds what the stages before it did
+            if stage.when == "before" and not resume:
+                stage_seconds += stage.run(model, train_ds, self.train_config, None, log)
         result = train(model, train_ds, self.train_config, evaluate if dev_enc else None,
                        checkpoint_dir=checkpoint_dir, resume=resume, settings={"dev": data_hash(dev)}, log=log)
+        for stage in stages:
+            if stage.when == "after":
+                stage_seconds += stage.run(model, train_ds, self.train_config, evaluate if dev_enc else None, log)
+        result.seconds += stage_seconds
         self.model_, self.labels_, self.class_stats_, self.train_result_ = model, labels, stats, result
         self.train_labels_ = list(train_ds.labels)
         return self
@@ -139,11 +148,14 @@ class TailtuneClassifier:
     def predict(self, X: Any, X_b: Iterable | None = None) -> list[str]:
         return [self.labels_[i] for i in self.decision_function(X, X_b).argmax(-1)]
 
-    def evaluate(self, ds: TextDataset, theta: float | None = None) -> dict:
-        """Long-tail report (accuracy, macro/head/tail F1, per class) on a labelled dataset."""
+    def evaluate(self, ds: TextDataset, theta: float | None = None, groups: str = "auto") -> dict:
+        """Long-tail report on a labelled dataset: accuracy, macro-F1, head/tail F1 (``groups``: from the
+        class counts of ``ds`` or of the training data; ``auto`` takes the training counts when ``ds`` is
+        near balanced), many/medium/few-shot F1 and per-class scores (``metrics.long_tail_report``)."""
         self._check_fitted()
         check_labels(ds, self.labels_, "evaluation")
-        return long_tail_report(ds.labels, self.predict(ds), self.theta if theta is None else theta)
+        return long_tail_report(ds.labels, self.predict(ds), self.theta if theta is None else theta,
+                                self.class_stats_.get("counts"), groups)
 
     def weight_norms(self) -> list[dict]:
         self._check_fitted()

@@ -263,7 +263,7 @@ def load_weights(model: nn.Module, directory: str | Path, meta: dict, device: st
         except RuntimeError as e:
             raise ArtefactError(f"{path} does not match its {META} ({str(e).splitlines()[0]}); save the model "
                                 f"again") from None
-        _check_finite(dict(model.named_parameters()), str(path))
+        _check_finite(model.state_dict(), str(path))
         return
     path = directory / MODULE
     tensors = load_tensors(path, str(device))

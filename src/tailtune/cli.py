@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import AXIS_NAMES, PRESETS, ClassifierConfig, all_options, axes_table, preset_table
+from .config import AXIS_NAMES, PRESETS, ClassifierConfig, all_options, axes_table, preset_table, preset_train_config
 from .errors import TailtuneError
 from .loop import TrainConfig
 from .registry import field_docs
@@ -60,12 +60,14 @@ def _add_config_args(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
 
 def _add_classifier_args(p: argparse.ArgumentParser) -> None:
     """Flags for the axes (choices from the registries) and for every option of every entry."""
-    from .registry import AXES
+    from .registry import AXES, STAGES
     docs = field_docs(ClassifierConfig)
     g = p.add_argument_group("classifier axes (override the preset; `tailtune axes` lists every entry)")
     for axis in AXIS_NAMES:
         flags = ["--" + axis.replace("_", "-")] + (["--loss"] if axis == "objective" else [])
         g.add_argument(*flags, dest=axis, default=None, choices=AXES[axis].names(), help=docs.get(axis))
+    g.add_argument("--stages", type=lambda text: [s.strip() for s in text.split(",") if s.strip()], default=None,
+                   help=f"{docs['stages']}: {', '.join(STAGES.names())} (default: the preset's)")
     g.add_argument("--max-length", type=int, default=None, help=f"{docs['max_length']} (default: the preset's, 128)")
     o = p.add_argument_group("options of the axis entries (each only with its entry)")
     for name, entries in all_options().items():
@@ -80,7 +82,7 @@ def _collect(args: argparse.Namespace, names: Any) -> dict:
 
 
 def _classifier_overrides(args: argparse.Namespace) -> dict:
-    return _collect(args, [*AXIS_NAMES, "max_length", *all_options()])
+    return _collect(args, [*AXIS_NAMES, "stages", "max_length", *all_options()])
 
 
 def _add_data_args(p: argparse.ArgumentParser, split_flags: list[tuple[str, bool]]) -> None:
@@ -116,13 +118,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if ds is not None:
             check_labels(ds, labels, split)
     verbalizer = read_json(args.verbalizer, "verbalizer file") if args.verbalizer else None
-    clf = TailtuneClassifier(args.preset, args.backbone, verbalizer=verbalizer,
-                             train_config=TrainConfig(**_collect(args, [f.name for f in dataclasses.fields(TrainConfig)])),
+    recipe = preset_train_config(args.preset, **_collect(args, [f.name for f in dataclasses.fields(TrainConfig)]))
+    clf = TailtuneClassifier(args.preset, args.backbone, verbalizer=verbalizer, train_config=recipe,
                              theta=args.theta, dev_fraction=args.dev_fraction, trust_remote_code=args.trust_remote_code,
                              **_classifier_overrides(args))
     stats = class_stats(train_ds.labels, clf.theta)
     print(f"preset {clf.preset}: {PRESETS[clf.preset].description}")
     print("axes: " + ", ".join(f"{a}={getattr(clf.config, a)}" for a in AXIS_NAMES)
+          + (f", stages={','.join(clf.config.stages)}" if clf.config.stages else "")
           + "".join(f", {k}={v}" for k, v in clf.config.options.items()))
     print(f"train: {stats['n_examples']} examples, {stats['n_classes']} classes, imbalance ratio "
           f"{stats['imbalance_ratio']:.1f}, {len(stats['head'])} head / {len(stats['tail'])} tail (θ={clf.theta})")
@@ -173,7 +176,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import format_report
     data = _read(args, args.data)
     clf = TailtuneClassifier.load(args.model, args.device, args.backbone)
-    report = clf.evaluate(data, args.theta)
+    report = clf.evaluate(data, args.theta, args.groups)
     print(format_report(report))
     if args.output:
         write_json(args.output, report)
@@ -302,8 +305,8 @@ def cmd_axes(args: argparse.Namespace) -> int:
     if args.markdown:
         print(axes_table())
         return 0
-    from .registry import AXES
-    for axis, registry in AXES.items():
+    from .registry import AXES, STAGES
+    for axis, registry in (*AXES.items(), ("stages", STAGES)):
         print(f"{axis}: {registry.help}")
         for entry in registry:
             opts = ", ".join(f"{f.name}={_default_text(f)}" for f in entry.option_fields())
@@ -320,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a classifier and save it")
     _add_data_args(t, [("--train", True), ("--dev", False), ("--test", False)])
-    t.add_argument("--preset", default="cls", choices=list(PRESETS), help="method (see 'tailtune presets'; default: cls)")
+    t.add_argument("--preset", default="auto", choices=list(PRESETS), help="method (see 'tailtune presets'; default: "
+                   "auto, the measured default; its training recipe fills every training option you leave out)")
     t.add_argument("--backbone", default=None, help="Hugging Face name or local path (default: embedded MiniLM)")
     t.add_argument("--verbalizer", default=None, help="JSON file mapping each label to a word or list of words")
     t.add_argument("--output", "-o", required=True, help="directory for the saved classifier")
@@ -344,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="saved classifier directory")
     _add_data_args(e, [("--data", True)])
     e.add_argument("--theta", type=float, default=None, help="head/tail threshold (default: the model's)")
+    e.add_argument("--groups", default="auto", choices=["auto", "split", "train"], help="head/tail from the class "
+                   "counts of --data (split) or of the training data (train); auto: train when --data is near "
+                   "balanced (default: auto)")
     e.add_argument("--output", default=None, help="write the report as JSON here")
     _add_loading_args(e)
     e.set_defaults(func=cmd_evaluate)
@@ -375,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train and evaluate on small built-in demo data with the embedded default")
     d.add_argument("--output", default="tailtune-demo", help="where to save the demo (default: tailtune-demo)")
-    d.add_argument("--preset", default="cls", choices=list(PRESETS), help="method (default: cls)")
-    d.add_argument("--epochs", type=float, default=4, help="training epochs (default: 4)")
+    d.add_argument("--preset", default="auto", choices=list(PRESETS), help="method (default: auto)")
+    d.add_argument("--epochs", type=float, default=None, help="training epochs (default: the preset's recipe)")
     d.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output")
     d.set_defaults(func=cmd_demo)
 

@@ -11,17 +11,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple
 
-from . import heads, inputs, objectives, readouts, tuning  # noqa: F401  (register the built-in entries)
+from . import heads, inputs, objectives, readouts, stages, tuning  # noqa: F401  (register the built-in entries)
 from .errors import ConfigError, did_you_mean
-from .registry import AXES, Entry
+from .loop import TrainConfig
+from .registry import AXES, STAGES, Entry
 
 AXIS_NAMES: tuple[str, ...] = tuple(AXES)
 
 
 def all_options() -> dict[str, list[Entry]]:
-    """Every option name -> the entries (of any axis) that declare it."""
+    """Every option name -> the entries (of any axis, or stages) that declare it."""
     found: dict[str, list[Entry]] = {}
-    for registry in AXES.values():
+    for registry in (*AXES.values(), STAGES):
         for entry in registry:
             for name in entry.option_names():
                 found.setdefault(name, []).append(entry)
@@ -45,14 +46,20 @@ class ClassifierConfig:
     objective: str = "ce"
     """training loss: ce, focal or triplet (Y-Tuning's margin loss)"""
     calibration: str = "none"
-    """post-hoc score adjustment at prediction: none or eta-norm"""
+    """post-hoc score adjustment at prediction: none, eta-norm or logit-adjust"""
+    stages: tuple[str, ...] = ()
+    """training stages around the main fine-tuning, comma-separated (e.g. contrastive, crt; none: just fine-tune)"""
     max_length: int = 128
     """maximum tokens per example (texts are truncated, templates never)"""
     options: dict[str, Any] = field(default_factory=dict)
     """options of the chosen entries (e.g. lora_r for trains='lora'); missing ones take their defaults"""
 
     def __post_init__(self) -> None:
+        self.stages = tuple(self.stages or ())
+        if len(set(self.stages)) != len(self.stages):
+            raise ConfigError(f"stages={list(self.stages)} names a stage twice")
         entries = {axis: AXES[axis].get(getattr(self, axis)) for axis in AXIS_NAMES}
+        entries.update({f"stage:{name}": STAGES.get(name) for name in self.stages})
         owner = {name: axis for axis, entry in entries.items() for name in entry.option_names()}
         for name in self.options:
             if name not in owner:
@@ -90,8 +97,11 @@ class ClassifierConfig:
         return AXES[axis].get(getattr(self, axis))
 
     def of(self, axis: str) -> Any:
-        """The options dataclass of the entry chosen on ``axis``."""
+        """The options dataclass of the entry chosen on ``axis`` (``"stage:NAME"`` for a stage's)."""
         return self._parsed[axis]
+
+    def stage_entries(self) -> list[Entry]:
+        return [STAGES.get(name) for name in self.stages]
 
     @property
     def needs_mlm_head(self) -> bool:
@@ -107,21 +117,22 @@ class ClassifierConfig:
         return bool(self.entry("head").trait("uses_label_words", False))
 
     def to_dict(self) -> dict:
-        return {**{axis: getattr(self, axis) for axis in AXIS_NAMES}, "max_length": self.max_length,
-                "options": dict(self.options)}
+        return {**{axis: getattr(self, axis) for axis in AXIS_NAMES}, "stages": list(self.stages),
+                "max_length": self.max_length, "options": dict(self.options)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ClassifierConfig":
         """From ``to_dict()``; also reads the flat configuration of tailtune 0.1 artefacts."""
         if "options" in d:
-            return cls(**{k: d[k] for k in (*AXIS_NAMES, "max_length", "options") if k in d})
+            return cls(**{k: d[k] for k in (*AXIS_NAMES, "stages", "max_length", "options") if k in d})
         return from_flat(d)
 
 
-def owned_options(axes: Mapping[str, str]) -> set[str]:
-    """The option names of the entries ``axes`` chooses (axes left out take their defaults)."""
+def owned_options(axes: Mapping[str, Any]) -> set[str]:
+    """The option names of the entries ``axes`` chooses (axes left out take their defaults) and of its stages."""
     defaults = {f.name: f.default for f in dataclasses.fields(ClassifierConfig) if f.name in AXIS_NAMES}
-    return {n for a in AXIS_NAMES for n in AXES[a].get(axes.get(a, defaults[a])).option_names()}
+    names = {n for a in AXIS_NAMES for n in AXES[a].get(axes.get(a, defaults[a])).option_names()}
+    return names | {n for stage in axes.get("stages", ()) for n in STAGES.get(stage).option_names()}
 
 
 def misplaced_option(name: str, config: Any) -> str:
@@ -130,6 +141,9 @@ def misplaced_option(name: str, config: Any) -> str:
     if not owners:
         return (f"unknown option {name!r}{did_you_mean(name, list(all_options()) + list(AXIS_NAMES))}; "
                 f"`tailtune axes` lists every option")
+    if owners[0].axis == STAGES.axis:
+        return (f"option {name!r} belongs to stage {owners[0].name!r}, but this classifier's stages are "
+                f"{list(config.stages)}: add it (--stages {owners[0].name}) or drop {name}")
     where = " or ".join(f"{e.axis}={e.name!r}" for e in owners)
     now = ", ".join(f"{e.axis}={getattr(config, e.axis)!r}" for e in {e.axis: e for e in owners}.values())
     return (f"option {name!r} belongs to {where}, but this classifier has {now}: choose "
@@ -158,13 +172,23 @@ def from_flat(d: Mapping[str, Any]) -> ClassifierConfig:
 class Preset(NamedTuple):
     values: dict  # axis entries and options
     description: str
+    train: dict = {}  # the method's training recipe: TrainConfig defaults (none: TrainConfig's own)
 
 
 _PROMPT = {"input_format": "template", "readout": "mask", "head": "verbalizer"}
 _CLS = {"readout": "cls"}  # CLS-tuning reads [CLS] by definition, whatever the backbone declares
 
 # name -> values over the axes. Every row of the long-tail paper's grid keeps its paper definition.
+# `auto` is the default: chosen by measurement against the peers users pick instead (README, "How the
+# default was chosen"); it reads what the backbone declares, starts a cosine head from the class
+# prototypes and fine-tunes everything with a higher learning rate for the head than for the body.
+AUTO_TRAIN = {"epochs": 5.0, "min_steps": 200, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "eval_times": 10}
+
 PRESETS: dict[str, Preset] = {
+    "auto": Preset({"readout": "auto", "head": "cosine"},
+                   "the default: the backbone's own pooling (mean on sentence encoders), a cosine head started from "
+                   "the class prototypes, everything fine-tuned (body lr 5e-5, head lr 1e-3), best dev macro-F1",
+                   AUTO_TRAIN),
     "cls": Preset(dict(_CLS), "CLS-tuning: tanh MLP head on [CLS], all weights, cross-entropy"),
     "cls-relu": Preset({**_CLS, "activation": "relu"}, "CLS-tuning with a ReLU MLP head"),
     "cls-eta-norm": Preset({**_CLS, "calibration": "eta-norm"},
@@ -215,13 +239,13 @@ def config_from_preset(preset: str, defaults: Mapping[str, Any] | None = None, *
         raise ConfigError(f"unknown preset {preset!r}{did_you_mean(preset, PRESETS)}; "
                           f"`tailtune presets` lists them: {', '.join(PRESETS)}")
     values = dict(PRESETS[preset].values)
-    axes = {a: values.pop(a) for a in AXIS_NAMES if a in values}
+    axes = {a: values.pop(a) for a in (*AXIS_NAMES, "stages") if a in values}
     max_length = values.pop("max_length", None)
     user = {}
     for key, value in overrides.items():
-        if key in AXIS_NAMES:
+        if key in (*AXIS_NAMES, "stages"):
             if value is not None:
-                axes[key] = value
+                axes[key] = tuple(value) if key == "stages" else value
         elif key == "max_length":
             max_length = value if value is not None else max_length
         else:
@@ -238,25 +262,33 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|")  # a literal pipe in a markdown table cell
 
 
+def preset_train_config(preset: str, **overrides: Any) -> TrainConfig:
+    """The training recipe of a preset (``TrainConfig`` defaults where it has none), with overrides."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}{did_you_mean(preset, PRESETS)}")
+    return TrainConfig(**{**PRESETS[preset].train, **overrides})
+
+
 def _options_text(values: Mapping[str, Any]) -> str:
-    return _cell(", ".join(f"{k}={v}" for k, v in values.items() if k not in AXIS_NAMES) or "–")
+    return _cell(", ".join(f"{k}={v}" for k, v in values.items() if k not in (*AXIS_NAMES, "stages")) or "–")
 
 
 def preset_table() -> str:
     """The README's preset table, generated from the registry (a test keeps the README equal)."""
-    rows = ["| preset | " + " | ".join(AXIS_NAMES) + " | options | what it is |",
-            "|---|" + "---|" * (len(AXIS_NAMES) + 2)]
+    rows = ["| preset | " + " | ".join(AXIS_NAMES) + " | stages | options | what it is |",
+            "|---|" + "---|" * (len(AXIS_NAMES) + 3)]
     for name, preset in PRESETS.items():
         cfg = config_from_preset(name)
         axes = " | ".join(f"`{getattr(cfg, a)}`" for a in AXIS_NAMES)
-        rows.append(f"| `{name}` | {axes} | {_options_text(preset.values)} | {_cell(preset.description)} |")
+        stages = ", ".join(f"`{s}`" for s in cfg.stages) or "–"
+        rows.append(f"| `{name}` | {axes} | {stages} | {_options_text(preset.values)} | {_cell(preset.description)} |")
     return "\n".join(rows)
 
 
 def axes_table() -> str:
     """Every registered entry of every axis with its options and defaults (the README's axes table)."""
     rows = ["| axis | entry | options (default) | what it is |", "|---|---|---|---|"]
-    for axis, registry in AXES.items():
+    for axis, registry in (*AXES.items(), ("stages", STAGES)):
         for entry in registry:
             opts = ", ".join(f"`{f.name}` ({_cell(_default(f))})" for f in entry.option_fields()) or "–"
             rows.append(f"| {axis} | `{entry.name}` | {opts} | {_cell(entry.description)} |")

@@ -63,15 +63,14 @@ def write_demo_data(directory: Path) -> dict[str, Path]:
     return paths
 
 
-def run_demo(output: str | Path = "tailtune-demo", epochs: float = 4, preset: str = "cls",
+def run_demo(output: str | Path = "tailtune-demo", epochs: float | None = None, preset: str = "auto",
              overwrite: bool = False) -> dict:
     """Train ``preset`` on the demo data with the embedded default backbone, evaluate, save, predict.
     An earlier demo in ``output`` is replaced; anything else there needs ``overwrite``."""
     from .api import TailtuneClassifier
     from .artefacts import check_writable
-    from .config import config_from_preset
+    from .config import config_from_preset, preset_train_config
     from .data import class_stats, read_dataset
-    from .loop import TrainConfig
     from .metrics import export_weight_norms, format_report
     output = Path(output)
     earlier_demo = (output / "data" / "train.tsv").is_file()
@@ -82,9 +81,9 @@ def run_demo(output: str | Path = "tailtune-demo", epochs: float = 4, preset: st
     print(f"demo data in {output / 'data'}: {stats['n_examples']} training messages, {stats['n_classes']} intents, "
           f"imbalance ratio {stats['imbalance_ratio']:.0f}; head {stats['head']}, tail {stats['tail']}")
     config = config_from_preset(preset, defaults={"template": "{text} This message is about {mask} ."}, max_length=64)
-    clf = TailtuneClassifier(preset, config=config,
-                             train_config=TrainConfig(epochs=epochs, batch_size=16, lr=1e-4, head_lr=1e-3,
-                                                      seed=13, progress=True), dev_fraction=0.15)
+    recipe = {"seed": 13, **({"epochs": epochs} if epochs else {})}
+    clf = TailtuneClassifier(preset, config=config, train_config=preset_train_config(preset, **recipe),
+                             dev_fraction=0.15)
     print(f"training '{preset}' on the embedded all-MiniLM-L6-v2 backbone ...")
     clf.fit(train_ds)
     report = clf.evaluate(test_ds)

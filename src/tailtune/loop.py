@@ -36,6 +36,8 @@ class TrainConfig:
     """passes over the training data (fractions allowed)"""
     steps: int | None = None
     """optimisation steps in all (none: from epochs)"""
+    min_steps: int | None = None
+    """at least this many optimisation steps, however small the data (more epochs on few examples)"""
     batch_size: int = 16
     """examples per micro-batch"""
     grad_accum: int = 1
@@ -53,7 +55,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     """gradient clipping (global norm)"""
     eval_every: int | None = None
-    """evaluate on dev every N optimisation steps (none: once per epoch)"""
+    """evaluate on dev every N optimisation steps (none: once per epoch, or see eval_times)"""
+    eval_times: int | None = None
+    """evaluate on dev this many times, evenly spread over training (none: once per epoch, or see eval_every)"""
     patience: int | None = None
     """stop after this many evaluations without a better dev macro-F1 (none: never)"""
     save_every: int | None = None
@@ -73,7 +77,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "lr", "eval_batch_size", "head_lr", "module_lr", "grad_accum",
-                     "steps", "save_every", "eval_every", "patience"):
+                     "steps", "min_steps", "save_every", "eval_every", "eval_times", "patience"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
                 raise ConfigError(f"{name}={value!r}: must be a number > 0")
@@ -112,6 +116,7 @@ class Job(Protocol):
     model: torch.nn.Module
     micro_batches: int  # per epoch
     settings: dict  # what must be equal for a checkpoint to be resumed
+    total_steps: int  # set by the loop before the first step
 
     def batches(self, epoch: int) -> list: ...
 
@@ -278,11 +283,12 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
     params = list(named.values())
     accum = int(cfg.grad_accum)
     steps_per_epoch = max(1, math.ceil(job.micro_batches / accum))
-    total = cfg.steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    total = cfg.steps or max(1, math.ceil(steps_per_epoch * cfg.epochs), cfg.min_steps or 0)
     warmup = int(total * cfg.warmup_ratio)
     optimizer = adamw(param_groups(model, roles, cfg), device)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    eval_every = cfg.eval_every or steps_per_epoch
+    eval_every = cfg.eval_every or (math.ceil(total / cfg.eval_times) if cfg.eval_times else steps_per_epoch)
+    job.total_steps = total
     checkpoints = _Checkpoints(checkpoint_dir, job.settings, resume)
 
     state = {"step": 0, "epoch": 0, "window": 0, "history": [], "best": None, "best_step": 0, "bad_evals": 0,
@@ -344,7 +350,8 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
                 if evaluated:
                     metrics = evaluate()
                     model.train()
-                    record.update({"dev_" + k: v for k, v in metrics.items() if isinstance(v, float)})
+                    record.update({"dev_" + k: v for k, v in metrics.items()
+                                   if isinstance(v, float) and math.isfinite(v) and k != "theta"})
                     if state["best"] is None or metrics[metric] > state["best"]:
                         state.update(best=metrics[metric], best_step=step, bad_evals=0)
                         best_state = {n: p.detach().clone() for n, p in named.items()}

@@ -5,51 +5,90 @@ import csv
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from .data import head_tail_split
+from .errors import ConfigError
 
 
-def long_tail_report(y_true: Sequence[str], y_pred: Sequence[str], theta: float = 0.65) -> dict:
-    """Metrics of the long-tail paper on one evaluated split.
+GROUP_RULES = ("auto", "split", "train")
+SHOT_BANDS = (("many", 101, None), ("medium", 20, 100), ("few", 0, 19))  # training examples per class
+
+
+def _near_balanced(labels: Sequence[str], ratio: float = 1.5) -> bool:
+    counts = Counter(labels).values()
+    return max(counts) <= ratio * min(counts)
+
+
+def long_tail_report(y_true: Sequence[str], y_pred: Sequence[str], theta: float = 0.65,
+                     train_counts: Mapping[str, int] | None = None, groups: str = "auto") -> dict:
+    """Metrics of the long-tail paper on one evaluated split, and the long-tail literature's shot bands.
 
     - ``macro_f1``: scikit-learn's macro F1 over the classes seen in gold or predictions;
-    - ``head_f1`` / ``tail_f1``: per-class F1 averaged over the head / tail classes of the
-      evaluated split (``data.head_tail_split`` with ``theta``);
-    - ``per_class``: precision, recall, F1, support and group of every gold class.
+    - ``head_f1`` / ``tail_f1``: per-class F1 averaged over the head / tail classes. The paper's rule
+      (``data.head_tail_split`` with ``theta``) runs on the class counts of the evaluated split
+      (``groups="split"``) or of the training data (``"train"``); ``"auto"`` uses the training counts
+      when they are given and the evaluated split is (near) balanced (largest class at most 1.5x the
+      smallest), where the split's own counts say nothing about head and tail. ``group_rule`` says
+      which rule ran;
+    - ``many_f1`` / ``medium_f1`` / ``few_f1``: per-class F1 averaged over classes with more than 100,
+      20 to 100, and fewer than 20 training examples (with ``train_counts``; NaN for an empty band);
+    - ``per_class``: precision, recall, F1, support, group (and training count and band) of every gold class.
     """
+    if groups not in GROUP_RULES:
+        raise ConfigError(f"groups={groups!r} is not one of {', '.join(GROUP_RULES)}")
     y_true, y_pred = list(y_true), list(y_pred)
-    head, tail = head_tail_split(y_true, theta)
-    gold = head + tail
+    rule = groups
+    if rule == "auto":
+        rule = "train" if train_counts and _near_balanced(y_true) else "split"
+    if rule == "train" and not train_counts:
+        raise ConfigError("groups='train' needs the training label counts")
+    basis = [y for y, n in train_counts.items() for _ in range(n)] if rule == "train" else y_true
+    head, tail = head_tail_split(basis, theta)
+    gold = sorted(set(y_true), key=lambda c: (-Counter(y_true)[c], c))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=gold, zero_division=0)
-    per_class = {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                     "support": int(s[i]), "group": "head" if c in head else "tail"}
-                 for i, c in enumerate(gold)}
+    per_class = {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i]),
+                     "group": "head" if c in head else "tail"} for i, c in enumerate(gold)}
+    bands: dict[str, list[str]] = {name: [] for name, _, _ in SHOT_BANDS}
+    for c in gold:
+        if train_counts:
+            n = int(train_counts.get(c, 0))
+            band = next(name for name, low, high in SHOT_BANDS if n >= low and (high is None or n <= high))
+            per_class[c].update(train_count=n, band=band)
+            bands[band].append(c)
     mean = lambda cs: float(np.mean([per_class[c]["f1"] for c in cs])) if cs else float("nan")  # noqa: E731
+    heads, tails = [c for c in gold if c in head], [c for c in gold if c not in head]
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "head_f1": mean(head),
-        "tail_f1": mean(tail),
+        "head_f1": mean(heads),
+        "tail_f1": mean(tails),
+        "many_f1": mean(bands["many"]), "medium_f1": mean(bands["medium"]), "few_f1": mean(bands["few"]),
         "n": len(y_true),
         "theta": theta,
-        "n_head": len(head),
-        "n_tail": len(tail),
+        "group_rule": rule,
+        "n_head": len(heads),
+        "n_tail": len(tails),
+        "n_many": len(bands["many"]), "n_medium": len(bands["medium"]), "n_few": len(bands["few"]),
         "per_class": per_class,
     }
 
 
 def format_report(report: dict) -> str:
+    rule = {"split": "class counts of this split", "train": "training class counts"}[report.get("group_rule", "split")]
     lines = [f"accuracy {report['accuracy']:.4f}   macro-F1 {report['macro_f1']:.4f}   "
              f"head-F1 {report['head_f1']:.4f} ({report['n_head']} classes)   "
-             f"tail-F1 {report['tail_f1']:.4f} ({report['n_tail']} classes)   θ={report['theta']}",
-             f"{'class':<28}{'group':>6}{'prec':>8}{'rec':>8}{'f1':>8}{'support':>9}"]
+             f"tail-F1 {report['tail_f1']:.4f} ({report['n_tail']} classes)   θ={report['theta']} on the {rule}"]
+    if report.get("n_many", 0) + report.get("n_medium", 0) + report.get("n_few", 0):
+        lines.append("   ".join(f"{band}-shot F1 {report[f'{band}_f1']:.4f} ({report[f'n_{band}']} classes)"
+                               for band, _, _ in SHOT_BANDS) + "   (>100 / 20-100 / <20 training examples)")
+    lines.append(f"{'class':<28}{'group':>6}{'train':>7}{'prec':>8}{'rec':>8}{'f1':>8}{'support':>9}")
     for c, m in report["per_class"].items():
-        lines.append(f"{c[:27]:<28}{m['group']:>6}{m['precision']:>8.3f}{m['recall']:>8.3f}"
-                     f"{m['f1']:>8.3f}{m['support']:>9d}")
+        lines.append(f"{c[:27]:<28}{m['group']:>6}{m.get('train_count', ''):>7}{m['precision']:>8.3f}"
+                     f"{m['recall']:>8.3f}{m['f1']:>8.3f}{m['support']:>9d}")
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ from .config import ClassifierConfig
 from .device import autocast
 from .version import __version__
 from .errors import ConfigError
-from .inputs import Encoded, Verbalizer
+from .inputs import Encoded, Verbalizer, collate
 from .registry import BuildContext
 from .tuning.routing import Route, TaskRouter
 
@@ -80,10 +80,12 @@ class Classifier(nn.Module):
             return "module" if owner == self.task else None
         return self._backbone_role(name)
 
-    def set_trainable(self) -> None:
-        """The head and the task's modules always train; the backbone as the mechanism says."""
+    def set_trainable(self, roles: tuple[str, ...] | None = None) -> None:
+        """The head and the task's modules always train; the backbone as the mechanism says. ``roles``
+        limits training to parameters of those roles (e.g. ``("head",)`` for classifier re-training)."""
         for name, p in self.named_parameters():
-            p.requires_grad_(self.role(name) is not None)
+            role = self.role(name)
+            p.requires_grad_(role is not None and (roles is None or role in roles))
 
     def param_roles(self) -> dict[str, str]:
         """Every trainable parameter's role, in parameter order."""
@@ -151,8 +153,12 @@ class Classifier(nn.Module):
         x, mask = self.readout(hidden, attention_mask, position)
         return self.head(x, mask)
 
-    def training_loss(self, batch: dict, target: torch.Tensor, bf16: bool = False) -> torch.Tensor:
-        """The head's training loss on a collated batch (``features`` in it skips the encoder)."""
+    def training_loss(self, batch: dict, target: torch.Tensor, bf16: bool = False,
+                      progress: float | None = None) -> torch.Tensor:
+        """The head's training loss on a collated batch (``features`` in it skips the encoder);
+        ``progress`` (0 -> 1 over training) reaches objectives that change during training (DRW)."""
+        if progress is not None and hasattr(self.objective, "set_progress"):
+            self.objective.set_progress(progress)
         batch = dict(batch)
         features = batch.pop("features", None)
         with autocast(target.device, bf16):
@@ -161,6 +167,28 @@ class Classifier(nn.Module):
             x, mask = self.readout(hidden, batch["attention_mask"], batch["position"])
             logits = self.head(x, mask)
         return self.head.loss(logits, x, mask, target, self.objective)
+
+    @torch.no_grad()
+    def class_prototypes(self, encoded: list[Encoded], targets: torch.Tensor, batch_size: int = 64,
+                         bf16: bool = False) -> torch.Tensor:
+        """(classes, dim): the mean of each class's L2-normalised read vectors, encoder in eval mode
+        (zeros for a class without examples)."""
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        sums: torch.Tensor | None = None
+        for s in range(0, len(encoded), batch_size):
+            batch = collate(encoded[s:s + batch_size], self.tokenizer.pad_token_id, device)
+            with autocast(device, bf16):
+                hidden = self.features(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                                       batch.get("soft_positions"))
+                x, _ = self.readout(hidden, batch["attention_mask"], batch["position"])
+            x = torch.nn.functional.normalize(x.float(), dim=-1)
+            sums = sums if sums is not None else x.new_zeros(len(self.labels), *x.shape[1:])
+            sums.index_add_(0, targets[s:s + batch_size].to(device), x)
+        counts = torch.bincount(targets, minlength=len(self.labels)).to(device).clamp_min(1)
+        self.train(was_training)
+        return sums / counts.reshape(-1, *([1] * (sums.dim() - 1)))
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The objective on given scores."""
@@ -210,8 +238,9 @@ class Classifier(nn.Module):
         verbalizer = Verbalizer(meta["labels"], meta["verbalizer"], warn_missing=False) if meta.get("verbalizer") \
             else None
         bb = artefacts.backbone_for(directory, meta, backbone)
+        counts = (meta.get("class_stats") or {}).get("counts")  # priors of a post-hoc calibration
         model = cls(config, meta["labels"], bb, verbalizer, meta["backbone"]["fingerprint"],
-                    task=task if meta["artefact"] == "module" else "default", loading=True)
+                    task=task if meta["artefact"] == "module" else "default", class_counts=counts, loading=True)
         artefacts.load_weights(model, directory, meta, device)
         model.saved_metadata = meta
         return model.to(device).eval()

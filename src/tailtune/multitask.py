@@ -15,9 +15,8 @@ from .backbone import Backbone, load_backbone
 from .config import ClassifierConfig
 from .device import autocast
 from .errors import ArtefactError, ConfigError
-from .inputs import Encoded
+from .inputs import Encoded, collate
 from .model import Classifier
-from .train import collate
 from .tuning.routing import Route, TaskRouter
 
 

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
 from .registry import CALIBRATIONS, OBJECTIVES, BuildContext, NoOptions, check_min
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -37,6 +38,18 @@ def triplet_loss(scores: torch.Tensor, target: torch.Tensor, margin: float = 1.0
 def eta_norm(logits: torch.Tensor, class_weight: torch.Tensor, eta: float) -> torch.Tensor:
     """η-norm (Kang et al., 2020): divide each class score ``w_c·h + b_c`` by ``‖w_c‖^η``."""
     return logits / class_weight.norm(dim=-1).clamp_min(1e-12) ** eta
+
+
+def class_counts(ctx: BuildContext) -> torch.Tensor:
+    """Training examples per class in label order (ones when unknown, e.g. a classifier being loaded)."""
+    counts = ctx.class_counts or {}
+    return torch.tensor([float(counts.get(y, 1)) for y in ctx.labels]).clamp_min(1.0)
+
+
+def effective_number_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
+    """Class-balanced weights (Cui et al., 2019): ``(1 - β) / (1 - β^n_c)``, scaled to average 1."""
+    w = (1 - beta) / (1 - beta ** counts)
+    return w * len(w) / w.sum()
 
 
 # ---------------------------------------------------------------- objectives
@@ -74,6 +87,84 @@ def build_triplet(opts: TripletOptions, ctx: BuildContext) -> Loss:
     return lambda logits, target: triplet_loss(logits, target, opts.margin)
 
 
+@dataclass
+class LogitAdjustedOptions:
+    tau: float = 1.0
+    """logit adjustment: τ; the loss sees logits + τ·log(class prior) (τ=1: balanced softmax)"""
+
+    def __post_init__(self) -> None:
+        check_min(self, "tau", 0.0)
+
+
+@OBJECTIVES.register("logit-adjusted", LogitAdjustedOptions, description="logit-adjusted cross-entropy (Menon et "
+                     "al., 2021); τ=1 is balanced softmax (Ren et al., 2020)")
+def build_logit_adjusted(opts: LogitAdjustedOptions, ctx: BuildContext) -> Loss:
+    """``CE(z + τ·log π, y)``: frequent classes must win by their prior, so the trained scores ``z``
+    estimate the balanced (class-conditional) posterior, which is what macro-F1 rewards."""
+    counts = class_counts(ctx)
+    log_prior = (counts / counts.sum()).log()
+    return lambda logits, target: F.cross_entropy(logits.float() + opts.tau * log_prior.to(logits.device), target)
+
+
+@dataclass
+class ClassBalancedOptions:
+    cb_beta: float = 0.9999
+    """class-balanced loss: β of the effective number of examples, weights ∝ (1 - β) / (1 - β^n_c)"""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.cb_beta < 1:
+            raise ConfigError(f"cb_beta={self.cb_beta!r}: must be in [0, 1)")
+
+
+@OBJECTIVES.register("class-balanced", ClassBalancedOptions, description="cross-entropy re-weighted by the "
+                     "effective number of examples per class (Cui et al., 2019)")
+def build_class_balanced(opts: ClassBalancedOptions, ctx: BuildContext) -> Loss:
+    weight = effective_number_weights(class_counts(ctx), opts.cb_beta)
+    return lambda logits, target: F.cross_entropy(logits.float(), target, weight=weight.to(logits.device))
+
+
+class LDAMLoss:
+    """LDAM with deferred re-weighting (Cao et al., 2019): the gold class's score must lead by a
+    margin ``Δ_c ∝ n_c^(-1/4)`` (the largest, for the rarest class, is ``max_margin``); from
+    ``drw_start`` of training on, the loss is also weighted by class-balanced weights (β = 0.9999)."""
+
+    def __init__(self, counts: torch.Tensor, max_margin: float, scale: float, drw_start: float) -> None:
+        margins = counts ** -0.25
+        self.margins = margins * (max_margin / margins.max())
+        self.weights = effective_number_weights(counts, 0.9999)
+        self.scale, self.drw_start, self.progress = scale, drw_start, 0.0
+
+    def set_progress(self, progress: float) -> None:
+        self.progress = progress
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        shifted = logits - F.one_hot(target, logits.shape[-1]) * self.margins.to(logits.device)
+        weight = self.weights.to(logits.device) if self.progress >= self.drw_start else None
+        return F.cross_entropy(self.scale * shifted, target, weight=weight)
+
+
+@dataclass
+class LDAMOptions:
+    ldam_max_margin: float = 0.5
+    """LDAM: the margin of the rarest class, in score units (the others shrink as n_c^(-1/4))"""
+    ldam_scale: float = 1.0
+    """LDAM: scores are multiplied by this before the softmax (the paper: 30 on raw cosines)"""
+    drw_start: float = 0.8
+    """LDAM: share of training after which class-balanced re-weighting starts (1: never)"""
+
+    def __post_init__(self) -> None:
+        check_min(self, "ldam_max_margin", 0.0)
+        check_min(self, "ldam_scale", 0.0, strict=True)
+        if not 0 <= self.drw_start <= 1:
+            raise ConfigError(f"drw_start={self.drw_start!r}: must be in [0, 1]")
+
+
+@OBJECTIVES.register("ldam-drw", LDAMOptions, description="LDAM margins with deferred re-weighting (Cao et al., 2019)")
+def build_ldam(opts: LDAMOptions, ctx: BuildContext) -> LDAMLoss:
+    return LDAMLoss(class_counts(ctx), opts.ldam_max_margin, opts.ldam_scale, opts.drw_start)
+
+
 # ---------------------------------------------------------------- calibration
 
 @CALIBRATIONS.register("none", NoOptions, description="raw class scores")
@@ -94,3 +185,20 @@ class EtaNormOptions:
                        "(Kang et al., 2020)")
 def build_eta_norm(opts: EtaNormOptions, ctx: BuildContext) -> Calibration:
     return lambda logits, model: eta_norm(logits, model.head.class_weights()[0].detach().float(), opts.eta)
+
+
+@dataclass
+class LogitAdjustOptions:
+    adjust_tau: float = 1.0
+    """post-hoc logit adjustment: τ; scores minus τ·log(training class prior)"""
+
+    def __post_init__(self) -> None:
+        check_min(self, "adjust_tau", 0.0)
+
+
+@CALIBRATIONS.register("logit-adjust", LogitAdjustOptions, description="post-hoc logit adjustment: scores minus "
+                       "τ·log(training class prior) (Menon et al., 2021)")
+def build_logit_adjust(opts: LogitAdjustOptions, ctx: BuildContext) -> Calibration:
+    counts = class_counts(ctx)
+    log_prior = (counts / counts.sum()).log()
+    return lambda logits, model: logits - opts.adjust_tau * log_prior.to(logits.device)

@@ -111,6 +111,8 @@ OBJECTIVES = Registry("objective", "the training loss")
 CALIBRATIONS = Registry("calibration", "post-hoc adjustment of the class scores at prediction")
 
 AXES: dict[str, Registry] = {r.axis: r for r in (INPUT_FORMATS, READOUTS, HEADS, TRAINS, OBJECTIVES, CALIBRATIONS)}
+# training stages around the main fine-tuning; a classifier lists any number of them (``ClassifierConfig.stages``)
+STAGES = Registry("stage", "a training stage before or after the main fine-tuning")
 
 
 # ---------------------------------------------------------------- checks shared by options dataclasses

@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import random
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 from .data import TextDataset
 from .device import autocast, resolve_device
 from .errors import DataError
-from .inputs import Encoded
+from .inputs import Encoded, collate
 from .loop import NOT_RESULT_SETTINGS, TrainConfig, TrainResult, run
 
 Encode = Callable[[TextDataset, int], list[Encoded]]
@@ -37,27 +38,6 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
         batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
-
-
-def collate(examples: list[Encoded], pad_id: int, device: torch.device) -> dict:
-    """Pad to the longest example of the batch (dynamic padding)."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    # segment ids where any example has them (a mixed-task batch may hold single texts and pairs)
-    types = torch.zeros((len(examples), width), dtype=torch.long) if any(e.token_type_ids for e in examples) else None
-    for i, e in enumerate(examples):
-        ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
-        mask[i, :len(e.input_ids)] = 1
-        if types is not None and e.token_type_ids:
-            types[i, :len(e.token_type_ids)] = torch.tensor(e.token_type_ids)
-    batch = {"input_ids": ids, "attention_mask": mask,
-             "position": torch.tensor([e.position for e in examples], dtype=torch.long)}
-    if types is not None:
-        batch["token_type_ids"] = types
-    if examples[0].soft_positions:
-        batch["soft_positions"] = torch.tensor([e.soft_positions for e in examples], dtype=torch.long)
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -138,12 +118,14 @@ class ClassificationJob:
     """
 
     def __init__(self, model: Any, examples: TextDataset, cfg: TrainConfig, encode: Encode,
-                 settings: dict | None = None) -> None:
+                 settings: dict | None = None, sampling: str = "grouped") -> None:
         index = {y: i for i, y in enumerate(model.labels)}
         unknown = sorted({y for y in examples.labels if y not in index})
         if unknown:
             raise DataError(f"{examples.source}: labels {unknown[:5]} are not in the classifier's label space")
-        self.model, self.examples, self.cfg, self._encode = model, examples, cfg, encode
+        if sampling not in ("grouped", "class-balanced"):
+            raise ValueError(f"sampling={sampling!r}")
+        self.model, self.examples, self.cfg, self._encode, self.sampling = model, examples, cfg, encode, sampling
         self.device = resolve_device(cfg.device)
         self.targets = torch.tensor([index[y] for y in examples.labels], dtype=torch.long)
         self.micro_batches = math.ceil(len(examples) / cfg.batch_size)
@@ -152,6 +134,7 @@ class ClassificationJob:
         self._epoch = 0
         self._rng = random.Random(cfg.seed)
         self.cache: list[torch.Tensor] | None = None
+        self.total_steps = 0  # set by the loop
         train_settings = {k: v for k, v in cfg.to_dict().items() if k not in NOT_RESULT_SETTINGS}
         self.settings = {"classifier": model.config.to_dict(), "labels": list(model.labels),
                          "backbone": model.fingerprint, "train": train_settings, "data": data_hash(examples),
@@ -167,16 +150,29 @@ class ClassificationJob:
     def batches(self, epoch: int) -> list[list[int]]:
         lengths = [len(e.input_ids) for e in self.encoded(epoch)]
         while len(self._orders) <= epoch:  # replays the shuffles of earlier epochs on resume
-            self._orders.append(length_grouped_batches(lengths, int(self.cfg.batch_size), self._rng))
+            self._orders.append(length_grouped_batches(lengths, int(self.cfg.batch_size), self._rng)
+                                if self.sampling == "grouped" else self._balanced())
         self._epoch = epoch
         return self._orders[epoch]
+
+    def _balanced(self) -> list[list[int]]:
+        """As many examples as an epoch holds, each drawn by picking a class uniformly, then one of its
+        examples (with replacement): every class is seen equally often."""
+        by_class: dict[int, list[int]] = {}
+        for i, t in enumerate(self.targets.tolist()):
+            by_class.setdefault(t, []).append(i)
+        classes = sorted(by_class)
+        draws = [self._rng.choice(by_class[self._rng.choice(classes)]) for _ in range(len(self.targets))]
+        size = int(self.cfg.batch_size)
+        return [draws[s:s + size] for s in range(0, len(draws), size)]
 
     def loss(self, idx: list[int], step: int) -> torch.Tensor:
         encoded = self.encoded(self._epoch)
         batch = collate([encoded[i] for i in idx], self.model.tokenizer.pad_token_id, self.device)
         if self.cache is not None:
             batch["features"] = pad_features([self.cache[i] for i in idx])
-        return self.model.training_loss(batch, self.targets[idx].to(self.device), self.cfg.bf16)
+        return self.model.training_loss(batch, self.targets[idx].to(self.device), self.cfg.bf16,
+                                        progress=step / max(1, self.total_steps))
 
     def param_roles(self) -> dict[str, str]:
         return self.model.param_roles()
@@ -188,13 +184,24 @@ class ClassificationJob:
 
 def train(model: Any, examples: TextDataset, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, *,
           encode: Encode | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
-          settings: dict | None = None, log: Callable[[str], None] | None = None) -> TrainResult:
+          settings: dict | None = None, log: Callable[[str], None] | None = None, roles: tuple[str, ...] | None = None,
+          sampling: str = "grouped", prototypes: bool = True) -> TrainResult:
     """Fine-tune ``model`` in place on ``examples``; keep the parameters with the best dev macro-F1.
 
     ``encode(examples, epoch)`` turns the examples into model inputs (default: the model's input
     format, ``Classifier.encode_training``; once, unless the format re-samples every epoch); ``evaluate()`` returns a dict with ``macro_f1``, called every ``cfg.eval_every``
-    steps (default: each epoch). See ``loop.run`` for checkpoints and resuming.
+    steps (default: each epoch). See ``loop.run`` for checkpoints and resuming. ``roles`` limits what
+    trains (e.g. ``("head",)``); ``sampling="class-balanced"`` draws every class equally often; a head
+    that takes class prototypes starts from them (unless ``prototypes`` is false or the run resumes).
     """
-    model.set_trainable()  # a shared backbone may hold other tasks' modules: train only ours
-    job = ClassificationJob(model, examples, cfg, encode or model.encode_training, settings)
-    return run(job, cfg, evaluate, checkpoint_dir=checkpoint_dir, resume=resume, log=log, before=job.prepare)
+    model.set_trainable(roles)  # a shared backbone may hold other tasks' modules: train only ours
+    model.to(resolve_device(cfg.device))
+    job = ClassificationJob(model, examples, cfg, encode or model.encode_training, settings, sampling)
+    start = time.perf_counter()
+    if model.head.wants_prototypes and prototypes and not resume:  # (a resumed run restores the head instead)
+        model.head.init_from_prototypes(model.class_prototypes(job.encoded(0), job.targets, cfg.eval_batch_size,
+                                                               cfg.bf16))
+    seconds = time.perf_counter() - start
+    result = run(job, cfg, evaluate, checkpoint_dir=checkpoint_dir, resume=resume, log=log, before=job.prepare)
+    result.seconds += seconds
+    return result

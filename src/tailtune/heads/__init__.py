@@ -1,9 +1,10 @@
-"""The head axis: MLP, verbalizer (MLM head + label words) and label decoder (Y-Tuning)."""
+"""The head axis: MLP, cosine classifier, verbalizer (MLM head + label words) and label decoder (Y-Tuning)."""
 from __future__ import annotations
 
 from .base import Head
+from .cosine import CosineHead
 from .label_decoder import LabelDecoderHead
 from .mlp import MLPHead
 from .verbalizer import VerbalizerHead
 
-__all__ = ["Head", "MLPHead", "VerbalizerHead", "LabelDecoderHead"]
+__all__ = ["Head", "CosineHead", "MLPHead", "VerbalizerHead", "LabelDecoderHead"]

@@ -17,10 +17,16 @@ class Head(nn.Module):
     as ``(batch, seq, layers + 1, hidden)``, e.g. for one classifier per layer). ``loss`` is the
     training loss; a head with an auxiliary loss (per-layer classifiers, a regulariser) overrides it.
     ``class_weights()`` gives the effective per-class weight vectors and biases of the last linear
-    map (η-norm calibration, the weight-norm analysis of the long-tail paper).
+    map (η-norm calibration, the weight-norm analysis of the long-tail paper). A head with
+    ``wants_prototypes`` is started by ``train()`` from the mean read vector of each class.
     """
 
     layers = "last"
+    wants_prototypes = False  # True: training starts the class weights from the class prototypes
+
+    def init_from_prototypes(self, prototypes: torch.Tensor) -> None:
+        """Start the class weights from ``prototypes`` (classes, dim): each class's mean read vector."""
+        raise NotImplementedError
 
     def loss(self, logits: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, target: torch.Tensor,
              objective: Objective) -> torch.Tensor:

@@ -1,1 +1,10 @@
-"""Training stages beyond one classifier fit: masked-LM adaptation (``lm``) and prompt pre-training (``ppt``)."""
+"""Training stages beyond one classifier fit.
+
+Registered stages (``ClassifierConfig.stages``) run around the main fine-tuning: ``contrastive``
+(SetFit-style pair tuning of the body, before) and ``crt`` (classifier re-training with class-balanced
+sampling, after). Masked-LM adaptation (``lm``) and prompt pre-training (``ppt``) are stages of their
+own commands (``tailtune adapt-lm``, ``tailtune pretrain-prompt``).
+"""
+from __future__ import annotations
+
+from . import contrastive, crt  # noqa: F401  (register the stages)

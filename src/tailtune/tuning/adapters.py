@@ -82,7 +82,7 @@ class AdapterOptions:
 
 
 @TRAINS.register("adapter", AdapterOptions, description="bottleneck adapters after sublayer outputs (backbone frozen)",
-                 shares_backbone=True, full_artefact=False)
+                 shares_backbone=True, full_artefact=False, trains_body=True)
 def build_adapters(opts: AdapterOptions, ctx: BuildContext) -> Mechanism:
     sites = adapter_sites(ctx.encoder, opts.adapter_kind)
     adapters = make_adapters(sites, ctx.hidden, opts.adapter_size, opts.adapter_activation, opts.adapter_init)

@@ -17,19 +17,19 @@ class Mechanism:
 
 
 @TRAINS.register("all", NoOptions, description="every weight (full fine-tuning)", shares_backbone=False,
-                 full_artefact=True)
+                 full_artefact=True, trains_body=True)
 def build_all(opts: NoOptions, ctx: BuildContext) -> Mechanism:
     return Mechanism(backbone_role=lambda name: "backbone")
 
 
 @TRAINS.register("head", NoOptions, description="nothing but the head (frozen backbone)", shares_backbone=True,
-                 full_artefact=False)
+                 full_artefact=False, trains_body=False)
 def build_head_only(opts: NoOptions, ctx: BuildContext) -> Mechanism:
     return Mechanism()
 
 
 @TRAINS.register("bitfit", NoOptions, description="the backbone's bias terms (BitFit)", shares_backbone=False,
-                 full_artefact=False)
+                 full_artefact=False, trains_body=True)
 def build_bitfit(opts: NoOptions, ctx: BuildContext) -> Mechanism:
     return Mechanism(backbone_role=lambda name: "module" if name.endswith(".bias") else None)
 
@@ -42,7 +42,7 @@ def _needs_soft_tokens(config: Any) -> None:
 
 
 @TRAINS.register("prompt", NoOptions, description="soft prompt tokens of the template (backbone frozen)",
-                 shares_backbone=True, full_artefact=False, check=_needs_soft_tokens)
+                 shares_backbone=True, full_artefact=False, trains_body=True, check=_needs_soft_tokens)
 def build_prompt(opts: NoOptions, ctx: BuildContext) -> Mechanism:
     return Mechanism()  # the soft tokens belong to the template input; they always train
 

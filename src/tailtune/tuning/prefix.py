@@ -131,7 +131,7 @@ class PrefixOptions:
 
 
 @TRAINS.register("prefix", PrefixOptions, description="key/value prefixes in every self-attention layer "
-                 "(backbone frozen)", shares_backbone=True, full_artefact=False)
+                 "(backbone frozen)", shares_backbone=True, full_artefact=False, trains_body=True)
 def build_prefix(opts: PrefixOptions, ctx: BuildContext) -> Mechanism:
     prefix = Prefix(ctx.layers, ctx.hidden, opts.prefix_length, opts.prefix_reparam)
     ctx.router.add_prefix(ctx.task, prefix)

@@ -1,0 +1,149 @@
+"""tailtune's default against what users pick instead, side by side on the same backbone, splits and seeds.
+
+    pip install -e ".[peers]"
+    python benchmarks/peers/quality.py --data-dir ../shared/data             # every set, method and seed
+    python benchmarks/peers/quality.py --only trec50 sst2 --methods auto lr-balanced
+    python benchmarks/peers/table.py                                         # -> table.md, README table
+
+Sets (the default MiniLM, a 2-core CPU, fp32):
+- ``r52``, ``trec50``: the long-tail protocol (R52 max length 48 with its own dev split; TREC-50 max
+  length 64 with a stratified 10 % dev split carved with the run's seed, duplicates of training texts
+  left out); macro-F1 and tail-F1 on the test sets.
+- ``sst2 sst5 mr cr mpqa subj trec``: LM-BFF's 16-shot splits (16 per class for train and for dev), full
+  test sets, max length 64 (128 for the longer MR / CR / Subj / MPQA reviews is not needed: 64 covers
+  most); accuracy.
+- ``r52-k8 r52-k32 trec50-k8 trec50-k32``: K examples per class drawn from the training set (all of a
+  class with fewer), dev: up to K more per class from the rest, the full test set.
+
+Every method sees the same train split (peers do not use dev; tailtune uses it to pick its best
+epoch). Results: one JSON line per (set, method, seed) in ``benchmarks/results/quality/results.jsonl``,
+with the wall time of training (from texts to a classifier ready to predict; test prediction excluded).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+LONGTAIL = {"r52": ("longtail/r52", 48, 0.55), "trec50": ("longtail/trec50", 64, 0.65)}
+FEWSHOT = {"sst2": ("SST-2", "tsv", 2), "sst5": ("sst-5", "csv", 5), "mr": ("mr", "csv", 2), "cr": ("cr", "csv", 2),
+           "mpqa": ("mpqa", "csv", 2), "subj": ("subj", "csv", 2), "trec": ("trec", "csv", 6)}
+KSHOT = {f"{name}-k{k}": (name, k) for name in LONGTAIL for k in (8, 32)}
+SETS = [*LONGTAIL, *FEWSHOT, *KSHOT]
+TAILTUNE = {"auto": "tailtune default (`auto`)", "prompt": "tailtune `prompt` (long-tail protocol)",
+            "cls": "tailtune `cls` (few-shot protocol)"}
+PEER_NAMES = ["lr-balanced", "lr", "setfit", "hf-trainer"]
+
+
+def load(data_dir: Path, name: str, seed: int):
+    """(train, dev, test, max_length, theta, few-shot?) of a set for a seed."""
+    import tailtune as tt
+    if name in LONGTAIL:
+        folder, max_length, theta = LONGTAIL[name]
+        train = tt.read_dataset(data_dir / folder / "train.tsv")
+        test = tt.read_dataset(data_dir / folder / "test.tsv")
+        if (data_dir / folder / "dev.tsv").is_file():
+            dev = tt.read_dataset(data_dir / folder / "dev.tsv")
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                train, dev = tt.stratified_split(train, 0.1, seed)
+        return train, dev, test, max_length, theta, False
+    if name in FEWSHOT:
+        folder, ext, _ = FEWSHOT[name]
+        base = data_dir / "fewshot" / "lmbff-16shot" / folder / f"16-{seed}"
+        kw = {"text_col": "sentence"} if ext == "tsv" else {"header": False, "columns": ["label", "text"]}
+        read = lambda split: tt.read_dataset(base / f"{split}.{ext}", allow_empty=True, **kw)  # noqa: E731
+        return read("train"), read("dev"), read("test"), 64, 0.65, True
+    source, k = KSHOT[name]
+    train, dev, test, max_length, theta, _ = load(data_dir, source, seed)
+    pool = train if source != "r52" else train  # the training split only; dev/test stay as they are
+    rng = random.Random(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, y in enumerate(pool.labels):
+        by_class.setdefault(y, []).append(i)
+    tr, dv = [], []
+    for y in sorted(by_class):
+        idx = by_class[y][:]
+        rng.shuffle(idx)
+        tr += idx[:k]
+        dv += idx[k:2 * k]
+    return pool.subset(sorted(tr)), pool.subset(sorted(dv)), test, max_length, theta, True
+
+
+def run_tailtune(method: str, train, dev, test, seed: int, max_length: int, theta: float, few: bool) -> dict:
+    import tailtune as tt
+    if method == "auto":
+        clf = tt.TailtuneClassifier("auto", max_length=max_length, theta=theta,
+                                    train_config=tt.preset_train_config("auto", seed=seed, progress=False))
+    else:  # the best preset of the earlier tables, with its protocol (few-shot: lr 1e-4, 20 epochs, batch 8)
+        long = not few and method == "prompt"
+        epochs = (2 if max_length == 48 else 3) if long else 20
+        clf = tt.TailtuneClassifier(method, max_length=max_length, theta=theta, train_config=tt.TrainConfig(
+            epochs=epochs, batch_size=16 if long else 8, lr=1e-4, seed=seed, progress=False, eval_batch_size=128))
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf.fit(train, dev=dev if len(dev) else None)
+    seconds = time.perf_counter() - t0
+    report = clf.evaluate(test)
+    return {"report": report, "train_seconds": seconds, "epochs_run": clf.train_result_.epochs_run,
+            "best_step": clf.train_result_.best_step, "steps": clf.train_result_.steps,
+            "config": clf.config.to_dict()}
+
+
+def run_peer(method: str, train, dev, test, seed: int, max_length: int, theta: float, few: bool) -> dict:
+    from peers import PEERS
+    from tailtune.metrics import long_tail_report
+    from collections import Counter
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = PEERS[method](train, dev, test, seed, max_length, None, few)
+    report = long_tail_report(test.labels, out["predictions"], theta, dict(Counter(train.labels)))
+    return {"report": report, "train_seconds": out["train_seconds"], "notes": out.get("notes")}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--out", default="benchmarks/results/quality")
+    p.add_argument("--only", nargs="*", default=None, help="sets (default: all)")
+    p.add_argument("--methods", nargs="*", default=None, help="methods (default: auto, the best preset, the peers)")
+    p.add_argument("--seeds", nargs="*", type=int, default=[13, 21, 42])
+    a = p.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    done = {(r["dataset"], r["method"], r["seed"]) for r in map(json.loads, results.read_text().splitlines())
+            if r} if results.is_file() else set()
+    for name in a.only or SETS:
+        few = name not in LONGTAIL
+        methods = a.methods or ["auto", "cls" if name in FEWSHOT else "prompt", *PEER_NAMES]
+        for seed in a.seeds:
+            for method in methods:
+                if (name, method, seed) in done:
+                    continue
+                train, dev, test, max_length, theta, few = load(Path(a.data_dir), name, seed)
+                print(f"{name} {method} seed {seed}: {len(train)} train / {len(dev)} dev / {len(test)} test", flush=True)
+                run = run_tailtune if method in TAILTUNE else run_peer
+                r = run(method, train, dev, test, seed, max_length, theta, few)
+                rep = r.pop("report")
+                row = {"dataset": name, "method": method, "seed": seed,
+                       **{k: rep[k] for k in ("accuracy", "macro_f1", "head_f1", "tail_f1", "many_f1", "medium_f1",
+                                              "few_f1", "group_rule")},
+                       "n_train": len(train), "n_dev": len(dev), "n_test": len(test), "max_length": max_length, **r}
+                print(f"    acc {row['accuracy']:.4f} macro-F1 {row['macro_f1']:.4f} tail-F1 {row['tail_f1']:.4f} "
+                      f"({row['train_seconds']:.0f} s)", flush=True)
+                from tailtune.artefacts import jsonable
+                from tailtune.experiment import append_line
+                append_line(results, json.dumps(jsonable(row)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The peer table from benchmarks/results/quality/results.jsonl -> table.md (and the goal checks).
+
+    python benchmarks/peers/table.py [--results benchmarks/results/quality/results.jsonl]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from quality import FEWSHOT, KSHOT, LONGTAIL
+
+NAMES = {"auto": "**tailtune default (`auto`)**", "prompt": "tailtune `prompt` (paper protocol)",
+         "cls": "tailtune `cls` (few-shot protocol)", "lr-balanced": "embeddings + LogisticRegression (balanced)",
+         "lr": "embeddings + LogisticRegression", "setfit": "SetFit", "hf-trainer": "HF Trainer + AutoModelForSequenceClassification"}
+BEST_PRESET = "best preset"
+PEERS = ["lr-balanced", "lr", "setfit", "hf-trainer"]
+
+
+def metric(dataset: str) -> str:
+    return "accuracy" if dataset in FEWSHOT else "macro_f1"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--results", default="benchmarks/results/quality/results.jsonl")
+    a = p.parse_args()
+    rows = [json.loads(x) for x in Path(a.results).read_text().splitlines() if x.strip()]
+    sets = [s for s in [*LONGTAIL, *FEWSHOT, *KSHOT] if any(r["dataset"] == s for r in rows)]
+
+    def values(method: str, ds: str, key: str | None = None) -> list[float]:
+        m = method if method != BEST_PRESET else ("cls" if ds in FEWSHOT else "prompt")
+        return [100 * r[key or metric(ds)] for r in rows if r["dataset"] == ds and r["method"] == m]
+
+    def cell(v: list[float]) -> str:
+        if not v:
+            return "–"
+        return f"{statistics.mean(v):.1f}" + (f" ± {statistics.pstdev(v):.1f}" if len(v) > 1 else "")
+
+    methods = ["auto", BEST_PRESET, *PEERS]
+    lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
+    for m in methods:
+        means = [statistics.mean(values(m, s)) if values(m, s) else None for s in sets]
+        avg = statistics.mean([x for x in means if x is not None]) if all(x is not None for x in means) else None
+        lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(cell(values(m, s)) for s in sets)
+                     + f" | {avg:.1f} |" if avg is not None else f"| {NAMES.get(m, m)} | "
+                     + " | ".join(cell(values(m, s)) for s in sets) + " | – |")
+    lines += ["", "Tail-F1 on the long-tail sets:", "",
+              "| method | " + " | ".join(s for s in sets if s not in FEWSHOT) + " |",
+              "|---|" + "---|" * len([s for s in sets if s not in FEWSHOT])]
+    for m in methods:
+        lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(cell(values(m, s, "tail_f1")) for s in sets
+                                                            if s not in FEWSHOT) + " |")
+    lines += ["", "Training wall time per run, median seconds (from texts to a classifier ready to predict):", "",
+              "| method | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    for m in methods:
+        def secs(s: str) -> str:
+            mm = m if m != BEST_PRESET else ("cls" if s in FEWSHOT else "prompt")
+            v = [r["train_seconds"] for r in rows if r["dataset"] == s and r["method"] == mm]
+            return f"{statistics.median(v):.0f}" if v else "–"
+        lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(secs(s) for s in sets) + " |")
+
+    # the goals
+    margins, verdicts, times = [], [], []
+    for s in sets:
+        ours = values("auto", s)
+        if not ours:
+            continue
+        ours_mean = statistics.mean(ours)
+        peer_means = {m: statistics.mean(values(m, s)) for m in PEERS if values(m, s)}
+        best = max(peer_means, key=peer_means.get)
+        margins.append(ours_mean - peer_means[best])
+        verdicts.append(f"{s}: default {ours_mean:.1f} vs best peer {best} {peer_means[best]:.1f} "
+                        f"({ours_mean - peer_means[best]:+.1f})")
+        close = [m for m, v in peer_means.items() if v >= ours_mean - 2]
+        ours_t = statistics.median(r["train_seconds"] for r in rows if r["dataset"] == s and r["method"] == "auto")
+        if close:
+            fastest = min(close, key=lambda m: statistics.median(
+                r["train_seconds"] for r in rows if r["dataset"] == s and r["method"] == m))
+            peer_t = statistics.median(r["train_seconds"] for r in rows if r["dataset"] == s and r["method"] == fastest)
+            times.append(f"{s}: {ours_t:.0f} s vs {fastest} {peer_t:.0f} s ({ours_t / peer_t:.1f}x)")
+        else:
+            times.append(f"{s}: {ours_t:.0f} s; no peer within 2 points")
+    lines += ["", f"Goal 1 (default >= best peer on every set, >= 2 points on average): "
+              f"{sum(m >= 0 for m in margins)}/{len(margins)} sets at or above, average margin "
+              f"{statistics.mean(margins):+.1f} points" if margins else "", ""]
+    lines += [f"- {v}" for v in verdicts]
+    lines += ["", "Goal 3 (default's training time <= 3x the fastest peer within 2 points of it):", ""]
+    lines += [f"- {t}" for t in times]
+    out = Path(a.results).with_name("table.md")
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""A contrastive stage in the spirit of SetFit: sentence-pair tuning of the body, before any head trains.
+
+Pairs of training texts are labelled 1 (same class) or 0 (different classes); the body learns to
+make the cosine of their read vectors (the classifier's readout, mean pooling on a sentence
+encoder) match the label (SetFit's ``CosineSimilarityLoss``). SetFit draws its anchors uniformly
+over examples, so on long-tailed data nearly every pair comes from the head classes; here anchors
+are drawn uniformly over *classes* by default, so a class of 3 examples gets as many pairs as one
+of 3,000. The number of pairs follows SetFit (two per example and iteration) but is capped, so the
+stage's cost does not grow without bound with the data.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..inputs import collate
+from ..loop import TrainConfig, run
+from ..registry import STAGES, TRAINS, check_choice, check_min
+
+
+@dataclass
+class ContrastiveOptions:
+    contrastive_iterations: int = 20
+    """contrastive stage: pairs per training example and epoch, one positive and one negative each (SetFit's
+    num_iterations)"""
+    contrastive_max_pairs: int = 8000
+    """contrastive stage: at most this many pairs per epoch"""
+    contrastive_epochs: float = 1.0
+    """contrastive stage: passes over the pairs"""
+    contrastive_lr: float = 2e-5
+    """contrastive stage: learning rate of the body (and task modules)"""
+    contrastive_batch_size: int = 16
+    """contrastive stage: pairs per step"""
+    contrastive_sampling: str = "class"
+    """contrastive stage: draw anchors uniformly over classes (class; long-tail aware) or over examples (example;
+    as SetFit)"""
+
+    def __post_init__(self) -> None:
+        for name in ("contrastive_iterations", "contrastive_max_pairs", "contrastive_batch_size"):
+            check_min(self, name, 1)
+        check_min(self, "contrastive_epochs", 0.0, strict=True)
+        check_min(self, "contrastive_lr", 0.0, strict=True)
+        check_choice(self, "contrastive_sampling", ("class", "example"))
+
+
+def sample_pairs(labels: list[str], n: int, rng: random.Random, by: str = "class") -> list[tuple[int, int, float]]:
+    """``n`` (i, j, same-class) pairs, half positive and half negative; anchors uniform over classes
+    (``by="class"``) or over examples (``by="example"``)."""
+    by_class: dict[str, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    classes = sorted(by_class)
+    twice = [c for c in classes if len(by_class[c]) > 1]
+    pairs = []
+    for k in range(n):
+        if by == "class":
+            c = rng.choice(twice if k % 2 == 0 and twice else classes)
+            a = rng.choice(by_class[c])
+        else:
+            a = rng.randrange(len(labels))
+            c = labels[a]
+        if k % 2 == 0 and len(by_class[c]) > 1:  # positive
+            b = a
+            while b == a:
+                b = rng.choice(by_class[c])
+            pairs.append((a, b, 1.0))
+        else:  # negative: another class, uniform over classes (or over examples)
+            if by == "class":
+                other = rng.choice([d for d in classes if d != c])
+                b = rng.choice(by_class[other])
+            else:
+                b = rng.randrange(len(labels))
+                while labels[b] == c:
+                    b = rng.randrange(len(labels))
+            pairs.append((a, b, 0.0))
+    return pairs
+
+
+class PairJob:
+    """The loop's job for the contrastive stage: the body (and task modules) train, the head does not."""
+
+    def __init__(self, model: Any, examples: Any, opts: ContrastiveOptions, cfg: TrainConfig) -> None:
+        if len(set(examples.labels)) < 2:
+            raise ConfigError("the contrastive stage needs two or more classes")
+        self.model, self.opts, self.cfg = model, opts, cfg
+        self.device = next(model.parameters()).device
+        self.encoded = model.encode(examples.texts, examples.texts_b)
+        self.labels = list(examples.labels)
+        self.n_pairs = min(opts.contrastive_max_pairs, 2 * opts.contrastive_iterations * len(examples))
+        self.micro_batches = math.ceil(self.n_pairs / opts.contrastive_batch_size)
+        self.settings = {"stage": "contrastive", "options": vars(opts)}
+        self.total_steps = 0
+
+    def batches(self, epoch: int) -> list[list[tuple[int, int, float]]]:
+        pairs = sample_pairs(self.labels, self.n_pairs, random.Random(self.cfg.seed * 7 + epoch),
+                             self.opts.contrastive_sampling)
+        size = self.opts.contrastive_batch_size
+        return [pairs[s:s + size] for s in range(0, len(pairs), size)]
+
+    def _read(self, idx: list[int]) -> torch.Tensor:
+        batch = collate([self.encoded[i] for i in idx], self.model.tokenizer.pad_token_id, self.device)
+        hidden = self.model.features(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                                     batch.get("soft_positions"))
+        x, _ = self.model.readout(hidden, batch["attention_mask"], batch["position"])
+        return x
+
+    def loss(self, pairs: list[tuple[int, int, float]], step: int) -> torch.Tensor:
+        from ..device import autocast
+        with autocast(self.device, self.cfg.bf16):
+            a, b = self._read([p[0] for p in pairs]), self._read([p[1] for p in pairs])
+        cos = F.cosine_similarity(a.float(), b.float(), dim=-1)
+        return F.mse_loss(cos, torch.tensor([p[2] for p in pairs], device=cos.device))
+
+    def param_roles(self) -> dict[str, str]:
+        return {n: r for n, r in self.model.param_roles().items() if r != "head"}
+
+
+class ContrastiveStage:
+    """Runs before the main fine-tuning (which then starts its head, e.g. from prototypes, on the tuned body)."""
+
+    when = "before"
+
+    def __init__(self, opts: ContrastiveOptions) -> None:
+        self.opts = opts
+
+    def run(self, model: Any, examples: Any, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None,
+            log: Callable[[str], None] | None = None) -> float:
+        o = self.opts
+        tc = TrainConfig(epochs=o.contrastive_epochs, batch_size=o.contrastive_batch_size, lr=o.contrastive_lr,
+                         module_lr=cfg.module_lr and o.contrastive_lr, seed=cfg.seed, device=cfg.device, bf16=cfg.bf16,
+                         progress=cfg.progress, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
+        job = PairJob(model, examples, o, tc)
+        if log:
+            log(f"contrastive stage: {job.n_pairs} pairs per epoch ({o.contrastive_sampling}-balanced anchors), "
+                f"{o.contrastive_epochs:g} epoch(s), lr {o.contrastive_lr:g}")
+        result = run(job, tc)
+        if log:
+            log(f"contrastive stage: done in {result.seconds:.0f} s, last pair loss {result.history[-1]['loss']:.4f}")
+        return result.seconds
+
+
+def _body_trains(config: Any) -> None:
+    if TRAINS.get(config.trains).trait("trains_body"):
+        return
+    raise ConfigError(f"the contrastive stage tunes the body, but trains={config.trains!r} freezes it; choose what "
+                      f"trains (e.g. --trains all or --trains lora)")
+
+
+@STAGES.register("contrastive", ContrastiveOptions, description="sentence-pair tuning of the body on pairs of "
+                 "training texts (SetFit-style; anchors balanced over classes) before the head trains",
+                 check=_body_trains, when="before")
+def build_contrastive(opts: ContrastiveOptions) -> ContrastiveStage:
+    return ContrastiveStage(opts)

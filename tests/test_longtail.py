@@ -1,0 +1,142 @@
+"""Long-tail objectives, the cosine head with prototype initialisation, and the contrastive / cRT stages."""
+import random
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tailtune as tt
+from tailtune.inputs import collate
+from tailtune.objectives import effective_number_weights
+from tailtune.registry import BuildContext
+
+LABELS = ["bad", "good", "money"]
+COUNTS = {"bad": 90, "good": 9, "money": 1}
+
+
+def _objective(name, **options):
+    cfg = tt.config_from_preset("cls", objective=name, **options)
+    ctx = BuildContext(cfg, LABELS, None, None, None, class_counts=COUNTS)
+    return cfg.entry("objective").build(cfg.of("objective"), ctx)
+
+
+def test_logit_adjusted_and_class_balanced_losses_by_hand():
+    logits, target = torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 0])
+    prior = torch.tensor([0.9, 0.09, 0.01])
+    torch.testing.assert_close(_objective("logit-adjusted")(logits, target), F.cross_entropy(logits + prior.log(), target))
+    torch.testing.assert_close(_objective("logit-adjusted", tau=0.5)(logits, target),
+                               F.cross_entropy(logits + 0.5 * prior.log(), target))
+    w = torch.tensor([(1 - 0.99) / (1 - 0.99 ** n) for n in (90, 9, 1)])
+    torch.testing.assert_close(effective_number_weights(torch.tensor([90.0, 9.0, 1.0]), 0.99), w * 3 / w.sum())
+    torch.testing.assert_close(_objective("class-balanced", cb_beta=0.99)(logits, target),
+                               F.cross_entropy(logits, target, weight=w * 3 / w.sum()))
+
+
+def test_ldam_margins_and_deferred_reweighting():
+    loss = _objective("ldam-drw", ldam_max_margin=0.5, drw_start=0.5)
+    margins = torch.tensor([90.0, 9.0, 1.0]) ** -0.25
+    torch.testing.assert_close(loss.margins, margins * 0.5 / margins.max())  # the rarest class gets 0.5
+    logits, target = torch.randn(4, 3), torch.tensor([0, 1, 2, 2])
+    shifted = logits - F.one_hot(target, 3) * loss.margins
+    loss.set_progress(0.2)
+    torch.testing.assert_close(loss(logits, target), F.cross_entropy(shifted, target))
+    loss.set_progress(0.6)  # re-weighted from drw_start on
+    torch.testing.assert_close(loss(logits, target), F.cross_entropy(shifted, target, weight=loss.weights))
+
+
+def test_post_hoc_logit_adjustment_survives_save_and_load(tiny_bert, toy, tmp_path):
+    texts, labels = toy
+    texts, labels = texts + ["oil price"] * 30, labels + ["money"] * 30  # money is now the head class
+    clf = tt.TailtuneClassifier("cls", tiny_bert, calibration="logit-adjust",
+                                train_config=tt.TrainConfig(epochs=1, progress=False))
+    clf.fit(texts, labels)
+    raw = torch.tensor(clf.decision_function(texts[:4]))
+    counts = torch.tensor([float(clf.class_stats_["counts"][y]) for y in clf.labels_])
+    model = clf.model_
+    with torch.no_grad():
+        logits = model(**collate(model.encode(texts[:4]), model.tokenizer.pad_token_id, torch.device("cpu")))
+    torch.testing.assert_close(raw, logits - (counts / counts.sum()).log(), atol=1e-5, rtol=1e-5)
+    clf.save(tmp_path / "m")
+    torch.testing.assert_close(torch.tensor(tt.TailtuneClassifier.load(tmp_path / "m", "cpu").decision_function(texts[:4])),
+                               raw, atol=1e-5, rtol=1e-5)
+
+
+def test_cosine_head_starts_from_class_prototypes(tiny_bert, toy):
+    texts, labels = toy
+    model = tt.build_classifier(tt.config_from_preset("cls", readout="mean", head="cosine"), LABELS, tiny_bert)
+    targets = torch.tensor([LABELS.index(y) for y in labels])
+    protos = model.class_prototypes(model.encode(texts), targets)
+    model.eval()
+    with torch.no_grad():  # by hand: the mean of each class's L2-normalised mean-pooled vectors
+        batch = collate(model.encode(texts), model.tokenizer.pad_token_id, torch.device("cpu"))
+        h = model.features(batch["input_ids"], batch["attention_mask"])
+        x = F.normalize(model.readout(h, batch["attention_mask"], batch["position"])[0], dim=-1)
+    for c in range(3):
+        torch.testing.assert_close(protos[c], x[targets == c].mean(0), atol=1e-5, rtol=1e-5)
+    model.head.init_from_prototypes(protos)
+    with torch.no_grad():
+        scores = model.head(x)
+    torch.testing.assert_close(scores, 16 * x @ F.normalize(protos, dim=-1).T, atol=1e-4, rtol=1e-4)
+    # train() starts the head there: after 0 steps of learning (lr ~ 0) the weights are the prototypes
+    fresh = tt.build_classifier(tt.config_from_preset("cls", readout="mean", head="cosine"), LABELS, tiny_bert)
+    tt.train(fresh, tt.TextDataset(texts, labels), tt.TrainConfig(steps=1, lr=1e-12, head_lr=1e-12, progress=False))
+    torch.testing.assert_close(F.normalize(fresh.head.weight, dim=-1), F.normalize(protos, dim=-1), atol=1e-4, rtol=0)
+
+
+def test_contrastive_pairs_are_balanced_over_classes():
+    from tailtune.stages.contrastive import sample_pairs
+    labels = ["a"] * 500 + ["b"] * 20 + ["c"] * 3
+    pairs = sample_pairs(labels, 3000, random.Random(0), by="class")
+    assert all((labels[i] == labels[j]) == bool(same) and i != j for i, j, same in pairs)
+    anchors = Counter(labels[i] for i, _, _ in pairs)
+    assert min(anchors.values()) > 0.25 * 3000 and Counter(s for _, _, s in pairs)[1.0] == 1500
+    setfit_like = Counter(labels[i] for i, _, _ in sample_pairs(labels, 3000, random.Random(0), by="example"))
+    assert setfit_like["c"] < 0.05 * 3000  # anchors over examples: the tail class is nearly never drawn
+
+
+def test_contrastive_stage_tunes_the_body_and_crt_only_the_head(tiny_bert, toy):
+    texts, labels = toy
+    clf = tt.TailtuneClassifier("cls", tiny_bert, readout="mean", head="cosine", stages=["contrastive", "crt"],
+                                contrastive_max_pairs=48, crt_epochs=2,
+                                train_config=tt.TrainConfig(epochs=1, batch_size=8, lr=1e-3, progress=False, seed=1))
+    calls = []
+    import tailtune.stages.contrastive as contrastive
+    import tailtune.stages.crt as crt
+    real_c, real_t = contrastive.run, crt.train
+
+    def record_c(job, cfg, *a, **k):
+        before = {n: p.detach().clone() for n, p in job.model.named_parameters()}
+        out = real_c(job, cfg, *a, **k)
+        calls.append(("contrastive", {n for n, p in job.model.named_parameters() if not torch.equal(p, before[n])}))
+        return out
+
+    def record_t(model, *a, **k):
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        out = real_t(model, *a, **k)
+        calls.append(("crt", {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}, k))
+        return out
+    contrastive.run, crt.train = record_c, record_t
+    try:
+        clf.fit(texts, labels)
+    finally:
+        contrastive.run, crt.train = real_c, real_t
+    (c_name, c_moved), (t_name, t_moved, t_kw) = calls
+    assert c_name == "contrastive" and c_moved and all(n.startswith("encoder.") for n in c_moved)
+    assert t_name == "crt" and t_moved and all(n.startswith("head.") for n in t_moved)
+    assert t_kw["sampling"] == "class-balanced" and t_kw["roles"] == ("head",)
+    assert all(p.requires_grad for p in clf.model_.encoder.parameters())  # back to its own trainable set
+    with pytest.raises(tt.ConfigError, match="contrastive stage tunes the body"):
+        tt.config_from_preset("linear-probe", stages=["contrastive"])
+    with pytest.raises(tt.ConfigError, match="belongs to stage 'crt'"):
+        tt.config_from_preset("cls", crt_epochs=3)
+
+
+def test_class_balanced_batches_draw_every_class_alike(tiny_bert):
+    from tailtune.train import ClassificationJob
+    labels = ["bad"] * 80 + ["good"] * 15 + ["money"] * 5
+    model = tt.build_classifier(tt.config_from_preset("cls"), LABELS, tiny_bert)
+    job = ClassificationJob(model, tt.TextDataset(["the film"] * 100, labels), tt.TrainConfig(batch_size=10, seed=0),
+                            model.encode_training, sampling="class-balanced")
+    drawn = Counter(labels[i] for e in range(20) for b in job.batches(e) for i in b)
+    assert all(abs(n / sum(drawn.values()) - 1 / 3) < 0.03 for n in drawn.values())
