@@ -42,20 +42,25 @@ def _default_text(f: dataclasses.Field) -> str:
     return "none" if value is None else str(value)
 
 
-def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field, doc: str | None, prefix: str = "") -> None:
+def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field, doc: str | None, prefix: str = "",
+               recipe: dict | None = None) -> None:
     flag = "--" + f.name.replace("_", "-")
-    text = f"{prefix}{doc or ''} (default: {_default_text(f)})"
+    default = _default_text(f)
+    if recipe and f.name in recipe:
+        default = f"{recipe[f.name]} in the auto preset's recipe, else {default}"
+    text = f"{prefix}{doc or ''} (default: {default})"
     if str(f.type) == "bool":
         p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
     else:
         p.add_argument(flag, type=_parse_type(f.type), default=None, help=text, metavar=f.name.upper())
 
 
-def _add_config_args(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+def _add_config_args(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
+                     recipe: dict | None = None) -> None:
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         if f.name not in skip:
-            _add_field(p, f, docs.get(f.name))
+            _add_field(p, f, docs.get(f.name), recipe=recipe)
 
 
 def _add_classifier_args(p: argparse.ArgumentParser) -> None:
@@ -335,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: 0.1)")
     t.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub")
     _add_classifier_args(t)
-    _add_config_args(t.add_argument_group("training"), TrainConfig)
+    _add_config_args(t.add_argument_group("training (unset options come from the preset's recipe)"), TrainConfig,
+                     recipe=PRESETS["auto"].train)
     t.set_defaults(func=cmd_train)
 
     st = sub.add_parser("stats", help="class counts, imbalance ratio and the head/tail split of a data file")

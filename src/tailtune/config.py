@@ -182,7 +182,7 @@ _CLS = {"readout": "cls"}  # CLS-tuning reads [CLS] by definition, whatever the 
 # `auto` is the default: chosen by measurement against the peers users pick instead (README, "How the
 # default was chosen"); it reads what the backbone declares, starts a cosine head from the class
 # prototypes and fine-tunes everything with a higher learning rate for the head than for the body.
-AUTO_TRAIN = {"epochs": 5.0, "min_steps": 200, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "eval_times": 10}
+AUTO_TRAIN = {"epochs": 5.0, "min_steps": 50, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "eval_times": 10}
 
 PRESETS: dict[str, Preset] = {
     "auto": Preset({"readout": "auto", "head": "cosine"},

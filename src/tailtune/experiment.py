@@ -22,7 +22,7 @@ import yaml
 
 from .api import TailtuneClassifier
 from .artefacts import check_writable, jsonable, write_json
-from .config import ClassifierConfig, config_from_preset
+from .config import PRESETS, ClassifierConfig, config_from_preset
 from .data import TextDataset, check_labels, label_space, read_dataset
 from .errors import ConfigError, did_you_mean
 from .loop import NOT_RESULT_SETTINGS, TrainConfig
@@ -174,8 +174,9 @@ def resolve(cfg: dict, dataset: str, preset: str, seed: int) -> tuple[Plan, dict
     context = {k: v for k, v in (("template", template),) if v is not None}
     try:
         config = config_from_preset(base, defaults=context, max_length=ds_cfg.get("max_length"), **options)
-        tc = _train_config({**(cfg.get("train") or {}), **(ds_cfg.get("train_overrides") or {}), **train_options,
-                            "seed": seed}, where)
+        recipe = PRESETS[base].train if base in PRESETS else {}  # the preset's recipe, then the file's settings
+        tc = _train_config({**recipe, **(cfg.get("train") or {}), **(ds_cfg.get("train_overrides") or {}),
+                            **train_options, "seed": seed}, where)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     verbalizer = {str(k): v for k, v in words.items()} if words and config.uses_label_words else None

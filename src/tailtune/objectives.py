@@ -46,6 +46,12 @@ def class_counts(ctx: BuildContext) -> torch.Tensor:
     return torch.tensor([float(counts.get(y, 1)) for y in ctx.labels]).clamp_min(1.0)
 
 
+def log_prior(ctx: BuildContext) -> torch.Tensor:
+    """log of each class's share of the training examples, in label order."""
+    counts = class_counts(ctx)
+    return (counts / counts.sum()).log()
+
+
 def effective_number_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
     """Class-balanced weights (Cui et al., 2019): ``(1 - β) / (1 - β^n_c)``, scaled to average 1."""
     w = (1 - beta) / (1 - beta ** counts)
@@ -101,9 +107,8 @@ class LogitAdjustedOptions:
 def build_logit_adjusted(opts: LogitAdjustedOptions, ctx: BuildContext) -> Loss:
     """``CE(z + τ·log π, y)``: frequent classes must win by their prior, so the trained scores ``z``
     estimate the balanced (class-conditional) posterior, which is what macro-F1 rewards."""
-    counts = class_counts(ctx)
-    log_prior = (counts / counts.sum()).log()
-    return lambda logits, target: F.cross_entropy(logits.float() + opts.tau * log_prior.to(logits.device), target)
+    prior = log_prior(ctx)
+    return lambda logits, target: F.cross_entropy(logits.float() + opts.tau * prior.to(logits.device), target)
 
 
 @dataclass
@@ -199,6 +204,5 @@ class LogitAdjustOptions:
 @CALIBRATIONS.register("logit-adjust", LogitAdjustOptions, description="post-hoc logit adjustment: scores minus "
                        "τ·log(training class prior) (Menon et al., 2021)")
 def build_logit_adjust(opts: LogitAdjustOptions, ctx: BuildContext) -> Calibration:
-    counts = class_counts(ctx)
-    log_prior = (counts / counts.sum()).log()
-    return lambda logits, model: logits - opts.adjust_tau * log_prior.to(logits.device)
+    prior = log_prior(ctx)
+    return lambda logits, model: logits - opts.adjust_tau * prior.to(logits.device)
