@@ -297,6 +297,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.app import ServeConfig, serve
+    from .multitask import task_dirs
+    cfg = ServeConfig(**_collect(args, [f.name for f in dataclasses.fields(ServeConfig)]))
+    task_dirs(args.directory)  # refuse a directory without classifiers before starting anything
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.token:
+        warnings.warn(f"serving on {cfg.host} without --token: anyone who reaches this machine can use and change "
+                      f"the served tasks")
+    serve(args.directory, cfg)
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     if args.markdown:
         print(preset_table())
@@ -414,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. '{text} {mask} .' for vanilla PPT)")
     _add_config_args(q.add_argument_group("training"), TrainConfig)
     q.set_defaults(func=cmd_pretrain_prompt)
+
+    v = sub.add_parser("serve", help="serve every classifier in a directory over HTTP (task modules share one backbone)")
+    v.add_argument("directory", help="a saved classifier, or a directory of them (one task per subdirectory)")
+    from .serve.app import ServeConfig
+    _add_config_args(v, ServeConfig)
+    v.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("presets", help="list the named methods")
     s.add_argument("--markdown", action="store_true", help="the README's preset table")

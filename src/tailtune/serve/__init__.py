@@ -1,0 +1,1 @@
+"""Serving many classifiers over HTTP (``tailtune serve``); needs the ``serve`` extra (FastAPI, uvicorn)."""

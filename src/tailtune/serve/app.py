@@ -1,0 +1,188 @@
+"""``tailtune serve DIR``: an HTTP JSON server (FastAPI on uvicorn) for every classifier in DIR.
+
+Endpoints (JSON; errors are ``{"error": "..."}`` with a 4xx status):
+
+- ``POST /v1/{task}/predict`` ``{"texts": [...], "texts_b": [...]?}`` -> ``{"task", "predictions": [{"label",
+  "score", "probabilities": {label: p}}]}``;
+- ``GET /v1/tasks`` -> every task's labels, preset, backbone and kind;
+- ``PUT /v1/tasks/{task}`` loads ``DIR/{task}`` without a restart, ``DELETE /v1/tasks/{task}`` removes it;
+- ``GET /health``; ``GET /metrics`` (Prometheus text format).
+
+Concurrent requests, of any tasks, are batched together (``max_batch`` texts, ``max_wait_ms``).
+The server binds 127.0.0.1 unless told otherwise; with a token, every ``/v1`` and ``/metrics`` call
+needs ``Authorization: Bearer <token>``.
+"""
+# (no "from __future__ import annotations": FastAPI reads the endpoints' annotations at definition time)
+
+import hmac
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from ..errors import ArtefactError, ConfigError, TailtuneError
+from .batcher import Batcher
+from .host import ModelHost
+from .metrics import Metrics
+
+
+@dataclass
+class ServeConfig:
+    """Settings of ``tailtune serve``. Field docstrings double as CLI help."""
+
+    host: str = "127.0.0.1"
+    """address to bind (127.0.0.1: this machine only; 0.0.0.0 exposes the server to the network)"""
+    port: int = 8000
+    """port to listen on"""
+    token: str | None = None
+    """bearer token every /v1 and /metrics request must carry (none: no authentication)"""
+    max_batch: int = 64
+    """dynamic batching: at most this many texts per model call"""
+    max_wait_ms: float = 5.0
+    """dynamic batching: how long the first request of a batch waits for others"""
+    max_texts: int = 256
+    """texts per request, at most"""
+    max_chars: int = 20000
+    """characters per text, at most"""
+    device: str = "cpu"
+    """device of the models"""
+    backbone: str | None = None
+    """base backbone of the task modules (none: the one they were trained on)"""
+
+    def __post_init__(self) -> None:
+        for name in ("port", "max_batch", "max_texts", "max_chars"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be 1 or more")
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"max_wait_ms={self.max_wait_ms!r}: must be 0 or more")
+
+
+def create_app(root: str, cfg: ServeConfig | None = None, host: ModelHost | None = None) -> Any:
+    """The ASGI app serving every classifier under ``root`` (loaded at start-up)."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException
+
+    cfg = cfg or ServeConfig()
+    host = host or ModelHost(root, cfg.device, cfg.backbone)
+    metrics = Metrics()
+    batcher = Batcher(host, metrics, cfg.max_batch, cfg.max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not host.info:
+            await batcher.run(host.load_all)  # in the model thread, like every later model call
+        await batcher.start()
+        yield
+        await batcher.stop()  # graceful: requests already queued are answered
+
+    app = FastAPI(title="tailtune", lifespan=lifespan)
+    app.state.host, app.state.batcher, app.state.metrics = host, batcher, metrics
+
+    def error(status: int, message: str, kind: str) -> JSONResponse:
+        metrics.error(kind)
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        return error(422, f"invalid request body{' at ' + where if where else ''}: {first.get('msg', 'unreadable')}; "
+                          f"send JSON like {{\"texts\": [\"a text\"]}}", "invalid")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail), "http")
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Any) -> Any:
+        if cfg.token and (request.url.path.startswith("/v1") or request.url.path == "/metrics"):
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {cfg.token}".encode()):
+                return error(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'", "auth")
+        return await call_next(request)
+
+    async def body(request: Request) -> dict:
+        try:
+            data = await request.json()
+        except ValueError:
+            raise HTTPException(400, "the body is not JSON; send {\"texts\": [\"a text\", ...]}") from None
+        if not isinstance(data, dict):
+            raise HTTPException(422, "send a JSON object: {\"texts\": [\"a text\", ...]}")
+        return data
+
+    @app.post("/v1/{task}/predict")
+    async def predict(task: str, request: Request) -> Any:
+        start = time.perf_counter()
+        data = await body(request)
+        texts, texts_b = data.get("texts"), data.get("texts_b")
+        unknown = sorted(set(data) - {"texts", "texts_b"})
+        if unknown:
+            return error(422, f"unknown field(s) {unknown}; send texts (and texts_b for text pairs)", "invalid")
+        if task not in host.info:
+            return error(404, f"unknown task {task!r}; served: {', '.join(sorted(host.info)) or 'none'}", "unknown_task")
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            return error(422, "texts must be a non-empty list of strings", "invalid")
+        if texts_b is not None and (not isinstance(texts_b, list) or len(texts_b) != len(texts)
+                                    or not all(isinstance(t, str) for t in texts_b)):
+            return error(422, "texts_b must be a list of strings as long as texts", "invalid")
+        if len(texts) > cfg.max_texts:
+            return error(413, f"{len(texts)} texts in one request; the limit is {cfg.max_texts}: split the request",
+                         "too_many")
+        long = next((i for i, t in enumerate(texts + (texts_b or [])) if len(t) > cfg.max_chars), None)
+        if long is not None:
+            return error(413, f"text {long % len(texts)} has more than {cfg.max_chars} characters; shorten it", "too_long")
+        try:
+            probs = await batcher.predict(task, texts, texts_b)
+        except TailtuneError as e:
+            metrics.observe(task, 400, time.perf_counter() - start)
+            return error(400, str(e), "model")
+        labels = host.labels(task)
+        predictions = []
+        for p in probs:
+            best = int(p.argmax())
+            predictions.append({"label": labels[best], "score": float(p[best]),
+                                "probabilities": {y: float(v) for y, v in zip(labels, p.tolist())}})
+        metrics.observe(task, 200, time.perf_counter() - start, len(texts))
+        return {"task": task, "predictions": predictions}
+
+    @app.get("/v1/tasks")
+    async def tasks() -> Any:
+        return {"tasks": [{k: v for k, v in info.items() if k != "path"} for info in host.info.values()]}
+
+    @app.put("/v1/tasks/{task}")
+    async def add(task: str) -> Any:
+        try:
+            info = await batcher.run(host.add, task)
+        except (ConfigError, ArtefactError) as e:
+            return error(404 if "not a saved" in str(e) else 409, str(e), "admin")
+        return {k: v for k, v in info.items() if k != "path"}
+
+    @app.delete("/v1/tasks/{task}")
+    async def remove(task: str) -> Any:
+        try:
+            await batcher.run(host.remove, task)
+        except ConfigError as e:
+            return error(404, str(e), "admin")
+        return {"removed": task}
+
+    @app.get("/health")
+    async def health() -> Any:
+        return {"status": "ok", "tasks": len(host.info)}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        data, kind = metrics.render()
+        return Response(data, media_type=kind)
+
+    return app
+
+
+def serve(root: str, cfg: ServeConfig, log: Any = print) -> None:
+    """Run the server until interrupted; SIGINT / SIGTERM finish the requests in flight first."""
+    import uvicorn
+    app = create_app(root, cfg)
+    where = f"http://{cfg.host}:{cfg.port}"
+    log(f"serving {root} on {where} (POST {where}/v1/<task>/predict; GET {where}/v1/tasks)")
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=30)

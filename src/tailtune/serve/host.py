@@ -1,0 +1,87 @@
+"""The classifiers a server hosts: task modules on one shared backbone, full models beside them."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..artefacts import read_classifier
+from ..config import ClassifierConfig
+from ..errors import ArtefactError, ConfigError
+from ..multitask import TaskSet, task_dirs
+
+
+class ModelHost:
+    """Every classifier under a directory, by task name (a subdirectory's name, or the directory's own).
+
+    Task modules (frozen-backbone classifiers) share one backbone through a ``TaskSet``, so a batch
+    may mix them; full models (every weight trained) are loaded on their own. ``predict`` gives
+    probabilities per text, each over its task's labels. Not thread-safe by itself: the server runs
+    every call (predictions, adds, removes) in one worker thread, in order.
+    """
+
+    def __init__(self, root: str | Path, device: str = "cpu", backbone: str | None = None) -> None:
+        self.root, self.device = Path(root), device
+        self.modules = TaskSet(backbone, device)
+        self.full: dict[str, Any] = {}
+        self.info: dict[str, dict] = {}
+
+    def load_all(self) -> list[str]:
+        for name, path in task_dirs(self.root).items():
+            self.add(name, path)
+        return sorted(self.info)
+
+    def add(self, name: str, path: str | Path | None = None) -> dict:
+        """Load a classifier as task ``name`` (default: the subdirectory of that name)."""
+        from ..api import TailtuneClassifier
+        if name in self.info:
+            raise ConfigError(f"task {name!r} is already served; remove it first")
+        path = Path(path) if path is not None else self.root / name
+        meta = read_classifier(path)
+        config = ClassifierConfig.from_dict(meta["config"])
+        shares = meta["artefact"] == "module" and config.entry("trains").trait("shares_backbone")
+        if shares:
+            model = self.modules.add(path, name)
+        else:
+            clf = TailtuneClassifier.load(path, self.device)
+            self.full[name] = clf
+            model = clf.model_
+        self.info[name] = {"name": name, "labels": list(model.labels), "preset": meta.get("preset"),
+                           "backbone": meta["backbone"]["name"], "artefact": meta["artefact"],
+                           "shares_backbone": shares, "path": str(path)}
+        return self.info[name]
+
+    def remove(self, name: str) -> None:
+        if name not in self.info:
+            raise ConfigError(f"unknown task {name!r}; served: {', '.join(sorted(self.info)) or 'none'}")
+        if name in self.full:
+            del self.full[name]
+        else:
+            self.modules.remove(name)
+        del self.info[name]
+
+    def labels(self, name: str) -> list[str]:
+        return self.info[name]["labels"]
+
+    @torch.no_grad()
+    def predict(self, texts: list[str], tasks: list[str], texts_b: list[str] | None = None,
+                batch_size: int = 64) -> list[torch.Tensor]:
+        """Probabilities per text over its task's labels; task modules share batches."""
+        out: list[torch.Tensor | None] = [None] * len(texts)
+        shared = [i for i, t in enumerate(tasks) if t not in self.full]
+        if shared:
+            logits = self.modules.logits([texts[i] for i in shared], [tasks[i] for i in shared],
+                                         [texts_b[i] for i in shared] if texts_b else None, batch_size)
+            for i, scores in zip(shared, logits):
+                out[i] = scores.softmax(-1)
+        for name, clf in self.full.items():
+            rows = [i for i, t in enumerate(tasks) if t == name]
+            if rows:
+                probs = clf.predict_proba([texts[i] for i in rows], [texts_b[i] for i in rows] if texts_b else None)
+                for i, p in zip(rows, probs):
+                    out[i] = torch.from_numpy(p)
+        missing = sorted({tasks[i] for i, p in enumerate(out) if p is None})
+        if missing:
+            raise ArtefactError(f"no classifier for task(s) {missing}")
+        return out  # type: ignore[return-value]

@@ -1,0 +1,119 @@
+"""tailtune serve: concurrent mixed-task requests, the same scores as predict, clear 4xx errors, loopback."""
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+import tailtune as tt  # noqa: E402
+from tailtune.serve.app import ServeConfig, create_app  # noqa: E402
+from tailtune.serve.client import Client, ServerError  # noqa: E402
+from tiny import perturbed_module  # noqa: E402
+
+TEXTS = ["the movie was great", "bad food", "oil price news", "who is it", "a good game", "the market price"]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_bert, tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    perturbed_module("adapter", tiny_bert, root / "topic", labels=("news", "sports", "money"), seed=1)
+    perturbed_module("lora", tiny_bert, root / "mood", labels=("good", "bad"), seed=2)
+    perturbed_module("cls", tiny_bert, root / "full", labels=("x", "y", "z", "w"), seed=3)  # a full model
+    perturbed_module("prefix", tiny_bert, root / "spare", labels=("p", "q"), seed=4)
+    port = _free_port()
+    import uvicorn
+    cfg = ServeConfig(port=port, token="s3cret", max_batch=16, max_wait_ms=20, max_texts=8, max_chars=200)
+    app = create_app(str(root), cfg)
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield root, Client(f"http://127.0.0.1:{port}", token="s3cret"), app
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_concurrent_mixed_task_requests_equal_predict(served, capsys):
+    root, client, app = served
+    calls = [(["topic", "mood", "full"][i % 3], TEXTS[i % 6:] + TEXTS[:i % 6][:1 + i % 3]) for i in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda c: client.predict(*c), calls))
+    for (task, texts), answer in zip(calls, answers):
+        from tailtune.cli import main  # the command line's predict, on the same directory
+        args = [str(root), *texts, "--task", task] if task != "full" else [str(root / "full"), *texts]
+        assert main(["predict", *args]) == 0
+        rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+        assert [a["label"] for a in answer] == [r["label"] for r in rows]
+        np.testing.assert_allclose([a["score"] for a in answer], [r["score"] for r in rows], atol=1e-5)
+        assert all(abs(sum(a["probabilities"].values()) - 1) < 1e-5 for a in answer)
+    metrics = json.dumps(client._call("GET", "/health"))
+    assert '"tasks": 4' in metrics
+    data, _ = app.state.metrics.render()
+    text = data.decode()
+    assert 'tailtune_requests_total{status="200",task="topic"}' in text
+    batches = app.state.metrics.batch_requests.collect()[0].samples
+    count = next(s.value for s in batches if s.name.endswith("_count"))
+    assert count < 24  # concurrent requests shared model calls
+
+
+def test_bad_requests_get_4xx_with_a_message(served):
+    root, client, _ = served
+    url = client.url
+    cases = [
+        ("POST", "/v1/nope/predict", {"texts": ["x"]}, 404, "unknown task 'nope'"),
+        ("POST", "/v1/topic/predict", {"texts": []}, 422, "non-empty list of strings"),
+        ("POST", "/v1/topic/predict", {"texts": [1, 2]}, 422, "non-empty list of strings"),
+        ("POST", "/v1/topic/predict", {"text": ["x"]}, 422, "unknown field(s) ['text']"),
+        ("POST", "/v1/topic/predict", {"texts": ["x"] * 9}, 413, "the limit is 8"),
+        ("POST", "/v1/topic/predict", {"texts": ["x" * 201]}, 413, "more than 200 characters"),
+        ("POST", "/v1/topic/predict", {"texts": ["x"], "texts_b": ["a", "b"]}, 422, "texts_b must be"),
+        ("DELETE", "/v1/tasks/nope", None, 404, "unknown task"),
+    ]
+    for method, path, payload, status, message in cases:
+        with pytest.raises(ServerError, match=f"{status} .*{message.replace('(', '.').replace(')', '.').replace('[', '.').replace(']', '.')}"):
+            client._call(method, path, payload)
+    import urllib.error
+    import urllib.request
+    bad = urllib.request.Request(url + "/v1/topic/predict", data=b"{not json", method="POST",
+                                 headers={"Authorization": "Bearer s3cret"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(bad)
+    assert e.value.code == 400 and "not JSON" in json.loads(e.value.read())["error"]
+    with pytest.raises(ServerError, match="401 missing or wrong bearer token"):
+        Client(url).predict("topic", ["x"])
+    assert Client(url).health()["status"] == "ok"  # health needs no token
+
+
+def test_tasks_are_added_and_removed_without_a_restart(served):
+    root, client, _ = served
+    assert {t["name"] for t in client.tasks()} == {"topic", "mood", "full", "spare"}
+    client.remove("spare")
+    with pytest.raises(ServerError, match="404 unknown task 'spare'"):
+        client.predict("spare", ["x"])
+    info = client.add("spare")
+    assert info["labels"] == ["p", "q"] and info["shares_backbone"]
+    assert client.predict("spare", ["x"])[0]["label"] in ("p", "q")
+    with pytest.raises(ServerError, match="409 .*already served"):
+        client.add("spare")
+
+
+def test_the_default_bind_address_is_loopback():
+    from tailtune.cli import build_parser
+    assert ServeConfig().host == "127.0.0.1"
+    args = build_parser().parse_args(["serve", "somewhere"])
+    assert args.host is None  # unset: ServeConfig's loopback default applies
+    with pytest.raises(tt.ConfigError, match="max_batch=0"):
+        ServeConfig(max_batch=0)
