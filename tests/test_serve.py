@@ -117,3 +117,31 @@ def test_the_default_bind_address_is_loopback():
     assert args.host is None  # unset: ServeConfig's loopback default applies
     with pytest.raises(tt.ConfigError, match="max_batch=0"):
         ServeConfig(max_batch=0)
+
+
+def test_precisions_of_prediction(tiny_bert, toy, tmp_path):
+    import torch
+
+    from tailtune.device import fastest_precision, resolve_precision
+    texts, labels = toy
+    clf = tt.TailtuneClassifier("cls", tiny_bert, train_config=tt.TrainConfig(epochs=2, progress=False)).fit(texts, labels)
+    clf.save(tmp_path / "m")
+    fp32 = tt.TailtuneClassifier.load(tmp_path / "m", "cpu").decision_function(texts)
+    for precision, atol in (("bf16", 0.1), ("int8", 0.15)):
+        other = tt.TailtuneClassifier.load(tmp_path / "m", "cpu").set_precision(precision).decision_function(texts)
+        np.testing.assert_allclose(other, fp32, atol=atol)
+    assert resolve_precision("auto", "cpu") == fastest_precision("cpu") in ("fp32", "bf16")
+    assert tt.TrainConfig(precision="auto").bf16 == (fastest_precision("cpu") == "bf16")
+    with pytest.raises(tt.ConfigError, match="for prediction only"):
+        tt.TrainConfig(precision="int8")
+    from tailtune.multitask import TaskSet
+    perturbed_module("lora", tiny_bert, tmp_path / "lo")
+    with pytest.raises(tt.ConfigError, match="int8 quantisation replaces"):
+        TaskSet(precision="int8").add(tmp_path / "lo")
+    perturbed_module("adapter", tiny_bert, tmp_path / "ad")
+    int8 = TaskSet(precision="int8")
+    int8.add(tmp_path / "ad")
+    ref = TaskSet()
+    ref.add(tmp_path / "ad")
+    for a, b in zip(int8.logits(texts[:4], ["ad"] * 4), ref.logits(texts[:4], ["ad"] * 4)):
+        torch.testing.assert_close(a, b, atol=0.15, rtol=0.1)

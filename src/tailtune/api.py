@@ -131,8 +131,20 @@ class TailtuneClassifier:
             raise ConfigError("this classifier is not trained yet: call fit() or load()")
 
     def _scores(self, model: Classifier, encoded: list, features: list | None = None) -> torch.Tensor:
-        return predict_logits(model, encoded, self.train_config.eval_batch_size, self.train_config.bf16,
-                              features=features)
+        bf16 = getattr(self, "precision_", "fp32") == "bf16" or (
+            not hasattr(self, "precision_") and self.train_config.bf16)
+        return predict_logits(model, encoded, self.train_config.eval_batch_size, bf16, features=features)
+
+    def set_precision(self, precision: str) -> "TailtuneClassifier":
+        """Prediction precision: ``fp32``, ``bf16`` (autocast), ``int8`` (dynamic quantisation of the linear
+        layers, CPU; not undone) or ``auto`` (fp32 or bf16, whichever is faster on this machine)."""
+        from .device import quantize_int8, resolve_precision
+        self._check_fitted()
+        device = next(self.model_.parameters()).device
+        self.precision_ = resolve_precision(precision, device)
+        if self.precision_ == "int8":
+            quantize_int8(self.model_)
+        return self
 
     def decision_function(self, X: Any, X_b: Iterable | None = None) -> np.ndarray:
         """Calibrated class scores, shape (n, classes), columns in ``labels_`` order."""

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .artefacts import load_checkpoint, save_checkpoint
-from .device import resolve_device
+from .device import resolve_device, resolve_precision
 from .errors import ConfigError, TrainingError
 
 
@@ -68,6 +68,8 @@ class TrainConfig:
     """auto, cpu, cuda or cuda:N"""
     bf16: bool = False
     """bfloat16 autocast (faster on GPUs and on CPUs with AMX; slower on CPUs without it)"""
+    precision: str | None = None
+    """fp32, bf16, or auto (whichever a short probe finds faster on this machine); when set it decides bf16"""
     eval_batch_size: int = 64
     """examples per prediction batch"""
     cache_features: bool = True
@@ -89,7 +91,11 @@ class TrainConfig:
         if self.weight_decay < 0 or self.max_grad_norm <= 0:
             raise ConfigError(f"need weight_decay >= 0 and max_grad_norm > 0, got {self.weight_decay}, "
                               f"{self.max_grad_norm}")
-        resolve_device(self.device)  # a device that is not there fails now, not after loading a model
+        device = resolve_device(self.device)  # a device that is not there fails now, not after loading a model
+        if self.precision is not None:
+            if self.precision == "int8":
+                raise ConfigError("precision='int8' is for prediction only; train in fp32, bf16 or auto")
+            self.bf16 = resolve_precision(self.precision, device) == "bf16"
 
     def to_dict(self) -> dict:
         return asdict(self)

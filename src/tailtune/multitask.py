@@ -38,10 +38,12 @@ class TaskSet:
     one encoder in memory. ``predict`` takes a task name per text; one batch may mix tasks,
     and each row passes only through its own task's modules."""
 
-    def __init__(self, backbone: str | Backbone | None = None, device: str = "cpu") -> None:
+    def __init__(self, backbone: str | Backbone | None = None, device: str = "cpu", precision: str = "fp32") -> None:
+        from .device import resolve_precision
         self.device = torch.device(device)
         self.backbone = backbone
         self.tasks: dict[str, Classifier] = {}
+        self.precision = resolve_precision(precision, self.device)  # fp32, bf16 or int8
 
     def add(self, directory: str | Path, name: str | None = None) -> Classifier:
         directory = Path(directory)
@@ -54,10 +56,20 @@ class TaskSet:
                               f"so it cannot share one. Load it on its own (TailtuneClassifier.load).")
         if name in self.tasks:
             raise ConfigError(f"task {name!r} is already loaded; give this one another name")
+        if self.precision == "int8" and config.entry("trains").trait("inside_encoder"):
+            raise ConfigError(f"{directory} (trains={config.trains!r}) puts its parameters inside the encoder, which "
+                              f"int8 quantisation replaces; serve it in fp32 or bf16")
         if not isinstance(self.backbone, Backbone):
             self.backbone = load_backbone(self.backbone or meta["backbone"]["name"])
             self.backbone.encoder.to(self.device).eval()
         model = Classifier.load(directory, self.device, backbone=self.backbone, task=name)
+        if self.precision == "int8":  # the shared encoder once, then each task's own layers
+            from .device import quantize_int8
+            if not getattr(self.backbone, "_int8", False):
+                quantize_int8(self.backbone.encoder)
+                self.backbone._int8 = True
+            quantize_int8(model.head)
+            quantize_int8(model.tuning)
         self.tasks[name] = model
         return model
 
@@ -73,9 +85,10 @@ class TaskSet:
 
     @torch.no_grad()
     def logits(self, texts: list[str], tasks: list[str], texts_b: list[str] | None = None,
-               batch_size: int = 64, bf16: bool = False) -> list[torch.Tensor]:
-        """Calibrated class scores per text, each over its own task's labels."""
+               batch_size: int = 64, bf16: bool | None = None) -> list[torch.Tensor]:
+        """Calibrated class scores per text, each over its own task's labels (``bf16``: the set's precision)."""
         self._check(tasks)
+        bf16 = self.precision == "bf16" if bf16 is None else bf16
         encoded: list[Encoded | None] = [None] * len(texts)
         for name, model in self.tasks.items():
             idx = [i for i, t in enumerate(tasks) if t == name]
@@ -117,7 +130,7 @@ class TaskSet:
         return out
 
     def predict(self, texts: list[str], tasks: list[str] | str, texts_b: list[str] | None = None,
-                batch_size: int = 64, bf16: bool = False) -> list[str]:
+                batch_size: int = 64, bf16: bool | None = None) -> list[str]:
         """Predicted labels; ``tasks`` is one name for every text or a name per text."""
         tasks = [tasks] * len(texts) if isinstance(tasks, str) else list(tasks)
         return [self.tasks[t].labels[int(s.argmax())]

@@ -48,6 +48,9 @@ class ServeConfig:
     """device of the models"""
     backbone: str | None = None
     """base backbone of the task modules (none: the one they were trained on)"""
+    precision: str = "fp32"
+    """fp32, bf16, int8 (dynamic quantisation of the linear layers; CPU) or auto (fp32 or bf16, whichever is
+    faster here)"""
 
     def __post_init__(self) -> None:
         for name in ("port", "max_batch", "max_texts", "max_chars"):
@@ -65,7 +68,7 @@ def create_app(root: str, cfg: ServeConfig | None = None, host: ModelHost | None
     from starlette.exceptions import HTTPException
 
     cfg = cfg or ServeConfig()
-    host = host or ModelHost(root, cfg.device, cfg.backbone)
+    host = host or ModelHost(root, cfg.device, cfg.backbone, cfg.precision)
     metrics = Metrics()
     batcher = Batcher(host, metrics, cfg.max_batch, cfg.max_wait_ms)
 

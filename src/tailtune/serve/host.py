@@ -21,9 +21,11 @@ class ModelHost:
     every call (predictions, adds, removes) in one worker thread, in order.
     """
 
-    def __init__(self, root: str | Path, device: str = "cpu", backbone: str | None = None) -> None:
+    def __init__(self, root: str | Path, device: str = "cpu", backbone: str | None = None,
+                 precision: str = "fp32") -> None:
         self.root, self.device = Path(root), device
-        self.modules = TaskSet(backbone, device)
+        self.modules = TaskSet(backbone, device, precision)
+        self.precision = self.modules.precision
         self.full: dict[str, Any] = {}
         self.info: dict[str, dict] = {}
 
@@ -44,7 +46,7 @@ class ModelHost:
         if shares:
             model = self.modules.add(path, name)
         else:
-            clf = TailtuneClassifier.load(path, self.device)
+            clf = TailtuneClassifier.load(path, self.device).set_precision(self.precision)
             self.full[name] = clf
             model = clf.model_
         self.info[name] = {"name": name, "labels": list(model.labels), "preset": meta.get("preset"),

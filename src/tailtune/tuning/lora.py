@@ -101,7 +101,7 @@ class LoraOptions:
 
 
 @TRAINS.register("lora", LoraOptions, description="LoRA in the attention projections, via PEFT (backbone frozen)",
-                 shares_backbone=True, full_artefact=False, trains_body=True)
+                 shares_backbone=True, full_artefact=False, trains_body=True, inside_encoder=True)
 def build_lora(opts: LoraOptions, ctx: BuildContext) -> Mechanism:
     add_lora(ctx.encoder, opts.lora_r, opts.lora_alpha, opts.lora_dropout, opts.lora_targets, name=ctx.task)
     ctx.router.state.setdefault("lora_tasks", set()).add(ctx.task)
