@@ -16,6 +16,7 @@ from .errors import ConfigError, DataError
 from .loop import TrainConfig
 from .metrics import long_tail_report, weight_norms
 from .model import Classifier, build_classifier
+from .early_exit import predict_early_exit
 from .train import cached_features, data_hash, predict_logits, train
 
 
@@ -133,7 +134,23 @@ class TailtuneClassifier:
     def _scores(self, model: Classifier, encoded: list, features: list | None = None) -> torch.Tensor:
         bf16 = getattr(self, "precision_", "fp32") == "bf16" or (
             not hasattr(self, "precision_") and self.train_config.bf16)
+        exit_rule = self.early_exit_ if hasattr(self, "early_exit_") else None
+        if exit_rule is not None and features is None:
+            scores, self.layers_used_ = predict_early_exit(model, encoded, *exit_rule,
+                                                           batch_size=self.train_config.eval_batch_size, bf16=bf16)
+            return scores
         return predict_logits(model, encoded, self.train_config.eval_batch_size, bf16, features=features)
+
+    def set_early_exit(self, rule: str | None = None, threshold: float | None = None,
+                       patience: int | None = None) -> "TailtuneClassifier":
+        """Predict with early exit (a classifier trained with ``head='early-exit'``): rows leave at the first
+        layer whose rule fires (``entropy`` below / ``confidence`` at or above ``threshold``, or ``patience``
+        layers agreeing); unset values come from the head's options. ``layers_used_`` holds each text's depth."""
+        self._check_fitted()
+        if not hasattr(self.model_.head, "exits"):
+            raise ConfigError("early exit needs a classifier trained with head='early-exit'")
+        self.early_exit_ = (rule, threshold, patience)
+        return self
 
     def set_precision(self, precision: str) -> "TailtuneClassifier":
         """Prediction precision: ``fp32``, ``bf16`` (autocast), ``int8`` (dynamic quantisation of the linear

@@ -103,7 +103,21 @@ def _add_loading_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "auto"],
                    help="fp32, bf16 autocast, int8 (dynamic quantisation of the linear layers, CPU) or auto (fp32 or "
                         "bf16, whichever a short probe finds faster here) (default: fp32)")
+    p.add_argument("--early-exit", action="store_true", help="an early-exit classifier leaves at the first layer "
+                   "whose exit rule fires (the rule saved with it, or the --exit-* options below)")
+    p.add_argument("--exit-rule", default=None, choices=["entropy", "confidence", "patience"],
+                   help="early exit: the rule (default: the classifier's)")
+    p.add_argument("--exit-threshold", type=float, default=None, help="early exit: entropy / confidence threshold")
+    p.add_argument("--exit-patience", type=int, default=None, help="early exit: layers in a row that must agree")
     p.add_argument("--backbone", default=None, help="base backbone for a saved task module (default: its own)")
+
+
+def _load_for_prediction(args: argparse.Namespace) -> Any:
+    from .api import TailtuneClassifier
+    clf = TailtuneClassifier.load(args.model, args.device, args.backbone).set_precision(args.precision)
+    if args.early_exit or args.exit_rule or args.exit_threshold is not None or args.exit_patience is not None:
+        clf.set_early_exit(args.exit_rule, args.exit_threshold, args.exit_patience)
+    return clf
 
 
 def _read(args: argparse.Namespace, path: str | None) -> Any:
@@ -179,13 +193,27 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .api import TailtuneClassifier
     from .artefacts import write_json
     from .metrics import format_report
     data = _read(args, args.data)
-    clf = TailtuneClassifier.load(args.model, args.device, args.backbone).set_precision(args.precision)
+    clf = _load_for_prediction(args)
     report = clf.evaluate(data, args.theta, args.groups)
+    if hasattr(clf, "layers_used_"):
+        report["mean_layers"] = float(clf.layers_used_.float().mean())
     print(format_report(report))
+    if args.exit_curve:
+        from .early_exit import exit_curve
+        enc = clf.model_.encode(data.texts, data.texts_b)
+        rule = args.exit_rule or clf.model_.head.rule
+        print(f"speed / quality of early exit ({rule}):")
+        print(f"{'threshold':>10}{'macro-F1':>10}{'accuracy':>10}{'layers':>8}" +
+              "".join(f"{f'texts/s @{b}':>14}" for b in args.exit_batch_sizes))
+        curves = {b: exit_curve(clf.model_, enc, data.labels, args.exit_curve, rule, b, clf.theta)
+                  for b in args.exit_batch_sizes}
+        for k, row in enumerate(curves[args.exit_batch_sizes[0]]):
+            print(f"{row['threshold']:>10g}{row['macro_f1']:>10.4f}{row['accuracy']:>10.4f}{row['mean_layers']:>8.2f}"
+                  + "".join(f"{curves[b][k]['texts_per_second']:>14.1f}" for b in args.exit_batch_sizes))
+        report["exit_curve"] = curves
     if args.output:
         write_json(args.output, report)
     return 0
@@ -216,8 +244,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.task:
             raise ConfigError(f"{args.model} is a single classifier; --task picks a task of a directory of task "
                               f"modules")
-        from .api import TailtuneClassifier
-        clf = TailtuneClassifier.load(args.model, args.device, args.backbone).set_precision(args.precision)
+        clf = _load_for_prediction(args)
         probs = clf.predict_proba(texts, texts_b)
         _write_predictions(args, ids, texts, None, probs, lambda i: clf.labels_)
         return 0
@@ -373,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "counts of --data (split) or of the training data (train); auto: train when --data is near "
                    "balanced (default: auto)")
     e.add_argument("--output", default=None, help="write the report as JSON here")
+    e.add_argument("--exit-curve", type=lambda t: [float(x) for x in t.split(",")], default=None,
+                   help="early exit: print macro-F1, mean layers and speed at these thresholds, e.g. 0.1,0.3,0.6")
+    e.add_argument("--exit-batch-sizes", type=lambda t: [int(x) for x in t.split(",")], default=[1, 64],
+                   help="batch sizes of the --exit-curve timings (default: 1,64)")
     _add_loading_args(e)
     e.set_defaults(func=cmd_evaluate)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -80,12 +80,13 @@ class Classifier(nn.Module):
             return "module" if owner == self.task else None
         return self._backbone_role(name)
 
-    def set_trainable(self, roles: tuple[str, ...] | None = None) -> None:
+    def set_trainable(self, roles: tuple[str, ...] | None = None, only: Callable[[str], bool] | None = None) -> None:
         """The head and the task's modules always train; the backbone as the mechanism says. ``roles``
-        limits training to parameters of those roles (e.g. ``("head",)`` for classifier re-training)."""
+        limits training to parameters of those roles (e.g. ``("head",)`` for classifier re-training),
+        ``only`` to the parameter names it accepts."""
         for name, p in self.named_parameters():
             role = self.role(name)
-            p.requires_grad_(role is not None and (roles is None or role in roles))
+            p.requires_grad_(role is not None and (roles is None or role in roles) and (only is None or only(name)))
 
     def param_roles(self) -> dict[str, str]:
         """Every trainable parameter's role, in parameter order."""

@@ -185,16 +185,16 @@ class ClassificationJob:
 def train(model: Any, examples: TextDataset, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, *,
           encode: Encode | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
           settings: dict | None = None, log: Callable[[str], None] | None = None, roles: tuple[str, ...] | None = None,
-          sampling: str = "grouped", prototypes: bool = True) -> TrainResult:
+          sampling: str = "grouped", prototypes: bool = True, only: Callable[[str], bool] | None = None) -> TrainResult:
     """Fine-tune ``model`` in place on ``examples``; keep the parameters with the best dev macro-F1.
 
     ``encode(examples, epoch)`` turns the examples into model inputs (default: the model's input
     format, ``Classifier.encode_training``; once, unless the format re-samples every epoch); ``evaluate()`` returns a dict with ``macro_f1``, called every ``cfg.eval_every``
     steps (default: each epoch). See ``loop.run`` for checkpoints and resuming. ``roles`` limits what
-    trains (e.g. ``("head",)``); ``sampling="class-balanced"`` draws every class equally often; a head
+    trains (e.g. ``("head",)``) and ``only`` to the parameter names it accepts; ``sampling="class-balanced"`` draws every class equally often; a head
     that takes class prototypes starts from them (unless ``prototypes`` is false or the run resumes).
     """
-    model.set_trainable(roles)  # a shared backbone may hold other tasks' modules: train only ours
+    model.set_trainable(roles, only)  # a shared backbone may hold other tasks' modules: train only ours
     model.to(resolve_device(cfg.device))
     job = ClassificationJob(model, examples, cfg, encode or model.encode_training, settings, sampling)
     start = time.perf_counter()

@@ -51,6 +51,8 @@ class ServeConfig:
     precision: str = "fp32"
     """fp32, bf16, int8 (dynamic quantisation of the linear layers; CPU) or auto (fp32 or bf16, whichever is
     faster here)"""
+    early_exit: bool = False
+    """early-exit classifiers (full models) leave at the first layer whose saved exit rule fires"""
 
     def __post_init__(self) -> None:
         for name in ("port", "max_batch", "max_texts", "max_chars"):
@@ -68,7 +70,7 @@ def create_app(root: str, cfg: ServeConfig | None = None, host: ModelHost | None
     from starlette.exceptions import HTTPException
 
     cfg = cfg or ServeConfig()
-    host = host or ModelHost(root, cfg.device, cfg.backbone, cfg.precision)
+    host = host or ModelHost(root, cfg.device, cfg.backbone, cfg.precision, cfg.early_exit)
     metrics = Metrics()
     batcher = Batcher(host, metrics, cfg.max_batch, cfg.max_wait_ms)
 

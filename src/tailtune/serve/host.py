@@ -22,8 +22,8 @@ class ModelHost:
     """
 
     def __init__(self, root: str | Path, device: str = "cpu", backbone: str | None = None,
-                 precision: str = "fp32") -> None:
-        self.root, self.device = Path(root), device
+                 precision: str = "fp32", early_exit: bool = False) -> None:
+        self.root, self.device, self.early_exit = Path(root), device, early_exit
         self.modules = TaskSet(backbone, device, precision)
         self.precision = self.modules.precision
         self.full: dict[str, Any] = {}
@@ -47,6 +47,8 @@ class ModelHost:
             model = self.modules.add(path, name)
         else:
             clf = TailtuneClassifier.load(path, self.device).set_precision(self.precision)
+            if self.early_exit and hasattr(clf.model_.head, "exits"):
+                clf.set_early_exit()
             self.full[name] = clf
             model = clf.model_
         self.info[name] = {"name": name, "labels": list(model.labels), "preset": meta.get("preset"),

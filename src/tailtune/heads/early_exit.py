@@ -1,0 +1,103 @@
+"""Early exit: one classifier after every layer (PABEE, DeeBERT, FastBERT).
+
+The head wraps any head that reads one vector (``mlp``, ``cosine``, ``verbalizer``): one copy reads
+each layer's vector (the readout applied to that layer). Training is joint (PABEE: the layer losses
+weighted by depth) or in two stages (DeeBERT: the last classifier with the model, then the inner
+ones with everything else frozen, through the ``exit-heads`` stage). At prediction
+``tailtune.early_exit`` runs the encoder layer by layer and lets a row leave as soon as its exit
+rule fires; the rows that remain go on to the next layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import HEADS, BuildContext, check_choice, check_min
+from .base import Head, Objective
+
+EXIT_RULES = ("entropy", "confidence", "patience")
+
+
+class EarlyExitHead(Head):
+    layers = "all"
+
+    def __init__(self, exits: list[Head], training: str, rule: str, threshold: float, patience: int) -> None:
+        super().__init__()
+        self.exits = nn.ModuleList(exits)  # exits[k] reads layer k + 1 (layer 0 is the embeddings)
+        self.training_mode, self.rule, self.threshold, self.patience = training, rule, threshold, patience
+        self.wants_prototypes = exits[0].wants_prototypes
+        depth = torch.arange(1, len(exits) + 1, dtype=torch.float)
+        self.register_buffer("depth", depth, persistent=False)
+
+    def layer_logits(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, layers + 1, hidden) -> (batch, layers, classes): every exit's scores."""
+        return torch.stack([head(x[:, k + 1], mask) for k, head in enumerate(self.exits)], 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.exits[-1](x[:, -1], mask)  # full depth
+
+    def loss(self, logits: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, target: torch.Tensor,
+             objective: Objective) -> torch.Tensor:
+        if self.training_mode == "two-stage":  # first stage: the last classifier only
+            return objective(logits, target)
+        per_layer = torch.stack([objective(head(x[:, k + 1], mask), target) for k, head in enumerate(self.exits)])
+        return (per_layer * self.depth).sum() / self.depth.sum()  # PABEE: weight ∝ layer index
+
+    def init_from_prototypes(self, prototypes: torch.Tensor) -> None:
+        """``prototypes``: (classes, layers + 1, hidden), each exit from its own layer's."""
+        for k, head in enumerate(self.exits):
+            head.init_from_prototypes(prototypes[:, k + 1])
+
+    def class_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.exits[-1].class_weights()
+
+
+@dataclass
+class EarlyExitOptions:
+    exit_head: str = "mlp"
+    """early exit: the classifier after every layer (a head that reads one vector: mlp, cosine, verbalizer)"""
+    exit_training: str = "joint"
+    """early exit: joint (PABEE, layer losses weighted by depth) or two-stage (DeeBERT; needs the exit-heads stage)"""
+    exit_rule: str = "entropy"
+    """early exit at prediction: entropy (below the threshold), confidence (max probability at or above it) or
+    patience (the same answer at exit_patience layers in a row)"""
+    exit_threshold: float = 0.0
+    """early exit: the entropy or confidence threshold (0 with entropy: never leave early)"""
+    exit_patience: int = 0
+    """early exit with the patience rule: layers in a row that must agree (0: never leave early)"""
+
+    def __post_init__(self) -> None:
+        check_choice(self, "exit_training", ("joint", "two-stage"))
+        check_choice(self, "exit_rule", EXIT_RULES)
+        check_min(self, "exit_threshold", 0.0)
+        check_min(self, "exit_patience", 0)
+
+
+def _check(config: Any) -> None:
+    opts = config.of("head")
+    inner = HEADS.get(opts.exit_head)
+    if inner.trait("reads") != "vector" or inner.name == "early-exit":
+        raise ConfigError(f"exit_head={opts.exit_head!r}: the classifier after each layer must be a head that "
+                          f"reads one vector (mlp, cosine, verbalizer)")
+    if inner.check is not None:  # what the inner head needs of the other axes (the verbalizer: a template)
+        inner.check(config)
+    for axis, allowed in inner.requires.items():  # e.g. the verbalizer's [MASK] readout
+        if getattr(config, axis) not in allowed and getattr(config, axis) != "auto":
+            raise ConfigError(f"exit_head={opts.exit_head!r} needs {axis} {' or '.join(map(repr, allowed))}")
+    if opts.exit_training == "two-stage" and "exit-heads" not in config.stages:
+        raise ConfigError("exit_training='two-stage' trains the inner classifiers in a second stage: add "
+                          "stages=['exit-heads'] (--stages exit-heads)")
+
+
+@HEADS.register("early-exit", EarlyExitOptions, description="one classifier after every layer; rows leave at the "
+                "first layer whose exit rule fires (PABEE / DeeBERT)", reads="vector", check=_check,
+                needs_mlm_head=lambda o: HEADS.get(o.exit_head).trait("needs_mlm_head") is True)
+def build_early_exit(opts: EarlyExitOptions, ctx: BuildContext) -> EarlyExitHead:
+    inner = HEADS.get(opts.exit_head)
+    inner_opts = inner.make_options({})
+    exits = [inner.build(inner_opts, ctx) for _ in range(ctx.layers)]
+    return EarlyExitHead(exits, opts.exit_training, opts.exit_rule, opts.exit_threshold, opts.exit_patience)

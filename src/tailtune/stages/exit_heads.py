@@ -1,0 +1,51 @@
+"""The second stage of DeeBERT-style early exit: the inner classifiers train, everything else is frozen."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..loop import TrainConfig
+from ..registry import STAGES, check_min
+from ..train import train
+
+
+@dataclass
+class ExitHeadsOptions:
+    exit_heads_epochs: float = 3.0
+    """exit-heads stage: epochs over the training data"""
+    exit_heads_lr: float = 1e-3
+    """exit-heads stage: learning rate of the inner classifiers"""
+
+    def __post_init__(self) -> None:
+        check_min(self, "exit_heads_epochs", 0.0, strict=True)
+        check_min(self, "exit_heads_lr", 0.0, strict=True)
+
+
+class ExitHeadsStage:
+    when = "after"
+
+    def __init__(self, opts: ExitHeadsOptions) -> None:
+        self.opts = opts
+
+    def run(self, model: Any, examples: Any, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None,
+            log: Callable[[str], None] | None = None) -> float:
+        last = f"head.exits.{len(model.head.exits) - 1}."
+        tc = TrainConfig(**{**cfg.to_dict(), "epochs": self.opts.exit_heads_epochs, "steps": None, "min_steps": None,
+                            "lr": self.opts.exit_heads_lr, "head_lr": self.opts.exit_heads_lr, "save_every": None})
+        mode, model.head.training_mode = model.head.training_mode, "joint"  # every layer's loss, for the inner ones
+        try:
+            if log:
+                log(f"exit-heads stage: the {len(model.head.exits) - 1} inner classifiers train, "
+                    f"{self.opts.exit_heads_epochs:g} epochs, lr {self.opts.exit_heads_lr:g}")
+            result = train(model, examples, tc, None, roles=("head",), prototypes=False,
+                           only=lambda name: name.startswith("head.exits.") and not name.startswith(last))
+        finally:
+            model.head.training_mode = mode
+            model.set_trainable()
+        return result.seconds
+
+
+@STAGES.register("exit-heads", ExitHeadsOptions, description="DeeBERT's second stage: the inner classifiers of an "
+                 "early-exit head train with everything else frozen", requires={"head": ("early-exit",)}, when="after")
+def build_exit_heads(opts: ExitHeadsOptions) -> ExitHeadsStage:
+    return ExitHeadsStage(opts)

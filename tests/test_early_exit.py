@@ -1,0 +1,98 @@
+"""Early exit: one classifier per layer, exits that leave the batch, the DeeBERT second stage."""
+import pytest
+import torch
+
+import tailtune as tt
+from tailtune.early_exit import exit_curve, predict_early_exit
+from tailtune.train import predict_logits
+
+
+def _median_first_entropy(model, enc):
+    from tailtune.inputs import collate
+    model.eval()
+    with torch.no_grad():
+        batch = collate(enc, model.tokenizer.pad_token_id, torch.device("cpu"))
+        hidden = model.features(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        x, _ = model.readout(hidden, batch["attention_mask"], batch["position"])
+        p = model.head.layer_logits(x)[:, 0].softmax(-1)
+    entropy = -(p * p.log()).sum(-1)
+    return float(entropy.median()) + 1e-6
+
+
+def _fit(backbone, toy, **options):
+    texts, labels = toy
+    clf = tt.TailtuneClassifier("cls", backbone, head="early-exit", train_config=tt.TrainConfig(
+        epochs=4, batch_size=8, lr=1e-3, head_lr=1e-2, seed=1, progress=False), **options)
+    return clf.fit(texts, labels, dev=tt.TextDataset(texts[:12], labels[:12]))
+
+
+@pytest.mark.parametrize("trains", ["all", "adapter", "lora", "prefix"])
+def test_exit_at_its_limit_equals_the_full_model_and_batches_equal_one_by_one(tiny_bert, toy, trains):
+    texts, _ = toy
+    clf = _fit(tiny_bert, toy, trains=trains)
+    model = clf.model_
+    enc = model.encode(texts)
+    full = predict_logits(model, enc)
+    never, used = predict_early_exit(model, enc, "entropy", 0.0)  # the threshold at its limit: nobody leaves early
+    torch.testing.assert_close(never, full, atol=1e-5, rtol=1e-4)
+    assert used.tolist() == [2] * len(texts)
+    threshold = _median_first_entropy(model, enc)  # about half the rows leave after the first layer
+    some, used = predict_early_exit(model, enc, "entropy", threshold, batch_size=16)
+    assert 1 < used.float().mean() < 2
+    one_by_one = [predict_early_exit(model, [e], "entropy", threshold) for e in enc]
+    torch.testing.assert_close(torch.cat([s for s, _ in one_by_one]), some, atol=1e-5, rtol=1e-4)
+    assert torch.cat([u for _, u in one_by_one]).tolist() == used.tolist()
+
+
+def test_rules_and_the_api(tiny_bert, toy):
+    texts, labels = toy
+    clf = _fit(tiny_bert, toy)
+    enc = clf.model_.encode(texts)
+    assert predict_early_exit(clf.model_, enc, "confidence", 0.0)[1].tolist() == [2] * len(texts)
+    assert predict_early_exit(clf.model_, enc, "confidence", 1e-6)[1].tolist() == [1] * len(texts)
+    assert predict_early_exit(clf.model_, enc, "patience", None, 1)[1].tolist() == [1] * len(texts)
+    full = clf.predict(texts)
+    clf.set_early_exit("entropy", _median_first_entropy(clf.model_, enc))
+    fast = clf.predict(texts)
+    assert clf.layers_used_.float().mean() < 2 and len(fast) == len(full)
+    curve = exit_curve(clf.model_, enc, labels, [0.0, 0.5, 2.0])
+    assert [round(c["mean_layers"], 3) for c in curve][0] == 2.0 and curve[-1]["mean_layers"] == 1.0
+    with pytest.raises(tt.ConfigError, match="head='early-exit'"):
+        tt.TailtuneClassifier("cls", tiny_bert).fit(texts, labels).set_early_exit()
+
+
+def test_two_stage_training_trains_the_inner_classifiers_last(tiny_bert, toy):
+    texts, labels = toy
+    with pytest.raises(tt.ConfigError, match="add stages=\\['exit-heads'\\]"):
+        tt.config_from_preset("cls", head="early-exit", exit_training="two-stage")
+    import tailtune.stages.exit_heads as stage
+    moved = []
+    real = stage.train
+
+    def record(model, *a, **k):
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        out = real(model, *a, **k)
+        moved.append({n for n, p in model.named_parameters() if not torch.equal(p, before[n])})
+        return out
+    stage.train = record
+    try:
+        _fit(tiny_bert, toy, exit_training="two-stage", stages=["exit-heads"], exit_heads_epochs=2)
+    finally:
+        stage.train = real
+    assert moved[0] and all(n.startswith("head.exits.0.") for n in moved[0])  # the inner one only
+
+
+def test_early_exit_over_the_verbalizer_head_with_soft_prompts(tiny_bert, toy):
+    texts, labels = toy
+    clf = tt.TailtuneClassifier("soft-prompt", tiny_bert, head="early-exit", exit_head="verbalizer", soft_tokens=2,
+                                template="{text} it is about {mask} .", train_config=tt.TrainConfig(
+                                    epochs=2, batch_size=8, lr=1e-3, seed=1, progress=False))
+    clf.fit(texts, labels)
+    model = clf.model_
+    enc = model.encode(texts)
+    torch.testing.assert_close(predict_early_exit(model, enc, "entropy", 0.0)[0], predict_logits(model, enc),
+                               atol=1e-5, rtol=1e-4)
+    threshold = _median_first_entropy(model, enc)
+    some, used = predict_early_exit(model, enc, "entropy", threshold, batch_size=16)
+    one_by_one = [predict_early_exit(model, [e], "entropy", threshold) for e in enc]
+    torch.testing.assert_close(torch.cat([s for s, _ in one_by_one]), some, atol=1e-5, rtol=1e-4)
