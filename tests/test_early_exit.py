@@ -8,7 +8,7 @@ from tailtune.train import predict_logits
 
 
 def _median_first_entropy(model, enc):
-    from tailtune.inputs import collate
+    from tailtune.batch import collate
     model.eval()
     with torch.no_grad():
         batch = collate(enc, model.tokenizer.pad_token_id, torch.device("cpu"))

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 import tailtune as tt
 from tailtune.objectives import eta_norm, focal_loss
-from tailtune.inputs import collate
+from tailtune.batch import collate
 
 
 def test_verbalizer_head_matches_full_mlm_head(tiny_model):

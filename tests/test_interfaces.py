@@ -13,7 +13,7 @@ from tailtune.heads import Head
 from tailtune.inputs import InputFormat, encode_plain
 from tailtune.multitask import TaskSet
 from tailtune.registry import HEADS, INPUT_FORMATS, NoOptions
-from tailtune.inputs import collate
+from tailtune.batch import collate
 
 
 class EveryLayerHead(Head):

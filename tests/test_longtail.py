@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import tailtune as tt
-from tailtune.inputs import collate
+from tailtune.batch import collate
 from tailtune.objectives import effective_number_weights
 from tailtune.registry import BuildContext
 

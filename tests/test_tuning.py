@@ -6,7 +6,7 @@ import torch
 import tailtune as tt
 from tailtune.backbone import load_tokenizer
 from tailtune.tuning.routing import Route
-from tailtune.inputs import collate
+from tailtune.batch import collate
 from tiny import make_bert
 
 

@@ -4,7 +4,7 @@ import torch
 
 import tailtune as tt
 from tailtune.objectives import triplet_loss
-from tailtune.inputs import collate
+from tailtune.batch import collate
 from tailtune.train import encode_features, pad_features, train
 
 

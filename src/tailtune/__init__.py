@@ -1,21 +1,44 @@
-"""tailtune: tune BERT-family encoders into few-shot and long-tailed text classifiers."""
-from .api import TailtuneClassifier
-from .artefacts import save_classifier
-from .config import PRESETS, ClassifierConfig, config_from_preset, preset_train_config
-from .data import TextDataset, class_stats, from_hf, head_tail_split, k_shot, read_dataset, stratified_split
-from .errors import ArtefactError, ConfigError, DataError, TailtuneError, TrainingError
-from .inputs import Template, Verbalizer
-from .loop import TrainConfig
-from .metrics import long_tail_report
-from .model import Classifier, build_classifier
-from .registry import AXES, CALIBRATIONS, HEADS, INPUT_FORMATS, OBJECTIVES, READOUTS, TRAINS
-from .train import train
+"""tailtune: tune BERT-family encoders into few-shot and long-tailed text classifiers.
+
+The public names load on first use (PEP 562), so ``import tailtune.deploy`` (ONNX Runtime
+inference) works on a machine without PyTorch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .version import __version__
 
-__all__ = [
-    "TailtuneClassifier", "TextDataset", "read_dataset", "from_hf", "class_stats", "head_tail_split",
-    "stratified_split", "k_shot", "long_tail_report", "PRESETS", "Classifier", "ClassifierConfig",
-    "config_from_preset", "preset_train_config", "build_classifier", "save_classifier", "Template", "Verbalizer", "TrainConfig", "train",
-    "TailtuneError", "ConfigError", "DataError", "ArtefactError", "TrainingError",
-    "AXES", "INPUT_FORMATS", "READOUTS", "HEADS", "TRAINS", "OBJECTIVES", "CALIBRATIONS", "__version__",
-]
+_PUBLIC = {
+    "TailtuneClassifier": "api", "save_classifier": "artefacts",
+    "PRESETS": "config", "ClassifierConfig": "config", "config_from_preset": "config",
+    "preset_train_config": "config",
+    "TextDataset": "data", "class_stats": "data", "from_hf": "data", "head_tail_split": "data", "k_shot": "data",
+    "read_dataset": "data", "stratified_split": "data",
+    "ArtefactError": "errors", "ConfigError": "errors", "DataError": "errors", "TailtuneError": "errors",
+    "TrainingError": "errors",
+    "Template": "inputs", "Verbalizer": "inputs", "TrainConfig": "loop", "long_tail_report": "metrics",
+    "Classifier": "model", "build_classifier": "model", "train": "train",
+    # the registries, with the built-in entries registered (through config)
+    "AXES": "config", "INPUT_FORMATS": "registry", "READOUTS": "registry", "HEADS": "registry",
+    "TRAINS": "registry", "OBJECTIVES": "registry", "CALIBRATIONS": "registry", "STAGES": "registry",
+}
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        if _PUBLIC[name] == "registry":
+            importlib.import_module(".config", __name__)  # registers the built-in entries
+        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    try:
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError:
+        raise AttributeError(f"module 'tailtune' has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

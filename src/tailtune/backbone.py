@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -102,19 +101,6 @@ def load_tokenizer(name: str | None, trust_remote_code: bool = False) -> Any:
         raise ConfigError(f"the tokenizer of {name!r} has no mask token; tailtune needs a "
                           f"BERT-family (masked language model) tokenizer")
     return tok
-
-
-_LOCK_GUARD = threading.Lock()
-
-
-def tokenizer_lock(tokenizer: Any) -> threading.Lock:
-    """A lock per tokenizer: a fast (Rust) tokenizer called from several threads with truncation
-    settings fails with "Already borrowed", so every call goes through this lock."""
-    lock = tokenizer.__dict__.get("_tailtune_lock")
-    if lock is None:
-        with _LOCK_GUARD:
-            lock = tokenizer.__dict__.setdefault("_tailtune_lock", threading.Lock())
-    return lock
 
 
 def max_positions(encoder: nn.Module, tokenizer: Any) -> int | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import warnings
@@ -19,6 +18,7 @@ from .config import AXIS_NAMES, PRESETS, ClassifierConfig, all_options, axes_tab
 from .errors import TailtuneError
 from .loop import TrainConfig
 from .registry import field_docs
+from .cli_predict import _read, cmd_evaluate, cmd_predict
 from .stages.lm import AdaptConfig
 
 _TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
@@ -112,19 +112,6 @@ def _add_loading_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default=None, help="base backbone for a saved task module (default: its own)")
 
 
-def _load_for_prediction(args: argparse.Namespace) -> Any:
-    from .api import TailtuneClassifier
-    clf = TailtuneClassifier.load(args.model, args.device, args.backbone).set_precision(args.precision)
-    if args.early_exit or args.exit_rule or args.exit_threshold is not None or args.exit_patience is not None:
-        clf.set_early_exit(args.exit_rule, args.exit_threshold, args.exit_patience)
-    return clf
-
-
-def _read(args: argparse.Namespace, path: str | None) -> Any:
-    from .data import read_dataset
-    return read_dataset(path, args.text_col, args.label_col, args.text_b_col) if path else None
-
-
 # ---------------------------------------------------------------- train
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -192,103 +179,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .artefacts import write_json
-    from .metrics import format_report
-    data = _read(args, args.data)
-    clf = _load_for_prediction(args)
-    report = clf.evaluate(data, args.theta, args.groups)
-    if hasattr(clf, "layers_used_"):
-        report["mean_layers"] = float(clf.layers_used_.float().mean())
-    print(format_report(report))
-    if args.exit_curve:
-        from .early_exit import exit_curve
-        enc = clf.model_.encode(data.texts, data.texts_b)
-        rule = args.exit_rule or clf.model_.head.rule
-        print(f"speed / quality of early exit ({rule}):")
-        print(f"{'threshold':>10}{'macro-F1':>10}{'accuracy':>10}{'layers':>8}" +
-              "".join(f"{f'texts/s @{b}':>14}" for b in args.exit_batch_sizes))
-        curves = {b: exit_curve(clf.model_, enc, data.labels, args.exit_curve, rule, b, clf.theta)
-                  for b in args.exit_batch_sizes}
-        for k, row in enumerate(curves[args.exit_batch_sizes[0]]):
-            print(f"{row['threshold']:>10g}{row['macro_f1']:>10.4f}{row['accuracy']:>10.4f}{row['mean_layers']:>8.2f}"
-                  + "".join(f"{curves[b][k]['texts_per_second']:>14.1f}" for b in args.exit_batch_sizes))
-        report["exit_curve"] = curves
-    if args.output:
-        write_json(args.output, report)
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .data import columns, read_dataset
-    from .errors import ConfigError
-    from .multitask import task_dirs
-    if args.data and args.text:
-        raise ConfigError("give texts or --data FILE, not both")
-    if not args.data and not args.text:
-        raise ConfigError("give texts to classify, or --data FILE")
-    if args.data:  # the task column, when named, is read where labels would be
-        id_col = args.id_col or ("id" if "id" in columns(args.data) else None)
-        ds = read_dataset(args.data, args.text_col, args.task_col, args.text_b_col, id_col=id_col,
-                          allow_empty=True, keep_blank_rows=True)
-        texts, texts_b, row_tasks = ds.texts, ds.texts_b, (ds.labels if args.task_col else None)
-        ids: list[Any] = ds.ids if ds.ids is not None else list(range(len(texts)))
-        empty = [str(ids[i]) for i, t in enumerate(texts) if not t.strip()]
-        if empty:
-            warnings.warn(f"{len(empty)} row(s) of {args.data} have an empty text (id {', '.join(empty[:8])}"
-                          f"{' ...' if len(empty) > 8 else ''}); their predictions come from the template alone")
-    else:
-        texts, texts_b, row_tasks, ids = list(args.text), None, None, list(range(len(args.text)))
-    dirs = task_dirs(args.model)
-    if (Path(args.model) / "tailtune.json").is_file() and not row_tasks:
-        if args.task:
-            raise ConfigError(f"{args.model} is a single classifier; --task picks a task of a directory of task "
-                              f"modules")
-        clf = _load_for_prediction(args)
-        probs = clf.predict_proba(texts, texts_b)
-        _write_predictions(args, ids, texts, None, probs, lambda i: clf.labels_)
-        return 0
-    tasks = row_tasks or ([args.task] * len(texts) if args.task else None)
-    if tasks is None:
-        if len(dirs) > 1:
-            raise ConfigError(f"{args.model} holds tasks {', '.join(dirs)}: pick one with --task NAME, or "
-                              f"name a task per row with --data FILE --task-col COLUMN")
-        tasks = list(dirs) * len(texts)
-    unknown = sorted(set(tasks) - set(dirs))
-    if unknown:
-        raise ConfigError(f"unknown task(s) {unknown} in {args.model}; it holds: {', '.join(dirs)}")
-    from .device import resolve_device
-    from .multitask import TaskSet
-    task_set = TaskSet(args.backbone, str(resolve_device(args.device)), args.precision)
-    for name in dict.fromkeys(tasks):
-        task_set.add(dirs[name], name)
-    probs = [s.softmax(-1).numpy() for s in task_set.logits(texts, tasks, texts_b)]
-    _write_predictions(args, ids, texts, tasks, probs, lambda i: task_set.tasks[tasks[i]].labels)
-    return 0
-
-
-def _write_predictions(args: argparse.Namespace, ids: list, texts: list[str], tasks: list[str] | None,
-                       probs: Any, labels_of: Callable[[int], list[str]]) -> None:
-    """JSON lines, one per input row in input order, with its id; never NaN (a non-finite score is null)."""
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    broken = 0
-    try:
-        for i, (text, p) in enumerate(zip(texts, probs)):
-            best = int(p.argmax())
-            score = float(p[best])
-            finite = math.isfinite(score)
-            broken += not finite
-            row = {"id": ids[i], "text": text, **({"task": tasks[i]} if tasks else {}),
-                   "label": labels_of(i)[best] if finite else None, "score": round(score, 6) if finite else None}
-            out.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-    finally:
-        if args.output:
-            out.close()
-    if broken:
-        warnings.warn(f"{broken} prediction(s) had non-finite scores (written as null); the model is broken: "
-                      f"train it again")
-
-
 # ---------------------------------------------------------------- stages, experiments, listings
 
 def cmd_adapt_lm(args: argparse.Namespace) -> int:
@@ -336,6 +226,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         warnings.warn(f"serving on {cfg.host} without --token: anyone who reaches this machine can use and change "
                       f"the served tasks")
     serve(args.directory, cfg)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import main_export
+    main_export(args.model, args.output, args.opset, args.overwrite)
     return 0
 
 
@@ -466,6 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .serve.app import ServeConfig
     _add_config_args(v, ServeConfig)
     v.set_defaults(func=cmd_serve)
+
+    o = sub.add_parser("export", help="export a saved classifier to ONNX for ONNX Runtime (tailtune.deploy)")
+    o.add_argument("model", help="saved classifier directory")
+    o.add_argument("--output", "-o", required=True, help="directory for model.onnx, export.json and the tokenizer")
+    o.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    o.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    o.set_defaults(func=cmd_export)
 
     s = sub.add_parser("presets", help="list the named methods")
     s.add_argument("--markdown", action="store_true", help="the README's preset table")

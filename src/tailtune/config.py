@@ -280,8 +280,8 @@ def preset_table() -> str:
     for name, preset in PRESETS.items():
         cfg = config_from_preset(name)
         axes = " | ".join(f"`{getattr(cfg, a)}`" for a in AXIS_NAMES)
-        stages = ", ".join(f"`{s}`" for s in cfg.stages) or "–"
-        rows.append(f"| `{name}` | {axes} | {stages} | {_options_text(preset.values)} | {_cell(preset.description)} |")
+        staged = ", ".join(f"`{s}`" for s in cfg.stages) or "–"
+        rows.append(f"| `{name}` | {axes} | {staged} | {_options_text(preset.values)} | {_cell(preset.description)} |")
     return "\n".join(rows)
 
 

@@ -16,7 +16,8 @@ import torch
 
 from .device import autocast
 from .errors import ConfigError
-from .inputs import Encoded, collate
+from .batch import collate
+from .inputs import Encoded
 from .tuning.routing import Route
 
 

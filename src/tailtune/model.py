@@ -19,7 +19,8 @@ from .config import ClassifierConfig
 from .device import autocast
 from .version import __version__
 from .errors import ConfigError
-from .inputs import Encoded, Verbalizer, collate
+from .batch import collate
+from .inputs import Encoded, Verbalizer
 from .registry import BuildContext
 from .tuning.routing import Route, TaskRouter
 

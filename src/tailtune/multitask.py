@@ -15,7 +15,8 @@ from .backbone import Backbone, load_backbone
 from .config import ClassifierConfig
 from .device import autocast
 from .errors import ArtefactError, ConfigError
-from .inputs import Encoded, collate
+from .batch import collate
+from .inputs import Encoded
 from .model import Classifier
 from .tuning.routing import Route, TaskRouter
 

@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from .data import TextDataset
 from .device import autocast, resolve_device
 from .errors import DataError
-from .inputs import Encoded, collate
+from .batch import collate
+from .inputs import Encoded
 from .loop import NOT_RESULT_SETTINGS, TrainConfig, TrainResult, run
 
 Encode = Callable[[TextDataset, int], list[Encoded]]

@@ -20,12 +20,12 @@ from torch import nn
 from ..backbone import embedding_rows
 from ..errors import ConfigError
 from ..registry import INPUT_FORMATS, BuildContext, NoOptions, check_choice, check_min
-from .templates import Encoded, Template, TemplateError, collate, encode_plain, special_tokens
+from ..text import Encoded, Template, TemplateError, encode_plain, special_tokens
 from .verbalizer import Verbalizer, readable
 
 DEFAULT_TEMPLATE = "{text} It is about {mask} ."
 
-__all__ = ["Encoded", "collate", "Template", "TemplateError", "Verbalizer", "readable", "special_tokens", "encode_plain",
+__all__ = ["Encoded", "Template", "TemplateError", "Verbalizer", "readable", "special_tokens", "encode_plain",
            "DEFAULT_TEMPLATE", "InputFormat", "PlainInput", "TemplateInput", "TemplateOptions"]
 
 

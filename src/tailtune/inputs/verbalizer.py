@@ -5,7 +5,7 @@ import re
 import warnings
 from typing import Any, Mapping
 
-from ..backbone import tokenizer_lock
+from ..text import tokenizer_lock
 from ..errors import ConfigError
 
 

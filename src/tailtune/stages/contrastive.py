@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..inputs import collate
+from ..batch import collate
 from ..loop import TrainConfig, run
 from ..registry import STAGES, TRAINS, check_choice, check_min
 

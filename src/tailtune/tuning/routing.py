@@ -166,9 +166,10 @@ class TaskRouter:
             return embeds
         embeds = embeds.clone()
         for r in routes:
-            rows = torch.arange(len(embeds), device=embeds.device) if r.rows is None else r.rows
+            # (shapes, not len(): an ONNX export traces these with a dynamic batch size)
+            rows = torch.arange(embeds.shape[0], device=embeds.device) if r.rows is None else r.rows
             soft = self.soft_prompts[r.task].to(embeds.dtype)
-            embeds[rows[:, None], r.soft_positions] = soft.expand(len(rows), *soft.shape)
+            embeds[rows[:, None], r.soft_positions] = soft.expand(rows.shape[0], *soft.shape)
         return embeds
 
     def rows_by_task(self, batch: int) -> list[str | None] | None:

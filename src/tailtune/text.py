@@ -1,14 +1,28 @@
-"""Tokenising inputs: plain ``[CLS] text [SEP]`` and templates with a [MASK] and soft tokens."""
+"""Tokenising inputs: plain ``[CLS] text [SEP]`` and templates with a [MASK] and soft tokens.
+
+Pure Python over a Hugging Face tokenizer (no PyTorch), so the ONNX runtime path
+(``tailtune.deploy``) encodes texts exactly as training did.
+"""
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+from .errors import ConfigError
 
-from ..backbone import tokenizer_lock
-from ..errors import ConfigError
+_LOCK_GUARD = threading.Lock()
+
+
+def tokenizer_lock(tokenizer: Any) -> threading.Lock:
+    """A lock per tokenizer: a fast (Rust) tokenizer called from several threads with truncation
+    settings fails with "Already borrowed", so every call goes through this lock."""
+    lock = tokenizer.__dict__.get("_tailtune_lock")
+    if lock is None:
+        with _LOCK_GUARD:
+            lock = tokenizer.__dict__.setdefault("_tailtune_lock", threading.Lock())
+    return lock
 
 SLOTS = ("text", "text_b", "mask", "soft")
 _SLOT_RE = re.compile(r"\{([^{}]*)\}")
@@ -168,24 +182,3 @@ def encode_plain(tokenizer: Any, texts: list[str], texts_b: list[str] | None,
     types = enc.get("token_type_ids") if texts_b is not None else None
     return [Encoded(ids, 0, types[i] if types is not None else None)
             for i, ids in enumerate(enc["input_ids"])]
-
-
-def collate(examples: list[Encoded], pad_id: int, device: torch.device) -> dict:
-    """Pad to the longest example of the batch (dynamic padding)."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    # segment ids where any example has them (a mixed-task batch may hold single texts and pairs)
-    types = torch.zeros((len(examples), width), dtype=torch.long) if any(e.token_type_ids for e in examples) else None
-    for i, e in enumerate(examples):
-        ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
-        mask[i, :len(e.input_ids)] = 1
-        if types is not None and e.token_type_ids:
-            types[i, :len(e.token_type_ids)] = torch.tensor(e.token_type_ids)
-    batch = {"input_ids": ids, "attention_mask": mask,
-             "position": torch.tensor([e.position for e in examples], dtype=torch.long)}
-    if types is not None:
-        batch["token_type_ids"] = types
-    if examples[0].soft_positions:
-        batch["soft_positions"] = torch.tensor([e.soft_positions for e in examples], dtype=torch.long)
-    return {k: v.to(device) for k, v in batch.items()}

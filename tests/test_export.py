@@ -1,0 +1,49 @@
+"""ONNX export and ONNX Runtime inference give PyTorch's scores; the runtime needs no PyTorch."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+import tailtune as tt  # noqa: E402
+from tailtune.cli import main  # noqa: E402
+from tailtune.deploy import OnnxClassifier  # noqa: E402
+
+TEXTS = ["the movie was great", "bad food", "oil price news today", "who is it", "a good game and a bad film"]
+
+
+@pytest.mark.parametrize("preset,options", [("cls", {}), ("auto", {}), ("prompt", {}), ("adapter", {}),
+                                            ("soft-prompt", {"soft_tokens": 2})])
+def test_onnx_runtime_gives_the_same_scores(preset, options, tiny_bert, toy, tmp_path, capsys):
+    texts, labels = toy
+    clf = tt.TailtuneClassifier(preset, tiny_bert, train_config=tt.TrainConfig(epochs=1, progress=False, seed=1),
+                                **options).fit(texts, labels)
+    clf.save(tmp_path / "m")
+    assert main(["export", str(tmp_path / "m"), "--output", str(tmp_path / "onnx")]) == 0
+    assert "largest score difference" in capsys.readouterr().out
+    onnx = OnnxClassifier(tmp_path / "onnx")
+    np.testing.assert_allclose(onnx.decision_function(TEXTS), clf.decision_function(TEXTS), atol=1e-4, rtol=1e-4)
+    assert onnx.predict(TEXTS) == clf.predict(TEXTS)
+
+
+@pytest.mark.parametrize("preset", ["lora", "prefix"])
+def test_lora_and_prefixes_are_refused_with_a_reason(preset, tiny_bert, tmp_path, capsys):
+    from tiny import perturbed_module
+    perturbed_module(preset, tiny_bert, tmp_path / "m")
+    assert main(["export", str(tmp_path / "m"), "--output", str(tmp_path / "x")]) == 2
+    assert "changes attention itself" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_the_runtime_imports_without_pytorch(tiny_bert, toy, tmp_path):
+    texts, labels = toy
+    tt.TailtuneClassifier("cls", tiny_bert, train_config=tt.TrainConfig(epochs=1, progress=False)).fit(
+        texts, labels).save(tmp_path / "m")
+    from tailtune.export import export_onnx
+    export_onnx(tmp_path / "m", tmp_path / "onnx")
+    code = ("import sys; sys.modules['torch'] = None\n"  # any import of torch fails
+            "from tailtune.deploy import OnnxClassifier\n"
+            f"print(OnnxClassifier({str(tmp_path / 'onnx')!r}).predict(['the movie was great']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().startswith("['")
