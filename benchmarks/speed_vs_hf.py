@@ -24,7 +24,7 @@ from tailtune import TrainConfig, build_classifier, config_from_preset, read_dat
 from tailtune.backbone import default_backbone_path
 from tailtune.data import label_space
 from tailtune.device import set_seed
-from tailtune.train import predict_logits, train
+from tailtune.training import predict_logits, train
 
 
 def run_tailtune(tr, te, labels, a):

@@ -4,7 +4,7 @@ import torch
 
 import tailtune as tt
 from tailtune.early_exit import exit_curve, predict_early_exit
-from tailtune.train import predict_logits
+from tailtune.training import predict_logits
 
 
 def _median_first_entropy(model, enc):

@@ -93,7 +93,7 @@ def test_pooling_readouts_leave_padding_out(tiny_bert):
     model = tt.build_classifier(tt.config_from_preset("cls", readout="mean"), ["a", "b"], tiny_bert).eval()
     one = model.encode(["the movie was great"])
     two = model.encode(["the movie was great", "a bad game and the film was terrible news"])
-    from tailtune.train import predict_logits
+    from tailtune.training import predict_logits
     torch.testing.assert_close(predict_logits(model, one), predict_logits(model, two)[:1], atol=1e-5, rtol=1e-4)
 
 

@@ -133,7 +133,7 @@ def test_contrastive_stage_tunes_the_body_and_crt_only_the_head(tiny_bert, toy):
 
 
 def test_class_balanced_batches_draw_every_class_alike(tiny_bert):
-    from tailtune.train import ClassificationJob
+    from tailtune.training import ClassificationJob
     labels = ["bad"] * 80 + ["good"] * 15 + ["money"] * 5
     model = tt.build_classifier(tt.config_from_preset("cls"), LABELS, tiny_bert)
     job = ClassificationJob(model, tt.TextDataset(["the film"] * 100, labels), tt.TrainConfig(batch_size=10, seed=0),

@@ -5,7 +5,7 @@ import torch
 
 import tailtune as tt
 from tailtune.multitask import TaskSet, task_dirs
-from tailtune.train import predict_logits
+from tailtune.training import predict_logits
 from tiny import perturbed_module
 
 

@@ -13,7 +13,7 @@ from tailtune.device import set_seed
 from tailtune.errors import ConfigError
 from tailtune.multitask import TaskSet
 from tailtune.registry import STAGES
-from tailtune.train import predict_logits, train
+from tailtune.training import predict_logits, train
 from tiny import perturbed_module
 
 CONTEXT = {"template": "{text} it is about {mask} ."}

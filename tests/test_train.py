@@ -3,7 +3,7 @@ import random
 import numpy as np
 
 import tailtune as tt
-from tailtune.train import length_grouped_batches
+from tailtune.training import length_grouped_batches
 
 
 def _clf(backbone, seed, **train):

@@ -5,7 +5,7 @@ import torch
 import tailtune as tt
 from tailtune.objectives import triplet_loss
 from tailtune.batch import collate
-from tailtune.train import encode_features, pad_features, train
+from tailtune.training import encode_features, pad_features, train
 
 
 def _model(backbone, **kw):
@@ -98,7 +98,7 @@ def test_dev_evaluation_reads_cached_features(tiny_bert, toy, monkeypatch):
     clf.fit(texts, labels, dev=tt.TextDataset(texts[:10], labels[:10]))
     assert calls == [10]  # once, for the 10 dev texts, though dev was evaluated each epoch
     enc = clf.model_.encode(texts)
-    from tailtune.train import predict_logits
+    from tailtune.training import predict_logits
     torch.testing.assert_close(predict_logits(clf.model_, enc, features=encode_features(clf.model_, enc)),
                                predict_logits(clf.model_, enc), atol=1e-5, rtol=1e-5)
 

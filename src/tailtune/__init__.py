@@ -19,7 +19,7 @@ _PUBLIC = {
     "ArtefactError": "errors", "ConfigError": "errors", "DataError": "errors", "TailtuneError": "errors",
     "TrainingError": "errors",
     "Template": "inputs", "Verbalizer": "inputs", "TrainConfig": "loop", "long_tail_report": "metrics",
-    "Classifier": "model", "build_classifier": "model", "train": "train",
+    "Classifier": "model", "build_classifier": "model", "train": "training",
     # the registries, with the built-in entries registered (through config)
     "AXES": "config", "INPUT_FORMATS": "registry", "READOUTS": "registry", "HEADS": "registry",
     "TRAINS": "registry", "OBJECTIVES": "registry", "CALIBRATIONS": "registry", "STAGES": "registry",

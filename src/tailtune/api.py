@@ -17,7 +17,7 @@ from .loop import TrainConfig
 from .metrics import long_tail_report, weight_norms
 from .model import Classifier, build_classifier
 from .early_exit import predict_early_exit
-from .train import cached_features, data_hash, predict_logits, train
+from .training import cached_features, data_hash, predict_logits, train
 
 
 def _as_dataset(X: Any, y: Iterable | None = None, X_b: Iterable | None = None) -> TextDataset:

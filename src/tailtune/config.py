@@ -220,6 +220,14 @@ PRESETS: dict[str, Preset] = {
                        "features, linear label pointer; triplet loss (margin 0.2); features cached in training"),
     "y-tuning-ce": Preset({"readout": "tokens", "head": "label-decoder", "trains": "head", "decoder_width": 128},
                           "Y-Tuning with cross-entropy instead of the triplet loss"),
+    "pabee": Preset({"readout": "auto", "head": "early-exit", "exit_head": "cosine", "exit_rule": "patience",
+                     "exit_patience": 3},
+                    "early exit (PABEE): a cosine classifier after every layer, trained jointly (losses weighted by "
+                    "depth); a row leaves once 3 layers in a row agree", AUTO_TRAIN),
+    "deebert": Preset({"readout": "auto", "head": "early-exit", "exit_head": "cosine", "exit_training": "two-stage",
+                       "stages": ("exit-heads",), "exit_rule": "entropy", "exit_threshold": 0.1},
+                      "early exit (DeeBERT): the last classifier trains with the model, then the inner ones with "
+                      "everything else frozen; a row leaves once its entropy is below 0.1", AUTO_TRAIN),
     "soft-prompt": Preset({**_PROMPT, "trains": "prompt", "soft_tokens": 20},
                           "20 soft tokens before the template, MLM head + verbalizer; backbone frozen "
                           "(with hard template words: a hybrid prompt)"),

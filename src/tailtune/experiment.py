@@ -27,7 +27,7 @@ from .data import TextDataset, check_labels, label_space, read_dataset
 from .errors import ConfigError, did_you_mean
 from .loop import NOT_RESULT_SETTINGS, TrainConfig
 from .metrics import export_weight_norms
-from .train import data_hash
+from .training import data_hash
 
 _DATASET_KEYS = {"train", "dev", "test", "theta", "template", "vanilla_template", "verbalizer", "max_length",
                  "text_col", "text_b_col", "label_col", "columns", "dev_fraction", "train_overrides",

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from ..loop import TrainConfig
 from ..registry import STAGES, check_min
-from ..train import train
+from ..training import train
 
 
 @dataclass

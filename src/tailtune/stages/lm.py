@@ -23,7 +23,7 @@ from ..device import autocast, resolve_device, set_seed
 from ..errors import ConfigError, DataError
 from ..loop import TrainConfig, run
 from ..registry import check_choice
-from ..train import length_grouped_batches
+from ..training import length_grouped_batches
 
 
 @dataclass
