@@ -117,6 +117,10 @@ def test_the_default_bind_address_is_loopback():
     assert args.host is None  # unset: ServeConfig's loopback default applies
     with pytest.raises(tt.ConfigError, match="max_batch=0"):
         ServeConfig(max_batch=0)
+    # the flags parse to ServeConfig's types (its module keeps real annotations for FastAPI)
+    args = build_parser().parse_args(["serve", "d", "--port", "8123", "--max-wait-ms", "2.5", "--early-exit",
+                                      "--token", "none"])
+    assert (args.port, args.max_wait_ms, args.early_exit, args.token) == (8123, 2.5, True, None)
 
 
 def test_precisions_of_prediction(tiny_bert, toy, tmp_path):

@@ -24,9 +24,15 @@ from .stages.lm import AdaptConfig
 _TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
 
 
-def _parse_type(annotation: str) -> Callable[[str], Any]:
+def _type_name(annotation: Any) -> str:
+    """``int``, ``"int"`` and ``int | None`` as text (dataclasses of modules without postponed annotations
+    hold the types themselves)."""
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
+def _parse_type(annotation: Any) -> Callable[[str], Any]:
     """argparse type of a dataclass field annotation such as ``int | None`` ("none" gives None)."""
-    parts = [p.strip() for p in str(annotation).split("|")]
+    parts = [p.strip() for p in _type_name(annotation).split("|")]
     base = _TYPES.get(next((p for p in parts if p != "None"), "str"), str)
     if "None" not in parts:
         return base
@@ -49,7 +55,7 @@ def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field, doc: str | None
     if recipe and f.name in recipe:
         default = f"{recipe[f.name]} in the auto preset's recipe, else {default}"
     text = f"{prefix}{doc or ''} (default: {default})"
-    if str(f.type) == "bool":
+    if _type_name(f.type) == "bool":
         p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
     else:
         p.add_argument(flag, type=_parse_type(f.type), default=None, help=text, metavar=f.name.upper())

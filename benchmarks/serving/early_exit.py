@@ -1,0 +1,77 @@
+"""Early exit on R52, TREC-50 and 16-shot SST-2: train the default with one classifier per layer (PABEE
+joint training), then the speed / quality curve over entropy thresholds at batch 1 and 64.
+
+    python benchmarks/serving/early_exit.py --data-dir ../shared/data      # -> results/serving/early_exit.json
+
+Each set: its split and max length of the peer benchmark (benchmarks/peers/quality.py), seed 13; the
+model is `auto` with head `early-exit` over its cosine head (`exit_head: cosine`). Full depth is the
+last classifier; "speed-up" is full-depth wall time over early-exit wall time on the test set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
+
+THRESHOLDS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2]
+
+
+def main() -> None:
+    import tailtune as tt
+    from quality import load
+    from tailtune.early_exit import predict_early_exit
+    from tailtune.metrics import long_tail_report
+    from tailtune.training import predict_logits
+    p = argparse.ArgumentParser()
+    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--sets", nargs="*", default=["sst2", "trec50", "r52"])
+    p.add_argument("--out", default="benchmarks/results/serving/early_exit.json")
+    p.add_argument("--epochs", type=float, default=None, help="override the recipe's epochs (smoke runs)")
+    a = p.parse_args()
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    for name in a.sets:
+        if name in results:
+            continue
+        train, dev, test, max_length, theta, few = load(Path(a.data_dir), name, 13)
+        recipe = tt.preset_train_config("auto", seed=13, progress=False, **({"epochs": a.epochs} if a.epochs else {}))
+        clf = tt.TailtuneClassifier("auto", head="early-exit", exit_head="cosine", max_length=max_length, theta=theta,
+                                    train_config=recipe)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(train, dev=dev if len(dev) else None)
+        train_seconds = time.perf_counter() - t0
+        model, enc = clf.model_, clf.model_.encode(test.texts)
+        row = {"n_test": len(test), "max_length": max_length, "train_seconds": train_seconds, "curve": {}}
+        for batch in (1, 64):
+            start = time.perf_counter()
+            full = predict_logits(model, enc, batch)
+            full_s = time.perf_counter() - start
+            full_f1 = long_tail_report(test.labels, [model.labels[i] for i in full.argmax(-1).tolist()], theta)["macro_f1"]
+            curve = []
+            for t in THRESHOLDS:
+                start = time.perf_counter()
+                scores, used = predict_early_exit(model, enc, "entropy", t, batch_size=batch)
+                seconds = time.perf_counter() - start
+                rep = long_tail_report(test.labels, [model.labels[i] for i in scores.argmax(-1).tolist()], theta)
+                curve.append({"threshold": t, "macro_f1": rep["macro_f1"], "accuracy": rep["accuracy"],
+                              "mean_layers": float(used.float().mean()), "seconds": seconds,
+                              "speedup": full_s / seconds, "f1_share": rep["macro_f1"] / full_f1 if full_f1 else None})
+            row["curve"][str(batch)] = {"full_depth_seconds": full_s, "full_depth_macro_f1": full_f1, "points": curve}
+            print(f"{name} batch {batch}: full depth {full_f1:.4f} in {full_s:.1f} s", flush=True)
+            for c in curve:
+                print(f"   threshold {c['threshold']:<5} macro-F1 {c['macro_f1']:.4f} ({100 * (c['f1_share'] or 0):.1f} %) "
+                      f"layers {c['mean_layers']:.2f} {c['seconds']:.1f} s ({c['speedup']:.2f}x)", flush=True)
+        results[name] = row
+        out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Prediction throughput: `tailtune predict` against a Hugging Face `pipeline` on the same backbone,
+texts, batch and length, in each precision, with the quality of each and the machine's matmul rate.
+
+    python benchmarks/serving/throughput.py MODEL_DIR --data ../shared/data/longtail/r52/test.tsv \
+        --limit 1024 --batch 64 --out benchmarks/results/serving/throughput.json
+
+MODEL_DIR is a classifier trained on the data's labels (the quality check); the pipeline runs
+`AutoModelForSequenceClassification` on the same backbone (its head is new: speed only). Timings:
+best of ``--repeats`` runs, the same process, nothing else of this benchmark running beside them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+
+def matmul_gflops(dtype_name: str = "float32", n: int = 2048, repeats: int = 5) -> float:
+    import torch
+    dtype = getattr(torch, dtype_name)
+    a = torch.randn(n, n).to(dtype)
+    a @ a
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def best_of(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    import torch
+    import tailtune as tt
+    from tailtune.metrics import long_tail_report
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("--data", default="../shared/data/longtail/r52/test.tsv")
+    p.add_argument("--limit", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default="benchmarks/results/serving/throughput.json")
+    a = p.parse_args()
+    ds = tt.read_dataset(a.data)
+    ds = ds.subset(range(min(a.limit, len(ds))))
+    base = tt.TailtuneClassifier.load(a.model, "cpu")
+    base.train_config.eval_batch_size = a.batch
+    length = base.model_.config.max_length
+    ds = ds.subset([i for i, y in enumerate(ds.labels) if y in set(base.labels_)])
+    tokens = sum(len(e.input_ids) for e in base.model_.encode(ds.texts))
+    rates = {"fp32": matmul_gflops("float32"), "bf16": matmul_gflops("bfloat16")}
+    flops_per_token = 2 * sum(p.numel() for n, p in base.model_.encoder.named_parameters() if "embeddings" not in n)
+    rows = {}
+    for precision in ("fp32", "bf16", "int8"):
+        clf = tt.TailtuneClassifier.load(a.model, "cpu").set_precision(precision)
+        clf.train_config.eval_batch_size = a.batch
+        seconds = best_of(lambda: clf.decision_function(ds.texts), a.repeats)
+        report = long_tail_report(ds.labels, clf.predict(ds.texts))
+        rows[f"tailtune {precision}"] = {"seconds": seconds, "tokens_per_second": tokens / seconds,
+                                         "macro_f1": report["macro_f1"], "accuracy": report["accuracy"]}
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    path = tt.backbone.resolve_name(base.model_.backbone_name)
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(base.labels_), dtype=dtype)
+            pipe = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(path),
+                            device=-1, batch_size=a.batch, truncation=True, max_length=length)
+        seconds = best_of(lambda: pipe(ds.texts), a.repeats)
+        rows[f"HF pipeline {precision}"] = {"seconds": seconds, "tokens_per_second": tokens / seconds}
+    for row in rows.values():
+        row["share_of_fp32_matmul_rate"] = row["tokens_per_second"] * flops_per_token / (rates["fp32"] * 1e9)
+    ref = rows["HF pipeline fp32"]["tokens_per_second"]
+    for name, row in rows.items():
+        row["vs_pipeline_fp32"] = row["tokens_per_second"] / ref
+        print(f"{name:<22} {row['tokens_per_second']:>9.0f} tokens/s  {row['vs_pipeline_fp32']:.2f}x"
+              + (f"  macro-F1 {row['macro_f1']:.4f}" if "macro_f1" in row else ""), flush=True)
+    out = {"setup": {"model": a.model, "data": a.data, "texts": len(ds), "tokens": tokens, "batch": a.batch,
+                     "max_length": length, "threads": torch.get_num_threads(), "matmul_gflops": rates,
+                     "encoder_flops_per_token": flops_per_token}, "results": rows}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
