@@ -212,6 +212,15 @@ def test_predict_usage_errors(model_dir, capsys):
     assert rc == 2 and "is a single classifier" in err
 
 
+def test_export_without_the_onnx_packages(model_dir, tmp_path, capsys, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    rc, _, err = cli(capsys, "export", model_dir, "--output", tmp_path / "onnx")
+    assert rc == 2 and "need onnxscript" in err and "tailtune[onnx]" in err
+    assert not (tmp_path / "onnx").exists()  # refused before any work
+
+
 # ---------------------------------------------------------------- saved artefacts
 
 def test_damaged_and_edited_artefacts_are_refused(model_dir, capsys, tmp_path):

@@ -14,12 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArtefactError
+from .errors import ArtefactError, ConfigError
 from .text import Encoded, Template, encode_plain
 
 
 class OnnxClassifier:
     def __init__(self, directory: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
+        import importlib.util
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise ConfigError("tailtune.deploy runs on ONNX Runtime: pip install onnxruntime (or 'tailtune[onnx]')")
         import onnxruntime as ort
         from transformers import AutoTokenizer
         directory = Path(directory)

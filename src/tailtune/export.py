@@ -34,9 +34,19 @@ class _Graph(nn.Module):
         return self.model.calibrate(self.model(**batch).float())
 
 
+def require_onnx(modules: tuple[str, ...]) -> None:
+    """A clear error, before any work, when the ONNX packages are missing."""
+    import importlib.util
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"ONNX export and inference need {', '.join(missing)}: pip install 'tailtune[onnx]' "
+                          f"(or pip install {' '.join(missing)})")
+
+
 def export_onnx(directory: str | Path, output: str | Path, opset: int = 17, overwrite: bool = False,
                 backbone: str | None = None) -> Path:
     """Write ``model.onnx``, ``export.json`` and the tokenizer of a saved classifier into ``output``."""
+    require_onnx(("onnx", "onnxscript", "onnxruntime"))
     from .model import Classifier
     from .batch import collate
     meta = read_classifier(directory)
