@@ -47,12 +47,12 @@ def main() -> None:
         lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(cell(values(m, s)) for s in sets)
                      + f" | {avg:.1f} |" if avg is not None else f"| {NAMES.get(m, m)} | "
                      + " | ".join(cell(values(m, s)) for s in sets) + " | – |")
-    lines += ["", "Tail-F1 on the long-tail sets:", "",
-              "| method | " + " | ".join(s for s in sets if s not in FEWSHOT) + " |",
-              "|---|" + "---|" * len([s for s in sets if s not in FEWSHOT])]
-    for m in methods:
-        lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(cell(values(m, s, "tail_f1")) for s in sets
-                                                            if s not in FEWSHOT) + " |")
+    tails = [s for s in sets if s not in FEWSHOT]
+    if tails:
+        lines += ["", "Tail-F1 on the long-tail sets:", "",
+                  "| method | " + " | ".join(tails) + " |", "|---|" + "---|" * len(tails)]
+        for m in methods:
+            lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(cell(values(m, s, "tail_f1")) for s in tails) + " |")
     lines += ["", "Training wall time per run, median seconds (from texts to a classifier ready to predict):", "",
               "| method | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
     for m in methods:
