@@ -97,3 +97,18 @@ def test_option_names_are_unique_across_axes():
         for entry in registry:
             for name in entry.option_names():
                 assert owners.setdefault(name, axis) == axis, f"option {name!r} is declared on two axes"
+
+
+def test_public_names_are_not_shadowed_by_submodules():
+    """Importing a submodule sets it as an attribute of the package: no public name may be a module's name
+    (``tailtune/train.py`` once replaced the function ``tailtune.train``)."""
+    import importlib
+    import pkgutil
+    import types
+
+    import tailtune as tt
+    for info in pkgutil.walk_packages(tt.__path__, "tailtune."):
+        if info.name.count(".") == 1 and not info.name.endswith(("deploy", "__main__")):
+            importlib.import_module(info.name)
+    shadowed = [name for name in tt.__all__ if isinstance(getattr(tt, name), types.ModuleType)]
+    assert not shadowed, f"public names that are submodules: {shadowed}"
