@@ -8,7 +8,7 @@ they are.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from ..loop import TrainConfig
@@ -39,8 +39,7 @@ class CRTStage:
     def run(self, model: Any, examples: Any, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None,
             log: Callable[[str], None] | None = None) -> float:
         o = self.opts
-        tc = TrainConfig(**{**cfg.to_dict(), "epochs": o.crt_epochs, "steps": None, "lr": o.crt_lr,
-                            "head_lr": o.crt_lr, "save_every": None})
+        tc = replace(cfg, epochs=o.crt_epochs, steps=None, lr=o.crt_lr, head_lr=o.crt_lr, save_every=None)
         if log:
             log(f"classifier re-training: {o.crt_epochs:g} epochs of class-balanced batches, head lr {o.crt_lr:g}, "
                 f"body frozen")

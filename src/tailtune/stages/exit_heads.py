@@ -1,7 +1,7 @@
 """The second stage of DeeBERT-style early exit: the inner classifiers train, everything else is frozen."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from ..loop import TrainConfig
@@ -30,8 +30,8 @@ class ExitHeadsStage:
     def run(self, model: Any, examples: Any, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None,
             log: Callable[[str], None] | None = None) -> float:
         last = f"head.exits.{len(model.head.exits) - 1}."
-        tc = TrainConfig(**{**cfg.to_dict(), "epochs": self.opts.exit_heads_epochs, "steps": None, "min_steps": None,
-                            "lr": self.opts.exit_heads_lr, "head_lr": self.opts.exit_heads_lr, "save_every": None})
+        tc = replace(cfg, epochs=self.opts.exit_heads_epochs, steps=None, min_steps=None, lr=self.opts.exit_heads_lr,
+                     head_lr=self.opts.exit_heads_lr, save_every=None)
         mode, model.head.training_mode = model.head.training_mode, "joint"  # every layer's loss, for the inner ones
         try:
             if log:
