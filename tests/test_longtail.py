@@ -140,3 +140,22 @@ def test_class_balanced_batches_draw_every_class_alike(tiny_bert):
                             model.encode_training, sampling="class-balanced")
     drawn = Counter(labels[i] for e in range(20) for b in job.batches(e) for i in b)
     assert all(abs(n / sum(drawn.values()) - 1 / 3) < 0.03 for n in drawn.values())
+
+
+def test_auto_runs_its_contrastive_stage_only_in_the_few_shot_regime(tiny_bert, toy):
+    texts, labels = toy  # a few examples per class: below 1000 the stage runs; below 1 (never) it is skipped
+    seen = {}
+    for below in (1000, 1):
+        lines: list[str] = []
+        clf = tt.TailtuneClassifier("auto", tiny_bert, contrastive_max_pairs=16, contrastive_below=below,
+                                    train_config=tt.TrainConfig(epochs=1, batch_size=8, progress=False, seed=1))
+        clf.fit(texts, labels, log=lines.append)
+        seen[below] = [line for line in lines if line.startswith("contrastive stage")]
+    assert "16 pairs" in seen[1000][0] and "done" in seen[1000][-1]
+    assert len(seen[1]) == 1 and "skipped" in seen[1][0]
+    # the preset's own stage gives way where an override makes it inapplicable; a stage the user names does not
+    assert tt.config_from_preset("auto").stages == ("contrastive",)
+    assert tt.config_from_preset("auto", trains="head").stages == ()
+    assert "contrastive_below" not in tt.config_from_preset("auto", stages=[]).options
+    with pytest.raises(tt.ConfigError, match="--stages none"):
+        tt.config_from_preset("auto", trains="head", stages=["contrastive"])

@@ -36,8 +36,11 @@ FEWSHOT = {"sst2": ("SST-2", "tsv", 2), "sst5": ("sst-5", "csv", 5), "mr": ("mr"
            "mpqa": ("mpqa", "csv", 2), "subj": ("subj", "csv", 2), "trec": ("trec", "csv", 6)}
 KSHOT = {f"{name}-k{k}": (name, k) for name in LONGTAIL for k in (8, 32)}
 SETS = [*LONGTAIL, *FEWSHOT, *KSHOT]
-TAILTUNE = {"auto": "tailtune default (`auto`)", "auto-contrastive": "tailtune `auto` + the contrastive stage", "prompt": "tailtune `prompt` (long-tail protocol)",
-            "cls": "tailtune `cls` (few-shot protocol)"}
+TAILTUNE = {"auto": "tailtune default (`auto`)",
+            "auto-plain": "`auto` without its contrastive stage (--stages none)",
+            "auto-contrastive": "`auto` with the contrastive stage forced (--contrastive-below 0)",
+            "prompt": "tailtune `prompt` (long-tail protocol)", "cls": "tailtune `cls` (few-shot protocol)"}
+AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []}, "auto-contrastive": {"contrastive_below": 0}}
 PEER_NAMES = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 
@@ -79,9 +82,8 @@ def load(data_dir: Path, name: str, seed: int):
 
 def run_tailtune(method: str, train, dev, test, seed: int, max_length: int, theta: float, few: bool) -> dict:
     import tailtune as tt
-    if method.startswith("auto"):
-        stages = {"stages": ["contrastive"]} if method == "auto-contrastive" else {}
-        clf = tt.TailtuneClassifier("auto", max_length=max_length, theta=theta, **stages,
+    if method in AUTO_VARIANTS:
+        clf = tt.TailtuneClassifier("auto", max_length=max_length, theta=theta, **AUTO_VARIANTS[method],
                                     train_config=tt.preset_train_config("auto", seed=seed, progress=False))
     else:  # the best preset of the earlier tables, with its protocol (few-shot: lr 1e-4, 20 epochs, batch 8)
         long = not few and method == "prompt"
@@ -125,7 +127,7 @@ def main() -> None:
             if r} if results.is_file() else set()
     for name in a.only or SETS:
         few = name not in LONGTAIL
-        methods = a.methods or ["auto", "auto-contrastive", "cls" if name in FEWSHOT else "prompt", *PEER_NAMES]
+        methods = a.methods or ["auto", "cls" if name in FEWSHOT else "prompt", *PEER_NAMES]
         for seed in a.seeds:
             for method in methods:
                 if (name, method, seed) in done:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from quality import FEWSHOT, KSHOT, LONGTAIL
 
-NAMES = {"auto": "**tailtune default (`auto`)**", "auto-contrastive": "tailtune `auto` + contrastive stage",
+NAMES = {"auto": "**tailtune default (`auto`)**", "auto-plain": "`auto` without its contrastive stage (`--stages none`)",
+         "auto-contrastive": "`auto` with the contrastive stage forced (`--contrastive-below 0`)",
          "prompt": "tailtune `prompt` (paper protocol)",
          "cls": "tailtune `cls` (few-shot protocol)", "lr-balanced": "embeddings + LogisticRegression (balanced)",
          "lr": "embeddings + LogisticRegression", "setfit": "SetFit", "hf-trainer": "HF Trainer + AutoModelForSequenceClassification"}
@@ -39,7 +40,7 @@ def main() -> None:
             return "–"
         return f"{statistics.mean(v):.1f}" + (f" ± {statistics.pstdev(v):.1f}" if len(v) > 1 else "")
 
-    methods = ["auto", "auto-contrastive", BEST_PRESET, *PEERS]
+    methods = ["auto", "auto-plain", "auto-contrastive", BEST_PRESET, *PEERS]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
         means = [statistics.mean(values(m, s)) if values(m, s) else None for s in sets]

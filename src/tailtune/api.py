@@ -44,7 +44,7 @@ class TailtuneClassifier:
     Learned attributes: ``model_``, ``labels_``, ``class_stats_``, ``train_result_``.
     """
 
-    def __init__(self, preset: str = "cls", backbone: str | None = None, *,
+    def __init__(self, preset: str = "auto", backbone: str | None = None, *,
                  config: ClassifierConfig | None = None, template: str | None = None,
                  verbalizer: Mapping[str, Any] | None = None, max_length: int | None = None,
                  train_config: TrainConfig | None = None, theta: float = 0.65, dev_fraction: float = 0.1,

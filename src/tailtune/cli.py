@@ -77,8 +77,10 @@ def _add_classifier_args(p: argparse.ArgumentParser) -> None:
     for axis in AXIS_NAMES:
         flags = ["--" + axis.replace("_", "-")] + (["--loss"] if axis == "objective" else [])
         g.add_argument(*flags, dest=axis, default=None, choices=AXES[axis].names(), help=docs.get(axis))
-    g.add_argument("--stages", type=lambda text: [s.strip() for s in text.split(",") if s.strip()], default=None,
-                   help=f"{docs['stages']}: {', '.join(STAGES.names())} (default: the preset's)")
+    g.add_argument("--stages", type=lambda text: [s.strip() for s in text.split(",") if s.strip() not in ("", "none")],
+                   default=None,
+                   help=f"{docs['stages']}: {', '.join(STAGES.names())}, comma-separated; none for no stage "
+                        "(default: the preset's)")
     g.add_argument("--max-length", type=int, default=None, help=f"{docs['max_length']} (default: the preset's, 128)")
     o = p.add_argument_group("options of the axis entries (each only with its entry)")
     for name, entries in all_options().items():

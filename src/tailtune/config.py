@@ -8,7 +8,8 @@ combinations an entry does not support are errors that say what to change.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from types import SimpleNamespace
 from typing import Any, Mapping, NamedTuple
 
 from . import heads, inputs, objectives, readouts, stages, tuning  # noqa: F401  (register the built-in entries)
@@ -185,9 +186,10 @@ _CLS = {"readout": "cls"}  # CLS-tuning reads [CLS] by definition, whatever the 
 AUTO_TRAIN = {"epochs": 5.0, "min_steps": 50, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "eval_times": 10}
 
 PRESETS: dict[str, Preset] = {
-    "auto": Preset({"readout": "auto", "head": "cosine"},
-                   "the default: the backbone's own pooling (mean on sentence encoders), a cosine head started from "
-                   "the class prototypes, everything fine-tuned (body lr 5e-5, head lr 1e-3), best dev macro-F1",
+    "auto": Preset({"readout": "auto", "head": "cosine", "stages": ("contrastive",), "contrastive_below": 64},
+                   "the default: the backbone's own pooling (mean on sentence encoders); below 64 training examples "
+                   "per class, a contrastive stage (class-balanced pairs) first; a cosine head started from the "
+                   "class prototypes, everything fine-tuned (body lr 5e-5, head lr 1e-3), best dev macro-F1",
                    AUTO_TRAIN),
     "cls": Preset(dict(_CLS), "CLS-tuning: tanh MLP head on [CLS], all weights, cross-entropy"),
     "cls-relu": Preset({**_CLS, "activation": "relu"}, "CLS-tuning with a ReLU MLP head"),
@@ -258,12 +260,28 @@ def config_from_preset(preset: str, defaults: Mapping[str, Any] | None = None, *
             max_length = value if value is not None else max_length
         else:
             user[key] = value
+    if overrides.get("stages") is None:  # a preset's own stage that an override makes inapplicable is dropped
+        axes["stages"] = tuple(s for s in axes.get("stages", ()) if _applies(s, axes))
     owned = owned_options(axes)  # the options of the chosen entries
     options = {k: v for k, v in (defaults or {}).items() if k in owned}
     options.update({k: v for k, v in values.items() if k in owned})  # the preset's own win over context
     options.update(user)  # and the user's over both; foreign options raise in ClassifierConfig
     return ClassifierConfig(**axes, **({"max_length": max_length} if max_length is not None else {}),
                             options=options)
+
+
+def _applies(stage: str, axes: Mapping[str, Any]) -> bool:
+    """Whether a stage's check passes with these axes (the others at their defaults)."""
+    entry = STAGES.get(stage)
+    values = {**{f.name: f.default for f in fields(ClassifierConfig) if f.name in AXIS_NAMES}, **axes}
+    if any(values[axis] not in allowed for axis, allowed in entry.requires.items()):
+        return False
+    try:
+        if entry.check is not None:
+            entry.check(SimpleNamespace(**values))
+    except ConfigError:
+        return False
+    return True
 
 
 def _cell(text: str) -> str:

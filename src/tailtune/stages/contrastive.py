@@ -40,12 +40,16 @@ class ContrastiveOptions:
     contrastive_sampling: str = "class"
     """contrastive stage: draw anchors uniformly over classes (class; long-tail aware) or over examples (example;
     as SetFit)"""
+    contrastive_below: float = 0.0
+    """contrastive stage: run only when the training set has fewer than this many examples per class on average
+    (0: always). The `auto` preset sets 64, the few-shot regime where pair tuning pays (README)"""
 
     def __post_init__(self) -> None:
         for name in ("contrastive_iterations", "contrastive_max_pairs", "contrastive_batch_size"):
             check_min(self, name, 1)
         check_min(self, "contrastive_epochs", 0.0, strict=True)
         check_min(self, "contrastive_lr", 0.0, strict=True)
+        check_min(self, "contrastive_below", 0.0)
         check_choice(self, "contrastive_sampling", ("class", "example"))
 
 
@@ -132,6 +136,12 @@ class ContrastiveStage:
     def run(self, model: Any, examples: Any, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None,
             log: Callable[[str], None] | None = None) -> float:
         o = self.opts
+        per_class = len(examples) / max(1, len(set(examples.labels)))
+        if o.contrastive_below and per_class >= o.contrastive_below:
+            if log:
+                log(f"contrastive stage: skipped, {per_class:.0f} training examples per class on average "
+                    f"(it runs below {o.contrastive_below:g}; --contrastive-below 0 runs it always)")
+            return 0.0
         tc = TrainConfig(epochs=o.contrastive_epochs, batch_size=o.contrastive_batch_size, lr=o.contrastive_lr,
                          module_lr=cfg.module_lr and o.contrastive_lr, seed=cfg.seed, device=cfg.device, bf16=cfg.bf16,
                          progress=cfg.progress, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
@@ -149,7 +159,7 @@ def _body_trains(config: Any) -> None:
     if TRAINS.get(config.trains).trait("trains_body"):
         return
     raise ConfigError(f"the contrastive stage tunes the body, but trains={config.trains!r} freezes it; choose what "
-                      f"trains (e.g. --trains all or --trains lora)")
+                      f"trains (e.g. --trains all or --trains lora), or drop the stage (--stages none)")
 
 
 @STAGES.register("contrastive", ContrastiveOptions, description="sentence-pair tuning of the body on pairs of "
