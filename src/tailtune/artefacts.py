@@ -51,10 +51,14 @@ def jsonable(obj: Any) -> Any:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically (a temporary file renamed over the target)."""
+    atomic_write_text(path, json.dumps(jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (a temporary file renamed over the target)."""
     path = Path(path)
-    text = json.dumps(jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-    tmp.write_text(text + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

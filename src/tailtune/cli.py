@@ -219,6 +219,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    print(f"report written to {write_report(args.results_dir, args.output, args.curves)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     run_demo(args.output, epochs=args.epochs, preset=args.preset, overwrite=args.overwrite)
@@ -335,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--shard", default=None, help="K/N: run every N-th planned run from the K-th (N processes "
                    "sharing a GPU append to one results.jsonl)")
     x.set_defaults(func=cmd_run)
+    r = sub.add_parser("report", help="one self-contained HTML report of an experiment's results directory")
+    r.add_argument("results_dir", help="the output_dir of `tailtune run` (holds results.jsonl and runs/)")
+    r.add_argument("--output", default=None, help="the HTML file (default: RESULTS_DIR/report.html)")
+    r.add_argument("--curves", nargs="*", default=None, help="speed / quality curve JSON files to include "
+                   "(benchmarks/serving/early_exit.py writes one)")
+    r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="train and evaluate on small built-in demo data with the embedded default")
     d.add_argument("--output", default="tailtune-demo", help="where to save the demo (default: tailtune-demo)")

@@ -217,6 +217,7 @@ def run_one(cfg: dict, dataset: str, preset: str, seed: int, out_dir: Path) -> d
     run_dir = out_dir / "runs" / dataset / preset / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "report.json", report)
+    write_json(run_dir / "history.json", clf.train_result_.history)
     if cfg.get("weight_norms", True):
         export_weight_norms(clf.weight_norms(), run_dir, f"{dataset} / {preset} / seed {seed}")
     if cfg.get("save_models"):

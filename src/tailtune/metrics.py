@@ -36,7 +36,8 @@ def long_tail_report(y_true: Sequence[str], y_pred: Sequence[str], theta: float 
       which rule ran;
     - ``many_f1`` / ``medium_f1`` / ``few_f1``: per-class F1 averaged over classes with more than 100,
       20 to 100, and fewer than 20 training examples (with ``train_counts``; NaN for an empty band);
-    - ``per_class``: precision, recall, F1, support, group (and training count and band) of every gold class.
+    - ``per_class``: precision, recall, F1, support, group (and training count and band) of every gold class;
+    - ``confusions``: [gold, predicted, count] of every error pair, most frequent first.
     """
     if groups not in GROUP_RULES:
         raise ConfigError(f"groups={groups!r} is not one of {', '.join(GROUP_RULES)}")
@@ -74,6 +75,8 @@ def long_tail_report(y_true: Sequence[str], y_pred: Sequence[str], theta: float 
         "n_tail": len(tails),
         "n_many": len(bands["many"]), "n_medium": len(bands["medium"]), "n_few": len(bands["few"]),
         "per_class": per_class,
+        "confusions": [[g, q, n] for (g, q), n in Counter(
+            (g, q) for g, q in zip(y_true, y_pred) if g != q).most_common()],
     }
 
 
