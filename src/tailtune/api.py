@@ -198,14 +198,19 @@ class TailtuneClassifier:
         return sum(p.numel() for p in self.model_.parameters() if p.requires_grad)
 
     # ------------------------------------------------------------------ save / load
-    def save_metadata(self) -> dict:
+    def save_metadata(self, report: Mapping[str, Any] | None = None) -> dict:
+        """What a save records beside the weights (``report``: a test report for the model card)."""
+        r = getattr(self, "train_result_", None)
+        result = {k: getattr(r, k) for k in ("best_dev_macro_f1", "best_step", "steps", "seconds")} if r else None
+        metrics = {k: v for k, v in (report or {}).items() if not isinstance(v, (dict, list))} or None
         return {"preset": self.preset, "theta": self.theta, "train_config": self.train_config.to_dict(),
-                "class_stats": self.class_stats_}
+                "class_stats": self.class_stats_, "train_result": result, "test_metrics": metrics}
 
-    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
-        """Save atomically (safetensors + JSON); an existing non-empty directory needs ``overwrite``."""
+    def save(self, directory: str | Path, overwrite: bool = False, report: Mapping[str, Any] | None = None) -> Path:
+        """Save atomically (safetensors + JSON + a model card, README.md); an existing non-empty directory
+        needs ``overwrite``. ``report`` (from ``evaluate``) puts test metrics on the card."""
         self._check_fitted()
-        return save_classifier(self.model_, directory, self.save_metadata(), overwrite)
+        return save_classifier(self.model_, directory, self.save_metadata(report), overwrite)
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "auto",

@@ -157,7 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"best dev macro-F1 {r.best_dev_macro_f1} at step {r.best_step} of {r.steps} ({r.seconds:.0f} s)")
     report = clf.evaluate(test_ds) if test_ds is not None else None
     with staged_dir(out, overwrite=True) as tmp:  # the finished classifier replaces the checkpoint
-        write_classifier(clf.model_, tmp, clf.save_metadata())
+        write_classifier(clf.model_, tmp, clf.save_metadata(report))
         export_weight_norms(clf.weight_norms(), tmp / "analysis", args.preset)
         if report is not None:
             write_json(tmp / "test_report.json", report)
@@ -246,6 +246,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import main_export
     main_export(args.model, args.output, args.opset, args.overwrite)
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+    plan = push_to_hub(args.model, args.repo_id, args.private, args.token, args.dry_run)
+    verb = "would upload" if args.dry_run else "uploaded"
+    print(f"{verb} {len(plan['files'])} files ({plan['bytes'] / 1e6:.1f} MB) to {plan['repo_id']}: "
+          + ", ".join(plan["files"]) + (f"\n{plan['url']}" if "url" in plan else ""))
     return 0
 
 
@@ -389,6 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     o.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     o.set_defaults(func=cmd_export)
+    h = sub.add_parser("push", help="upload a saved classifier (weights, config, tokenizer, model card) to the "
+                       "Hugging Face Hub")
+    h.add_argument("model", help="saved classifier directory")
+    h.add_argument("repo_id", help="the Hub model repo, owner/name (created if missing)")
+    h.add_argument("--private", action="store_true", help="create the repo private")
+    h.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or your `hf auth login`)")
+    h.add_argument("--dry-run", action="store_true", help="print what would be uploaded; upload nothing")
+    h.set_defaults(func=cmd_push)
 
     s = sub.add_parser("presets", help="list the named methods")
     s.add_argument("--markdown", action="store_true", help="the README's preset table")

@@ -45,7 +45,7 @@ def read_dataset(path: str | Path, text_col: str = "text", label_col: str | None
                  text_b_col: str | None = None, header: bool = True,
                  columns: Sequence[str] | None = None, allow_empty: bool = False,
                  id_col: str | None = None, keep_blank_rows: bool = False) -> TextDataset:
-    """Read a .tsv, .csv or .jsonl file into a TextDataset.
+    """Read a .tsv, .csv or .jsonl file (or a Hub dataset, ``hf:NAME[:CONFIG]:SPLIT``) into a TextDataset.
 
     TSV/CSV use standard CSV quoting; a quote that is never closed (rows merged into one) is an
     error naming the line where it opened. Files without a header row need ``header=False`` and
@@ -55,6 +55,9 @@ def read_dataset(path: str | Path, text_col: str = "text", label_col: str | None
     ``id_col`` keeps an id per row; ``keep_blank_rows`` keeps blank lines as rows with empty fields
     (for prediction, so outputs line up with inputs). UTF-8, with or without a byte-order mark.
     """
+    if str(path).startswith("hf:"):  # a dataset on the Hugging Face Hub: hf:NAME[:CONFIG]:SPLIT
+        from .hub import load_hub_dataset
+        return load_hub_dataset(str(path), text_col, label_col or "label", text_b_col)
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")

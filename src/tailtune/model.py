@@ -235,6 +235,8 @@ class Classifier(nn.Module):
         trained on), which must be the same base model; pass a loaded ``Backbone`` to attach the
         module, as ``task``, to an encoder other task modules already use."""
         from . import artefacts
+        from .hub import resolve_classifier
+        directory = resolve_classifier(directory)
         meta = artefacts.read_classifier(directory)
         config = ClassifierConfig.from_dict(meta["config"])
         verbalizer = Verbalizer(meta["labels"], meta["verbalizer"], warn_missing=False) if meta.get("verbalizer") \
