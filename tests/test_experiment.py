@@ -123,3 +123,31 @@ def test_every_benchmark_yaml_resolves_on_the_shared_data():
         cfg = load_experiment(path, str(data))
         for run in planned_runs(cfg):
             assert resolve(cfg, *run)[0].settings_hash
+
+
+def test_a_ray_backed_run_gives_the_plain_runners_results(tiny_bert, tmp_path):
+    import pytest
+    pytest.importorskip("ray")
+    _write_data(tmp_path / "data" / "toy")
+    base = {"backbone": tiny_bert, "data_dir": str(tmp_path / "data"),
+            "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "progress": False},
+            "datasets": {"toy": {"train": "toy/train.tsv", "test": "toy/test.tsv", "theta": 0.5}},
+            "runs": [{"presets": ["cls", "cls-focal"], "seeds": [1, 2]}], "ray": {"num_cpus": 1}}
+    rows = {}
+    for runner in ("plain", "ray"):
+        cfg = {**base, "output_dir": str(tmp_path / runner)}
+        (tmp_path / f"{runner}.yaml").write_text(yaml.safe_dump(cfg))
+        logs = []
+        out = run_experiment(load_experiment(tmp_path / f"{runner}.yaml"), log=logs.append,
+                             ray="local" if runner == "ray" else None)
+        found = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+        assert len(found) == 4  # each run appended once
+        rows[runner] = {(r["dataset"], r["preset"], r["seed"]): r for r in found}
+        assert (out / "runs" / "toy" / "cls-focal" / "seed2" / "report.json").is_file()
+    assert any(m.startswith("ray: 4 runs sent") for m in logs)
+    assert rows["plain"].keys() == rows["ray"].keys()
+    for key, a in rows["plain"].items():
+        b = rows["ray"][key]
+        assert a["settings_hash"] == b["settings_hash"]
+        for metric in ("accuracy", "macro_f1", "best_step", "steps"):
+            assert a[metric] == pytest.approx(b[metric], abs=1e-6), (key, metric)

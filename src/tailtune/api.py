@@ -73,11 +73,13 @@ class TailtuneClassifier:
     # ------------------------------------------------------------------ fit
     def fit(self, X: Any, y: Iterable | None = None, X_b: Iterable | None = None, dev: TextDataset | None = None, *,
             checkpoint_dir: str | Path | None = None, resume: bool = False,
-            log: Callable[[str], None] | None = None) -> "TailtuneClassifier":
+            log: Callable[[str], None] | None = None,
+            on_evaluate: Callable[[int, dict], None] | None = None) -> "TailtuneClassifier":
         """Train on texts ``X`` (or a TextDataset) and labels ``y``; dev is carved if not given.
 
         With ``checkpoint_dir`` a resumable checkpoint is written at every dev evaluation (or every
-        ``save_every`` steps); ``resume=True`` continues from it. ``log`` receives a line per evaluation.
+        ``save_every`` steps); ``resume=True`` continues from it. ``log`` receives a line per evaluation,
+        ``on_evaluate(step, dev_metrics)`` the metrics (an exception it raises stops training, e.g. pruning).
         """
         if y is None and not isinstance(X, TextDataset):
             raise DataError("fit needs labels: fit(texts, labels) or fit(TextDataset)")
@@ -117,7 +119,8 @@ class TailtuneClassifier:
             if stage.when == "before" and not resume:
                 stage_seconds += stage.run(model, train_ds, self.train_config, None, log)
         result = train(model, train_ds, self.train_config, evaluate if dev_enc else None,
-                       checkpoint_dir=checkpoint_dir, resume=resume, settings={"dev": data_hash(dev)}, log=log)
+                       checkpoint_dir=checkpoint_dir, resume=resume, settings={"dev": data_hash(dev)}, log=log,
+                       on_evaluate=on_evaluate)
         for stage in stages:
             if stage.when == "after":
                 stage_seconds += stage.run(model, train_ds, self.train_config, evaluate if dev_enc else None, log)

@@ -194,7 +194,7 @@ def write_classifier(model: Any, directory: str | Path, extra: Mapping[str, Any]
         save_model(model, str(directory / FULL), metadata=stamp)
     else:
         save_file(model.module_tensors(), str(directory / MODULE), metadata=stamp)
-    from .hub import model_card
+    from .card import model_card
     (directory / "README.md").write_text(model_card(meta), encoding="utf-8")
     (directory / META).write_text(text + "\n", encoding="utf-8")
     return directory

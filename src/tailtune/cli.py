@@ -19,6 +19,7 @@ from .errors import TailtuneError
 from .loop import TrainConfig
 from .registry import field_docs
 from .cli_predict import _read, cmd_evaluate, cmd_predict
+from .cli_tools import add_tool_parsers
 from .stages.lm import AdaptConfig
 
 _TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
@@ -124,11 +125,12 @@ def _add_loading_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import TailtuneClassifier
-    from .artefacts import prepare_output, read_json, staged_dir, write_classifier, write_json
+    from .artefacts import read_json, staged_dir, write_classifier, write_json
     from .data import check_labels, class_stats, label_space
     from .metrics import export_weight_norms, format_report
+    from .processes import is_main_process, prepare_output_once
     out = Path(args.output)
-    checkpoint = prepare_output(out, args.overwrite, args.resume)
+    checkpoint = prepare_output_once(out, args.overwrite, args.resume, args.device or "auto")
     train_ds, dev_ds, test_ds = _read(args, args.train), _read(args, args.dev), _read(args, args.test)
     labels = label_space(train_ds.labels)
     for split, ds in (("dev", dev_ds), ("test", test_ds)):
@@ -156,6 +158,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     r = clf.train_result_
     print(f"best dev macro-F1 {r.best_dev_macro_f1} at step {r.best_step} of {r.steps} ({r.seconds:.0f} s)")
     report = clf.evaluate(test_ds) if test_ds is not None else None
+    if not is_main_process():  # under `accelerate launch` the main process saves
+        return 0
     with staged_dir(out, overwrite=True) as tmp:  # the finished classifier replaces the checkpoint
         write_classifier(clf.model_, tmp, clf.save_metadata(report))
         export_weight_norms(clf.weight_norms(), tmp / "analysis", args.preset)
@@ -215,14 +219,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_experiment(args.config, args.data_dir)
     if args.output_dir:
         cfg["output_dir"] = args.output_dir
-    run_experiment(cfg, args.only, shard=(int(k), int(n)))
+    if args.ray and args.shard:
+        raise ConfigError("--ray and --shard both split the runs: use one")
+    run_experiment(cfg, args.only, shard=(int(k), int(n)), ray=args.ray)
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
-    print(f"report written to {write_report(args.results_dir, args.output, args.curves)}")
-    return 0
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .cli_tools import run_tune
+    return run_tune(args, _collect(args, [f.name for f in dataclasses.fields(TrainConfig)]),
+                    _classifier_overrides(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -246,15 +252,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import main_export
     main_export(args.model, args.output, args.opset, args.overwrite)
-    return 0
-
-
-def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import push_to_hub
-    plan = push_to_hub(args.model, args.repo_id, args.private, args.token, args.dry_run)
-    verb = "would upload" if args.dry_run else "uploaded"
-    print(f"{verb} {len(plan['files'])} files ({plan['bytes'] / 1e6:.1f} MB) to {plan['repo_id']}: "
-          + ", ".join(plan["files"]) + (f"\n{plan['url']}" if "url" in plan else ""))
     return 0
 
 
@@ -305,6 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
                      recipe=PRESETS["auto"].train)
     t.set_defaults(func=cmd_train)
 
+    def tune_args(u: argparse.ArgumentParser) -> None:  # what `tune` shares with `train`
+        _add_data_args(u, [("--train", True), ("--dev", True)])
+        u.add_argument("--preset", default="auto", choices=list(PRESETS), help="method searched (default: auto)")
+        u.add_argument("--backbone", default=None, help="Hugging Face name or local path (default: embedded MiniLM)")
+        _add_classifier_args(u)
+        _add_config_args(u.add_argument_group("training settings every trial shares (unset: the preset's recipe)"),
+                         TrainConfig, recipe=PRESETS["auto"].train)
+    add_tool_parsers(sub, tune_args, cmd_tune)
+
     st = sub.add_parser("stats", help="class counts, imbalance ratio and the head/tail split of a data file")
     _add_data_args(st, [("--data", True)])
     st.add_argument("--theta", type=float, default=0.65, help="head/tail threshold θ (default: 0.65)")
@@ -349,13 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--only", nargs="*", default=None, help="run only these datasets or presets")
     x.add_argument("--shard", default=None, help="K/N: run every N-th planned run from the K-th (N processes "
                    "sharing a GPU append to one results.jsonl)")
+    x.add_argument("--ray", default=None, metavar="ADDRESS", help="send the runs to Ray: auto (the running cluster), "
+                   "local (a new local instance) or a cluster address; resources from the file's ray: block")
     x.set_defaults(func=cmd_run)
-    r = sub.add_parser("report", help="one self-contained HTML report of an experiment's results directory")
-    r.add_argument("results_dir", help="the output_dir of `tailtune run` (holds results.jsonl and runs/)")
-    r.add_argument("--output", default=None, help="the HTML file (default: RESULTS_DIR/report.html)")
-    r.add_argument("--curves", nargs="*", default=None, help="speed / quality curve JSON files to include "
-                   "(benchmarks/serving/early_exit.py writes one)")
-    r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="train and evaluate on small built-in demo data with the embedded default")
     d.add_argument("--output", default="tailtune-demo", help="where to save the demo (default: tailtune-demo)")
@@ -398,14 +400,6 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     o.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     o.set_defaults(func=cmd_export)
-    h = sub.add_parser("push", help="upload a saved classifier (weights, config, tokenizer, model card) to the "
-                       "Hugging Face Hub")
-    h.add_argument("model", help="saved classifier directory")
-    h.add_argument("repo_id", help="the Hub model repo, owner/name (created if missing)")
-    h.add_argument("--private", action="store_true", help="create the repo private")
-    h.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or your `hf auth login`)")
-    h.add_argument("--dry-run", action="store_true", help="print what would be uploaded; upload nothing")
-    h.set_defaults(func=cmd_push)
 
     s = sub.add_parser("presets", help="list the named methods")
     s.add_argument("--markdown", action="store_true", help="the README's preset table")
@@ -438,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     args = parse(argv)
     command = args.command
+    from .processes import is_main_process
+    if not is_main_process():  # under `accelerate launch` only the main process prints results
+        sys.stdout = open(os.devnull, "w")
     with warnings.catch_warnings():
         warnings.simplefilter("default", UserWarning)
         if not debug:

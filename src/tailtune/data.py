@@ -56,7 +56,6 @@ def read_dataset(path: str | Path, text_col: str = "text", label_col: str | None
     (for prediction, so outputs line up with inputs). UTF-8, with or without a byte-order mark.
     """
     if str(path).startswith("hf:"):  # a dataset on the Hugging Face Hub: hf:NAME[:CONFIG]:SPLIT
-        from .hub import load_hub_dataset
         return load_hub_dataset(str(path), text_col, label_col or "label", text_b_col)
     path = Path(path)
     if not path.is_file():
@@ -220,6 +219,25 @@ def from_hf(dataset: Any, text_col: str = "text", label_col: str = "label",
             row[label_col] = names[row[label_col]]
         rows.append((i + 1, row))
     return _rows_to_dataset(rows, "<hf dataset>", text_col, label_col, text_b_col)
+
+
+def load_hub_dataset(spec: str, text_col: str = "text", label_col: str = "label",
+                     text_b_col: str | None = None) -> Any:
+    """``hf:NAME:SPLIT`` or ``hf:NAME:CONFIG:SPLIT`` -> TextDataset, through ``datasets.load_dataset``."""
+    parts = spec[3:].split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise DataError(f"{spec!r}: write hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT (e.g. hf:SetFit/sst2:train)")
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{spec}: Hub datasets need the datasets package: pip install 'tailtune[datasets]'") from None
+    name, config, split = parts[0], (parts[1] if len(parts) == 3 else None), parts[-1]
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:
+        raise DataError(f"{spec}: could not load it from the Hub ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return from_hf(ds, text_col, label_col, text_b_col)
 
 
 # ---------------------------------------------------------------- label space

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from typing import ContextManager
 
@@ -13,9 +14,12 @@ from .errors import ConfigError
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; a device that is not
-    there is an error before any work starts."""
+    there is an error before any work starts. Under ``accelerate launch`` (``LOCAL_RANK`` set), auto
+    and cuda mean the process's own GPU."""
     if isinstance(device, torch.device):
         return device
+    if device in ("auto", "cuda") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}")  # one GPU per launched process
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

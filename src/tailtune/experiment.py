@@ -33,7 +33,7 @@ _DATASET_KEYS = {"train", "dev", "test", "theta", "template", "vanilla_template"
                  "text_col", "text_b_col", "label_col", "columns", "dev_fraction", "train_overrides",
                  "allow_empty_text"}
 _TOP_KEYS = {"backbone", "data_dir", "output_dir", "train", "datasets", "presets", "runs", "weight_norms",
-             "save_models"}
+             "save_models", "ray"}
 _RUN_KEYS = {"presets", "seeds", "datasets"}
 _VARIANT_KEYS = {"preset", "backbone", "template_style", "train"}
 VANILLA_TEMPLATE = "{text} {mask} ."
@@ -177,6 +177,8 @@ def resolve(cfg: dict, dataset: str, preset: str, seed: int) -> tuple[Plan, dict
         recipe = PRESETS[base].train if base in PRESETS else {}  # the preset's recipe, then the file's settings
         tc = _train_config({**recipe, **(cfg.get("train") or {}), **(ds_cfg.get("train_overrides") or {}),
                             **train_options, "seed": seed}, where)
+        if tc.track and not tc.run_name:  # each run its own name in the tracker
+            tc = dataclasses.replace(tc, run_name=f"{dataset}/{preset}/seed{seed}")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     verbalizer = {str(k): v for k, v in words.items()} if words and config.uses_label_words else None
@@ -248,10 +250,11 @@ def _finished(rows: list[dict]) -> tuple[set, set]:
 
 
 def run_experiment(cfg: dict, only: list[str] | None = None, log: Callable[[str], None] = print,
-                   shard: tuple[int, int] = (0, 1)) -> Path:
+                   shard: tuple[int, int] = (0, 1), ray: str | None = None) -> Path:
     """Run every planned (dataset, preset, seed) not already finished with the same settings.
     ``shard=(k, n)`` runs only every n-th planned run from the k-th, so n processes can share one
-    GPU; they append whole lines to the same ``results.jsonl``."""
+    GPU; they append whole lines to the same ``results.jsonl``. ``ray`` sends the runs to a Ray
+    cluster instead (``auto``: the running one, ``local``: a new local instance, or an address)."""
     out_dir = Path(cfg["output_dir"])
     k, n = shard
     if not 0 <= k < n:
@@ -264,15 +267,23 @@ def run_experiment(cfg: dict, only: list[str] | None = None, log: Callable[[str]
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.jsonl"
     done, legacy = _finished(read_results(results_path))
+    todo = []
     for i, (dataset, preset, seed) in enumerate(plan, 1):
         if hashes[(dataset, preset, seed)] in done or (dataset, preset, seed) in legacy:
             log(f"[{i}/{len(plan)}] {dataset} {preset} seed={seed}: done, skipped")
-            continue
-        log(f"[{i}/{len(plan)}] {dataset} {preset} seed={seed}: running")
-        row = run_one(cfg, dataset, preset, seed, out_dir)
+        else:
+            todo.append((f"[{i}/{len(plan)}] {dataset} {preset} seed={seed}", (dataset, preset, seed)))
+
+    def finished(name: str, row: dict) -> None:  # each result is appended once, by this process
         append_line(results_path, json.dumps(jsonable(row)))
-        log(f"    acc {row['accuracy']:.4f} macro-F1 {row['macro_f1']:.4f} head-F1 {_f(row['head_f1'])} "
+        log(f"{name}: acc {row['accuracy']:.4f} macro-F1 {row['macro_f1']:.4f} head-F1 {_f(row['head_f1'])} "
             f"tail-F1 {_f(row['tail_f1'])} ({row['train_seconds']:.0f}s training)")
+    if ray is not None:
+        from .ray_runner import run_on_ray
+        run_on_ray(cfg, todo, out_dir, ray, run_one, finished, log)
+    for name, (dataset, preset, seed) in todo if ray is None else ():
+        log(f"{name}: running")
+        finished(name, run_one(cfg, dataset, preset, seed, out_dir))
     table = results_table(read_results(results_path), cfg)
     (out_dir / "results.md").write_text(table)
     log(table)

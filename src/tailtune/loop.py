@@ -26,6 +26,8 @@ from tqdm.auto import tqdm
 from .artefacts import load_checkpoint, save_checkpoint
 from .device import resolve_device, resolve_precision
 from .errors import ConfigError, TrainingError
+from .processes import Processes
+from .tracking import Tracker, check_tracker
 
 
 @dataclass
@@ -76,6 +78,13 @@ class TrainConfig:
     """when nothing before the head trains (e.g. Y-Tuning), encode each training text once and reuse it"""
     progress: bool = True
     """show a progress bar"""
+    track: str | None = None
+    """log the run to a tracker through Accelerate: tensorboard, mlflow, wandb, trackio, ... (none: nothing is
+    tracked)"""
+    track_dir: str = "tailtune-runs"
+    """where trackers that write files put them (TensorBoard event files, MLflow runs)"""
+    run_name: str | None = None
+    """the run's name in the tracker (none: tailtune)"""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "lr", "eval_batch_size", "head_lr", "module_lr", "grad_accum",
@@ -91,6 +100,7 @@ class TrainConfig:
         if self.weight_decay < 0 or self.max_grad_norm <= 0:
             raise ConfigError(f"need weight_decay >= 0 and max_grad_norm > 0, got {self.weight_decay}, "
                               f"{self.max_grad_norm}")
+        check_tracker(self.track)
         device = resolve_device(self.device)  # a device that is not there fails now, not after loading a model
         if self.precision is not None:
             if self.precision == "int8":
@@ -102,7 +112,7 @@ class TrainConfig:
 
 
 # settings that do not change what a run computes: a checkpoint may be resumed with other values
-NOT_RESULT_SETTINGS = ("device", "progress", "eval_batch_size", "save_every")
+NOT_RESULT_SETTINGS = ("device", "progress", "eval_batch_size", "save_every", "track", "track_dir", "run_name")
 
 
 @dataclass
@@ -270,15 +280,20 @@ class _Checkpoints:
 
 def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, *,
         checkpoint_dir: str | Path | None = None, resume: bool = False, metric: str = "macro_f1",
-        log: Callable[[str], None] | None = None, before: Callable[[], None] | None = None) -> TrainResult:
+        log: Callable[[str], None] | None = None, before: Callable[[], None] | None = None,
+        on_evaluate: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Train ``job.model`` in place; with ``evaluate``, keep the parameters with the best dev ``metric``.
 
     ``evaluate()`` returns a dict of dev metrics; it runs every ``cfg.eval_every`` steps (default:
     each epoch) and after the last step. ``before()`` runs inside the timed region before the
-    first step (e.g. caching frozen features). With ``checkpoint_dir`` a checkpoint is written at
+    first step (e.g. caching frozen features); ``on_evaluate(step, metrics)`` after each evaluation (an
+    exception it raises ends the run). With ``checkpoint_dir`` a checkpoint is written at
     every evaluation (or every ``cfg.save_every`` steps); ``resume`` continues from it.
     """
-    device = resolve_device(cfg.device)
+    procs = Processes(resolve_device(cfg.device))  # one process, or several from `accelerate launch`
+    device = procs.device
+    if not procs.main:
+        log = None
     model = job.model
     model.to(device).train()
     torch.manual_seed(cfg.seed)
@@ -287,8 +302,10 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
     if not named:
         raise ConfigError("nothing to train: every parameter is frozen")
     params = list(named.values())
+    procs.broadcast(params)
     accum = int(cfg.grad_accum)
-    steps_per_epoch = max(1, math.ceil(job.micro_batches / accum))
+    window_size = accum * procs.world  # micro-batches per optimisation step, over all processes
+    steps_per_epoch = max(1, math.ceil(job.micro_batches / window_size))
     total = cfg.steps or max(1, math.ceil(steps_per_epoch * cfg.epochs), cfg.min_steps or 0)
     warmup = int(total * cfg.warmup_ratio)
     optimizer = adamw(param_groups(model, roles, cfg), device)
@@ -315,14 +332,20 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
         if log:
             log(f"resuming from {checkpoints.directory} at step {state['step']} of {total}")
 
+    tracker = Tracker(cfg.track, cfg.track_dir, cfg.run_name, {"train": cfg.to_dict(), **job.settings},
+                      device.type == "cpu") if cfg.track and procs.main else None
+    if tracker:
+        tracker.log({"params/trainable": sum(p.numel() for p in params),
+                     "params/total": sum(p.numel() for p in model.parameters())}, state["step"])
     start = time.perf_counter()
-    bar = tqdm(total=total, initial=state["step"], disable=not cfg.progress, desc="train")
+    bar = tqdm(total=total, initial=state["step"], disable=not cfg.progress or not procs.main, desc="train")
 
     def elapsed() -> float:
         return state["seconds"] + time.perf_counter() - start
 
     def checkpoint() -> None:
-        checkpoints.save(named, optimizer, best_state, device, {**state, "seconds": elapsed()})
+        if procs.main:
+            checkpoints.save(named, optimizer, best_state, device, {**state, "seconds": elapsed()})
 
     with PeakMemory(device) as memory:
         if before is not None:
@@ -330,18 +353,22 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
         step = state["step"]
         while step < total and not state["stopped"]:
             batches = job.batches(state["epoch"])
-            windows = [batches[i:i + accum] for i in range(0, len(batches), accum)]
+            windows = [batches[i:i + window_size] for i in range(0, len(batches), window_size)]
             for w in range(state["window"], len(windows)):
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * schedule(step, total, warmup)
                 losses = []
-                for b in windows[w]:
+                n = len(windows[w])  # each loss / n: the window's mean, summed over processes below
+                for b in procs.share(windows[w]):
                     loss = job.loss(b, step)
                     value = loss.item()
-                    if not math.isfinite(value):
-                        raise _diverged(step + 1, total, f"the loss is {value}", cfg, checkpoints)
-                    (loss / len(windows[w]) if len(windows[w]) > 1 else loss).backward()
+                    if math.isfinite(value):
+                        (loss / n if n > 1 else loss).backward()
                     losses.append(value)
+                loss_sum, count = procs.sum(sum(losses), len(losses))
+                if not math.isfinite(loss_sum):
+                    raise _diverged(step + 1, total, f"the loss is {loss_sum}", cfg, checkpoints)
+                procs.sum_gradients(params)
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 if not bool(torch.isfinite(norm)):
                     raise _diverged(step + 1, total, f"the gradient norm is {norm.item()}", cfg, checkpoints)
@@ -350,7 +377,7 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
                 step += 1
                 state.update(step=step, window=w + 1)
                 bar.update(1)
-                record = {"step": step, "loss": sum(losses) / len(losses)}
+                record = {"step": step, "loss": loss_sum / count}
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 evaluated = evaluate is not None and (step % eval_every == 0 or step == total)
                 if evaluated:
@@ -364,11 +391,16 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
                     else:
                         state["bad_evals"] += 1
                         state["stopped"] = cfg.patience is not None and state["bad_evals"] >= cfg.patience
+                    if on_evaluate is not None:
+                        on_evaluate(step, metrics)
                     if log:
                         log(f"step {step}/{total} (epoch {step / steps_per_epoch:.2f}): loss {record['loss']:.4f}, "
                             f"dev {metric} {metrics[metric]:.4f}, best {state['best']:.4f} at step "
                             f"{state['best_step']}" + ("; stopping early" if state["stopped"] else ""))
                 state["history"].append(record)
+                if tracker:
+                    tracker.log({"train/loss": record["loss"], "train/lr": optimizer.param_groups[0]["lr"],
+                                 **{"dev/" + k[4:]: v for k, v in record.items() if k.startswith("dev_")}}, step)
                 if cfg.save_every is not None and step % cfg.save_every == 0 or (cfg.save_every is None and evaluated):
                     checkpoint()
                     if log and not evaluated and checkpoints.directory is not None:
@@ -384,6 +416,9 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
                 if n in best_state:
                     p.copy_(best_state[n])
     model.eval()
+    if tracker:
+        tracker.end({"time/seconds": elapsed(), "memory/peak_mb": memory.peak_mb, "dev/best_macro_f1": state["best"]},
+                    step)
     return TrainResult(state["best"], state["best_step"], step, step / steps_per_epoch, elapsed(),
                        state["history"], memory.peak_mb)
 

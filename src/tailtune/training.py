@@ -186,7 +186,8 @@ class ClassificationJob:
 def train(model: Any, examples: TextDataset, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, *,
           encode: Encode | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
           settings: dict | None = None, log: Callable[[str], None] | None = None, roles: tuple[str, ...] | None = None,
-          sampling: str = "grouped", prototypes: bool = True, only: Callable[[str], bool] | None = None) -> TrainResult:
+          sampling: str = "grouped", prototypes: bool = True, only: Callable[[str], bool] | None = None,
+          on_evaluate: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Fine-tune ``model`` in place on ``examples``; keep the parameters with the best dev macro-F1.
 
     ``encode(examples, epoch)`` turns the examples into model inputs (default: the model's input
@@ -203,6 +204,7 @@ def train(model: Any, examples: TextDataset, cfg: TrainConfig, evaluate: Callabl
         model.head.init_from_prototypes(model.class_prototypes(job.encoded(0), job.targets, cfg.eval_batch_size,
                                                                cfg.bf16))
     seconds = time.perf_counter() - start
-    result = run(job, cfg, evaluate, checkpoint_dir=checkpoint_dir, resume=resume, log=log, before=job.prepare)
+    result = run(job, cfg, evaluate, checkpoint_dir=checkpoint_dir, resume=resume, log=log, before=job.prepare,
+                 on_evaluate=on_evaluate)
     result.seconds += seconds
     return result

@@ -17,7 +17,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..artefacts import prepare_output, read_json, staged_dir, write_json
+from ..artefacts import read_json, staged_dir, write_json
+from ..processes import is_main_process, prepare_output_once
 from ..backbone import load_tokenizer, mlm_parts, quiet_transformers, resolve_name
 from ..device import autocast, resolve_device, set_seed
 from ..errors import ConfigError, DataError
@@ -204,7 +205,7 @@ def adapt_lm(cfg: AdaptConfig, log: Callable[[str], None] = print) -> dict:
     if report_path.is_file() and read_json(report_path).get("steps_done") == cfg.steps and not cfg.overwrite:
         log(f"{out} already holds a finished adaptation ({cfg.steps} steps); nothing to do")
         return read_json(report_path)
-    ckpt = prepare_output(out, cfg.overwrite, cfg.resume)
+    ckpt = prepare_output_once(out, cfg.overwrite, cfg.resume, cfg.device)
     device = resolve_device(cfg.device)
     tc = cfg.train_config()
     tokenizer = load_tokenizer(cfg.backbone or "default")
@@ -233,6 +234,8 @@ def adapt_lm(cfg: AdaptConfig, log: Callable[[str], None] = print) -> dict:
               "train_seconds": round(result.seconds, 1), "train_chunks": len(train_chunks),
               "held_out_chunks": len(held_out), "mlm_head_was_missing": missing_head,
               "final_loss": result.history[-1]["loss"] if result.history else None}
+    if not is_main_process():  # under `accelerate launch` the main process saves
+        return report
     with staged_dir(out, overwrite=True) as tmp:  # the finished model replaces the checkpoint
         with quiet_transformers():
             model.save_pretrained(tmp)

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..api import TailtuneClassifier
-from ..artefacts import prepare_output, save_prompt
+from ..artefacts import save_prompt
+from ..processes import is_main_process, prepare_output_once
 from ..data import TextDataset
 from ..errors import ConfigError, DataError
 from ..loop import TrainConfig
@@ -227,7 +228,7 @@ def pretrain_prompt(task: str, data: list[str], output: str | Path, backbone: st
     if task != "single_sentence" and "{text_b}" not in template:
         raise ConfigError(f"the {task} task has a second text: the template needs a {{text_b}} slot")
     tc = train_config or TrainConfig()
-    ckpt = prepare_output(output, overwrite, resume)
+    ckpt = prepare_output_once(output, overwrite, resume, tc.device)
     docs = read_documents(data)
     train_docs, dev_docs = split_documents(docs, seed=tc.seed)
     train_ds = BUILDERS[task](train_docs, examples, seed=tc.seed)
@@ -239,6 +240,8 @@ def pretrain_prompt(task: str, data: list[str], output: str | Path, backbone: st
                              soft_tokens=soft_tokens, max_length=max_length, train_config=tc)
     clf.fit(train_ds, dev=dev_ds, checkpoint_dir=ckpt, resume=resume, log=log)
     report = clf.evaluate(dev_ds)
+    if not is_main_process():  # under `accelerate launch` the main process saves
+        return report
     save_prompt(clf.model_, output, {
         "task": task, "data": [str(p) for p in data], "documents": len(train_docs),
         "dev_documents": len(dev_docs), "examples": len(train_ds),

@@ -1,0 +1,71 @@
+"""The ``tune``, ``report`` and ``push`` commands: hyper-parameter search on dev macro-F1 (Optuna), the HTML
+report of an experiment, upload of a saved classifier to the Hugging Face Hub."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Callable
+
+
+def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], None],
+                     func: Callable[[argparse.Namespace], int]) -> None:
+    """``tune`` (its data, classifier and training flags from ``add_common``; run by ``func``), ``report``, ``push``."""
+    u = sub.add_parser("tune", help="search learning rates, epochs, head and loss options on dev macro-F1 (Optuna); "
+                       "writes the best configuration as experiment YAML")
+    u.add_argument("--search", nargs="+", required=True, metavar="NAME=SPEC",
+                   help="the space: lr=1e-5:1e-3:log (float range), epochs=2:10 (int range), head=mlp,cosine (choice); "
+                        "a name is a training setting, an axis or an entry's option")
+    u.add_argument("--trials", type=int, default=20, help="trials at most (a grid of choices: all of it; default: 20)")
+    u.add_argument("--no-prune", dest="prune", action="store_false", help="never stop a trial early (default: "
+                   "Optuna's median pruner on dev macro-F1 at each evaluation)")
+    u.add_argument("--output", "-o", default="tuned.yaml", help="the best configuration (default: tuned.yaml)")
+    u.add_argument("--name", default="tuned", help="its name under presets: (default: tuned)")
+    u.add_argument("--trials-json", default=None, help="also write every trial as JSON here")
+    add_common(u)
+    u.set_defaults(func=func)
+    r = sub.add_parser("report", help="one self-contained HTML report of an experiment's results directory")
+    r.add_argument("results_dir", help="the output_dir of `tailtune run` (holds results.jsonl and runs/)")
+    r.add_argument("--output", default=None, help="the HTML file (default: RESULTS_DIR/report.html)")
+    r.add_argument("--curves", nargs="*", default=None, help="speed / quality curve JSON files to include "
+                   "(benchmarks/serving/early_exit.py writes one)")
+    r.set_defaults(func=cmd_report)
+    h = sub.add_parser("push", help="upload a saved classifier (weights, config, tokenizer, model card) to the "
+                       "Hugging Face Hub")
+    h.add_argument("model", help="saved classifier directory")
+    h.add_argument("repo_id", help="the Hub model repo, owner/name (created if missing)")
+    h.add_argument("--private", action="store_true", help="create the repo private")
+    h.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or your `hf auth login`)")
+    h.add_argument("--dry-run", action="store_true", help="print what would be uploaded; upload nothing")
+    h.set_defaults(func=cmd_push)
+
+
+def run_tune(args: argparse.Namespace, base: dict, overrides: dict) -> int:
+    """``base``: the training settings given on the command line; ``overrides``: axes and options."""
+    from .artefacts import atomic_write_text
+    from .cli_predict import _read
+    from .hparams import parse_dimension, search, write_best
+    space = [parse_dimension(text) for text in args.search]
+    train, dev = _read(args, args.train), _read(args, args.dev)
+    base = dict(base)
+    result = search(train, dev, space, args.preset, args.backbone, args.trials, base.pop("seed", 0), base,
+                    overrides, args.prune)
+    path = write_best(result, args.output, args.name)
+    if args.trials_json:
+        atomic_write_text(args.trials_json, json.dumps(result, indent=2, default=str) + "\n")
+    print(f"best dev macro-F1 {result['best_value']:.4f} with {result['best_params']}; written to {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    print(f"report written to {write_report(args.results_dir, args.output, args.curves)}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+    plan = push_to_hub(args.model, args.repo_id, args.private, args.token, args.dry_run)
+    verb = "would upload" if args.dry_run else "uploaded"
+    print(f"{verb} {len(plan['files'])} files ({plan['bytes'] / 1e6:.1f} MB) to {plan['repo_id']}: "
+          + ", ".join(plan["files"]) + (f"\n{plan['url']}" if "url" in plan else ""))
+    return 0
