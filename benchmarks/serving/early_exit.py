@@ -1,5 +1,6 @@
 """Early exit on R52, TREC-50 and 16-shot SST-2: train the default with one classifier per layer (PABEE
-joint training), then the speed / quality curve over entropy thresholds at batch 1 and 64.
+joint training), then the speed / quality curve at batch 1 and 64: entropy thresholds as fractions of
+ln(classes), and PABEE's patience.
 
     python benchmarks/serving/early_exit.py --data-dir ../shared/data      # -> results/serving/early_exit.json
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import warnings
@@ -18,7 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
 
-THRESHOLDS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2]
+# entropy thresholds as fractions of the largest possible entropy, ln(classes): an absolute grid is too coarse
+# for 2 classes (max 0.69) and too fine for 50 (max 3.9); then PABEE's patience rule
+RELATIVE = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6]
+PATIENCE = [1, 2, 3, 4]
 
 
 def main() -> None:
@@ -56,18 +61,22 @@ def main() -> None:
             full_s = time.perf_counter() - start
             full_f1 = long_tail_report(test.labels, [model.labels[i] for i in full.argmax(-1).tolist()], theta)["macro_f1"]
             curve = []
-            for t in THRESHOLDS:
+            top = math.log(len(model.labels))
+            for rule, t in [("entropy", f) for f in RELATIVE] + [("patience", k) for k in PATIENCE]:
                 start = time.perf_counter()
-                scores, used = predict_early_exit(model, enc, "entropy", t, batch_size=batch)
+                scores, used = predict_early_exit(model, enc, rule, t * top if rule == "entropy" else None,
+                                                  t if rule == "patience" else None, batch_size=batch)
                 seconds = time.perf_counter() - start
                 rep = long_tail_report(test.labels, [model.labels[i] for i in scores.argmax(-1).tolist()], theta)
-                curve.append({"threshold": t, "macro_f1": rep["macro_f1"], "accuracy": rep["accuracy"],
+                curve.append({"rule": rule, "threshold": t * top if rule == "entropy" else t,
+                              "relative_threshold": t if rule == "entropy" else None,
+                              "macro_f1": rep["macro_f1"], "accuracy": rep["accuracy"],
                               "mean_layers": float(used.float().mean()), "seconds": seconds,
                               "speedup": full_s / seconds, "f1_share": rep["macro_f1"] / full_f1 if full_f1 else None})
             row["curve"][str(batch)] = {"full_depth_seconds": full_s, "full_depth_macro_f1": full_f1, "points": curve}
             print(f"{name} batch {batch}: full depth {full_f1:.4f} in {full_s:.1f} s", flush=True)
             for c in curve:
-                print(f"   threshold {c['threshold']:<5} macro-F1 {c['macro_f1']:.4f} ({100 * (c['f1_share'] or 0):.1f} %) "
+                print(f"   {c['rule']} {c['threshold']:<6.3f} macro-F1 {c['macro_f1']:.4f} ({100 * (c['f1_share'] or 0):.1f} %) "
                       f"layers {c['mean_layers']:.2f} {c['seconds']:.1f} s ({c['speedup']:.2f}x)", flush=True)
         results[name] = row
         out.write_text(json.dumps(results, indent=2))

@@ -29,6 +29,28 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     r.add_argument("--curves", nargs="*", default=None, help="speed / quality curve JSON files to include "
                    "(benchmarks/serving/early_exit.py writes one)")
     r.set_defaults(func=cmd_report)
+    z = sub.add_parser("zero-shot", help="classify with no training: label descriptions vs texts (any encoder) or "
+                       "a template + MLM head with contextual calibration; the long-tail report of evaluate")
+    z.add_argument("--data", required=True, help="labelled texts to evaluate (.tsv, .csv, .jsonl; or hf:NAME:SPLIT)")
+    z.add_argument("--text-col", default="text", help="column holding the text (default: text)")
+    z.add_argument("--label-col", default="label", help="column holding the label (default: label)")
+    z.add_argument("--labels", default=None, help="comma-separated labels (default: those of --data)")
+    z.add_argument("--method", default="auto", choices=["auto", "prompt", "embedding"],
+                   help="prompt needs an MLM head; auto: prompt when the backbone has one, else embedding")
+    z.add_argument("--descriptions", default=None, help="JSON file: label -> description (embedding method)")
+    z.add_argument("--description-template", default="{label}", help="description of a label without one, e.g. "
+                   "'This text is about {label}.' (default: the label's words)")
+    z.add_argument("--template", default=None, help="prompt method: template with {text} and {mask}")
+    z.add_argument("--verbalizer", default=None, help="prompt method: JSON file, label -> word(s) (default: the "
+                   "label's words)")
+    z.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="prompt method: skip contextual calibration")
+    z.add_argument("--backbone", default=None, help="Hugging Face name or local path (default: embedded MiniLM)")
+    z.add_argument("--max-length", type=int, default=128, help="tokens per text (default: 128)")
+    z.add_argument("--theta", type=float, default=0.65, help="head/tail threshold θ (default: 0.65)")
+    z.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    z.add_argument("--output", default=None, help="write the report as JSON here")
+    z.set_defaults(func=cmd_zero_shot)
     h = sub.add_parser("push", help="upload a saved classifier (weights, config, tokenizer, model card) to the "
                        "Hugging Face Hub")
     h.add_argument("model", help="saved classifier directory")
@@ -68,4 +90,24 @@ def cmd_push(args: argparse.Namespace) -> int:
     verb = "would upload" if args.dry_run else "uploaded"
     print(f"{verb} {len(plan['files'])} files ({plan['bytes'] / 1e6:.1f} MB) to {plan['repo_id']}: "
           + ", ".join(plan["files"]) + (f"\n{plan['url']}" if "url" in plan else ""))
+    return 0
+
+
+def cmd_zero_shot(args: argparse.Namespace) -> int:
+    from .artefacts import read_json, write_json
+    from .data import label_space, read_dataset
+    from .metrics import format_report
+    from .zeroshot import ZeroShotClassifier
+    data = read_dataset(args.data, args.text_col, args.label_col)
+    labels = [y.strip() for y in args.labels.split(",") if y.strip()] if args.labels else label_space(data.labels)
+    clf = ZeroShotClassifier(labels, args.backbone, args.method,
+                             read_json(args.descriptions, "descriptions file") if args.descriptions else None,
+                             args.description_template, args.template,
+                             read_json(args.verbalizer, "verbalizer file") if args.verbalizer else None,
+                             args.calibrate, args.max_length, device=args.device)
+    report = clf.evaluate(data, args.theta)
+    print(f"zero-shot, method {clf.method_}" + (", calibrated" if report["calibrated"] else ""))
+    print(format_report(report))
+    if args.output:
+        write_json(args.output, report)
     return 0

@@ -250,11 +250,13 @@ class Classifier(nn.Module):
         return model.to(device).eval()
 
 
-def build_classifier(config: ClassifierConfig, labels: list[str], backbone: str | None = None,
+def build_classifier(config: ClassifierConfig, labels: list[str], backbone: str | Backbone | None = None,
                      verbalizer: Mapping[str, Any] | None = None, trust_remote_code: bool = False,
                      class_counts: Mapping[str, int] | None = None) -> Classifier:
-    """Load the backbone (with its MLM head when an entry needs it) and assemble a classifier."""
-    bb = load_backbone(backbone, with_mlm_head=config.needs_mlm_head, trust_remote_code=trust_remote_code)
+    """Load the backbone (with its MLM head when an entry needs it; or take a loaded one) and assemble a
+    classifier."""
+    bb = backbone if isinstance(backbone, Backbone) else \
+        load_backbone(backbone, with_mlm_head=config.needs_mlm_head, trust_remote_code=trust_remote_code)
     check_max_length(config.max_length, bb.encoder, bb.tokenizer, bb.name)
     labels = [str(y) for y in labels]
     if verbalizer is not None and not config.uses_label_words:

@@ -1,0 +1,110 @@
+"""Zero-shot classification: no labelled example, no training (``tailtune zero-shot``).
+
+Two methods, chosen by what the backbone has:
+
+- ``prompt`` (a backbone with a masked-LM head): the template puts a [MASK] after the text and the
+  MLM head scores each label's words there (the verbalizer head of the ``prompt`` preset, untrained).
+  With contextual calibration (Zhao et al., 2021) the label probabilities of content-free inputs
+  ("N/A" and "" in the template) are averaged into ``p_cf`` and every score becomes
+  ``log p(y|x) - log p_cf(y)``: the label the template favours whatever the text stops winning by
+  default, and a content-free input itself scores every label alike.
+- ``embedding`` (any encoder, e.g. the default MiniLM, which has no MLM head): the texts and a
+  description of each label are read the way the backbone declares (mean pooling on a sentence
+  encoder); the score is their cosine. It is the ``auto`` preset's cosine head started from the
+  descriptions instead of class prototypes, so a zero-shot model is a classifier like any other.
+
+``auto`` takes ``prompt`` when the backbone's checkpoint has its MLM head and ``embedding`` otherwise.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .errors import ConfigError
+
+METHODS = ("auto", "prompt", "embedding")
+CONTENT_FREE = ("N/A", "")
+
+
+def describe(label: str, template: str = "{label}") -> str:
+    """A label's description: the template with the label's words (underscores and dashes as spaces)."""
+    return template.format(label=str(label).replace("_", " ").replace("-", " "))
+
+
+class ZeroShotClassifier:
+    """Scores texts against labels without training; ``method_`` says which method ran."""
+
+    def __init__(self, labels: Sequence[str], backbone: str | None = None, method: str = "auto",
+                 descriptions: Mapping[str, str] | None = None, description_template: str = "{label}",
+                 template: str | None = None, verbalizer: Mapping[str, Any] | None = None, calibrate: bool = True,
+                 max_length: int = 128, batch_size: int = 64, device: str = "auto") -> None:
+        from .backbone import load_backbone
+        from .config import config_from_preset
+        from .device import resolve_device
+        from .model import build_classifier
+        if method not in METHODS:
+            raise ConfigError(f"method={method!r} is not one of {', '.join(METHODS)}")
+        self.labels = [str(y) for y in labels]
+        if len(set(self.labels)) < 2:
+            raise ConfigError("zero-shot needs two or more distinct labels")
+        unknown = sorted(set(descriptions or {}) - set(self.labels))
+        if unknown:
+            raise ConfigError(f"descriptions name labels that are not among the labels: {unknown}")
+        self.batch_size, self.calibrate_scores = batch_size, calibrate
+        bb = load_backbone(backbone, with_mlm_head=method != "embedding")
+        has_mlm = bb.mlm is not None and not bb.mlm.missing
+        if method == "prompt" and not has_mlm:
+            raise ConfigError(f"method='prompt' needs a masked-LM head, and {bb.name} has none ("
+                              f"{', '.join(bb.mlm.missing) if bb.mlm else 'not loaded'} missing); use "
+                              f"--method embedding, or a backbone with its MLM head (e.g. bert-base-uncased)")
+        self.method_ = "prompt" if method == "prompt" or (method == "auto" and has_mlm) else "embedding"
+        if self.method_ == "prompt":
+            config = config_from_preset("prompt", max_length=max_length,
+                                        **({"template": template} if template else {}))
+            words = dict(verbalizer or {y: describe(y).split() for y in self.labels})
+            self.model = build_classifier(config, self.labels, bb, words)
+        else:
+            if template or verbalizer:
+                raise ConfigError("a template and label words are for method='prompt'; the embedding method "
+                                  "compares texts with label descriptions (--descriptions, --description-template)")
+            self.model = build_classifier(config_from_preset("auto", stages=[], max_length=max_length),
+                                          self.labels, bb)
+            self.descriptions = {y: (descriptions or {}).get(y) or describe(y, description_template)
+                                 for y in self.labels}
+        self.model.to(resolve_device(device)).eval()
+        if self.method_ == "embedding":
+            encoded = self.model.encode([self.descriptions[y] for y in self.labels])
+            self.model.head.init_from_prototypes(self.model.class_prototypes(
+                encoded, torch.arange(len(self.labels)), batch_size))
+        self.content_free_log_probs: torch.Tensor | None = None
+        if self.method_ == "prompt" and calibrate:
+            probs = self._raw(list(CONTENT_FREE)).softmax(-1).mean(0)
+            self.content_free_log_probs = probs.clamp_min(1e-12).log()
+
+    def _raw(self, texts: list[str]) -> torch.Tensor:
+        from .training import predict_logits
+        return predict_logits(self.model, self.model.encode(list(texts)), self.batch_size)
+
+    def decision_function(self, texts: Sequence[str]) -> torch.Tensor:
+        """(n, labels) scores: calibrated log-probabilities (prompt) or scaled cosines (embedding)."""
+        scores = self._raw(list(texts))
+        if self.content_free_log_probs is not None:
+            scores = scores.log_softmax(-1) - self.content_free_log_probs
+        return scores
+
+    def predict_proba(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.decision_function(texts).softmax(-1)
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        return [self.labels[i] for i in self.decision_function(texts).argmax(-1).tolist()]
+
+    def evaluate(self, ds: Any, theta: float = 0.65) -> dict:
+        """The long-tail report of ``evaluate`` (head/tail from the evaluated split's counts)."""
+        from .data import check_labels
+        from .metrics import long_tail_report
+        check_labels(ds, self.labels, "evaluation")
+        report = long_tail_report(ds.labels, self.predict(ds.texts), theta)
+        report["method"] = self.method_
+        report["calibrated"] = self.content_free_log_probs is not None
+        return report

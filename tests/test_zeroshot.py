@@ -1,0 +1,51 @@
+"""Zero-shot classification: contextual calibration centres a content-free input; the embedding method
+picks the nearest label description; the command reports the long-tail metrics."""
+import json
+
+import pytest
+import torch
+
+import tailtune as tt
+import tailtune.zeroshot as zs
+from tailtune.cli import main
+from conftest import TOY_LABELS, TOY_TEXTS
+
+
+def test_calibration_with_a_content_free_input_centres_its_scores(tiny_bert, monkeypatch):
+    monkeypatch.setattr(zs, "CONTENT_FREE", ("N/A",))
+    labels = sorted(set(TOY_LABELS))
+    raw = zs.ZeroShotClassifier(labels, tiny_bert, "prompt", calibrate=False)
+    calibrated = zs.ZeroShotClassifier(labels, tiny_bert, "prompt")
+    assert raw.method_ == calibrated.method_ == "prompt" and calibrated.content_free_log_probs is not None
+    before, after = raw.predict_proba(["N/A"])[0], calibrated.predict_proba(["N/A"])[0]
+    assert before.max() - before.min() > 1e-3  # the template alone favours some label ...
+    assert torch.allclose(after, torch.full_like(after, 1 / len(labels)), atol=1e-5)  # ... calibrated: none
+    # the calibration is a per-label shift of the log-probabilities: the same for every text
+    shift = calibrated.decision_function(TOY_TEXTS) - raw.decision_function(TOY_TEXTS).log_softmax(-1)
+    assert torch.allclose(shift, shift[:1].expand_as(shift), atol=1e-5)
+
+
+def test_the_embedding_method_picks_the_nearest_description(tiny_bert):
+    labels = ["bad", "good", "money"]
+    descriptions = {"bad": TOY_TEXTS[TOY_LABELS.index("bad")], "good": TOY_TEXTS[TOY_LABELS.index("good")],
+                    "money": TOY_TEXTS[TOY_LABELS.index("money")]}
+    clf = zs.ZeroShotClassifier(labels, tiny_bert, "embedding", descriptions=descriptions)
+    assert clf.method_ == "embedding"
+    assert clf.predict([descriptions[y] for y in labels]) == labels  # each description is nearest to itself
+    with pytest.raises(tt.ConfigError, match="for method='prompt'"):
+        zs.ZeroShotClassifier(labels, tiny_bert, "embedding", template="{text} it is {mask} .")
+    with pytest.raises(tt.ConfigError, match="not among the labels"):
+        zs.ZeroShotClassifier(labels, tiny_bert, "embedding", descriptions={"cheap": "x"})
+
+
+def test_the_zero_shot_command_reports_like_evaluate(tiny_bert, tmp_path, capsys):
+    rows = "\n".join(f"{t}\t{y}" for t, y in zip(TOY_TEXTS, TOY_LABELS))
+    (tmp_path / "test.tsv").write_text("text\tlabel\n" + rows + "\n")
+    args = ["zero-shot", "--data", str(tmp_path / "test.tsv"), "--backbone", tiny_bert, "--output",
+            str(tmp_path / "r.json")]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["method"] == "prompt" and report["calibrated"] and 0 <= report["macro_f1"] <= 1
+    assert {"head_f1", "tail_f1", "per_class"} <= set(report)
+    assert "zero-shot, method prompt, calibrated" in capsys.readouterr().out
+    assert main([*args[:-2], "--method", "embedding", "--template", "{text} {mask}"]) == 2
