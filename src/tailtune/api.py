@@ -16,6 +16,7 @@ from .errors import ConfigError, DataError
 from .loop import TrainConfig
 from .metrics import long_tail_report, weight_norms
 from .model import Classifier, build_classifier
+from .processes import Processes
 from .early_exit import predict_early_exit
 from .training import cached_features, data_hash, predict_logits, train
 
@@ -104,11 +105,14 @@ class TailtuneClassifier:
                 f"{c['pct_of_backbone_without_head']:.3f}% without the head)")
         dev_enc = model.encode(dev.texts, dev.texts_b) if len(dev) else None
         dev_features: list = []  # filled at the first evaluation, inside the timed loop
+        procs = Processes(resolve_device(self.train_config.device))  # under `accelerate launch`: a share each
 
         def evaluate() -> dict:
+            share = procs.share(dev_enc)
             if not dev_features:  # a frozen backbone's dev features never change: encode them once
-                dev_features.append(cached_features(model, dev_enc, self.train_config))
-            pred = self._scores(model, dev_enc, dev_features[0]).argmax(-1).tolist()
+                dev_features.append(cached_features(model, share, self.train_config))
+            scores = procs.gather_rows(self._scores(model, share, dev_features[0]), len(dev_enc))
+            pred = scores.argmax(-1).tolist()
             return long_tail_report(dev.labels, [labels[i] for i in pred], self.theta)
 
         # a run that stops (diverged, interrupted) leaves no half-trained model behind

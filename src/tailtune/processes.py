@@ -7,9 +7,9 @@ optimisation window (``window[rank::world]``) and, after the backward passes, th
 summed over processes. With each loss divided by the size of the whole window, that is exactly the
 gradient a single process gets with ``grad_accum`` = ``world`` x ``grad_accum``; so N processes
 compute the run one process computes with the same global batch (up to float summation order and
-dropout draws). Dev evaluation runs on every process (the parameters are the same everywhere, so
-every process keeps the same best state); checkpoints and saved classifiers are written by the
-main process only.
+dropout draws). Each process predicts its share of the dev set and the scores are gathered, so
+every process computes the same metrics and keeps the same best state; checkpoints and saved
+classifiers are written by the main process only.
 """
 from __future__ import annotations
 
@@ -60,6 +60,21 @@ class Processes:
             n = g.numel()
             p.grad = flat[offset:offset + n].view_as(p).clone() if seen else None
             offset += n
+
+    def gather_rows(self, local: torch.Tensor, total: int) -> torch.Tensor:
+        """The rows of every process's share (``rows[rank::world]``, as ``share`` gives) back in order."""
+        if self.world == 1:
+            return local
+        width = -(-total // self.world)
+        padded = torch.zeros(width, *local.shape[1:], dtype=local.dtype, device=self.device)
+        padded[:len(local)] = local.to(self.device)
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, padded)
+        out = torch.empty(total, *local.shape[1:], dtype=local.dtype)
+        for rank, part in enumerate(parts):
+            n = len(range(rank, total, self.world))
+            out[rank::self.world] = part[:n].cpu()
+        return out
 
     def sum(self, *values: float) -> list[float]:
         """Scalars summed over processes."""
