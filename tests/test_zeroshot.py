@@ -49,3 +49,23 @@ def test_the_zero_shot_command_reports_like_evaluate(tiny_bert, tmp_path, capsys
     assert {"head_f1", "tail_f1", "per_class"} <= set(report)
     assert "zero-shot, method prompt, calibrated" in capsys.readouterr().out
     assert main([*args[:-2], "--method", "embedding", "--template", "{text} {mask}"]) == 2
+
+
+def test_label_word_search_gives_a_verbalizer_that_trains_saves_and_loads(tiny_bert, tmp_path, capsys):
+    rows = "\n".join(f"{t}\t{y}" for t, y in zip(TOY_TEXTS * 2, TOY_LABELS * 2))
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + rows + "\n")
+    (tmp_path / "dev.tsv").write_text("text\tlabel\n" + "\n".join(f"{t}\t{y}" for t, y in zip(TOY_TEXTS, TOY_LABELS)) + "\n")
+    out = tmp_path / "words.json"
+    assert main(["label-words", "--train", str(tmp_path / "train.tsv"), "--dev", str(tmp_path / "dev.tsv"),
+                 "--backbone", tiny_bert, "--top-k", "5", "--output", str(out)]) == 0
+    words = json.loads(out.read_text())
+    assert set(words) == set(TOY_LABELS) and len(set(words.values())) == len(words)  # one distinct word per class
+    assert all(w.isalpha() for w in words.values())
+    assert "zero-shot dev accuracy" in capsys.readouterr().out
+    clf = tt.TailtuneClassifier("prompt", tiny_bert, verbalizer=words,
+                                train_config=tt.TrainConfig(epochs=1, batch_size=8, progress=False))
+    clf.fit(TOY_TEXTS * 2, TOY_LABELS * 2)
+    clf.save(tmp_path / "m")
+    loaded = tt.TailtuneClassifier.load(tmp_path / "m")
+    assert {y: ws[0] for y, ws in loaded.model_.verbalizer.to_dict().items()} == words
+    assert (loaded.decision_function(TOY_TEXTS) == clf.decision_function(TOY_TEXTS)).all()

@@ -51,6 +51,18 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     z.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     z.add_argument("--output", default=None, help="write the report as JSON here")
     z.set_defaults(func=cmd_zero_shot)
+    w = sub.add_parser("label-words", help="search label words on an MLM backbone (LM-BFF): candidates from the "
+                       "MLM at [MASK] per class, assignment by zero-shot dev accuracy; writes a verbalizer JSON")
+    w.add_argument("--train", required=True, help="labelled training texts (.tsv, .csv, .jsonl; or hf:NAME:SPLIT)")
+    w.add_argument("--dev", required=True, help="labelled dev texts that rank the assignments")
+    w.add_argument("--text-col", default="text", help="column holding the text (default: text)")
+    w.add_argument("--label-col", default="label", help="column holding the label (default: label)")
+    w.add_argument("--template", default=None, help="template with {text} and {mask} (default: the prompt preset's)")
+    w.add_argument("--backbone", default=None, help="an MLM backbone: Hugging Face name or local path")
+    w.add_argument("--top-k", type=int, default=10, help="candidate words per class (default: 10)")
+    w.add_argument("--max-length", type=int, default=128, help="tokens per text (default: 128)")
+    w.add_argument("--output", "-o", default="verbalizer.json", help="the verbalizer JSON (default: verbalizer.json)")
+    w.set_defaults(func=cmd_label_words)
     h = sub.add_parser("push", help="upload a saved classifier (weights, config, tokenizer, model card) to the "
                        "Hugging Face Hub")
     h.add_argument("model", help="saved classifier directory")
@@ -110,4 +122,19 @@ def cmd_zero_shot(args: argparse.Namespace) -> int:
     print(format_report(report))
     if args.output:
         write_json(args.output, report)
+    return 0
+
+
+def cmd_label_words(args: argparse.Namespace) -> int:
+    from .artefacts import write_json
+    from .data import read_dataset
+    from .labelwords import search_label_words
+    train = read_dataset(args.train, args.text_col, args.label_col)
+    dev = read_dataset(args.dev, args.text_col, args.label_col)
+    found = search_label_words(train, dev, args.backbone, args.template, args.top_k, max_length=args.max_length)
+    for label, word in found["verbalizer"].items():
+        print(f"{label!r} -> {word!r}   (candidates: {', '.join(found['candidates'][label])})")
+    print(f"zero-shot dev accuracy {found['dev_accuracy']:.4f}; written to {args.output} "
+          f"(use it: tailtune train --preset prompt --verbalizer {args.output})")
+    write_json(args.output, found["verbalizer"])
     return 0
