@@ -88,7 +88,7 @@ def _add_classifier_args(p: argparse.ArgumentParser) -> None:
         entry = entries[0]
         f = next(f for f in entry.option_fields() if f.name == name)
         owners = " or ".join(f"{e.axis}={e.name}" for e in entries)
-        _add_field(o, f, entry.option_docs().get(name), prefix=f"[{owners}] ")
+        _add_field(o, f, entry.option_docs().get(name), prefix=f"[{owners}] ", recipe=PRESETS["auto"].values)
 
 
 def _collect(args: argparse.Namespace, names: Any) -> dict:
