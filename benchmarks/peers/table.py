@@ -29,7 +29,18 @@ def main() -> None:
     p.add_argument("--results", default="benchmarks/results/quality/results.jsonl")
     a = p.parse_args()
     rows = [json.loads(x) for x in Path(a.results).read_text().splitlines() if x.strip()]
-    sets = [s for s in [*LONGTAIL, *FEWSHOT, *KSHOT] if any(r["dataset"] == s for r in rows)]
+    # per set, only the seeds every method of that set has run (a run in progress leaves no half-filled column)
+    kept = []
+    for s in {r["dataset"] for r in rows}:
+        mine = [r for r in rows if r["dataset"] == s]
+        methods = {r["method"] for r in mine}
+        seeds = {seed for seed in {r["seed"] for r in mine}
+                 if all(any(r["method"] == m and r["seed"] == seed for r in mine) for m in methods)}
+        kept += [r for r in mine if r["seed"] in seeds]
+    rows = kept
+    sets = [s for s in [*LONGTAIL, *FEWSHOT, *KSHOT]
+            if any(r["dataset"] == s and r["method"] == "auto" for r in rows)
+            and any(r["dataset"] == s and r["method"] in PEERS for r in rows)]
 
     def values(method: str, ds: str, key: str | None = None) -> list[float]:
         m = method if method != BEST_PRESET else ("cls" if ds in FEWSHOT else "prompt")
