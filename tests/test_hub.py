@@ -1,5 +1,7 @@
 """Hub-ready artefacts: a model card in every save, push_to_hub's upload plan, loading by repo id,
 and datasets named on the Hub. No network here: the Hub calls are replaced where they would fetch."""
+import json
+
 import pytest
 
 import tailtune as tt
@@ -39,7 +41,7 @@ def test_push_plans_the_safe_files_and_refuses_a_bad_repo_id(saved, capsys):
     assert "not a Hub repo id" in capsys.readouterr().err
 
 
-def test_a_hub_repo_id_loads_and_a_failed_fetch_says_why(saved, monkeypatch):
+def test_a_hub_repo_id_loads_and_a_failed_fetch_says_why(saved, monkeypatch, capsys):
     import huggingface_hub
     out, clf = saved
     asked = []
@@ -51,6 +53,8 @@ def test_a_hub_repo_id_loads_and_a_failed_fetch_says_why(saved, monkeypatch):
     loaded = tt.TailtuneClassifier.load("someone/toy-classifier")
     assert asked[0][0] == "someone/toy-classifier" and "*.bin" not in asked[0][1]
     assert loaded.predict(["the film"]) == clf.predict(["the film"])
+    assert main(["predict", "someone/toy-classifier", "the film"]) == 0  # the command line takes a repo id too
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["label"] == clf.predict(["the film"])[0]
 
     def offline(repo_id, **kw):
         raise OSError("We couldn't connect to 'https://huggingface.co'")

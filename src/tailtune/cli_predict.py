@@ -15,6 +15,12 @@ def _read(args: argparse.Namespace, path: str | None) -> Any:
     return read_dataset(path, args.text_col, args.label_col, args.text_b_col) if path else None
 
 
+def _resolve_model(args: argparse.Namespace) -> None:
+    """A Hub repo id (owner/name) that is no local path is downloaded once; ``args.model`` becomes its path."""
+    from .hub import resolve_classifier
+    args.model = str(resolve_classifier(args.model))
+
+
 def _load_for_prediction(args: argparse.Namespace) -> Any:
     from .api import TailtuneClassifier
     clf = TailtuneClassifier.load(args.model, args.device, args.backbone).set_precision(args.precision)
@@ -70,6 +76,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                           f"{' ...' if len(empty) > 8 else ''}); their predictions come from the template alone")
     else:
         texts, texts_b, row_tasks, ids = list(args.text), None, None, list(range(len(args.text)))
+    _resolve_model(args)
     dirs = task_dirs(args.model)
     if (Path(args.model) / "tailtune.json").is_file() and not row_tasks:
         if args.task:
