@@ -108,6 +108,7 @@ def test_every_preset_and_entry(preset, tiny_model, toy, tmp_path, other_tasks):
     # 1. the loss falls on the toy task (same pieces fit() uses, loss measured before and after)
     set_seed(1)
     model = tt.build_classifier(clf.config, labels_, tiny_model, clf.verbalizer)
+    model.input_format.set_pool(tt.TextDataset(texts, labels))  # (demonstrations draw on the training set)
     enc = model.encode(texts)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     loss_before = _mean_loss(model, enc, target)

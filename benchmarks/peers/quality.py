@@ -39,8 +39,12 @@ SETS = [*LONGTAIL, *FEWSHOT, *KSHOT]
 TAILTUNE = {"auto": "tailtune default (`auto`)",
             "auto-plain": "`auto` without its contrastive stage (--stages none)",
             "auto-contrastive": "`auto` with the contrastive stage forced (--contrastive-below 0)",
+            "auto-long": "`auto` before early stopping and the distinct-pair cap (--patience none "
+                         "--no-contrastive-distinct)",
             "prompt": "tailtune `prompt` (long-tail protocol)", "cls": "tailtune `cls` (few-shot protocol)"}
-AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []}, "auto-contrastive": {"contrastive_below": 0}}
+AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []}, "auto-contrastive": {"contrastive_below": 0},
+                 "auto-long": {"contrastive_distinct": False}}
+AUTO_TRAIN = {"auto-long": {"patience": None}}  # TrainConfig overrides of a variant
 PEER_NAMES = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 
@@ -84,7 +88,8 @@ def run_tailtune(method: str, train, dev, test, seed: int, max_length: int, thet
     import tailtune as tt
     if method in AUTO_VARIANTS:
         clf = tt.TailtuneClassifier("auto", max_length=max_length, theta=theta, **AUTO_VARIANTS[method],
-                                    train_config=tt.preset_train_config("auto", seed=seed, progress=False))
+                                    train_config=tt.preset_train_config("auto", seed=seed, progress=False,
+                                                                        **AUTO_TRAIN.get(method, {})))
     else:  # the best preset of the earlier tables, with its protocol (few-shot: lr 1e-4, 20 epochs, batch 8)
         long = not few and method == "prompt"
         epochs = (2 if max_length == 48 else 3) if long else 20

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any, Mapping, NamedTuple
 
 from . import heads, inputs, objectives, readouts, stages, tuning  # noqa: F401  (register the built-in entries)
+from .inputs import demonstrations  # noqa: F401
 from .errors import ConfigError, did_you_mean
 from .loop import TrainConfig
 from .registry import AXES, STAGES, Entry
@@ -35,7 +36,8 @@ class ClassifierConfig:
     """One entry per axis and their options. Field docstrings double as CLI help."""
 
     input_format: str = "plain"
-    """input format: plain ([CLS] text [SEP]) or template (a prompt with a [MASK])"""
+    """input format: plain ([CLS] text [SEP]), template (a prompt with a [MASK]) or demonstrations (the prompt then
+    one example per class from the training set, LM-BFF)"""
     readout: str = "auto"
     """what the head reads: auto (chosen by the head, input and backbone), cls (first token), mask (the template's
     [MASK]), mean or max (pooled tokens) or tokens (every token)"""
@@ -183,13 +185,15 @@ _CLS = {"readout": "cls"}  # CLS-tuning reads [CLS] by definition, whatever the 
 # `auto` is the default: chosen by measurement against the peers users pick instead (README, "How the
 # default was chosen"); it reads what the backbone declares, starts a cosine head from the class
 # prototypes and fine-tunes everything with a higher learning rate for the head than for the body.
-AUTO_TRAIN = {"epochs": 5.0, "min_steps": 50, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "eval_times": 10}
+AUTO_TRAIN = {"epochs": 5.0, "min_steps": 50, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "eval_times": 10,
+              "patience": 3}
 
 PRESETS: dict[str, Preset] = {
     "auto": Preset({"readout": "auto", "head": "cosine", "stages": ("contrastive",), "contrastive_below": 64},
                    "the default: the backbone's own pooling (mean on sentence encoders); below 64 training examples "
                    "per class, a contrastive stage (class-balanced pairs) first; a cosine head started from the "
-                   "class prototypes, everything fine-tuned (body lr 5e-5, head lr 1e-3), best dev macro-F1",
+                   "class prototypes, everything fine-tuned (body lr 5e-5, head lr 1e-3), best dev macro-F1 "
+                   "(stops after 3 evaluations without a better one)",
                    AUTO_TRAIN),
     "cls": Preset(dict(_CLS), "CLS-tuning: tanh MLP head on [CLS], all weights, cross-entropy"),
     "cls-relu": Preset({**_CLS, "activation": "relu"}, "CLS-tuning with a ReLU MLP head"),

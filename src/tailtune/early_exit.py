@@ -55,6 +55,9 @@ def predict_early_exit(model: Any, encoded: list[Encoded], rule: str | None = No
     head = model.head
     if not hasattr(head, "exits"):
         raise ConfigError("early exit needs a classifier trained with head='early-exit'")
+    if any(e.views for e in encoded):
+        raise ConfigError("early exit scores one encoding per text; this input format averages several "
+                          "(demonstration sets): predict without early exit")
     rule = rule or head.rule
     threshold = head.threshold if threshold is None else threshold
     patience = head.patience if patience is None else patience

@@ -54,6 +54,10 @@ def export_onnx(directory: str | Path, output: str | Path, opset: int = 17, over
     if model.router.owners or model.router.prefixes:
         raise ConfigError(f"{directory} changes attention itself (LoRA inside the encoder, or prefix tuning), which the "
                           f"ONNX export does not support yet; export a classifier trained with another mechanism")
+    if model.input_format.resamples:
+        raise ConfigError(f"{directory} appends demonstrations from its training pool to every input, which the "
+                          f"ONNX runtime's tokenisation does not do; serve it with `tailtune serve` or predict "
+                          f"with `tailtune predict`")
     if model.head.layers == "all":
         raise ConfigError("an early-exit classifier exports at full depth only through its last classifier: not "
                           "supported yet; export a classifier with a single head")

@@ -210,8 +210,8 @@ class Classifier(nn.Module):
         return bool(self.config.entry("trains").trait("full_artefact"))
 
     def metadata(self) -> dict:
-
-        return {
+        pool = self.input_format.pool_state()
+        return {**({"input_pool": pool} if pool is not None else {}),
             "format_version": FORMAT_VERSION,
             "tailtune_version": __version__,
             "config": self.config.to_dict(),
@@ -246,6 +246,8 @@ class Classifier(nn.Module):
         model = cls(config, meta["labels"], bb, verbalizer, meta["backbone"]["fingerprint"],
                     task=task if meta["artefact"] == "module" else "default", class_counts=counts, loading=True)
         artefacts.load_weights(model, directory, meta, device)
+        if meta.get("input_pool") is not None:  # the demonstrations' pool: the training examples
+            model.input_format.load_pool(meta["input_pool"])
         model.saved_metadata = meta
         return model.to(device).eval()
 

@@ -17,6 +17,7 @@ from .device import autocast
 from .errors import ArtefactError, ConfigError
 from .batch import collate
 from .inputs import Encoded
+from .text import expand_views
 from .model import Classifier
 from .tuning.routing import Route, TaskRouter
 
@@ -97,13 +98,15 @@ class TaskSet:
                 enc = model.encode([texts[i] for i in idx], [texts_b[i] for i in idx] if texts_b else None)
                 for i, e in zip(idx, enc):
                     encoded[i] = e
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i].input_ids))
-        out: list[torch.Tensor | None] = [None] * len(texts)
+        rows, owner = expand_views(encoded)  # demonstration sets: every view a row, scores averaged
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
+        sums: list[torch.Tensor | None] = [None] * len(texts)
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            for i, scores in zip(idx, self._forward([tasks[i] for i in idx], [encoded[i] for i in idx], bf16)):
-                out[i] = scores
-        return out
+            for i, scores in zip(idx, self._forward([tasks[owner[i]] for i in idx], [rows[i] for i in idx], bf16)):
+                o = owner[i]
+                sums[o] = scores if sums[o] is None else sums[o] + scores
+        return [total / (1 + len(encoded[i].views or [])) for i, total in enumerate(sums)]
 
     def _forward(self, tasks: list[str], encoded: list[Encoded], bf16: bool) -> list[torch.Tensor]:
         """One encoder pass over a batch that may mix tasks."""

@@ -5,6 +5,7 @@ Pure Python over a Hugging Face tokenizer (no PyTorch), so the ONNX runtime path
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from dataclasses import dataclass
@@ -40,6 +41,17 @@ class Encoded:
     position: int
     token_type_ids: list[int] | None = None
     soft_positions: list[int] | None = None  # where the soft prompt tokens sit, in order
+    views: list["Encoded"] | None = None  # more encodings of the same text whose scores are averaged with this one's
+
+
+def expand_views(encoded: list[Encoded]) -> tuple[list[Encoded], list[int]]:
+    """Every encoding with its views as rows of their own, and the input each row belongs to."""
+    rows, owner = [], []
+    for i, e in enumerate(encoded):
+        for view in [dataclasses.replace(e, views=None), *(e.views or [])]:
+            rows.append(view)
+            owner.append(i)
+    return rows, owner
 
 
 @dataclass(frozen=True)

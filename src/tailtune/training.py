@@ -17,6 +17,7 @@ from .device import autocast, resolve_device
 from .errors import DataError
 from .batch import collate
 from .inputs import Encoded
+from .text import expand_views
 from .loop import NOT_RESULT_SETTINGS, TrainConfig, TrainResult, run
 
 Encode = Callable[[TextDataset, int], list[Encoded]]
@@ -79,7 +80,14 @@ def predict_logits(model: Any, encoded: list[Encoded], batch_size: int = 64, bf1
                    calibrated: bool = True, progress: bool = False,
                    features: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Class scores ``(n, classes)`` for encoded examples, in input order; calibrated (e.g. η-norm)
-    when ``calibrated``. ``features``: the examples' cached token features, skipping the encoder."""
+    when ``calibrated``. ``features``: the examples' cached token features, skipping the encoder.
+    An example with ``views`` (e.g. demonstration sets) scores the mean of its views' raw scores."""
+    if features is None and any(e.views for e in encoded):
+        rows, owner = expand_views(encoded)
+        raw = predict_logits(model, rows, batch_size, bf16, calibrated=False, progress=progress)
+        mean = torch.zeros(len(encoded), raw.shape[1]).index_add_(0, torch.tensor(owner), raw)
+        mean /= torch.bincount(torch.tensor(owner), minlength=len(encoded)).unsqueeze(1)
+        return model.calibrate(mean) if calibrated else mean
     device = next(model.parameters()).device
     was_training = model.training
     if was_training:  # (a model in eval mode is never switched: predictions may run in many threads)
@@ -197,6 +205,7 @@ def train(model: Any, examples: TextDataset, cfg: TrainConfig, evaluate: Callabl
     that takes class prototypes starts from them (unless ``prototypes`` is false or the run resumes).
     """
     model.set_trainable(roles, only)  # a shared backbone may hold other tasks' modules: train only ours
+    model.input_format.set_pool(examples)  # (formats that draw demonstrations from the training set)
     model.to(resolve_device(cfg.device))
     job = ClassificationJob(model, examples, cfg, encode or model.encode_training, settings, sampling)
     start = time.perf_counter()

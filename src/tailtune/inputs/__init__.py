@@ -42,6 +42,13 @@ class InputFormat:
     def set_pool(self, examples: Any) -> None:
         """The labelled examples the format may draw on (the training set)."""
 
+    def pool_state(self) -> dict | None:
+        """What a save must hold for the format to encode again (its pool), as JSON; None: nothing."""
+        return None
+
+    def load_pool(self, state: dict) -> None:
+        raise ConfigError(f"{type(self).__name__} draws on no pool")
+
     def attach(self, ctx: BuildContext, head: nn.Module) -> dict[str, nn.Parameter]:
         return {}
 

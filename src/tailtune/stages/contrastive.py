@@ -5,8 +5,10 @@ make the cosine of their read vectors (the classifier's readout, mean pooling on
 encoder) match the label (SetFit's ``CosineSimilarityLoss``). SetFit draws its anchors uniformly
 over examples, so on long-tailed data nearly every pair comes from the head classes; here anchors
 are drawn uniformly over *classes* by default, so a class of 3 examples gets as many pairs as one
-of 3,000. The number of pairs follows SetFit (two per example and iteration) but is capped, so the
-stage's cost does not grow without bound with the data.
+of 3,000. The number of pairs follows SetFit (two per example and iteration) but never exceeds the
+number of distinct pairs of training texts (SetFit 1.x's own default draws each distinct pair once;
+more draws only repeat pairs) nor a fixed cap, so the stage's cost does not grow without bound with
+the data.
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ class ContrastiveOptions:
     num_iterations)"""
     contrastive_max_pairs: int = 8000
     """contrastive stage: at most this many pairs per epoch"""
+    contrastive_distinct: bool = True
+    """contrastive stage: at most as many pairs per epoch as there are distinct pairs of training texts, N(N-1)/2
+    (more draws only repeat pairs; SetFit 1.x draws each distinct pair once)"""
     contrastive_epochs: float = 1.0
     """contrastive stage: passes over the pairs"""
     contrastive_lr: float = 2e-5
@@ -86,6 +91,12 @@ def sample_pairs(labels: list[str], n: int, rng: random.Random, by: str = "class
     return pairs
 
 
+def n_pairs(n: int, opts: ContrastiveOptions) -> int:
+    """Pairs per epoch for ``n`` training texts: SetFit's two per example and iteration, capped."""
+    pairs = min(opts.contrastive_max_pairs, 2 * opts.contrastive_iterations * n)
+    return max(1, min(pairs, n * (n - 1) // 2)) if opts.contrastive_distinct else pairs
+
+
 class PairJob:
     """The loop's job for the contrastive stage: the body (and task modules) train, the head does not."""
 
@@ -96,7 +107,7 @@ class PairJob:
         self.device = next(model.parameters()).device
         self.encoded = model.encode(examples.texts, examples.texts_b)
         self.labels = list(examples.labels)
-        self.n_pairs = min(opts.contrastive_max_pairs, 2 * opts.contrastive_iterations * len(examples))
+        self.n_pairs = n_pairs(len(examples), opts)
         self.micro_batches = math.ceil(self.n_pairs / opts.contrastive_batch_size)
         self.settings = {"stage": "contrastive", "options": vars(opts)}
         self.total_steps = 0
