@@ -97,11 +97,11 @@ def test_contrastive_pairs_are_balanced_over_classes():
 
 def test_contrastive_pairs_never_exceed_the_distinct_pairs_or_the_cap():
     from tailtune.stages.contrastive import ContrastiveOptions, n_pairs
-    opts = ContrastiveOptions()
+    opts = ContrastiveOptions(contrastive_distinct=True)
     assert n_pairs(32, opts) == 32 * 31 // 2  # 16-shot binary: 496 distinct pairs, not 2 x 20 x 32 = 1280 draws
     assert n_pairs(400, opts) == 8000  # 8-shot, 50 classes: 16,000 draws capped at 8,000
     assert n_pairs(150, opts) == 2 * 20 * 150  # 6,000 draws, fewer than the 11,175 distinct pairs
-    assert n_pairs(32, ContrastiveOptions(contrastive_distinct=False)) == 1280
+    assert n_pairs(32, ContrastiveOptions()) == 1280  # the default: SetFit's two per example and iteration
 
 
 def test_contrastive_stage_tunes_the_body_and_crt_only_the_head(tiny_bert, toy):

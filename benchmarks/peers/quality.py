@@ -39,11 +39,11 @@ SETS = [*LONGTAIL, *FEWSHOT, *KSHOT]
 TAILTUNE = {"auto": "tailtune default (`auto`)",
             "auto-plain": "`auto` without its contrastive stage (--stages none)",
             "auto-contrastive": "`auto` with the contrastive stage forced (--contrastive-below 0)",
-            "auto-long": "`auto` before early stopping and the distinct-pair cap (--patience none "
-                         "--no-contrastive-distinct)",
+            "auto-long": "`auto` without early stopping (--patience none)",
+            "auto-distinct": "`auto` with pairs capped at the distinct pairs (--contrastive-distinct)",
             "prompt": "tailtune `prompt` (long-tail protocol)", "cls": "tailtune `cls` (few-shot protocol)"}
 AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []}, "auto-contrastive": {"contrastive_below": 0},
-                 "auto-long": {"contrastive_distinct": False}}
+                 "auto-long": {}, "auto-distinct": {"contrastive_distinct": True}}
 AUTO_TRAIN = {"auto-long": {"patience": None}}  # TrainConfig overrides of a variant
 PEER_NAMES = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 

@@ -5,10 +5,10 @@ make the cosine of their read vectors (the classifier's readout, mean pooling on
 encoder) match the label (SetFit's ``CosineSimilarityLoss``). SetFit draws its anchors uniformly
 over examples, so on long-tailed data nearly every pair comes from the head classes; here anchors
 are drawn uniformly over *classes* by default, so a class of 3 examples gets as many pairs as one
-of 3,000. The number of pairs follows SetFit (two per example and iteration) but never exceeds the
-number of distinct pairs of training texts (SetFit 1.x's own default draws each distinct pair once;
-more draws only repeat pairs) nor a fixed cap, so the stage's cost does not grow without bound with
-the data.
+of 3,000. The number of pairs follows SetFit (two per example and iteration) but is capped, so the
+stage's cost does not grow without bound with the data; ``contrastive_distinct`` caps it further at the
+number of distinct pairs of training texts (SetFit 1.x's default), cheaper on the smallest sets at a
+measured cost in accuracy.
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ class ContrastiveOptions:
     num_iterations)"""
     contrastive_max_pairs: int = 8000
     """contrastive stage: at most this many pairs per epoch"""
-    contrastive_distinct: bool = True
+    contrastive_distinct: bool = False
     """contrastive stage: at most as many pairs per epoch as there are distinct pairs of training texts, N(N-1)/2
-    (more draws only repeat pairs; SetFit 1.x draws each distinct pair once)"""
+    (SetFit 1.x's default; faster on the smallest sets but measured 1.8 points lower on 16-shot SST-2, README)"""
     contrastive_epochs: float = 1.0
     """contrastive stage: passes over the pairs"""
     contrastive_lr: float = 2e-5
