@@ -69,3 +69,31 @@ def test_label_word_search_gives_a_verbalizer_that_trains_saves_and_loads(tiny_b
     loaded = tt.TailtuneClassifier.load(tmp_path / "m")
     assert {y: ws[0] for y, ws in loaded.model_.verbalizer.to_dict().items()} == words
     assert (loaded.decision_function(TOY_TEXTS) == clf.decision_function(TOY_TEXTS)).all()
+
+
+def test_template_search_ranks_the_bank_and_mlm_fillings_on_dev(tiny_bert, tmp_path, capsys):
+    from tailtune.templates import BANK, search_templates
+    train, dev = tt.TextDataset(TOY_TEXTS * 2, TOY_LABELS * 2), tt.TextDataset(TOY_TEXTS, TOY_LABELS)
+    words = {"good": "good", "bad": "bad", "money": "price"}
+    found = search_templates(train, dev, tiny_bert, words, max_length=64)
+    ranking = found["ranking"]
+    assert {r["source"] for r in ranking} == {"bank", "mlm"} and len(ranking) > len(BANK) - 3
+    assert [r["dev_accuracy"] for r in ranking] == sorted((r["dev_accuracy"] for r in ranking), reverse=True)
+    assert found["template"] == ranking[0]["template"]
+    mlm = [r["template"] for r in ranking if r["source"] == "mlm"]
+    assert all(t.count("{mask}") == 1 and t.count("{text}") == 1 for t in mlm)
+    # the best template is an ordinary template string; its zero-shot dev accuracy is what the ranking says
+    from tailtune.training import predict_logits
+    model = tt.build_classifier(tt.config_from_preset("prompt", template=found["template"], max_length=64),
+                                sorted(set(TOY_LABELS)), tiny_bert, words)
+    acc = (predict_logits(model, model.encode(TOY_TEXTS)).argmax(-1) ==
+           torch.tensor([sorted(set(TOY_LABELS)).index(y) for y in TOY_LABELS])).float().mean()
+    assert abs(float(acc) - found["dev_accuracy"]) < 1e-6
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + "\n".join(f"{t}\t{y}" for t, y in zip(train.texts, train.labels)))
+    (tmp_path / "dev.tsv").write_text("text\tlabel\n" + "\n".join(f"{t}\t{y}" for t, y in zip(dev.texts, dev.labels)))
+    (tmp_path / "w.json").write_text(json.dumps(words))
+    assert main(["templates", "--train", str(tmp_path / "train.tsv"), "--dev", str(tmp_path / "dev.tsv"),
+                 "--backbone", tiny_bert, "--verbalizer", str(tmp_path / "w.json"), "--no-generate",
+                 "--max-length", "64", "--output", str(tmp_path / "t.json")]) == 0
+    assert "best:" in capsys.readouterr().out
+    assert {r["source"] for r in json.loads((tmp_path / "t.json").read_text())["ranking"]} == {"bank"}

@@ -1,5 +1,6 @@
-"""The ``tune``, ``report`` and ``push`` commands: hyper-parameter search on dev macro-F1 (Optuna), the HTML
-report of an experiment, upload of a saved classifier to the Hugging Face Hub."""
+"""The ``tune``, ``report``, ``push``, ``zero-shot``, ``label-words`` and ``templates`` commands: hyper-parameter
+search on dev macro-F1 (Optuna), the HTML report of an experiment, upload of a saved classifier to the Hugging Face
+Hub, zero-shot classification, and LM-BFF-style searches for label words and templates."""
 from __future__ import annotations
 
 import argparse
@@ -63,6 +64,16 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     w.add_argument("--max-length", type=int, default=128, help="tokens per text (default: 128)")
     w.add_argument("--output", "-o", default="verbalizer.json", help="the verbalizer JSON (default: verbalizer.json)")
     w.set_defaults(func=cmd_label_words)
+    m = sub.add_parser("templates", help="search prompt templates on an MLM backbone: a written bank plus templates "
+                       "whose connecting words the MLM fills in, ranked by zero-shot dev accuracy")
+    for flag in ("--train", "--dev", "--text-col", "--label-col", "--backbone", "--max-length"):
+        m._add_action(next(a for a in w._actions if flag in a.option_strings))
+    m.add_argument("--verbalizer", default=None, help="JSON file: label -> word(s) (default: readable label names; "
+                   "tailtune label-words finds some)")
+    m.add_argument("--no-generate", dest="generate", action="store_false", help="rank the bank only (no MLM-filled "
+                   "templates)")
+    m.add_argument("--output", "-o", default="templates.json", help="the ranking as JSON (default: templates.json)")
+    m.set_defaults(func=cmd_templates)
     h = sub.add_parser("push", help="upload a saved classifier (weights, config, tokenizer, model card) to the "
                        "Hugging Face Hub")
     h.add_argument("model", help="saved classifier directory")
@@ -122,6 +133,22 @@ def cmd_zero_shot(args: argparse.Namespace) -> int:
     print(format_report(report))
     if args.output:
         write_json(args.output, report)
+    return 0
+
+
+def cmd_templates(args: argparse.Namespace) -> int:
+    from .artefacts import read_json, write_json
+    from .data import read_dataset
+    from .templates import search_templates
+    train = read_dataset(args.train, args.text_col, args.label_col)
+    dev = read_dataset(args.dev, args.text_col, args.label_col)
+    words = read_json(args.verbalizer, "verbalizer") if args.verbalizer else None
+    found = search_templates(train, dev, args.backbone, words, generate=args.generate, max_length=args.max_length)
+    for r in found["ranking"][:10]:
+        print(f"{r['dev_accuracy']:.4f}  {r['source']:<4}  {r['template']}")
+    print(f"best: {found['template']!r} (zero-shot dev accuracy {found['dev_accuracy']:.4f}); ranking written to "
+          f"{args.output} (use it: tailtune train --preset prompt --template {json.dumps(found['template'])})")
+    write_json(args.output, found)
     return 0
 
 
