@@ -75,17 +75,23 @@ class TailtuneClassifier:
     def fit(self, X: Any, y: Iterable | None = None, X_b: Iterable | None = None, dev: TextDataset | None = None, *,
             checkpoint_dir: str | Path | None = None, resume: bool = False,
             log: Callable[[str], None] | None = None,
-            on_evaluate: Callable[[int, dict], None] | None = None) -> "TailtuneClassifier":
+            on_evaluate: Callable[[int, dict], None] | None = None, soft_labels: Any = None,
+            temperature: float = 2.0) -> "TailtuneClassifier":
         """Train on texts ``X`` (or a TextDataset) and labels ``y``; dev is carved if not given.
 
         With ``checkpoint_dir`` a resumable checkpoint is written at every dev evaluation (or every
         ``save_every`` steps); ``resume=True`` continues from it. ``log`` receives a line per evaluation,
         ``on_evaluate(step, dev_metrics)`` the metrics (an exception it raises stops training, e.g. pruning).
+        ``soft_labels`` (texts, classes; columns in sorted label order, as ``labels_``) distils them instead of
+        learning ``y`` (KL at ``temperature``; PET's final classifier); it needs ``dev``.
         """
         if y is None and not isinstance(X, TextDataset):
             raise DataError("fit needs labels: fit(texts, labels) or fit(TextDataset)")
         train_ds = _as_dataset(X, y, X_b)
         check_trainable(train_ds)
+        if soft_labels is not None and dev is None:
+            raise ConfigError("fit with soft_labels needs an explicit dev set (a carved one would split the soft "
+                              "labels apart from their texts)")
         if dev is None:
             train_ds, dev = stratified_split(train_ds, self.dev_fraction, self.train_config.seed)
         labels = label_space(train_ds.labels)
@@ -122,9 +128,10 @@ class TailtuneClassifier:
         for stage in stages:  # a resumed run's checkpoint already holds what the stages before it did
             if stage.when == "before" and not resume:
                 stage_seconds += stage.run(model, train_ds, self.train_config, None, log)
+        soft = None if soft_labels is None else torch.as_tensor(np.asarray(soft_labels), dtype=torch.float32)
         result = train(model, train_ds, self.train_config, evaluate if dev_enc else None,
                        checkpoint_dir=checkpoint_dir, resume=resume, settings={"dev": data_hash(dev)}, log=log,
-                       on_evaluate=on_evaluate)
+                       on_evaluate=on_evaluate, soft=soft, temperature=temperature)
         for stage in stages:
             if stage.when == "after":
                 stage_seconds += stage.run(model, train_ds, self.train_config, evaluate if dev_enc else None, log)

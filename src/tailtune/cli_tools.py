@@ -74,6 +74,23 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
                    "templates)")
     m.add_argument("--output", "-o", default="templates.json", help="the ranking as JSON (default: templates.json)")
     m.set_defaults(func=cmd_templates)
+    e = sub.add_parser("pet", help="PET / iPET: one prompt model per pattern, their weighted ensemble labels "
+                       "unlabelled texts, a final classifier distils it (KL, T=2); saves the final classifier")
+    for flag in ("--train", "--dev", "--text-col", "--label-col", "--backbone", "--max-length"):
+        e._add_action(next(a for a in w._actions if flag in a.option_strings))
+    e.add_argument("--unlabeled", required=True, help="unlabelled texts: a .txt file (one per line) or a data file "
+                   "with --text-col")
+    e.add_argument("--pattern", action="append", required=True, metavar="TEMPLATE",
+                   help="a template with {text} and {mask}; repeat for several patterns")
+    e.add_argument("--verbalizer", action="append", default=None, metavar="JSON",
+                   help="label -> word(s): one for every pattern, or one per --pattern in order (default: label names)")
+    e.add_argument("--generations", type=int, default=0, help="iPET generations (default: 0, plain PET)")
+    e.add_argument("--preset", default="prompt", help="each pattern's model (default: prompt)")
+    e.add_argument("--final-preset", default="auto", help="the distilled classifier (default: auto)")
+    e.add_argument("--epochs", type=float, default=None, help="epochs of each pattern's model (default: the preset's)")
+    e.add_argument("--output", required=True, help="directory of the final classifier (pet.json beside it)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    e.set_defaults(func=cmd_pet)
     h = sub.add_parser("push", help="upload a saved classifier (weights, config, tokenizer, model card) to the "
                        "Hugging Face Hub")
     h.add_argument("model", help="saved classifier directory")
@@ -149,6 +166,37 @@ def cmd_templates(args: argparse.Namespace) -> int:
     print(f"best: {found['template']!r} (zero-shot dev accuracy {found['dev_accuracy']:.4f}); ranking written to "
           f"{args.output} (use it: tailtune train --preset prompt --template {json.dumps(found['template'])})")
     write_json(args.output, found)
+    return 0
+
+
+def cmd_pet(args: argparse.Namespace) -> int:
+    from pathlib import Path
+    from .artefacts import check_writable, read_json, write_json
+    from .config import preset_train_config
+    from .data import read_dataset
+    from .errors import ConfigError
+    from .pet import Pattern, run_pet
+    check_writable(Path(args.output), args.overwrite)  # before any training
+    train = read_dataset(args.train, args.text_col, args.label_col)
+    dev = read_dataset(args.dev, args.text_col, args.label_col)
+    path = Path(args.unlabeled)
+    unlabeled = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+        if path.suffix == ".txt" else list(read_dataset(path, args.text_col, None).texts)
+    words = [read_json(v, "verbalizer") for v in args.verbalizer or []]
+    if len(words) not in (0, 1, len(args.pattern)):
+        raise ConfigError(f"give one --verbalizer for all patterns or one per --pattern ({len(args.pattern)}), "
+                          f"not {len(words)}")
+    patterns = [Pattern(t, words[k] if len(words) > 1 else (words[0] if words else None))
+                for k, t in enumerate(args.pattern)]
+    member_cfg = preset_train_config(args.preset, **({"epochs": args.epochs} if args.epochs else {}))
+    found = run_pet(train, dev, unlabeled, patterns, args.backbone, preset=args.preset, train_config=member_cfg,
+                    final_preset=args.final_preset, max_length=args.max_length, generations=args.generations)
+    found["classifier"].save(args.output, overwrite=args.overwrite)
+    summary = {k: v for k, v in found.items() if k != "classifier"}
+    write_json(Path(args.output) / "pet.json", summary)
+    for p in summary["patterns"]:
+        print(f"pattern {p['template']!r}: weight {p['weight']:.3f}, dev accuracy {p['dev_accuracy']:.4f}")
+    print(f"ensemble dev accuracy {summary['ensemble_dev_accuracy']:.4f}; final classifier saved to {args.output}")
     return 0
 
 

@@ -161,14 +161,28 @@ class Classifier(nn.Module):
         ``progress`` (0 -> 1 over training) reaches objectives that change during training (DRW)."""
         if progress is not None and hasattr(self.objective, "set_progress"):
             self.objective.set_progress(progress)
+        logits, x, mask = self._training_scores(batch, target.device, bf16)
+        return self.head.loss(logits, x, mask, target, self.objective)
+
+    def distill_loss(self, batch: dict, soft: torch.Tensor, temperature: float = 2.0,
+                     bf16: bool = False) -> torch.Tensor:
+        """Knowledge distillation on soft labels ``soft`` (batch, classes; probabilities):
+        ``T² · KL(soft ‖ softmax(scores / T))`` (Hinton et al., 2015; PET's final classifier)."""
+        logits, _, _ = self._training_scores(batch, soft.device, bf16)
+        if logits.dim() != 2:
+            raise ConfigError(f"distillation needs one score per class; head={self.config.head!r} gives "
+                              f"{tuple(logits.shape)}")
+        log_p = torch.log_softmax(logits.float() / temperature, -1)
+        return torch.nn.functional.kl_div(log_p, soft, reduction="batchmean") * temperature ** 2
+
+    def _training_scores(self, batch: dict, device: torch.device, bf16: bool) -> tuple:
         batch = dict(batch)
         features = batch.pop("features", None)
-        with autocast(target.device, bf16):
+        with autocast(device, bf16):
             hidden = self.features(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
                                    batch.get("soft_positions")) if features is None else features
             x, mask = self.readout(hidden, batch["attention_mask"], batch["position"])
-            logits = self.head(x, mask)
-        return self.head.loss(logits, x, mask, target, self.objective)
+            return self.head(x, mask), x, mask
 
     @torch.no_grad()
     def class_prototypes(self, encoded: list[Encoded], targets: torch.Tensor, batch_size: int = 64,

@@ -127,7 +127,8 @@ class ClassificationJob:
     """
 
     def __init__(self, model: Any, examples: TextDataset, cfg: TrainConfig, encode: Encode,
-                 settings: dict | None = None, sampling: str = "grouped") -> None:
+                 settings: dict | None = None, sampling: str = "grouped", soft: torch.Tensor | None = None,
+                 temperature: float = 2.0) -> None:
         index = {y: i for i, y in enumerate(model.labels)}
         unknown = sorted({y for y in examples.labels if y not in index})
         if unknown:
@@ -135,6 +136,10 @@ class ClassificationJob:
         if sampling not in ("grouped", "class-balanced"):
             raise ValueError(f"sampling={sampling!r}")
         self.model, self.examples, self.cfg, self._encode, self.sampling = model, examples, cfg, encode, sampling
+        if soft is not None and tuple(soft.shape) != (len(examples), len(model.labels)):
+            raise DataError(f"soft labels: need one row of {len(model.labels)} class probabilities per example "
+                            f"({len(examples)}), got shape {tuple(soft.shape)}")
+        self.soft, self.temperature = soft, temperature
         self.device = resolve_device(cfg.device)
         self.targets = torch.tensor([index[y] for y in examples.labels], dtype=torch.long)
         self.micro_batches = math.ceil(len(examples) / cfg.batch_size)
@@ -180,6 +185,8 @@ class ClassificationJob:
         batch = collate([encoded[i] for i in idx], self.model.tokenizer.pad_token_id, self.device)
         if self.cache is not None:
             batch["features"] = pad_features([self.cache[i] for i in idx])
+        if self.soft is not None:  # distillation (PET's final classifier)
+            return self.model.distill_loss(batch, self.soft[idx].to(self.device), self.temperature, self.cfg.bf16)
         return self.model.training_loss(batch, self.targets[idx].to(self.device), self.cfg.bf16,
                                         progress=step / max(1, self.total_steps))
 
@@ -195,7 +202,8 @@ def train(model: Any, examples: TextDataset, cfg: TrainConfig, evaluate: Callabl
           encode: Encode | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False,
           settings: dict | None = None, log: Callable[[str], None] | None = None, roles: tuple[str, ...] | None = None,
           sampling: str = "grouped", prototypes: bool = True, only: Callable[[str], bool] | None = None,
-          on_evaluate: Callable[[int, dict], None] | None = None) -> TrainResult:
+          on_evaluate: Callable[[int, dict], None] | None = None, soft: torch.Tensor | None = None,
+          temperature: float = 2.0) -> TrainResult:
     """Fine-tune ``model`` in place on ``examples``; keep the parameters with the best dev macro-F1.
 
     ``encode(examples, epoch)`` turns the examples into model inputs (default: the model's input
@@ -203,11 +211,13 @@ def train(model: Any, examples: TextDataset, cfg: TrainConfig, evaluate: Callabl
     steps (default: each epoch). See ``loop.run`` for checkpoints and resuming. ``roles`` limits what
     trains (e.g. ``("head",)``) and ``only`` to the parameter names it accepts; ``sampling="class-balanced"`` draws every class equally often; a head
     that takes class prototypes starts from them (unless ``prototypes`` is false or the run resumes).
+    ``soft`` (examples, classes) trains on soft labels instead (distillation at ``temperature``).
     """
     model.set_trainable(roles, only)  # a shared backbone may hold other tasks' modules: train only ours
     model.input_format.set_pool(examples)  # (formats that draw demonstrations from the training set)
     model.to(resolve_device(cfg.device))
-    job = ClassificationJob(model, examples, cfg, encode or model.encode_training, settings, sampling)
+    job = ClassificationJob(model, examples, cfg, encode or model.encode_training, settings, sampling, soft,
+                            temperature)
     start = time.perf_counter()
     if model.head.wants_prototypes and prototypes and not resume:  # (a resumed run restores the head instead)
         model.head.init_from_prototypes(model.class_prototypes(job.encoded(0), job.targets, cfg.eval_batch_size,

@@ -1,0 +1,127 @@
+"""PET and iPET (Schick & Schütze, 2021): several prompts, one model each, distilled into one classifier.
+
+1. Every pattern-verbalizer pair (PVP: a template and its label words) gets its own prompt model
+   (the ``prompt`` preset by default), weighted by its zero-shot dev accuracy *before* training
+   (PET's weighting: a PVP that already fits the task counts more), then fine-tuned on the labelled set.
+2. The models' class scores on the unlabelled texts are averaged with those weights, and
+   ``softmax(scores / T)`` with T = 2 gives soft labels.
+3. The final classifier (any preset; ``auto`` by default) learns the soft labels of the unlabelled
+   texts and the one-hot labels of the labelled ones with a KL objective at the same temperature
+   (``TailtuneClassifier.fit(..., soft_labels=...)``); it is an ordinary classifier, saved as one.
+
+iPET (``generations`` > 0): in generation g every PVP's model is trained anew on the labelled set
+plus unlabelled texts labelled by the ensemble of the *other* PVPs' models of the previous
+generation, their most confident ones, ``n_c · (growth^g − 1)`` per class (``n_c``: the class's
+labelled count, so the class proportions of the labelled set are kept; ``growth`` = 5 as in the
+paper). PET's auxiliary MLM loss on unlabelled text is not implemented (``tailtune adapt-lm`` adapts the
+backbone on unlabelled text beforehand instead).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+
+@dataclass
+class Pattern:
+    """A pattern-verbalizer pair: a template with {text} and {mask}, and label -> word(s) (none: label names)."""
+
+    template: str
+    verbalizer: Mapping[str, Any] | None = None
+
+
+def _zero_shot_accuracy(clf: Any, labels: list[str], dev: Any) -> float:
+    from .model import build_classifier
+    from .training import predict_logits
+    model = build_classifier(clf.config, labels, clf.backbone, clf.verbalizer)
+    scores = predict_logits(model, model.encode(list(dev.texts), dev.texts_b))
+    gold = torch.tensor([labels.index(y) for y in dev.labels])
+    return float((scores.argmax(-1) == gold).float().mean())
+
+
+def _confident(probs: np.ndarray, labels: list[str], per_class: dict[str, int]) -> tuple[list[int], list[str]]:
+    """The most confident unlabelled rows per predicted class, at most ``per_class[c]`` each."""
+    pred = probs.argmax(1)
+    rows, ys = [], []
+    for c, y in enumerate(labels):
+        idx = np.flatnonzero(pred == c)
+        idx = idx[np.argsort(-probs[idx, c], kind="stable")][:per_class.get(y, 0)]
+        rows += idx.tolist()
+        ys += [y] * len(idx)
+    return rows, ys
+
+
+def run_pet(train: Any, dev: Any, unlabeled: list[str], patterns: list[Pattern], backbone: str | None = None, *,
+            preset: str = "prompt", train_config: Any = None, final_preset: str = "auto",
+            final_train_config: Any = None, max_length: int = 128, temperature: float = 2.0,
+            generations: int = 0, growth: float = 5.0, log: Callable[[str], None] = print) -> dict:
+    """PET (``generations=0``) or iPET; returns {"classifier": the distilled TailtuneClassifier, "patterns":
+    per-PVP weight (zero-shot dev accuracy) and dev accuracy after training, "ensemble_dev_accuracy": ...}."""
+    from .api import TailtuneClassifier
+    from .config import preset_train_config
+    from .data import TextDataset, check_labels, label_space
+    if len(patterns) < 1:
+        raise ConfigError("PET needs one or more patterns (template + verbalizer)")
+    if dev is None or not len(dev):
+        raise ConfigError("PET weights its patterns by dev accuracy: give a dev split (--dev)")
+    if not unlabeled:
+        raise ConfigError("PET distils on unlabelled texts: give some (--unlabeled)")
+    if temperature <= 0 or generations < 0 or growth <= 1:
+        raise ConfigError(f"need temperature > 0, generations >= 0 and growth > 1; got {temperature}, "
+                          f"{generations}, {growth}")
+    labels = label_space(train.labels)
+    check_labels(dev, labels, "dev")
+    counts = {y: list(train.labels).count(y) for y in labels}
+
+    def member(p: Pattern) -> Any:  # (checks the pattern before any training)
+        return TailtuneClassifier(preset, backbone, template=p.template, verbalizer=p.verbalizer,
+                                  max_length=max_length, train_config=train_config or preset_train_config(preset))
+
+    members = [member(p) for p in patterns]
+    weights = [_zero_shot_accuracy(m, labels, dev) for m in members]
+    log("PET: pattern weights (zero-shot dev accuracy) " + ", ".join(f"{w:.3f}" for w in weights))
+    if not sum(weights):  # no pattern gets anything right before training: weigh them alike
+        weights = [1.0] * len(weights)
+    unl = TextDataset(list(unlabeled), [labels[0]] * len(unlabeled))
+
+    def scores_of(models: list[Any], which: list[int]) -> np.ndarray:
+        total = sum(weights[k] for k in which) or 1.0
+        return sum(weights[k] * models[k].decision_function(unl) for k in which) / total
+
+    for k, m in enumerate(members):
+        m.fit(train, dev=dev)
+        log(f"PET: pattern {k + 1}/{len(members)} trained ({patterns[k].template!r})")
+    for g in range(1, generations + 1):  # iPET
+        need = {y: int(round(n * (growth ** g - 1))) for y, n in counts.items()}
+        new = []
+        for k, p in enumerate(patterns):
+            others = [j for j in range(len(members)) if j != k] or [k]
+            probs = torch.softmax(torch.as_tensor(scores_of(members, others)), -1).numpy()
+            rows, ys = _confident(probs, labels, need)
+            grown = TextDataset(list(train.texts) + [unlabeled[i] for i in rows], list(train.labels) + ys)
+            new.append(member(p).fit(grown, dev=dev))
+        members = new
+        log(f"iPET: generation {g} trained on {sum(need.values())} pseudo-labelled texts per pattern at most")
+    gold = np.array([labels.index(y) for y in dev.labels])
+    dev_acc = [float((m.decision_function(dev).argmax(1) == gold).mean()) for m in members]
+    ensemble_dev = sum(w * m.decision_function(dev) for w, m in zip(weights, members))
+    ensemble_acc = float((ensemble_dev.argmax(1) == gold).mean())
+    soft = torch.softmax(torch.as_tensor(scores_of(members, list(range(len(members))))) / temperature, -1).numpy()
+    onehot = np.eye(len(labels))[[labels.index(y) for y in train.labels]]
+    texts = list(unlabeled) + list(train.texts)
+    hard = [labels[i] for i in soft.argmax(1)] + list(train.labels)
+    final = TailtuneClassifier(final_preset, backbone, max_length=max_length,
+                               train_config=final_train_config or preset_train_config(final_preset))
+    if set(hard) != set(labels):
+        raise ConfigError("the ensemble never predicts some classes on the unlabelled texts; give more unlabelled "
+                          "text or better patterns")
+    final.fit(texts, hard, dev=dev, soft_labels=np.concatenate([soft, onehot]), temperature=temperature)
+    log(f"PET: final {final_preset} classifier distilled on {len(unlabeled)} unlabelled + {len(train)} labelled texts")
+    return {"classifier": final, "labels": labels, "ensemble_dev_accuracy": ensemble_acc,
+            "patterns": [{"template": p.template, "weight": w, "dev_accuracy": a}
+                         for p, w, a in zip(patterns, weights, dev_acc)]}

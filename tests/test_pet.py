@@ -1,0 +1,94 @@
+"""PET / iPET: pattern weights, ensembles, iPET's growing training sets, distillation on soft labels."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import tailtune as tt
+import tailtune.api as api
+from tailtune.cli import main
+from tailtune.pet import Pattern, run_pet
+from conftest import TOY_LABELS, TOY_TEXTS
+
+WORDS = {"good": "good", "bad": "bad", "money": "price"}
+FAST = tt.TrainConfig(epochs=2, batch_size=8, lr=1e-3, progress=False)
+
+
+def test_fit_on_soft_labels_follows_them(tiny_bert):
+    texts = TOY_TEXTS * 2
+    labels = sorted(set(TOY_LABELS))
+    soft = np.tile([0.05, 0.05, 0.9], (len(texts), 1))  # every text "money", whatever its words say
+    clf = tt.TailtuneClassifier("cls", tiny_bert, train_config=tt.TrainConfig(epochs=8, batch_size=8, lr=1e-3,
+                                                                                progress=False))
+    clf.fit(texts, TOY_LABELS * 2, dev=tt.TextDataset(TOY_TEXTS, ["money"] * 12), soft_labels=soft)
+    assert clf.labels_ == labels
+    assert np.mean([p == "money" for p in clf.predict(TOY_TEXTS)]) > 0.9
+    model = clf.model_
+    batch = {k: v for k, v in __import__("tailtune.batch", fromlist=["collate"]).collate(
+        model.encode(TOY_TEXTS[:4]), model.tokenizer.pad_token_id, torch.device("cpu")).items()}
+    model.eval()
+    own = torch.softmax(model(**batch).float() / 2.0, -1).detach()
+    assert float(model.distill_loss(batch, own, 2.0)) < 1e-5  # KL to its own soft labels is zero
+    with pytest.raises(tt.ConfigError, match="explicit dev"):
+        clf.fit(texts, TOY_LABELS * 2, soft_labels=soft)
+    with pytest.raises(tt.DataError, match="soft labels"):
+        clf.fit(texts, TOY_LABELS * 2, dev=tt.TextDataset(TOY_TEXTS, TOY_LABELS), soft_labels=soft[:5])
+
+
+def test_pet_weights_patterns_grows_ipet_sets_and_distils(tiny_bert, monkeypatch):
+    fits = []
+    real_fit = api.TailtuneClassifier.fit
+
+    def record(self, X, y=None, *a, **kw):
+        n = len(X) if not isinstance(X, tt.TextDataset) else len(X.texts)
+        fits.append((self.preset, n, kw.get("soft_labels")))
+        return real_fit(self, X, y, *a, **kw)
+
+    monkeypatch.setattr(api.TailtuneClassifier, "fit", record)
+    train = tt.TextDataset(TOY_TEXTS[::2], TOY_LABELS[::2])  # 2 per class
+    dev = tt.TextDataset(TOY_TEXTS, TOY_LABELS)
+    unlabeled = [t + " again" for t in TOY_TEXTS] * 2
+    patterns = [Pattern("{text} it is {mask} .", WORDS), Pattern("{mask} : {text}", WORDS)]
+    out = run_pet(train, dev, unlabeled, patterns, tiny_bert, train_config=FAST, final_preset="cls",
+                  final_train_config=FAST, max_length=64, generations=1, log=lambda s: None)
+    # weights: each pattern's zero-shot dev accuracy before training
+    for p, row in zip(patterns, out["patterns"]):
+        model = tt.build_classifier(tt.config_from_preset("prompt", template=p.template, max_length=64),
+                                    sorted(set(TOY_LABELS)), tiny_bert, WORDS)
+        from tailtune.training import predict_logits
+        acc = (predict_logits(model, model.encode(TOY_TEXTS)).argmax(-1) ==
+               torch.tensor([sorted(set(TOY_LABELS)).index(y) for y in TOY_LABELS])).float().mean()
+        assert row["weight"] == pytest.approx(float(acc))
+    members = [f for f in fits if f[0] == "prompt"]
+    assert [n for _, n, _ in members[:2]] == [6, 6]  # PET: the labelled set
+    # iPET generation 1: the labelled set plus at most 2 x (5 - 1) = 8 pseudo-labelled texts per class
+    assert all(6 < n <= 6 + 3 * 8 for _, n, _ in members[2:4]) and len(members) == 4
+    final = [f for f in fits if f[0] == "cls"]
+    assert len(final) == 1
+    _, n, soft = final[0]
+    assert n == len(unlabeled) + len(train) and soft.shape == (n, 3)
+    np.testing.assert_allclose(soft.sum(1), 1.0, atol=1e-6)
+    assert (soft[-len(train):].max(1) == 1).all()  # the labelled texts keep their one-hot labels
+    assert out["classifier"].predict(TOY_TEXTS[:3])
+
+
+def test_pet_command_saves_the_final_classifier(tiny_bert, tmp_path, capsys):
+    rows = "\n".join(f"{t}\t{y}" for t, y in zip(TOY_TEXTS, TOY_LABELS))
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + rows + "\n")
+    (tmp_path / "dev.tsv").write_text("text\tlabel\n" + rows + "\n")
+    (tmp_path / "u.txt").write_text("\n".join(t + " too" for t in TOY_TEXTS) + "\n")
+    (tmp_path / "w.json").write_text(json.dumps(WORDS))
+    args = ["pet", "--train", str(tmp_path / "train.tsv"), "--dev", str(tmp_path / "dev.tsv"), "--unlabeled",
+            str(tmp_path / "u.txt"), "--pattern", "{text} it is {mask} .", "--pattern", "{mask} : {text}",
+            "--verbalizer", str(tmp_path / "w.json"), "--backbone", tiny_bert, "--max-length", "64",
+            "--epochs", "1", "--final-preset", "cls", "--output", str(tmp_path / "out")]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "out" / "pet.json").read_text())
+    assert len(summary["patterns"]) == 2 and "ensemble_dev_accuracy" in summary
+    assert tt.TailtuneClassifier.load(tmp_path / "out").predict(["good game"])
+    assert "final classifier saved" in capsys.readouterr().out
+    assert main(args) == 2  # the output exists: refused before any training
+    three = ["--verbalizer", str(tmp_path / "w.json")] * 2  # 3 verbalizers for 2 patterns
+    assert main([*args[:-2], *three, "--output", str(tmp_path / "o2")]) == 2
+    assert "one per --pattern" in capsys.readouterr().err
