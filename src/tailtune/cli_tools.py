@@ -91,6 +91,17 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     e.add_argument("--output", required=True, help="directory of the final classifier (pet.json beside it)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     e.set_defaults(func=cmd_pet)
+    q = sub.add_parser("multitask-prompt", help="train one MLM backbone on several labelled tasks cast as prompts "
+                       "(FLAN/T0-style, for zero-shot transfer); saves a masked-LM checkpoint")
+    q.add_argument("spec", help="YAML: tasks: [{name, train, templates: [...], verbalizer: {label: word}, text_col, "
+                   "label_col, header, columns}], optional backbone, max_length, max_per_task")
+    q.add_argument("--output", required=True, help="directory of the trained masked-LM checkpoint")
+    q.add_argument("--backbone", default=None, help="MLM backbone (default: the spec's, else the embedded default)")
+    q.add_argument("--epochs", type=float, default=1.0, help="passes over the mixed tasks (default: 1)")
+    q.add_argument("--lr", type=float, default=2e-5, help="learning rate (default: 2e-5)")
+    q.add_argument("--batch-size", type=int, default=16, help="examples per step (default: 16)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    q.set_defaults(func=cmd_multitask_prompt)
     h = sub.add_parser("push", help="upload a saved classifier (weights, config, tokenizer, model card) to the "
                        "Hugging Face Hub")
     h.add_argument("model", help="saved classifier directory")
@@ -197,6 +208,38 @@ def cmd_pet(args: argparse.Namespace) -> int:
     for p in summary["patterns"]:
         print(f"pattern {p['template']!r}: weight {p['weight']:.3f}, dev accuracy {p['dev_accuracy']:.4f}")
     print(f"ensemble dev accuracy {summary['ensemble_dev_accuracy']:.4f}; final classifier saved to {args.output}")
+    return 0
+
+
+def cmd_multitask_prompt(args: argparse.Namespace) -> int:
+    from pathlib import Path
+    import yaml
+    from .data import read_dataset
+    from .errors import ConfigError
+    from .loop import TrainConfig
+    from .multiprompt import PromptTask, train_multitask_prompt
+    spec_path = Path(args.spec)
+    try:
+        spec = yaml.safe_load(spec_path.read_text(encoding="utf-8-sig")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read {spec_path}: {err}") from None
+    rows = spec.get("tasks") if isinstance(spec, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {"name", "train", "templates"} <= set(r)
+                                             for r in rows):
+        raise ConfigError(f"{spec_path}: needs tasks: a list of {{name, train, templates, verbalizer}} entries")
+    tasks = []
+    for r in rows:
+        kw = {k: r[k] for k in ("header", "columns") if k in r}
+        data = read_dataset(spec_path.parent / r["train"], r.get("text_col", "text"), r.get("label_col", "label"), **kw)
+        templates = [r["templates"]] if isinstance(r["templates"], str) else list(r["templates"])
+        tasks.append(PromptTask(str(r["name"]), data, templates, r.get("verbalizer")))
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
+    summary = train_multitask_prompt(tasks, args.backbone or spec.get("backbone"), args.output, cfg,
+                                     max_length=int(spec.get("max_length", 128)),
+                                     max_per_task=int(spec.get("max_per_task", 2000)), overwrite=args.overwrite)
+    for t in summary["tasks"]:
+        print(f"{t['name']}: {t['examples']} examples, {len(t['templates'])} template(s), training accuracy "
+              f"{t['train_accuracy']:.4f}")
     return 0
 
 
