@@ -43,3 +43,23 @@ def test_search_spaces_parse_and_bad_ones_are_refused(tiny_bert, tmp_path, capsy
                            ("lora_r=4,8", "'lora_r' belongs to trains='lora'")):
         assert main([*base, "--search", space]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_the_same_search_on_ray_tune_finds_the_same_learning_rate(tiny_bert, tmp_path, capsys):
+    pytest.importorskip("ray")
+    import json
+    import ray
+    _write_data(tmp_path / "data")
+    out = tmp_path / "best.yaml"
+    args = ["tune", "--train", str(tmp_path / "data" / "train.tsv"), "--dev", str(tmp_path / "data" / "test.tsv"),
+            "--backbone", tiny_bert, "--preset", "cls", "--epochs", "8", "--batch-size", "8", "--no-progress",
+            "--search", "lr=1e-7,3e-3", "--output", str(out), "--trials-json", str(tmp_path / "t.json"),
+            "--ray", "local"]
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        assert main(args) == 0
+    finally:
+        ray.shutdown()
+    trials = json.loads((tmp_path / "t.json").read_text())
+    assert trials["backend"] == "ray" and sorted(t["params"]["lr"] for t in trials["trials"]) == [1e-7, 3e-3]
+    assert yaml.safe_load(out.read_text())["presets"]["tuned"]["train"]["lr"] == 3e-3

@@ -22,6 +22,8 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     u.add_argument("--output", "-o", default="tuned.yaml", help="the best configuration (default: tuned.yaml)")
     u.add_argument("--name", default="tuned", help="its name under presets: (default: tuned)")
     u.add_argument("--trials-json", default=None, help="also write every trial as JSON here")
+    u.add_argument("--ray", default=None, metavar="local|auto|ADDRESS", help="run the trials on Ray Tune (a local "
+                   "instance, a running cluster, or its address) instead of in this process")
     add_common(u)
     u.set_defaults(func=func)
     r = sub.add_parser("report", help="one self-contained HTML report of an experiment's results directory")
@@ -121,7 +123,7 @@ def run_tune(args: argparse.Namespace, base: dict, overrides: dict) -> int:
     train, dev = _read(args, args.train), _read(args, args.dev)
     base = dict(base)
     result = search(train, dev, space, args.preset, args.backbone, args.trials, base.pop("seed", 0), base,
-                    overrides, args.prune)
+                    overrides, args.prune, ray=args.ray)
     path = write_best(result, args.output, args.name)
     if args.trials_json:
         atomic_write_text(args.trials_json, json.dumps(result, indent=2, default=str) + "\n")

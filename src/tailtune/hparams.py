@@ -78,10 +78,23 @@ def _split(params: dict) -> tuple[dict, dict]:
             {k: v for k, v in params.items() if k not in TRAIN_FIELDS})
 
 
+def run_trial(train: Any, dev: Any, preset: str, backbone: str | None, seed: int, base: dict, options: dict,
+              params: dict, report: Callable[[int, dict], None] | None) -> float:
+    """Train one trial's classifier; ``report(step, dev_metrics)`` at each evaluation; its best dev macro-F1."""
+    from .api import TailtuneClassifier
+    from .config import preset_train_config
+    train_kw, clf_kw = _split(params)
+    tc = preset_train_config(preset, **{"progress": False, "seed": seed, **base, **train_kw})
+    clf = TailtuneClassifier(preset, backbone, train_config=tc, **{**options, **clf_kw})
+    clf.fit(train, dev=dev, on_evaluate=report)
+    return float(clf.train_result_.best_dev_macro_f1)
+
+
 def search(train: Any, dev: Any, space: list[Dimension], preset: str = "auto", backbone: str | None = None,
            trials: int = 20, seed: int = 0, base: dict | None = None, options: dict | None = None,
-           prune: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Run the search; returns the best parameters, its dev macro-F1 and every trial."""
+           prune: bool = True, log: Callable[[str], None] = print, ray: str | None = None) -> dict:
+    """Run the search; returns the best parameters, its dev macro-F1 and every trial. ``ray`` (``local``,
+    ``auto`` or a cluster address) runs the trials as Ray Tune trials instead of in this process."""
     try:
         import optuna
     except ImportError:
@@ -100,6 +113,9 @@ def search(train: Any, dev: Any, space: list[Dimension], preset: str = "auto", b
         preset_train_config(preset, **{**base, **train_kw})
         TailtuneClassifier(preset, backbone, **{**options, **clf_kw})
     grid = all(d.choices for d in space)
+    if ray is not None:
+        from .hparams_ray import search_ray
+        return search_ray(train, dev, space, preset, backbone, trials, seed, base, options, prune, grid, ray, log)
     sampler = optuna.samplers.GridSampler({d.name: list(d.choices) for d in space}, seed=seed) if grid \
         else optuna.samplers.TPESampler(seed=seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if prune else optuna.pruners.NopPruner()
@@ -108,16 +124,12 @@ def search(train: Any, dev: Any, space: list[Dimension], preset: str = "auto", b
 
     def objective(trial: Any) -> float:
         params = {d.name: d.suggest(trial) for d in space}
-        train_kw, clf_kw = _split(params)
-        tc = preset_train_config(preset, **{"progress": False, "seed": seed, **base, **train_kw})
-        clf = TailtuneClassifier(preset, backbone, train_config=tc, **{**options, **clf_kw})
 
         def report(step: int, metrics: dict) -> None:
             trial.report(metrics["macro_f1"], step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"dev macro-F1 {metrics['macro_f1']:.4f} at step {step}")
-        clf.fit(train, dev=dev, on_evaluate=report)
-        value = float(clf.train_result_.best_dev_macro_f1)
+        value = run_trial(train, dev, preset, backbone, seed, base, options, params, report)
         log(f"trial {trial.number}: {params} -> dev macro-F1 {value:.4f}")
         return value
 
