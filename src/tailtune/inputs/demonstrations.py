@@ -136,7 +136,12 @@ class DemonstrationInput(TemplateInput):
         index = pool_index or [None] * len(texts)
         sims = None
         if self.opts.demo_selection == "similar":
-            pool_emb = self._embed(self.pool["texts"], self.pool["texts_b"])
+            # training (an epoch given) moves the weights: embed the pool anew; at prediction, once
+            if epoch is not None or self._embeddings is None:
+                self._embeddings = self._embed(self.pool["texts"], self.pool["texts_b"])
+            pool_emb = self._embeddings
+            if epoch is not None:
+                self._embeddings = None
             own = [i for i, j in enumerate(index) if j is None]
             q = torch.zeros(len(texts), pool_emb.shape[1])
             if own:
