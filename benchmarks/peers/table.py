@@ -13,6 +13,8 @@ from quality import FEWSHOT, KSHOT, LONGTAIL
 
 NAMES = {"auto": "**tailtune default (`auto`)**", "auto-plain": "`auto` without its contrastive stage (`--stages none`)",
          "auto-contrastive": "`auto` with the contrastive stage forced (`--contrastive-below 0`)",
+         "auto-long": "`auto` without early stopping (`--patience none`)",
+         "auto-distinct": "`auto` with pairs capped at the distinct pairs (`--contrastive-distinct`)",
          "prompt": "tailtune `prompt` (paper protocol)",
          "cls": "tailtune `cls` (few-shot protocol)", "lr-balanced": "embeddings + LogisticRegression (balanced)",
          "lr": "embeddings + LogisticRegression", "setfit": "SetFit", "hf-trainer": "HF Trainer + AutoModelForSequenceClassification"}
@@ -51,7 +53,7 @@ def main() -> None:
             return "–"
         return f"{statistics.mean(v):.1f}" + (f" ± {statistics.pstdev(v):.1f}" if len(v) > 1 else "")
 
-    methods = ["auto", "auto-plain", "auto-contrastive", BEST_PRESET, *PEERS]
+    methods = ["auto", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct", BEST_PRESET, *PEERS]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
         means = [statistics.mean(values(m, s)) if values(m, s) else None for s in sets]
