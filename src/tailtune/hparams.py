@@ -115,7 +115,8 @@ def search(train: Any, dev: Any, space: list[Dimension], preset: str = "auto", b
     grid = all(d.choices for d in space)
     if ray is not None:
         from .hparams_ray import search_ray
-        return search_ray(train, dev, space, preset, backbone, trials, seed, base, options, prune, grid, ray, log)
+        return search_ray(train, dev, space, preset, backbone, trials, seed, base, options, prune, grid, ray, log,
+                          run_trial)
     sampler = optuna.samplers.GridSampler({d.name: list(d.choices) for d in space}, seed=seed) if grid \
         else optuna.samplers.TPESampler(seed=seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if prune else optuna.pruners.NopPruner()

@@ -31,7 +31,9 @@ def _space(space: list[Any], grid: bool) -> dict:
 
 def search_ray(train: Any, dev: Any, space: list[Any], preset: str, backbone: str | None, trials: int, seed: int,
                base: dict, options: dict, prune: bool, grid: bool, address: str,
-               log: Callable[[str], None]) -> dict:
+               log: Callable[[str], None], run_trial: Callable[..., float]) -> dict:
+    """``run_trial(train, dev, preset, backbone, seed, base, options, params, report)`` trains one trial
+    (``hparams.run_trial``) inside a Ray Tune trial."""
     try:
         import ray
         from ray import tune
@@ -39,7 +41,6 @@ def search_ray(train: Any, dev: Any, space: list[Any], preset: str, backbone: st
         from ray.tune.search.optuna import OptunaSearch
     except ImportError:
         raise ConfigError("tailtune tune --ray needs Ray Tune: pip install 'tailtune[ray,tune]'") from None
-    from .hparams import run_trial
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         try:
