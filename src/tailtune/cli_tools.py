@@ -8,6 +8,16 @@ import json
 from typing import Any, Callable
 
 
+def _search_data_args(p: argparse.ArgumentParser) -> None:
+    """The data and backbone flags that label-words, templates and pet share."""
+    p.add_argument("--train", required=True, help="labelled training texts (.tsv, .csv, .jsonl; or hf:NAME:SPLIT)")
+    p.add_argument("--dev", required=True, help="labelled dev texts that rank the candidates")
+    p.add_argument("--text-col", default="text", help="column holding the text (default: text)")
+    p.add_argument("--label-col", default="label", help="column holding the label (default: label)")
+    p.add_argument("--backbone", default=None, help="an MLM backbone: Hugging Face name or local path")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per text (default: 128)")
+
+
 def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], None],
                      func: Callable[[argparse.Namespace], int]) -> None:
     """``tune`` (its data, classifier and training flags from ``add_common``; run by ``func``), ``report``, ``push``."""
@@ -56,20 +66,14 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     z.set_defaults(func=cmd_zero_shot)
     w = sub.add_parser("label-words", help="search label words on an MLM backbone (LM-BFF): candidates from the "
                        "MLM at [MASK] per class, assignment by zero-shot dev accuracy; writes a verbalizer JSON")
-    w.add_argument("--train", required=True, help="labelled training texts (.tsv, .csv, .jsonl; or hf:NAME:SPLIT)")
-    w.add_argument("--dev", required=True, help="labelled dev texts that rank the assignments")
-    w.add_argument("--text-col", default="text", help="column holding the text (default: text)")
-    w.add_argument("--label-col", default="label", help="column holding the label (default: label)")
+    _search_data_args(w)
     w.add_argument("--template", default=None, help="template with {text} and {mask} (default: the prompt preset's)")
-    w.add_argument("--backbone", default=None, help="an MLM backbone: Hugging Face name or local path")
     w.add_argument("--top-k", type=int, default=10, help="candidate words per class (default: 10)")
-    w.add_argument("--max-length", type=int, default=128, help="tokens per text (default: 128)")
     w.add_argument("--output", "-o", default="verbalizer.json", help="the verbalizer JSON (default: verbalizer.json)")
     w.set_defaults(func=cmd_label_words)
     m = sub.add_parser("templates", help="search prompt templates on an MLM backbone: a written bank plus templates "
                        "whose connecting words the MLM fills in, ranked by zero-shot dev accuracy")
-    for flag in ("--train", "--dev", "--text-col", "--label-col", "--backbone", "--max-length"):
-        m._add_action(next(a for a in w._actions if flag in a.option_strings))
+    _search_data_args(m)
     m.add_argument("--verbalizer", default=None, help="JSON file: label -> word(s) (default: readable label names; "
                    "tailtune label-words finds some)")
     m.add_argument("--no-generate", dest="generate", action="store_false", help="rank the bank only (no MLM-filled "
@@ -78,8 +82,7 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     m.set_defaults(func=cmd_templates)
     e = sub.add_parser("pet", help="PET / iPET: one prompt model per pattern, their weighted ensemble labels "
                        "unlabelled texts, a final classifier distils it (KL, T=2); saves the final classifier")
-    for flag in ("--train", "--dev", "--text-col", "--label-col", "--backbone", "--max-length"):
-        e._add_action(next(a for a in w._actions if flag in a.option_strings))
+    _search_data_args(e)
     e.add_argument("--unlabeled", required=True, help="unlabelled texts: a .txt file (one per line) or a data file "
                    "with --text-col")
     e.add_argument("--pattern", action="append", required=True, metavar="TEMPLATE",
