@@ -108,8 +108,9 @@ def run_pet(train: Any, dev: Any, unlabeled: list[str], patterns: list[Pattern],
         members = new
         log(f"iPET: generation {g} trained on {sum(need.values())} pseudo-labelled texts per pattern at most")
     gold = np.array([labels.index(y) for y in dev.labels])
-    dev_acc = [float((m.decision_function(dev).argmax(1) == gold).mean()) for m in members]
-    ensemble_dev = sum(w * m.decision_function(dev) for w, m in zip(weights, members))
+    dev_scores = [m.decision_function(dev) for m in members]
+    dev_acc = [float((s.argmax(1) == gold).mean()) for s in dev_scores]
+    ensemble_dev = sum(w * s for w, s in zip(weights, dev_scores))
     ensemble_acc = float((ensemble_dev.argmax(1) == gold).mean())
     soft = torch.softmax(torch.as_tensor(scores_of(members, list(range(len(members))))) / temperature, -1).numpy()
     onehot = np.eye(len(labels))[[labels.index(y) for y in train.labels]]

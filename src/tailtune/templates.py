@@ -32,20 +32,17 @@ BANK = [
 
 
 @torch.no_grad()
-def _fill(model: Any, skeletons: list[str], k: int, batch_size: int = 64) -> list[list[str]]:
-    """Fill the ``k`` [MASK] tokens of each skeleton left to right with the MLM's best whole word."""
+def _fill(model: Any, skeletons: list[str], k: int, vocab_ok: torch.Tensor, batch_size: int = 64) -> list[list[str]]:
+    """Fill the ``k`` [MASK] tokens of each skeleton left to right with the MLM's best whole word (``vocab_ok``)."""
     from .batch import collate
-    from .labelwords import _whole_words
+    from .text import Encoded
     tok = model.tokenizer
     mlm = model.head
     device = next(model.parameters()).device
     with_ids = [tok(s)["input_ids"] for s in skeletons]
     words: list[list[str]] = [[] for _ in skeletons]
-    vocab_ok = torch.zeros(len(tok), dtype=torch.bool)
-    vocab_ok[[i for i, _ in _whole_words(tok, list(range(len(tok))))]] = True
     for _ in range(k):
         for s in range(0, len(with_ids), batch_size):
-            from .text import Encoded
             chunk = [Encoded(ids, ids.index(tok.mask_token_id)) for ids in with_ids[s:s + batch_size]]
             batch = collate(chunk, tok.pad_token_id, device)
             hidden = model.features(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
@@ -63,8 +60,11 @@ def _fill(model: Any, skeletons: list[str], k: int, batch_size: int = 64) -> lis
 def mlm_candidates(model: Any, train: Any, label_words: dict[str, str], lengths: tuple[int, ...] = (1, 2, 3),
                    per_shape: int = 3, max_examples: int = 64) -> list[str]:
     """Templates whose connecting words the MLM fills in, the most agreed-on fillings first."""
+    from .labelwords import _whole_words
     tok = model.tokenizer
     mask = tok.mask_token
+    vocab_ok = torch.zeros(len(tok), dtype=torch.bool)  # whole words only, found once for every filling
+    vocab_ok[[i for i, _ in _whole_words(tok, list(range(len(tok))))]] = True
     rows = list(zip(train.texts, train.labels))[:max_examples]
     found = []
     for k in lengths:
@@ -72,7 +72,7 @@ def mlm_candidates(model: Any, train: Any, label_words: dict[str, str], lengths:
         for shape in ("suffix", "prefix"):
             skeletons = [f"{t} {holes} {label_words[y]} ." if shape == "suffix" else f"{label_words[y]} {holes} : {t}"
                          for t, y in rows]
-            votes = Counter(" ".join(w) for w in _fill(model, skeletons, k))
+            votes = Counter(" ".join(w) for w in _fill(model, skeletons, k, vocab_ok))
             for filling, _n in votes.most_common(per_shape):
                 found.append(f"{{text}} {filling} {{mask}} ." if shape == "suffix" else f"{{mask}} {filling} : {{text}}")
     return list(dict.fromkeys(found))
