@@ -14,8 +14,10 @@ from safetensors.torch import load_file, save_file
 
 src, dest = Path(sys.argv[1]), Path(sys.argv[2])
 dest.mkdir(parents=True, exist_ok=True)
-for f in src.iterdir():
-    if f.name != "model.fp16.safetensors":
+for f in src.iterdir():  # the tokenizer, config and a sentence encoder's pooling folder (1_Pooling)
+    if f.is_dir():
+        shutil.copytree(f, dest / f.name, dirs_exist_ok=True)
+    elif f.name != "model.fp16.safetensors":
         shutil.copy(f, dest / f.name)
 tensors = load_file(str(src / "model.fp16.safetensors"))
 save_file({k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()},

@@ -1,4 +1,7 @@
+import math
 import random
+
+import pytest
 
 import numpy as np
 
@@ -45,3 +48,18 @@ def test_length_grouped_batches_cover_everything():
     assert flat == list(range(1000))
     spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
     assert spread < 30  # grouped: far below the ~95 of random batches
+
+
+def test_early_stopping_waits_for_its_share_of_the_steps(tiny_bert, toy):
+    texts, labels = toy
+    dev = tt.TextDataset(texts[:12], labels[:12])
+    free = _clf(tiny_bert, 1, eval_every=1, patience=1).fit(texts, labels, dev=dev).train_result_
+    total = math.ceil(len(texts) / 4) * 3
+    assert free.steps < total  # patience 1 stops this run early...
+    late = _clf(tiny_bert, 1, eval_every=1, patience=1, patience_from=0.5).fit(texts, labels, dev=dev).train_result_
+    assert late.steps >= total / 2 > free.steps or late.steps == free.steps >= total / 2
+    never = _clf(tiny_bert, 1, eval_every=1, patience=1, patience_from=1.0).fit(texts, labels, dev=dev).train_result_
+    assert never.steps == total  # ...and a floor of all the steps never stops it
+    assert late.history[:free.steps] == free.history  # the same run up to where the free one stopped
+    with pytest.raises(tt.ConfigError, match="patience_from"):
+        tt.TrainConfig(patience_from=1.5)

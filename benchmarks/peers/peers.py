@@ -38,7 +38,7 @@ def embeddings_lr(train: Any, test: Any, seed: int, max_length: int, backbone: s
     from sentence_transformers import SentenceTransformer
     from sklearn.linear_model import LogisticRegression
     torch.manual_seed(seed)
-    model = SentenceTransformer(_backbone(backbone), device="cpu")
+    model = SentenceTransformer(_backbone(backbone), device="cuda" if torch.cuda.is_available() else "cpu")
     model.max_seq_length = max_length
     t0 = time.perf_counter()
     x = model.encode(train.texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)

@@ -185,15 +185,16 @@ _CLS = {"readout": "cls"}  # CLS-tuning reads [CLS] by definition, whatever the 
 # `auto` is the default: chosen by measurement against the peers users pick instead (README, "How the
 # default was chosen"); it reads what the backbone declares, starts a cosine head from the class
 # prototypes and fine-tunes everything with a higher learning rate for the head than for the body.
-AUTO_TRAIN = {"epochs": 5.0, "min_steps": 50, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "eval_times": 10,
-              "patience": 3}
+AUTO_TRAIN = {"epochs": 10.0, "min_steps": 50, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "eval_times": 10,
+              "patience": 3, "patience_from": 0.5}
 
 PRESETS: dict[str, Preset] = {
     "auto": Preset({"readout": "auto", "head": "cosine", "stages": ("contrastive",), "contrastive_below": 64},
                    "the default: the backbone's own pooling (mean on sentence encoders); below 64 training examples "
                    "per class, a contrastive stage (class-balanced pairs) first; a cosine head started from the "
-                   "class prototypes, everything fine-tuned (body lr 5e-5, head lr 1e-3), best dev macro-F1 "
-                   "(stops after 3 evaluations without a better one)",
+                   "class prototypes, everything fine-tuned (body lr 5e-5, head lr 1e-3) for up to 10 epochs (at least "
+                   "50 steps), best dev macro-F1 (stops after 3 evaluations without a better one, not before half the "
+                   "steps)",
                    AUTO_TRAIN),
     "cls": Preset(dict(_CLS), "CLS-tuning: tanh MLP head on [CLS], all weights, cross-entropy"),
     "cls-relu": Preset({**_CLS, "activation": "relu"}, "CLS-tuning with a ReLU MLP head"),

@@ -40,6 +40,11 @@ VANILLA_TEMPLATE = "{text} {mask} ."
 TEMPLATE_STYLES = ("hybrid", "vanilla", "unified")
 
 
+# training settings added after results were recorded, at the value that computes what runs did before they
+# existed: left out of a run's identity at that value, so finished runs stay finished
+NEUTRAL_SETTINGS = {"patience_from": 0.0}
+
+
 def _unknown(keys: Any, known: set, where: str) -> None:
     bad = sorted(set(keys) - known)
     if bad:
@@ -186,7 +191,8 @@ def resolve(cfg: dict, dataset: str, preset: str, seed: int) -> tuple[Plan, dict
                 "files": {s: str(ds_cfg.get(s, "")).format(seed=seed) for s in ("train", "dev", "test")},
                 "data": {s: data_hash(d) for s, d in data.items()}, "preset": base, "backbone": backbone or "default",
                 "config": config.to_dict(), "verbalizer": verbalizer,
-                "train": {k: v for k, v in tc.to_dict().items() if k not in NOT_RESULT_SETTINGS}}
+                "train": {k: v for k, v in tc.to_dict().items()
+                          if k not in NOT_RESULT_SETTINGS and NEUTRAL_SETTINGS.get(k, ...) != v}}
     digest = hashlib.sha256(json.dumps(jsonable(identity), sort_keys=True).encode()).hexdigest()[:16]
     return Plan(dataset, preset, seed, base, backbone, config, verbalizer, tc, digest), data
 

@@ -62,6 +62,9 @@ class TrainConfig:
     """evaluate on dev this many times, evenly spread over training (none: once per epoch, or see eval_every)"""
     patience: int | None = None
     """stop after this many evaluations without a better dev macro-F1 (none: never)"""
+    patience_from: float = 0.0
+    """early stopping may stop only once this share of the planned steps has run (0.5: not while the learning
+    rate is still high, where dev scores are noisy)"""
     save_every: int | None = None
     """with a checkpoint directory: write a resumable checkpoint every N steps (none: at every dev evaluation)"""
     seed: int = 42
@@ -97,6 +100,9 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be a whole number")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio={self.warmup_ratio!r}: must be in [0, 1)")
+        if isinstance(self.patience_from, bool) or not isinstance(self.patience_from, (int, float)) \
+                or not 0 <= self.patience_from <= 1:
+            raise ConfigError(f"patience_from={self.patience_from!r}: must be a share of the steps in [0, 1]")
         if self.weight_decay < 0 or self.max_grad_norm <= 0:
             raise ConfigError(f"need weight_decay >= 0 and max_grad_norm > 0, got {self.weight_decay}, "
                               f"{self.max_grad_norm}")
@@ -390,7 +396,8 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
                         best_state = {n: p.detach().clone() for n, p in named.items()}
                     else:
                         state["bad_evals"] += 1
-                        state["stopped"] = cfg.patience is not None and state["bad_evals"] >= cfg.patience
+                        state["stopped"] = (cfg.patience is not None and state["bad_evals"] >= cfg.patience
+                                            and step >= cfg.patience_from * total)
                     if on_evaluate is not None:
                         on_evaluate(step, metrics)
                     if log:
