@@ -192,9 +192,9 @@ PRESETS: dict[str, Preset] = {
     "auto": Preset({"readout": "auto", "head": "cosine", "stages": ("contrastive",), "contrastive_below": 64},
                    "the default: the backbone's own pooling (mean on sentence encoders); below 64 training examples "
                    "per class, a contrastive stage (class-balanced pairs) first; a cosine head started from the "
-                   "class prototypes, everything fine-tuned (body lr 5e-5, head lr 1e-3) for up to 10 epochs (at least "
-                   "50 steps), best dev macro-F1 (stops after 3 evaluations without a better one, not before half the "
-                   "steps)",
+                   "class prototypes, everything fine-tuned (body lr 5e-5, head lr 1e-3) for up to 10 epochs (50 "
+                   "updates at least), best dev macro-F1 (stops after 3 evaluations without a better one, not in the "
+                   "first half of training)",
                    AUTO_TRAIN),
     "cls": Preset(dict(_CLS), "CLS-tuning: tanh MLP head on [CLS], all weights, cross-entropy"),
     "cls-relu": Preset({**_CLS, "activation": "relu"}, "CLS-tuning with a ReLU MLP head"),
