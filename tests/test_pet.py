@@ -82,13 +82,58 @@ def test_pet_command_saves_the_final_classifier(tiny_bert, tmp_path, capsys):
     args = ["pet", "--train", str(tmp_path / "train.tsv"), "--dev", str(tmp_path / "dev.tsv"), "--unlabeled",
             str(tmp_path / "u.txt"), "--pattern", "{text} it is {mask} .", "--pattern", "{mask} : {text}",
             "--verbalizer", str(tmp_path / "w.json"), "--backbone", tiny_bert, "--max-length", "64",
-            "--epochs", "1", "--final-preset", "cls", "--output", str(tmp_path / "out")]
+            "--epochs", "1", "--final-preset", "cls", "--mlm-weight", "0.01", "--output", str(tmp_path / "out")]
     assert main(args) == 0
     summary = json.loads((tmp_path / "out" / "pet.json").read_text())
-    assert len(summary["patterns"]) == 2 and "ensemble_dev_accuracy" in summary
+    assert len(summary["patterns"]) == 2 and "ensemble_dev_accuracy" in summary and summary["mlm_weight"] == 0.01
     assert tt.TailtuneClassifier.load(tmp_path / "out").predict(["good game"])
     assert "final classifier saved" in capsys.readouterr().out
     assert main(args) == 2  # the output exists: refused before any training
     three = ["--verbalizer", str(tmp_path / "w.json")] * 2  # 3 verbalizers for 2 patterns
     assert main([*args[:-2], *three, "--output", str(tmp_path / "o2")]) == 2
     assert "one per --pattern" in capsys.readouterr().err
+
+
+def test_the_auxiliary_mlm_loss_is_mixed_in_and_teaches_the_mlm_head(tiny_bert):
+    from tailtune.batch import collate
+    from tailtune.stages.lm import MaskedLMAux
+    from tailtune.training import ClassificationJob
+    unlabeled = [t + " and the price was good" for t in TOY_TEXTS] * 3
+    labels = sorted(set(TOY_LABELS))
+    cfg = tt.TrainConfig(epochs=6, batch_size=8, lr=1e-3, progress=False, seed=3)
+    model = tt.build_classifier(tt.config_from_preset("prompt", max_length=64), labels, tiny_bert,
+                                WORDS)
+    aux = MaskedLMAux(model, unlabeled, 0.25, 8, seed=3, max_length=64)
+    job = ClassificationJob(model, tt.TextDataset(TOY_TEXTS, TOY_LABELS), cfg, model.encode_training, aux=aux)
+    assert job.settings["aux"]["weight"] == 0.25
+    model.eval()  # no dropout: the same draws give the same numbers
+    idx = [0, 3, 5]
+    batch = collate([job.encoded(0)[i] for i in idx], model.tokenizer.pad_token_id, torch.device("cpu"))
+    task = model.training_loss(batch, job.targets[idx])
+    mlm = aux.loss(idx, 4)
+    assert float(aux.loss(idx, 4)) == pytest.approx(float(mlm))  # draws depend only on (seed, step, batch)
+    assert float(aux.loss(idx, 5)) != pytest.approx(float(mlm))
+    assert float(job.loss(idx, 4)) == pytest.approx(float(0.75 * task + 0.25 * mlm), rel=1e-5)
+    before = float(aux.loss(idx, 4))
+
+    clf = tt.TailtuneClassifier("prompt", tiny_bert, verbalizer=WORDS, max_length=64, train_config=cfg)
+    clf.fit(TOY_TEXTS, TOY_LABELS, dev=tt.TextDataset(TOY_TEXTS, TOY_LABELS), unlabeled=unlabeled, mlm_weight=0.5)
+    trained = MaskedLMAux(clf.model_.eval(), unlabeled, 0.5, 8, seed=3, max_length=64)
+    assert float(trained.loss(idx, 4)) < before - 0.5  # the shared encoder and MLM head learnt the texts
+    plain = tt.TailtuneClassifier("prompt", tiny_bert, verbalizer=WORDS, max_length=64, train_config=cfg)
+    plain.fit(TOY_TEXTS, TOY_LABELS, dev=tt.TextDataset(TOY_TEXTS, TOY_LABELS))
+    untaught = MaskedLMAux(plain.model_.eval(), unlabeled, 0.5, 8, seed=3, max_length=64)
+    assert float(trained.loss(idx, 4)) < float(untaught.loss(idx, 4)) - 0.5
+
+
+def test_the_auxiliary_mlm_loss_is_refused_before_training_where_it_cannot_work(tiny_bert):
+    for preset, weight, match in (("cls", 1e-4, "MLM head"), ("prompt", 1.0, "between 0 and 1"),
+                                  ("prompt", 0.0, "between 0 and 1")):
+        clf = tt.TailtuneClassifier(preset, tiny_bert, max_length=64, train_config=FAST)
+        with pytest.raises(tt.ConfigError, match=match):
+            clf.fit(TOY_TEXTS, TOY_LABELS, dev=tt.TextDataset(TOY_TEXTS, TOY_LABELS), unlabeled=["a text"],
+                    mlm_weight=weight)
+        assert not hasattr(clf, "model_")
+    with pytest.raises(tt.ConfigError, match="mlm_weight"):
+        run_pet(tt.TextDataset(TOY_TEXTS, TOY_LABELS), tt.TextDataset(TOY_TEXTS, TOY_LABELS), ["u"],
+                [Pattern("{text} it is {mask} .", WORDS)], tiny_bert, mlm_weight=1.0, log=lambda s: None)

@@ -129,6 +129,11 @@ def _device() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
+def _threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data-dir", default="../shared/data")
@@ -162,7 +167,7 @@ def main() -> None:
                        **{k: rep[k] for k in ("accuracy", "macro_f1", "head_f1", "tail_f1", "many_f1", "medium_f1",
                                               "few_f1", "group_rule")},
                        "n_train": len(train), "n_dev": len(dev), "n_test": len(test), "max_length": max_length,
-                       "device": _device(), "bf16": a.bf16 and method in TAILTUNE, **r}
+                       "device": _device(), "bf16": a.bf16 and method in TAILTUNE, "torch_threads": _threads(), **r}
                 print(f"    acc {row['accuracy']:.4f} macro-F1 {row['macro_f1']:.4f} tail-F1 {row['tail_f1']:.4f} "
                       f"({row['train_seconds']:.0f} s)", flush=True)
                 from tailtune.artefacts import jsonable

@@ -76,14 +76,17 @@ class TailtuneClassifier:
             checkpoint_dir: str | Path | None = None, resume: bool = False,
             log: Callable[[str], None] | None = None,
             on_evaluate: Callable[[int, dict], None] | None = None, soft_labels: Any = None,
-            temperature: float = 2.0) -> "TailtuneClassifier":
+            temperature: float = 2.0, unlabeled: Iterable[str] | None = None,
+            mlm_weight: float = 1e-4) -> "TailtuneClassifier":
         """Train on texts ``X`` (or a TextDataset) and labels ``y``; dev is carved if not given.
 
         With ``checkpoint_dir`` a resumable checkpoint is written at every dev evaluation (or every
         ``save_every`` steps); ``resume=True`` continues from it. ``log`` receives a line per evaluation,
         ``on_evaluate(step, dev_metrics)`` the metrics (an exception it raises stops training, e.g. pruning).
         ``soft_labels`` (texts, classes; columns in sorted label order, as ``labels_``) distils them instead of
-        learning ``y`` (KL at ``temperature``; PET's final classifier); it needs ``dev``.
+        learning ``y`` (KL at ``temperature``; PET's final classifier); it needs ``dev``. ``unlabeled`` texts add
+        PET's auxiliary masked-LM loss through the classifier's MLM head (prompt presets), weighted
+        ``mlm_weight`` against the task loss (PET: 1e-4).
         """
         if y is None and not isinstance(X, TextDataset):
             raise DataError("fit needs labels: fit(texts, labels) or fit(TextDataset)")
@@ -105,6 +108,11 @@ class TailtuneClassifier:
                                  class_counts=stats["counts"])
         model.to(resolve_device(self.train_config.device))
         model.input_format.set_pool(train_ds)  # (formats that draw demonstrations from the training set)
+        aux = None
+        if unlabeled is not None:
+            from .stages.lm import MaskedLMAux
+            aux = MaskedLMAux(model, list(unlabeled), mlm_weight, int(self.train_config.batch_size),
+                              self.train_config.seed, self.config.max_length)
         if log is not None:
             c = model.parameter_counts()
             log(f"trainable parameters: {c['trainable']:,} ({c['pct_of_backbone']:.3f}% of the backbone; "
@@ -131,7 +139,7 @@ class TailtuneClassifier:
         soft = None if soft_labels is None else torch.as_tensor(np.asarray(soft_labels), dtype=torch.float32)
         result = train(model, train_ds, self.train_config, evaluate if dev_enc else None,
                        checkpoint_dir=checkpoint_dir, resume=resume, settings={"dev": data_hash(dev)}, log=log,
-                       on_evaluate=on_evaluate, soft=soft, temperature=temperature)
+                       on_evaluate=on_evaluate, soft=soft, temperature=temperature, aux=aux)
         for stage in stages:
             if stage.when == "after":
                 stage_seconds += stage.run(model, train_ds, self.train_config, evaluate if dev_enc else None, log)

@@ -90,6 +90,9 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     e.add_argument("--verbalizer", action="append", default=None, metavar="JSON",
                    help="label -> word(s): one for every pattern, or one per --pattern in order (default: label names)")
     e.add_argument("--generations", type=int, default=0, help="iPET generations (default: 0, plain PET)")
+    e.add_argument("--mlm-weight", type=float, default=0.0,
+                   help="PET's auxiliary masked-LM loss on the unlabelled texts, weighted against the task loss "
+                   "(PET: 1e-4; default: 0, off)")
     e.add_argument("--preset", default="prompt", help="each pattern's model (default: prompt)")
     e.add_argument("--final-preset", default="auto", help="the distilled classifier (default: auto)")
     e.add_argument("--epochs", type=float, default=None, help="epochs of each pattern's model (default: the preset's)")
@@ -206,7 +209,8 @@ def cmd_pet(args: argparse.Namespace) -> int:
                 for k, t in enumerate(args.pattern)]
     member_cfg = preset_train_config(args.preset, **({"epochs": args.epochs} if args.epochs else {}))
     found = run_pet(train, dev, unlabeled, patterns, args.backbone, preset=args.preset, train_config=member_cfg,
-                    final_preset=args.final_preset, max_length=args.max_length, generations=args.generations)
+                    final_preset=args.final_preset, max_length=args.max_length, generations=args.generations,
+                    mlm_weight=args.mlm_weight)
     found["classifier"].save(args.output, overwrite=args.overwrite)
     summary = {k: v for k, v in found.items() if k != "classifier"}
     write_json(Path(args.output) / "pet.json", summary)

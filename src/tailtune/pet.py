@@ -13,8 +13,9 @@ iPET (``generations`` > 0): in generation g every PVP's model is trained anew on
 plus unlabelled texts labelled by the ensemble of the *other* PVPs' models of the previous
 generation, their most confident ones, ``n_c · (growth^g − 1)`` per class (``n_c``: the class's
 labelled count, so the class proportions of the labelled set are kept; ``growth`` = 5 as in the
-paper). PET's auxiliary MLM loss on unlabelled text is not implemented (``tailtune adapt-lm`` adapts the
-backbone on unlabelled text beforehand instead).
+paper). With ``mlm_weight`` > 0 every pattern's model also learns PET's auxiliary masked-LM task on the
+unlabelled texts (``(1 - w) · task loss + w · MLM loss``, PET: w = 1e-4; ``stages.lm.MaskedLMAux``).
+``tailtune adapt-lm`` adapts the backbone on unlabelled text beforehand, a complement.
 """
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def _confident(probs: np.ndarray, labels: list[str], per_class: dict[str, int]) 
 def run_pet(train: Any, dev: Any, unlabeled: list[str], patterns: list[Pattern], backbone: str | None = None, *,
             preset: str = "prompt", train_config: Any = None, final_preset: str = "auto",
             final_train_config: Any = None, max_length: int = 128, temperature: float = 2.0,
-            generations: int = 0, growth: float = 5.0, log: Callable[[str], None] = print) -> dict:
+            generations: int = 0, growth: float = 5.0, mlm_weight: float = 0.0,
+            log: Callable[[str], None] = print) -> dict:
     """PET (``generations=0``) or iPET; returns {"classifier": the distilled TailtuneClassifier, "patterns":
     per-PVP weight (zero-shot dev accuracy) and dev accuracy after training, "ensemble_dev_accuracy": ...}."""
     from .api import TailtuneClassifier
@@ -71,9 +73,9 @@ def run_pet(train: Any, dev: Any, unlabeled: list[str], patterns: list[Pattern],
         raise ConfigError("PET weights its patterns by dev accuracy: give a dev split (--dev)")
     if not unlabeled:
         raise ConfigError("PET distils on unlabelled texts: give some (--unlabeled)")
-    if temperature <= 0 or generations < 0 or growth <= 1:
-        raise ConfigError(f"need temperature > 0, generations >= 0 and growth > 1; got {temperature}, "
-                          f"{generations}, {growth}")
+    if temperature <= 0 or generations < 0 or growth <= 1 or not 0 <= mlm_weight < 1:
+        raise ConfigError(f"need temperature > 0, generations >= 0, growth > 1 and 0 <= mlm_weight < 1; got "
+                          f"{temperature}, {generations}, {growth}, {mlm_weight}")
     labels = label_space(train.labels)
     check_labels(dev, labels, "dev")
     counts = {y: list(train.labels).count(y) for y in labels}
@@ -93,8 +95,9 @@ def run_pet(train: Any, dev: Any, unlabeled: list[str], patterns: list[Pattern],
         total = sum(weights[k] for k in which) or 1.0
         return sum(weights[k] * models[k].decision_function(unl) for k in which) / total
 
+    aux = {"unlabeled": list(unlabeled), "mlm_weight": mlm_weight} if mlm_weight else {}
     for k, m in enumerate(members):
-        m.fit(train, dev=dev)
+        m.fit(train, dev=dev, **aux)
         log(f"PET: pattern {k + 1}/{len(members)} trained ({patterns[k].template!r})")
     for g in range(1, generations + 1):  # iPET
         need = {y: int(round(n * (growth ** g - 1))) for y, n in counts.items()}
@@ -104,7 +107,7 @@ def run_pet(train: Any, dev: Any, unlabeled: list[str], patterns: list[Pattern],
             probs = torch.softmax(torch.as_tensor(scores_of(members, others)), -1).numpy()
             rows, ys = _confident(probs, labels, need)
             grown = TextDataset(list(train.texts) + [unlabeled[i] for i in rows], list(train.labels) + ys)
-            new.append(member(p).fit(grown, dev=dev))
+            new.append(member(p).fit(grown, dev=dev, **aux))
         members = new
         log(f"iPET: generation {g} trained on {sum(need.values())} pseudo-labelled texts per pattern at most")
     gold = np.array([labels.index(y) for y in dev.labels])
@@ -123,6 +126,6 @@ def run_pet(train: Any, dev: Any, unlabeled: list[str], patterns: list[Pattern],
                           "text or better patterns")
     final.fit(texts, hard, dev=dev, soft_labels=np.concatenate([soft, onehot]), temperature=temperature)
     log(f"PET: final {final_preset} classifier distilled on {len(unlabeled)} unlabelled + {len(train)} labelled texts")
-    return {"classifier": final, "labels": labels, "ensemble_dev_accuracy": ensemble_acc,
+    return {"classifier": final, "labels": labels, "ensemble_dev_accuracy": ensemble_acc, "mlm_weight": mlm_weight,
             "patterns": [{"template": p.template, "weight": w, "dev_accuracy": a}
                          for p, w, a in zip(patterns, weights, dev_acc)]}

@@ -128,7 +128,7 @@ class ClassificationJob:
 
     def __init__(self, model: Any, examples: TextDataset, cfg: TrainConfig, encode: Encode,
                  settings: dict | None = None, sampling: str = "grouped", soft: torch.Tensor | None = None,
-                 temperature: float = 2.0) -> None:
+                 temperature: float = 2.0, aux: Any = None) -> None:
         index = {y: i for i, y in enumerate(model.labels)}
         unknown = sorted({y for y in examples.labels if y not in index})
         if unknown:
@@ -139,7 +139,7 @@ class ClassificationJob:
         if soft is not None and tuple(soft.shape) != (len(examples), len(model.labels)):
             raise DataError(f"soft labels: need one row of {len(model.labels)} class probabilities per example "
                             f"({len(examples)}), got shape {tuple(soft.shape)}")
-        self.soft, self.temperature = soft, temperature
+        self.soft, self.temperature, self.aux = soft, temperature, aux
         self.device = resolve_device(cfg.device)
         self.targets = torch.tensor([index[y] for y in examples.labels], dtype=torch.long)
         self.micro_batches = math.ceil(len(examples) / cfg.batch_size)
@@ -152,7 +152,7 @@ class ClassificationJob:
         train_settings = {k: v for k, v in cfg.to_dict().items() if k not in NOT_RESULT_SETTINGS}
         self.settings = {"classifier": model.config.to_dict(), "labels": list(model.labels),
                          "backbone": model.fingerprint, "train": train_settings, "data": data_hash(examples),
-                         **(settings or {})}
+                         **({"aux": aux.settings} if aux is not None else {}), **(settings or {})}
 
     def encoded(self, epoch: int) -> list[Encoded]:
         if not self.model.input_format.resamples:
@@ -186,9 +186,13 @@ class ClassificationJob:
         if self.cache is not None:
             batch["features"] = pad_features([self.cache[i] for i in idx])
         if self.soft is not None:  # distillation (PET's final classifier)
-            return self.model.distill_loss(batch, self.soft[idx].to(self.device), self.temperature, self.cfg.bf16)
-        return self.model.training_loss(batch, self.targets[idx].to(self.device), self.cfg.bf16,
-                                        progress=step / max(1, self.total_steps))
+            loss = self.model.distill_loss(batch, self.soft[idx].to(self.device), self.temperature, self.cfg.bf16)
+        else:
+            loss = self.model.training_loss(batch, self.targets[idx].to(self.device), self.cfg.bf16,
+                                            progress=step / max(1, self.total_steps))
+        if self.aux is None:
+            return loss
+        return (1 - self.aux.weight) * loss + self.aux.weight * self.aux.loss(idx, step, self.cfg.bf16)
 
     def param_roles(self) -> dict[str, str]:
         return self.model.param_roles()
@@ -203,7 +207,7 @@ def train(model: Any, examples: TextDataset, cfg: TrainConfig, evaluate: Callabl
           settings: dict | None = None, log: Callable[[str], None] | None = None, roles: tuple[str, ...] | None = None,
           sampling: str = "grouped", prototypes: bool = True, only: Callable[[str], bool] | None = None,
           on_evaluate: Callable[[int, dict], None] | None = None, soft: torch.Tensor | None = None,
-          temperature: float = 2.0) -> TrainResult:
+          temperature: float = 2.0, aux: Any = None) -> TrainResult:
     """Fine-tune ``model`` in place on ``examples``; keep the parameters with the best dev macro-F1.
 
     ``encode(examples, epoch)`` turns the examples into model inputs (default: the model's input
@@ -211,13 +215,15 @@ def train(model: Any, examples: TextDataset, cfg: TrainConfig, evaluate: Callabl
     steps (default: each epoch). See ``loop.run`` for checkpoints and resuming. ``roles`` limits what
     trains (e.g. ``("head",)``) and ``only`` to the parameter names it accepts; ``sampling="class-balanced"`` draws every class equally often; a head
     that takes class prototypes starts from them (unless ``prototypes`` is false or the run resumes).
-    ``soft`` (examples, classes) trains on soft labels instead (distillation at ``temperature``).
+    ``soft`` (examples, classes) trains on soft labels instead (distillation at ``temperature``). ``aux``
+    adds an auxiliary loss with a ``weight`` (``(1 - weight) · loss + weight · aux.loss(idx, step, bf16)``;
+    PET's masked-LM loss on unlabelled text, ``stages.lm.MaskedLMAux``).
     """
     model.set_trainable(roles, only)  # a shared backbone may hold other tasks' modules: train only ours
     model.input_format.set_pool(examples)  # (formats that draw demonstrations from the training set)
     model.to(resolve_device(cfg.device))
     job = ClassificationJob(model, examples, cfg, encode or model.encode_training, settings, sampling, soft,
-                            temperature)
+                            temperature, aux)
     start = time.perf_counter()
     if model.head.wants_prototypes and prototypes and not resume:  # (a resumed run restores the head instead)
         model.head.init_from_prototypes(model.class_prototypes(job.encoded(0), job.targets, cfg.eval_batch_size,

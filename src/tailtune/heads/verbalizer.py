@@ -52,6 +52,10 @@ class VerbalizerHead(Head):
         token_logits = z @ self.decoder_weight[self.token_ids].T + self.bias[self.token_ids]  # (batch, label tokens)
         return token_logits @ self.token_to_class.T
 
+    def vocab_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The whole MLM head on hidden states ``(n, hidden)`` -> ``(n, vocab)`` (PET's auxiliary MLM loss)."""
+        return self.layer_norm(self.act(self.dense(h))) @ self.decoder_weight.T + self.bias
+
     def class_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         w = self.token_to_class @ self.decoder_weight[self.token_ids]  # (classes, hidden)
         return w, self.token_to_class @ self.bias[self.token_ids]

@@ -163,6 +163,48 @@ def evaluate_mlm(lm: MaskedLM, batches: list[dict], device: torch.device, bf16: 
     return {"top1": top1 / n, "top5": top5 / n, "loss": loss / n, "masked_tokens": n}
 
 
+class MaskedLMAux:
+    """PET's auxiliary language-modelling task (Schick & Schütze, 2021): beside every labelled
+    micro-batch, a masked-LM loss on as many unlabelled texts through the classifier's own encoder and
+    MLM head (the verbalizer head's transform and the full decoder), so a prompt model keeps modelling
+    language while it learns the task: ``loss = (1 - weight) · task loss + weight · MLM loss`` (PET:
+    weight 1e-4). The texts and masks drawn depend only on (seed, step, micro-batch), so a resumed run
+    is the same run."""
+
+    def __init__(self, model: Any, texts: list[str], weight: float, batch_size: int, seed: int,
+                 max_length: int = 128, mlm_probability: float = 0.15) -> None:
+        if not hasattr(model.head, "vocab_logits"):
+            raise ConfigError(f"PET's auxiliary MLM loss needs the backbone's MLM head in the classifier "
+                              f"(head='verbalizer', as in --preset prompt); head={model.config.head!r} has none. "
+                              f"Drop the MLM weight or use a prompt preset")
+        if not 0 < weight < 1:
+            raise ConfigError(f"the auxiliary MLM weight must be between 0 and 1 (PET: 1e-4), got {weight}")
+        with quiet_transformers():
+            ids = model.tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                                  max_length=max_length - 2)["input_ids"]
+        self.chunks = [x for x in ids if x]
+        if not self.chunks:
+            raise DataError("the auxiliary MLM loss needs unlabelled texts with one or more tokens")
+        self.model, self.weight, self.batch_size, self.seed = model, weight, batch_size, seed
+        self.mlm_probability = mlm_probability
+        self.settings = {"weight": weight, "texts": len(self.chunks), "mlm_probability": mlm_probability,
+                         "max_length": max_length}
+
+    def loss(self, idx: list[int], step: int, bf16: bool = False) -> torch.Tensor:
+        """The masked-LM loss on ``batch_size`` unlabelled texts drawn for this step and micro-batch."""
+        key = self.seed * 1_000_003 + step * 7919 + (idx[0] if idx else 0)
+        rng = random.Random(key)
+        chunks = [self.chunks[rng.randrange(len(self.chunks))] for _ in range(self.batch_size)]
+        batch = mask_batch(chunks, self.model.tokenizer, self.mlm_probability, torch.Generator().manual_seed(key))
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast(device, bf16):
+            hidden = self.model.features(batch["input_ids"], batch["attention_mask"])
+            where = batch["labels"] != -100
+            logits = self.model.head.vocab_logits(hidden[where])
+        return F.cross_entropy(logits.float(), batch["labels"][where])
+
+
 class MaskedLMJob:
     """The loop's job for masked-LM adaptation: length-grouped chunks, BERT masking.
 
