@@ -27,12 +27,19 @@ def test_onnx_runtime_gives_the_same_scores(preset, options, tiny_bert, toy, tmp
     assert onnx.predict(TEXTS) == clf.predict(TEXTS)
 
 
-@pytest.mark.parametrize("preset", ["lora", "prefix"])
-def test_lora_and_prefixes_are_refused_with_a_reason(preset, tiny_bert, tmp_path, capsys):
+@pytest.mark.parametrize("preset,options", [("lora", {}), ("prefix", {}), ("prefix", {"prefix_reparam": 8})])
+def test_lora_and_prefixes_export_with_the_same_scores(preset, options, tiny_bert, tmp_path):
+    """LoRA is folded into the weights it adapts (W + (α/r)·B·A) and prefixes enter the traced attention, so the
+    graph holds plain layers; the batch size stays dynamic (5 texts here, 2 in the trace)."""
     from tiny import perturbed_module
-    perturbed_module(preset, tiny_bert, tmp_path / "m")
-    assert main(["export", str(tmp_path / "m"), "--output", str(tmp_path / "x")]) == 2
-    assert "changes attention itself" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    from tailtune.export import export_onnx
+    perturbed_module(preset, tiny_bert, tmp_path / "m", **options)  # (no task module is the identity)
+    before = {p: p.read_bytes() for p in (tmp_path / "m").rglob("*") if p.is_file()}
+    export_onnx(tmp_path / "m", tmp_path / "onnx")
+    ours = tt.TailtuneClassifier.load(tmp_path / "m")
+    onnx = OnnxClassifier(tmp_path / "onnx")
+    np.testing.assert_allclose(onnx.decision_function(TEXTS), ours.decision_function(TEXTS), atol=1e-4, rtol=1e-4)
+    assert {p: p.read_bytes() for p in (tmp_path / "m").rglob("*") if p.is_file()} == before  # the saved classifier is untouched
 
 
 def test_the_runtime_imports_without_pytorch(tiny_bert, toy, tmp_path):

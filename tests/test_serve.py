@@ -140,6 +140,13 @@ def test_precisions_of_prediction(tiny_bert, toy, tmp_path):
         tt.TrainConfig(precision="int8")
     from tailtune.multitask import TaskSet
     perturbed_module("lora", tiny_bert, tmp_path / "lo")
+    lora = tt.TailtuneClassifier.load(tmp_path / "lo", "cpu").decision_function(texts)
+    alone = tt.TailtuneClassifier.load(tmp_path / "lo", "cpu").set_precision("int8")  # on its own, LoRA is folded in
+    np.testing.assert_allclose(alone.decision_function(texts), lora, atol=0.3)
+    assert not any("lora_" in n for n, _ in alone.model_.named_modules())
+    with pytest.raises(tt.ConfigError, match="set to int8"):
+        alone.save(tmp_path / "q")
+    assert not (tmp_path / "q").exists()
     with pytest.raises(tt.ConfigError, match="int8 quantisation replaces"):
         TaskSet(precision="int8").add(tmp_path / "lo")
     perturbed_module("adapter", tiny_bert, tmp_path / "ad")

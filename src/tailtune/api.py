@@ -176,12 +176,14 @@ class TailtuneClassifier:
 
     def set_precision(self, precision: str) -> "TailtuneClassifier":
         """Prediction precision: ``fp32``, ``bf16`` (autocast), ``int8`` (dynamic quantisation of the linear
-        layers, CPU; not undone) or ``auto`` (fp32 or bf16, whichever is faster on this machine)."""
+        layers, CPU, after folding LoRA into the weights it adapts; not undone) or ``auto`` (fp32 or bf16, whichever is faster on this machine)."""
         from .device import quantize_int8, resolve_precision
         self._check_fitted()
         device = next(self.model_.parameters()).device
         self.precision_ = resolve_precision(precision, device)
-        if self.precision_ == "int8":
+        if self.precision_ == "int8":  # LoRA first folded into the weights it adapts: int8 replaces those layers
+            from .tuning.lora import merge_lora
+            merge_lora(self.model_.router, self.model_.task)
             quantize_int8(self.model_)
         return self
 
@@ -232,6 +234,10 @@ class TailtuneClassifier:
         """Save atomically (safetensors + JSON + a model card, README.md); an existing non-empty directory
         needs ``overwrite``. ``report`` (from ``evaluate``) puts test metrics on the card."""
         self._check_fitted()
+        if getattr(self, "precision_", None) == "int8":
+            raise ConfigError("this classifier was set to int8 for prediction (its linear layers are quantised and "
+                              "any LoRA folded in), which a saved classifier cannot hold; save it before "
+                              "set_precision('int8'), or load the saved one again")
         return save_classifier(self.model_, directory, self.save_metadata(report), overwrite)
 
     @classmethod

@@ -51,9 +51,8 @@ def export_onnx(directory: str | Path, output: str | Path, opset: int = 17, over
     from .batch import collate
     meta = read_classifier(directory)
     model = Classifier.load(directory, "cpu", backbone).eval()
-    if model.router.owners or model.router.prefixes:
-        raise ConfigError(f"{directory} changes attention itself (LoRA inside the encoder, or prefix tuning), which the "
-                          f"ONNX export does not support yet; export a classifier trained with another mechanism")
+    from .tuning.lora import merge_lora
+    merge_lora(model.router, model.task)  # LoRA: W + (α/r)·B·A folded into W, plain linear layers in the graph
     if model.input_format.resamples:
         raise ConfigError(f"{directory} appends demonstrations from its training pool to every input, which the "
                           f"ONNX runtime's tokenisation does not do; serve it with `tailtune serve` or predict "

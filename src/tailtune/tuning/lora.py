@@ -56,6 +56,26 @@ def delete_lora(encoder: nn.Module, task: str) -> None:
                 module.delete_adapter(task)
 
 
+def merge_lora(router: TaskRouter, task: str) -> int:
+    """Fold ``task``'s LoRA update into the weights it adapts (``W += (α/r)·B·A``) and put the plain base
+    layers back in place of PEFT's LoRA layers, so the encoder computes that task's function with plain
+    linear layers (for a model used by this task alone: an export's own copy). Returns the layers merged."""
+    import torch
+    merged = 0
+    for name, module in list(router.encoder.named_modules()):
+        if hasattr(module, "lora_A") and task in module.lora_A:
+            base = module.get_base_layer()
+            with torch.no_grad():
+                base.weight += module.get_delta_weight(task).to(base.weight.dtype)
+            parent = router.encoder.get_submodule(name.rpartition(".")[0]) if "." in name else router.encoder
+            setattr(parent, name.rpartition(".")[2], base)
+            merged += 1
+    if "lora_owner" in router.state:
+        router.owners.remove(router.state.pop("lora_owner"))
+        router.state.pop("lora_tasks", None)
+    return merged
+
+
 def _route_lora(router: TaskRouter) -> None:
     """Give every LoRA layer PEFT's per-row ``adapter_names`` from the current routed pass
     (``__base__`` = the plain model, also outside a routed pass)."""

@@ -50,7 +50,7 @@ class Prefix(nn.Module):
 def prefix_kv(router: TaskRouter, layer: int, batch: int, heads: int, device: torch.device,
               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Keys, values ``(batch, heads, P, head dim)`` and validity ``(batch, P)`` of the routed
-    prefixes at ``layer``; None when no row has a prefix."""
+    prefixes at ``layer`` (validity None: every prefix position is valid); None when no row has a prefix."""
     current = router.current
     routes = [r for r in (current.routes if current else ()) if r.task in router.prefixes]
     if not routes:
@@ -58,8 +58,12 @@ def prefix_kv(router: TaskRouter, layer: int, batch: int, heads: int, device: to
     if "prefix" not in current.cache:  # each task's prefix is computed once per forward
         current.cache["prefix"] = {r.task: router.prefixes[r.task]() for r in routes}
     tables = current.cache["prefix"]  # task -> (layers, 2, P, hidden)
-    length = max(t.shape[2] for t in tables.values())
     hidden = next(iter(tables.values())).shape[-1]
+    if len(routes) == 1 and routes[0].rows is None:  # one task for the whole batch: a view, no copy (and the
+        t = tables[routes[0].task][layer].to(dtype)  # batch size stays symbolic in an ONNX export's trace)
+        kv = t.view(2, 1, t.shape[1], heads, hidden // heads).transpose(2, 3).expand(-1, batch, -1, -1, -1)
+        return kv[0], kv[1], None
+    length = max(t.shape[2] for t in tables.values())
     kv = torch.zeros(2, batch, length, hidden, device=device, dtype=dtype)
     valid = torch.zeros(batch, length, dtype=torch.bool, device=device)
     for r in routes:
@@ -80,6 +84,12 @@ def _prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     if found is not None:
         pk, pv, valid = found
         key, value = torch.cat([pk, key], 2), torch.cat([pv, value], 2)
+        if valid is None:  # every row has its whole prefix: the mask (if any) gains P columns that are all on
+            if attention_mask is not None:
+                on = attention_mask[..., :1]
+                on = torch.ones_like(on) if on.dtype == torch.bool else torch.zeros_like(on)
+                attention_mask = torch.cat([on.expand(-1, -1, -1, pk.shape[2]), attention_mask], -1)
+            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
         if attention_mask is None and not bool(valid.all()):
             attention_mask = torch.ones(query.shape[0], 1, query.shape[2], key.shape[2] - pk.shape[2],
                                         dtype=torch.bool, device=query.device)
