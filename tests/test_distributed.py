@@ -91,3 +91,15 @@ def test_a_killed_two_process_run_resumes_to_the_same_end(setup):
     assert "resuming from" in out
     a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("var,name", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
+def test_a_sharded_launch_is_refused_before_training(var, name, setup, monkeypatch, capsys):
+    """`accelerate launch --use_fsdp / --use_deepspeed` would otherwise run unsharded without a word."""
+    from tailtune.cli import main
+    monkeypatch.setenv(var, "true")
+    out = setup / f"refused-{name}"
+    assert main(_cmd(setup, out, 1)[3:]) == 2  # (the arguments after `python -m tailtune.cli`)
+    err = capsys.readouterr().err
+    assert f"launched with {name}" in err and "--multi_gpu" in err and "Traceback" not in err
+    assert not (out / "tailtune.json").exists()

@@ -103,6 +103,7 @@ class TailtuneClassifier:
                             f"needs two or more")
         check_labels(dev, labels, "dev")
         stats = class_stats(train_ds.labels, self.theta)
+        procs = Processes(resolve_device(self.train_config.device))  # under `accelerate launch`: a share each
         set_seed(self.train_config.seed)
         model = build_classifier(self.config, labels, self.backbone, self.verbalizer, self.trust_remote_code,
                                  class_counts=stats["counts"])
@@ -119,7 +120,6 @@ class TailtuneClassifier:
                 f"{c['pct_of_backbone_without_head']:.3f}% without the head)")
         dev_enc = model.encode(dev.texts, dev.texts_b) if len(dev) else None
         dev_features: list = []  # filled at the first evaluation, inside the timed loop
-        procs = Processes(resolve_device(self.train_config.device))  # under `accelerate launch`: a share each
 
         def evaluate() -> dict:
             share = procs.share(dev_enc)

@@ -22,6 +22,7 @@ class Processes:
     """Rank, world size and the collective operations of the loop (trivial for one process)."""
 
     def __init__(self, device: torch.device) -> None:
+        refuse_sharded_launch()
         self.world, self.rank, self.state = 1, 0, None
         self.device = device
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -87,6 +88,20 @@ class Processes:
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
+
+
+def refuse_sharded_launch() -> None:
+    """A clear error, before any training, when ``accelerate launch`` asked for FSDP or DeepSpeed: the loop
+    is data-parallel (whole model per process, gradients summed), so it would silently run unsharded."""
+    asked = [name for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+             if os.environ.get(var, "").lower() in ("1", "true", "yes")]
+    if asked:
+        from .errors import ConfigError
+        raise ConfigError(f"launched with {asked[0]}, which tailtune does not support: its training loop is "
+                          f"data-parallel (every process holds the whole model and the gradients are summed over "
+                          f"processes), so the run would not be sharded. Launch without it, e.g. `accelerate launch "
+                          f"--multi_gpu --num_processes N -m tailtune.cli train ...`; the encoders tailtune tunes fit "
+                          f"one device (bf16 and --grad-accum lower the memory per process)")
 
 
 def is_main_process() -> bool:
