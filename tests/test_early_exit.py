@@ -96,3 +96,34 @@ def test_early_exit_over_the_verbalizer_head_with_soft_prompts(tiny_bert, toy):
     some, used = predict_early_exit(model, enc, "entropy", threshold, batch_size=16)
     one_by_one = [predict_early_exit(model, [e], "entropy", threshold) for e in enc]
     torch.testing.assert_close(torch.cat([s for s, _ in one_by_one]), some, atol=1e-5, rtol=1e-4)
+
+
+def test_mixed_task_batches_exit_row_by_row_as_each_task_alone(tiny_bert, toy, tmp_path):
+    """A TaskSet batch that mixes early-exit task modules (LoRA, prefix) and an ordinary one: each row leaves at
+    its own task's exit rule, with the scores and depth it gets predicted by its classifier alone."""
+    from tailtune.multitask import TaskSet
+    texts, labels = toy
+    for trains in ("lora", "prefix"):
+        _fit(tiny_bert, toy, trains=trains).save(tmp_path / trains)
+    tt.TailtuneClassifier("cls", tiny_bert, trains="adapter", train_config=tt.TrainConfig(
+        epochs=2, batch_size=8, lr=1e-3, seed=1, progress=False)).fit(texts, labels).save(tmp_path / "plain")
+    names = ["lora", "prefix", "plain"]
+    tasks = [names[i % 3] for i in range(len(texts))]
+    mixed, full = TaskSet(early_exit=True), TaskSet()
+    for name in names:
+        mixed.add(tmp_path / name)
+        full.add(tmp_path / name)
+    thresholds = {}
+    for name in ("lora", "prefix"):  # about half of each task's rows leave after the first layer
+        model = mixed.tasks[name]
+        thresholds[name] = model.head.threshold = _median_first_entropy(model, model.encode(texts))
+    got = mixed.logits(texts, tasks, batch_size=16)
+    for i, (text, task) in enumerate(zip(texts, tasks)):
+        if task == "plain":  # no exits: its full-depth scores
+            torch.testing.assert_close(got[i], full.logits([text], [task])[0], atol=1e-5, rtol=1e-4)
+            continue
+        alone = tt.TailtuneClassifier.load(tmp_path / task, "cpu").model_
+        want, _ = predict_early_exit(alone, alone.encode([text]), "entropy", thresholds[task])
+        torch.testing.assert_close(got[i], want[0], atol=1e-5, rtol=1e-4)
+    early = [i for i, t in enumerate(tasks) if t != "plain"]
+    assert any(not torch.allclose(got[i], full.logits([texts[i]], [tasks[i]])[0], atol=1e-4) for i in early)

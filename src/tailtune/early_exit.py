@@ -10,6 +10,7 @@ prompts) act in every layer through the router, as in a full pass.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,22 +47,109 @@ def _exits(rule: str, probs: torch.Tensor, threshold: float, patience: int, stre
     return leave, streak, answer
 
 
+@dataclass
+class ExitGroup:
+    """The rows of a batch that belong to one classifier, and the exit rule they leave by. A classifier
+    without exits (an ordinary head) answers after the last layer."""
+
+    model: Any
+    rows: torch.Tensor  # (n,) positions in the batch
+    soft_positions: torch.Tensor | None = None  # (n, soft tokens), aligned with rows
+    rule: str = "entropy"
+    threshold: float = 0.0
+    patience: int = 0
+
+
+def exit_group(model: Any, rows: torch.Tensor, soft: torch.Tensor | None = None, rule: str | None = None,
+               threshold: float | None = None, patience: int | None = None) -> ExitGroup:
+    """A group with the classifier's saved exit rule, or the one given."""
+    head = model.head
+    if not hasattr(head, "exits"):
+        return ExitGroup(model, rows, soft)
+    return ExitGroup(model, rows, soft, rule or head.rule, head.threshold if threshold is None else threshold,
+                     head.patience if patience is None else patience)
+
+
+@torch.no_grad()
+def exit_pass(encoder: Any, router: Any, batch: dict, groups: list[ExitGroup],
+              bf16: bool = False) -> tuple[list[torch.Tensor | None], torch.Tensor]:
+    """One batch, layer by layer, whose rows may belong to different classifiers on one encoder: each row
+    goes through its own task's modules (the router) and leaves at its classifier's first exit whose rule
+    fires (at the last layer at the latest). Returns (calibrated scores per row, layers used per row)."""
+    from transformers.masking_utils import create_bidirectional_mask
+    embeddings, layers = _encoder_parts(encoder)
+    device = batch["input_ids"].device
+    n = batch["input_ids"].shape[0]
+    owner = torch.full((n,), -1, dtype=torch.long, device=device)  # batch row -> its group
+    slot = torch.zeros(n, dtype=torch.long, device=device)  # batch row -> its place in the group
+    for g, group in enumerate(groups):
+        owner[group.rows] = g
+        slot[group.rows] = torch.arange(len(group.rows), device=device)
+    scores: list[torch.Tensor | None] = [None] * n
+    used = torch.zeros(n, dtype=torch.long)
+    active = torch.arange(n, device=device)
+    streak = torch.zeros(n, dtype=torch.long, device=device)
+    previous = torch.full((n,), -1, dtype=torch.long, device=device)
+
+    def routes() -> list[tuple[ExitGroup, torch.Tensor]]:
+        """Each group's positions among the active rows."""
+        mine = [(group, (owner[active] == g).nonzero().squeeze(1)) for g, group in enumerate(groups)]
+        return [(group, sel) for group, sel in mine if len(sel)]
+
+    def routed(found: list[tuple[ExitGroup, torch.Tensor]]) -> list[Route]:
+        whole = len(found) == 1 and len(found[0][1]) == len(active)  # (one task: no row lists)
+        return [Route(group.model.task, None if whole else sel,
+                      None if group.soft_positions is None else group.soft_positions[slot[active[sel]]])
+                for group, sel in found]
+
+    found = routes()
+    with autocast(device, bf16), router.route(routed(found)):
+        kwargs = {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
+        hidden = embeddings(input_ids=batch["input_ids"], **kwargs)  # (rows, seq, hidden)
+    config = encoder.config
+    for k, layer in enumerate(layers):
+        last = k == len(layers) - 1
+        mask2d = batch["attention_mask"][active]
+        leave = torch.zeros(len(active), dtype=torch.bool, device=device)
+        with autocast(device, bf16), router.route(routed(found)):
+            mask4d = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask2d)
+            hidden = layer(hidden, mask4d)
+            for group, sel in found:
+                model, exits = group.model, getattr(group.model.head, "exits", None)
+                if exits is None and not last:
+                    continue
+                rows = active[sel]
+                if exits is None:  # an ordinary head: its scores at full depth
+                    logits = model.calibrate(model.scores(hidden[sel], mask2d[sel], batch["position"][rows]).float())
+                    out = torch.ones(len(sel), dtype=torch.bool, device=device)
+                else:
+                    x, _ = model.readout(hidden[sel], mask2d[sel], batch["position"][rows])
+                    logits = model.calibrate(exits[k](x).float())
+                    out, streak[rows], previous[rows] = _exits(group.rule, logits.softmax(-1), group.threshold,
+                                                               group.patience, streak[rows], previous[rows])
+                    out = out | last
+                for r, row_scores in zip(rows[out].tolist(), logits[out].cpu()):
+                    scores[r] = row_scores
+                used[rows[out].cpu()] = k + 1
+                leave[sel] = out
+        keep = ~leave
+        active, hidden = active[keep], hidden[keep]
+        if not len(active):
+            break
+        found = routes()
+    return scores, used
+
+
 @torch.no_grad()
 def predict_early_exit(model: Any, encoded: list[Encoded], rule: str | None = None, threshold: float | None = None,
                        patience: int | None = None, batch_size: int = 64,
                        bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(calibrated scores (n, classes), layers used (n,)) with the head's exit rule (or the one given)."""
-    from transformers.masking_utils import create_bidirectional_mask
-    head = model.head
-    if not hasattr(head, "exits"):
+    if not hasattr(model.head, "exits"):
         raise ConfigError("early exit needs a classifier trained with head='early-exit'")
     if any(e.views for e in encoded):
         raise ConfigError("early exit scores one encoding per text; this input format averages several "
                           "(demonstration sets): predict without early exit")
-    rule = rule or head.rule
-    threshold = head.threshold if threshold is None else threshold
-    patience = head.patience if patience is None else patience
-    embeddings, layers = _encoder_parts(model.encoder)
     device = next(model.parameters()).device
     was_training = model.training
     if was_training:
@@ -69,35 +157,14 @@ def predict_early_exit(model: Any, encoded: list[Encoded], rule: str | None = No
     scores = torch.empty(len(encoded), len(model.labels))
     used = torch.zeros(len(encoded), dtype=torch.long)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    config = model.encoder.config
     for s in range(0, len(order), batch_size):
-        idx = torch.tensor(order[s:s + batch_size])
-        batch = collate([encoded[i] for i in idx.tolist()], model.tokenizer.pad_token_id, device)
-        soft = batch.get("soft_positions")
-        with autocast(device, bf16), model.router.route([Route(model.task, None, soft)]):
-            kwargs = {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
-            hidden = embeddings(input_ids=batch["input_ids"], **kwargs)  # (rows, seq, hidden)
-        active = torch.arange(len(idx), device=device)
-        streak = torch.zeros(len(idx), dtype=torch.long, device=device)
-        previous = torch.full((len(idx),), -1, dtype=torch.long, device=device)
-        for k, layer in enumerate(layers):
-            mask2d = batch["attention_mask"][active]
-            with autocast(device, bf16), model.router.route([Route(model.task, None,
-                                                                   soft[active] if soft is not None else None)]):
-                mask4d = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask2d)
-                hidden = layer(hidden, mask4d)
-                x, _ = model.readout(hidden, mask2d, batch["position"][active])
-                logits = model.calibrate(head.exits[k](x).float())
-            leave, streak, previous = _exits(rule, logits.softmax(-1), threshold, patience, streak, previous)
-            if k == len(layers) - 1:
-                leave = torch.ones_like(leave)
-            rows = idx[active[leave].cpu()]
-            scores[rows] = logits[leave].cpu()
-            used[rows] = k + 1
-            keep = ~leave
-            active, hidden, streak, previous = active[keep], hidden[keep], streak[keep], previous[keep]
-            if not len(active):
-                break
+        idx = order[s:s + batch_size]
+        batch = collate([encoded[i] for i in idx], model.tokenizer.pad_token_id, device)
+        group = exit_group(model, torch.arange(len(idx), device=device), batch.get("soft_positions"), rule,
+                           threshold, patience)
+        rows, layers_used = exit_pass(model.encoder, model.router, batch, [group], bf16)
+        scores[idx] = torch.stack(rows)  # type: ignore[arg-type]
+        used[idx] = layers_used
     if was_training:
         model.train()
     return scores, used

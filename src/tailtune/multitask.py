@@ -40,9 +40,11 @@ class TaskSet:
     one encoder in memory. ``predict`` takes a task name per text; one batch may mix tasks,
     and each row passes only through its own task's modules."""
 
-    def __init__(self, backbone: str | Backbone | None = None, device: str = "cpu", precision: str = "fp32") -> None:
+    def __init__(self, backbone: str | Backbone | None = None, device: str = "cpu", precision: str = "fp32",
+                 early_exit: bool = False) -> None:
         from .device import resolve_precision
         self.device = torch.device(device)
+        self.early_exit = early_exit  # early-exit tasks leave at their saved exit rule, in mixed batches too
         self.backbone = backbone
         self.tasks: dict[str, Classifier] = {}
         self.precision = resolve_precision(precision, self.device)  # fp32, bf16 or int8
@@ -118,6 +120,10 @@ class TaskSet:
             soft = [encoded[i].soft_positions for i in rows]
             routes.append(Route(name, torch.tensor(rows, device=self.device),
                                 torch.tensor(soft, device=self.device) if soft[0] else None))
+        if self.early_exit and any(hasattr(self.tasks[r.task].head, "exits") for r in routes):
+            from .early_exit import exit_group, exit_pass
+            groups = [exit_group(self.tasks[r.task], r.rows, r.soft_positions) for r in routes]
+            return exit_pass(self.backbone.encoder, TaskRouter.of(self.backbone.encoder), batch, groups, bf16)[0]
         all_layers = any(self.tasks[r.task].head.layers == "all" for r in routes)
         with autocast(self.device, bf16):
             hidden = TaskRouter.of(self.backbone.encoder).encode(

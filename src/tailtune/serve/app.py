@@ -52,7 +52,8 @@ class ServeConfig:
     """fp32, bf16, int8 (dynamic quantisation of the linear layers; CPU) or auto (fp32 or bf16, whichever is
     faster here)"""
     early_exit: bool = False
-    """early-exit classifiers (full models) leave at the first layer whose saved exit rule fires"""
+    """early-exit classifiers (full models and task modules, in mixed batches too) leave at the first layer whose
+    saved exit rule fires"""
 
     def __post_init__(self) -> None:
         for name in ("port", "max_batch", "max_texts", "max_chars"):

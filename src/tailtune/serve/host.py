@@ -24,7 +24,7 @@ class ModelHost:
     def __init__(self, root: str | Path, device: str = "cpu", backbone: str | None = None,
                  precision: str = "fp32", early_exit: bool = False) -> None:
         self.root, self.device, self.early_exit = Path(root), device, early_exit
-        self.modules = TaskSet(backbone, device, precision)
+        self.modules = TaskSet(backbone, device, precision, early_exit)
         self.precision = self.modules.precision
         self.full: dict[str, Any] = {}
         self.info: dict[str, dict] = {}
