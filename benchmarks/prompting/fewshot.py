@@ -1,0 +1,166 @@
+"""Issue 11's 16-shot benchmark: prompt-based fine-tuning, demonstrations, automatic templates and label
+words, PET / iPET and zero-shot, on LM-BFF's splits (16 per class for train and for dev, full test sets).
+
+Every method needs a backbone with a trained masked-LM head (``--backbone``: a Hugging Face MLM
+checkpoint, or the embedded MiniLM after ``tailtune adapt-lm``; the MiniLM as shipped has none, so its
+prompt scores would say nothing). One JSON line per (set, method, seed, backbone) in
+``benchmarks/results/prompting/fewshot.jsonl``, with accuracy, macro-F1, the training wall time (texts
+to a classifier ready to predict) and what a search found. Finished rows are skipped, so a killed run
+resumes.
+
+    tailtune adapt-lm --data ../shared/data/unlabeled/wikitext2-valid-test.txt --steps 300 --max-length 64 \\
+        --lr 1e-4 --output runs/minilm-lm
+    python benchmarks/prompting/fewshot.py --backbone runs/minilm-lm                    # everything, 5 seeds
+    python benchmarks/prompting/fewshot.py --backbone runs/minilm-lm --only sst2 --methods prompt zero-shot-cal
+
+Methods (the issue-4 few-shot recipe for every fine-tuning: lr 1e-4, batch 8, 20 epochs, best dev epoch):
+- ``prompt``: prompt-based fine-tuning with the set's manual template and label words (LM-BFF's);
+- ``demo-random`` / ``demo-similar``: + one demonstration per class (LM-BFF), drawn at random or among
+  the most similar half of each class; max length 256; 16 demonstration sets averaged at prediction;
+- ``auto-template``: ``search_templates`` (bank + MLM-filled connecting words, zero-shot dev accuracy),
+  then prompt-based fine-tuning with the winner;
+- ``auto-labelwords``: ``search_label_words`` (top-k words at [MASK] per class, re-ranked on dev), then
+  prompt-based fine-tuning with them;
+- ``pet`` / ``ipet``: three patterns (the manual one and two more), one prompt model each, weighted by
+  zero-shot dev accuracy, distilled into the default classifier on unlabelled texts of the set's classic
+  training data (minus anything in its test set; ``--unlabeled N`` of them; TREC has none here and
+  is skipped); ``ipet`` adds ``--generations`` iPET generations;
+- ``zero-shot`` / ``zero-shot-cal``: the manual prompt with no training, without and with contextual
+  calibration (a content-free input).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
+
+from multitask_zeroshot import EXTRA_TEMPLATES, TASKS  # noqa: E402
+from quality import FEWSHOT, load  # noqa: E402
+
+TREC = ("{mask} : {text}", {"0": "Description", "1": "Entity", "2": "Expression", "3": "Human", "4": "Location",
+                            "5": "Number"})
+PROMPTS = {**{t: (TASKS[t][3], TASKS[t][4]) for t in TASKS}, "trec": TREC}
+METHODS = ["zero-shot", "zero-shot-cal", "prompt", "demo-random", "demo-similar", "auto-template", "auto-labelwords",
+           "pet", "ipet"]
+
+
+def train_config(seed: int, epochs: float = 20.0):
+    import tailtune as tt
+    return tt.TrainConfig(epochs=epochs, batch_size=8, lr=1e-4, seed=seed, progress=False, eval_batch_size=128)
+
+
+def unlabeled_pool(data_dir: Path, name: str, test: list[str], n: int, seed: int) -> list[str]:
+    """Up to ``n`` texts of the set's classic training data that are not in its test set."""
+    import tailtune as tt
+    if name not in TASKS:
+        return []
+    folder, file = TASKS[name][0], TASKS[name][1]
+    seen = set(test)
+    texts = [t for t in dict.fromkeys(tt.read_dataset(data_dir / "classic" / folder / file).texts) if t not in seen]
+    random.Random(seed).shuffle(texts)
+    return texts[:n]
+
+
+def run(method: str, name: str, train, dev, test, seed: int, backbone: str, a) -> dict | None:
+    import tailtune as tt
+    template, words = PROMPTS[name]
+    labels = sorted(set(train.labels))
+    found: dict = {}
+    t0 = time.perf_counter()
+    if method.startswith("zero-shot"):
+        from tailtune.zeroshot import ZeroShotClassifier
+        zs = ZeroShotClassifier(labels, backbone, method="prompt", template=template, verbalizer=words,
+                                   calibrate=method == "zero-shot-cal", max_length=a.max_length)
+        seconds = time.perf_counter() - t0
+        pred = zs.predict(list(test.texts))
+        return {"predictions": pred, "train_seconds": seconds, "found": found}
+    kw: dict = {"template": template, "verbalizer": words, "max_length": a.max_length}
+    if method.startswith("demo-"):
+        kw.update(input_format="demonstrations", demo_selection=method[5:], max_length=a.demo_max_length)
+    elif method == "auto-template":
+        from tailtune.templates import search_templates
+        result = search_templates(train, dev, backbone, verbalizer=words, max_length=a.max_length)
+        kw["template"] = found["template"] = result["template"]
+    elif method == "auto-labelwords":
+        from tailtune.labelwords import search_label_words
+        result = search_label_words(train, dev, backbone, template=template, max_length=a.max_length)
+        kw["verbalizer"] = found["verbalizer"] = result["verbalizer"]
+    elif method in ("pet", "ipet"):
+        from tailtune.pet import Pattern, run_pet
+        pool = unlabeled_pool(Path(a.data_dir), name, list(test.texts), a.unlabeled, seed)
+        if not pool:
+            return None
+        patterns = [Pattern(t, words) for t in (template, *EXTRA_TEMPLATES)]
+        out = run_pet(train, dev, pool, patterns, backbone, train_config=train_config(seed, a.epochs),
+                      max_length=a.max_length, generations=a.generations if method == "ipet" else 0,
+                      mlm_weight=a.mlm_weight, final_train_config=tt.preset_train_config("auto", seed=seed,
+                                                                                            progress=False),
+                      log=lambda s: None)
+        seconds = time.perf_counter() - t0
+        found = {"patterns": out["patterns"], "ensemble_dev_accuracy": out["ensemble_dev_accuracy"],
+                 "unlabeled": len(pool)}
+        return {"predictions": out["classifier"].predict(list(test.texts)), "train_seconds": seconds, "found": found}
+    clf = tt.TailtuneClassifier("prompt", backbone, train_config=train_config(seed, a.epochs), **kw)
+    clf.fit(train, dev=dev)
+    seconds = time.perf_counter() - t0
+    return {"predictions": clf.predict(list(test.texts)), "train_seconds": seconds, "found": found}
+
+
+def main() -> None:
+    from tailtune.artefacts import jsonable
+    from tailtune.experiment import append_line
+    from tailtune.metrics import long_tail_report
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--backbone", required=True, help="a backbone with a trained masked-LM head")
+    p.add_argument("--only", nargs="*", default=list(FEWSHOT), help="sets (default: the seven 16-shot sets)")
+    p.add_argument("--methods", nargs="*", default=METHODS, choices=METHODS)
+    p.add_argument("--seeds", nargs="*", type=int, default=[13, 21, 42, 87, 100])
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--demo-max-length", type=int, default=256)
+    p.add_argument("--unlabeled", type=int, default=1000, help="unlabelled texts for PET / iPET")
+    p.add_argument("--generations", type=int, default=2, help="iPET generations")
+    p.add_argument("--mlm-weight", type=float, default=0.0, help="PET's auxiliary MLM loss weight (PET: 1e-4)")
+    p.add_argument("--epochs", type=float, default=20.0, help="epochs of every prompt model (smoke runs: fewer)")
+    p.add_argument("--limit-test", type=int, default=None, help="score only the first N test texts (smoke runs)")
+    p.add_argument("--out", default="benchmarks/results/prompting/fewshot.jsonl")
+    a = p.parse_args()
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["dataset"], r["method"], r["seed"], r["backbone"]) for r in map(json.loads, out.read_text().splitlines())
+            if r} if out.is_file() else set()
+    for name in a.only:
+        for seed in a.seeds:
+            train, dev, test, _, theta, _ = load(Path(a.data_dir), name, seed)
+            if a.limit_test:
+                test = test.subset(list(range(min(a.limit_test, len(test)))))
+            for method in a.methods:
+                if (name, method, seed, a.backbone) in done:
+                    continue
+                print(f"{name} {method} seed {seed}: {len(train)} train / {len(dev)} dev / {len(test)} test",
+                      flush=True)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    r = run(method, name, train, dev, test, seed, a.backbone, a)
+                if r is None:
+                    print("    skipped: no unlabelled texts for this set", flush=True)
+                    continue
+                rep = long_tail_report(test.labels, r["predictions"], theta)
+                row = {"dataset": name, "method": method, "seed": seed, "backbone": a.backbone,
+                       "accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], "n_train": len(train),
+                       "n_dev": len(dev), "n_test": len(test), "train_seconds": r["train_seconds"],
+                       "found": r["found"]}
+                print(f"    accuracy {row['accuracy']:.4f} macro-F1 {row['macro_f1']:.4f} "
+                      f"({row['train_seconds']:.0f} s)", flush=True)
+                append_line(out, json.dumps(jsonable(row)))
+
+
+if __name__ == "__main__":
+    main()
