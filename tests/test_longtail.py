@@ -168,3 +168,17 @@ def test_auto_runs_its_contrastive_stage_only_in_the_few_shot_regime(tiny_bert, 
     assert "contrastive_below" not in tt.config_from_preset("auto", stages=[]).options
     with pytest.raises(tt.ConfigError, match="--stages none"):
         tt.config_from_preset("auto", trains="head", stages=["contrastive"])
+
+
+def test_the_contrastive_stage_tunes_the_last_layer_under_an_early_exit_head(tiny_bert, toy):
+    """`auto` (contrastive stage below 64 examples per class) with `--head early-exit`: the readout gives one
+    vector per layer, and the pairs compare the last layer's (this crashed with a shape error)."""
+    texts, labels = toy
+    clf = tt.TailtuneClassifier("auto", tiny_bert, head="early-exit", contrastive_max_pairs=48,
+                                train_config=tt.TrainConfig(epochs=2, batch_size=8, lr=1e-3, progress=False, seed=1))
+    before = {n: p.detach().clone() for n, p in tt.build_classifier(clf.config, sorted(set(labels)), tiny_bert)
+              .encoder.named_parameters()}
+    clf.fit(texts, labels, dev=tt.TextDataset(texts, labels))
+    assert "contrastive" in clf.config.stages
+    assert any(not torch.equal(p, before[n]) for n, p in clf.model_.encoder.named_parameters())
+    assert len(clf.predict(texts)) == len(texts)

@@ -123,7 +123,7 @@ class PairJob:
         hidden = self.model.features(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
                                      batch.get("soft_positions"))
         x, _ = self.model.readout(hidden, batch["attention_mask"], batch["position"])
-        return x
+        return x[:, -1] if x.dim() == 3 else x  # a head that reads every layer (early exit): the last one
 
     def loss(self, pairs: list[tuple[int, int, float]], step: int) -> torch.Tensor:
         from ..device import autocast
