@@ -97,3 +97,29 @@ def test_template_search_ranks_the_bank_and_mlm_fillings_on_dev(tiny_bert, tmp_p
                  "--max-length", "64", "--output", str(tmp_path / "t.json")]) == 0
     assert "best:" in capsys.readouterr().out
     assert {r["source"] for r in json.loads((tmp_path / "t.json").read_text())["ranking"]} == {"bank"}
+
+
+def test_label_word_assignment_starts_distinct_and_never_shares_a_word():
+    from tailtune.labelwords import assign
+    # a weak MLM ranks the same generic word (7) first for both classes; the accuracy of any assignment that
+    # reuses a word is never asked for, and the distinct start is already an assignment the search can improve
+    asked = []
+
+    def accuracy(choice):
+        asked.append(list(choice))
+        return {(7, 3): 0.5, (7, 4): 0.6, (5, 4): 0.9}.get(tuple(choice), 0.0)
+    choice, best = assign([[7, 5], [7, 3, 4]], accuracy)
+    assert asked[0] == [7, 3] and all(len(set(c)) == len(c) for c in asked)
+    assert (choice, best) == ([5, 4], 0.9)
+    with pytest.raises(tt.ConfigError, match="raise top_k"):
+        assign([[7], [7]], accuracy)
+
+
+@pytest.mark.parametrize("rank", ["contrast", "likelihood"])
+def test_label_word_search_ranks_candidates_either_way(tiny_bert, rank):
+    from tailtune.labelwords import search_label_words
+    train, dev = tt.TextDataset(TOY_TEXTS * 2, TOY_LABELS * 2), tt.TextDataset(TOY_TEXTS, TOY_LABELS)
+    found = search_label_words(train, dev, tiny_bert, top_k=5, max_length=32, rank=rank)
+    assert found["rank"] == rank and len(set(found["verbalizer"].values())) == len(found["verbalizer"])
+    with pytest.raises(tt.ConfigError, match="unknown candidate ranking"):
+        search_label_words(train, dev, tiny_bert, rank="pmi")

@@ -69,6 +69,10 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     _search_data_args(w)
     w.add_argument("--template", default=None, help="template with {text} and {mask} (default: the prompt preset's)")
     w.add_argument("--top-k", type=int, default=10, help="candidate words per class (default: 10)")
+    w.add_argument("--rank", choices=["contrast", "likelihood"], default="contrast",
+                   help="candidate ranking: contrast (the class's mean log-probability at [MASK] minus all classes' "
+                   "mean, so generic words do not crowd out telling ones) or likelihood (LM-BFF's, the class's "
+                   "alone) (default: contrast)")
     w.add_argument("--output", "-o", default="verbalizer.json", help="the verbalizer JSON (default: verbalizer.json)")
     w.set_defaults(func=cmd_label_words)
     m = sub.add_parser("templates", help="search prompt templates on an MLM backbone: a written bank plus templates "
@@ -258,7 +262,8 @@ def cmd_label_words(args: argparse.Namespace) -> int:
     from .labelwords import search_label_words
     train = read_dataset(args.train, args.text_col, args.label_col)
     dev = read_dataset(args.dev, args.text_col, args.label_col)
-    found = search_label_words(train, dev, args.backbone, args.template, args.top_k, max_length=args.max_length)
+    found = search_label_words(train, dev, args.backbone, args.template, args.top_k, max_length=args.max_length,
+                               rank=args.rank)
     for label, word in found["verbalizer"].items():
         print(f"{label!r} -> {word!r}   (candidates: {', '.join(found['candidates'][label])})")
     print(f"zero-shot dev accuracy {found['dev_accuracy']:.4f}; written to {args.output} "
