@@ -137,3 +137,16 @@ def test_the_auxiliary_mlm_loss_is_refused_before_training_where_it_cannot_work(
     with pytest.raises(tt.ConfigError, match="mlm_weight"):
         run_pet(tt.TextDataset(TOY_TEXTS, TOY_LABELS), tt.TextDataset(TOY_TEXTS, TOY_LABELS), ["u"],
                 [Pattern("{text} it is {mask} .", WORDS)], tiny_bert, mlm_weight=1.0, log=lambda s: None)
+
+
+def test_the_final_classifier_can_sit_on_another_backbone(tiny_bert, tiny_roberta):
+    train = tt.TextDataset(TOY_TEXTS[::2], TOY_LABELS[::2])
+    dev = tt.TextDataset(TOY_TEXTS, TOY_LABELS)
+    out = run_pet(train, dev, [t + " again" for t in TOY_TEXTS], [Pattern("{text} it is {mask} .", WORDS)], tiny_bert,
+                  train_config=FAST, final_preset="cls", final_train_config=FAST, final_backbone=tiny_roberta,
+                  max_length=64, log=lambda s: None)
+    assert out["final_backbone"] == out["classifier"].model_.backbone_name == tiny_roberta
+    assert out["classifier"].predict(TOY_TEXTS[:2])
+    with pytest.raises(tt.ConfigError, match="cannot load backbone"):
+        run_pet(train, dev, ["x"], [Pattern("{text} it is {mask} .", WORDS)], tiny_bert, train_config=FAST,
+                final_backbone="/nowhere/model", log=lambda s: None)

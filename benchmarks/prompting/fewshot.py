@@ -1,11 +1,15 @@
 """Issue 11's 16-shot benchmark: prompt-based fine-tuning, demonstrations, automatic templates and label
 words, PET / iPET and zero-shot, on LM-BFF's splits (16 per class for train and for dev, full test sets).
 
-Every method needs a backbone with a trained masked-LM head (``--backbone``: a Hugging Face MLM
-checkpoint, or the embedded MiniLM after ``tailtune adapt-lm``; the MiniLM as shipped has none, so its
-prompt scores would say nothing). One JSON line per (set, method, seed, backbone) in
-``benchmarks/results/prompting/fewshot.jsonl``, with accuracy, macro-F1, the training wall time (texts
-to a classifier ready to predict) and what a search found. Finished rows are skipped, so a killed run
+Zero-shot, the searches and PET's pattern weights need a backbone with a trained masked-LM head
+(``--backbone``: a Hugging Face MLM checkpoint, or the embedded MiniLM after ``tailtune adapt-lm``; the
+MiniLM as shipped has none, so its zero-shot scores would say nothing). Prompt-based fine-tuning and
+demonstrations also run on ``--backbone default`` (the shipped MiniLM: the [MASK] transform starts
+random, the word embeddings are the decoder), as the issue-4 grid does.
+
+One JSON line per (set, method, seed, backbone) in ``benchmarks/results/prompting/fewshot.jsonl``, with
+accuracy, macro-F1, the training wall time (texts to a classifier ready to predict) and what a search
+found. Finished rows are skipped, so a killed run
 resumes.
 
     tailtune adapt-lm --data ../shared/data/unlabeled/wikitext2-valid-test.txt --steps 300 --max-length 64 \\
@@ -22,7 +26,8 @@ Methods (the issue-4 few-shot recipe for every fine-tuning: lr 1e-4, batch 8, 20
 - ``auto-labelwords``: ``search_label_words`` (top-k words at [MASK] per class, re-ranked on dev), then
   prompt-based fine-tuning with them;
 - ``pet`` / ``ipet``: three patterns (the manual one and two more), one prompt model each, weighted by
-  zero-shot dev accuracy, distilled into the default classifier on unlabelled texts of the set's classic
+  zero-shot dev accuracy, distilled into the default classifier (``auto`` on the embedded MiniLM, which
+  needs no MLM head; ``--pet-final-backbone`` changes it) on unlabelled texts of the set's classic
   training data (minus anything in its test set; ``--unlabeled N`` of them; TREC has none here and
   is skipped); ``ipet`` adds ``--generations`` iPET generations;
 - ``zero-shot`` / ``zero-shot-cal``: the manual prompt with no training, without and with contextual
@@ -100,12 +105,11 @@ def run(method: str, name: str, train, dev, test, seed: int, backbone: str, a) -
         patterns = [Pattern(t, words) for t in (template, *EXTRA_TEMPLATES)]
         out = run_pet(train, dev, pool, patterns, backbone, train_config=train_config(seed, a.epochs),
                       max_length=a.max_length, generations=a.generations if method == "ipet" else 0,
-                      mlm_weight=a.mlm_weight, final_train_config=tt.preset_train_config("auto", seed=seed,
-                                                                                            progress=False),
-                      log=lambda s: None)
+                      mlm_weight=a.mlm_weight, final_backbone=a.pet_final_backbone,
+                      final_train_config=tt.preset_train_config("auto", seed=seed, progress=False), log=lambda s: None)
         seconds = time.perf_counter() - t0
         found = {"patterns": out["patterns"], "ensemble_dev_accuracy": out["ensemble_dev_accuracy"],
-                 "unlabeled": len(pool)}
+                 "unlabeled": len(pool), "final_backbone": a.pet_final_backbone}
         return {"predictions": out["classifier"].predict(list(test.texts)), "train_seconds": seconds, "found": found}
     clf = tt.TailtuneClassifier("prompt", backbone, train_config=train_config(seed, a.epochs), **kw)
     clf.fit(train, dev=dev)
@@ -119,7 +123,8 @@ def main() -> None:
     from tailtune.metrics import long_tail_report
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="../shared/data")
-    p.add_argument("--backbone", required=True, help="a backbone with a trained masked-LM head")
+    p.add_argument("--backbone", required=True, help="a backbone with a trained masked-LM head (or 'default' for "
+                   "the fine-tuning methods)")
     p.add_argument("--only", nargs="*", default=list(FEWSHOT), help="sets (default: the seven 16-shot sets)")
     p.add_argument("--methods", nargs="*", default=METHODS, choices=METHODS)
     p.add_argument("--seeds", nargs="*", type=int, default=[13, 21, 42, 87, 100])
@@ -128,6 +133,9 @@ def main() -> None:
     p.add_argument("--unlabeled", type=int, default=1000, help="unlabelled texts for PET / iPET")
     p.add_argument("--generations", type=int, default=2, help="iPET generations")
     p.add_argument("--mlm-weight", type=float, default=0.0, help="PET's auxiliary MLM loss weight (PET: 1e-4)")
+    p.add_argument("--pet-final-backbone", default="default",
+                   help="backbone of PET's distilled `auto` classifier (default: the embedded MiniLM, the default "
+                   "classifier's; the pattern models use --backbone)")
     p.add_argument("--epochs", type=float, default=20.0, help="epochs of every prompt model (smoke runs: fewer)")
     p.add_argument("--limit-test", type=int, default=None, help="score only the first N test texts (smoke runs)")
     p.add_argument("--out", default="benchmarks/results/prompting/fewshot.jsonl")

@@ -5,7 +5,8 @@ texts, batch and length, in each precision, with the quality of each and the mac
         --limit 1024 --batch 64 --out benchmarks/results/serving/throughput.json
 
 MODEL_DIR is a classifier trained on the data's labels (the quality check); the pipeline runs
-`AutoModelForSequenceClassification` on the same backbone (its head is new: speed only). Timings:
+`AutoModelForSequenceClassification` on the same backbone (its head is new: speed only). The classifier
+is also exported (`tailtune export`) and run by ONNX Runtime in fp32 (``--no-onnx`` skips it). Timings:
 best of ``--repeats`` runs, the same process, nothing else of this benchmark running beside them.
 """
 from __future__ import annotations
@@ -49,6 +50,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=1024)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime row (needs tailtune[onnx])")
     p.add_argument("--out", default="benchmarks/results/serving/throughput.json")
     a = p.parse_args()
     ds = tt.read_dataset(a.data)
@@ -68,6 +70,17 @@ def main() -> None:
         report = long_tail_report(ds.labels, clf.predict(ds.texts))
         rows[f"tailtune {precision}"] = {"seconds": seconds, "tokens_per_second": tokens / seconds,
                                          "macro_f1": report["macro_f1"], "accuracy": report["accuracy"]}
+    if not a.no_onnx:  # the same classifier exported (`tailtune export`) and run by ONNX Runtime, fp32
+        import tempfile
+        from tailtune.deploy import OnnxClassifier
+        from tailtune.export import export_onnx
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onnx = OnnxClassifier(export_onnx(a.model, Path(tmp) / "onnx"))
+            seconds = best_of(lambda: onnx.decision_function(ds.texts, batch_size=a.batch), a.repeats)
+            report = long_tail_report(ds.labels, onnx.predict(ds.texts))
+        rows["ONNX Runtime fp32"] = {"seconds": seconds, "tokens_per_second": tokens / seconds,
+                                     "macro_f1": report["macro_f1"], "accuracy": report["accuracy"]}
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()

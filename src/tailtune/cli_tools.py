@@ -99,6 +99,8 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
                    "(PET: 1e-4; default: 0, off)")
     e.add_argument("--preset", default="prompt", help="each pattern's model (default: prompt)")
     e.add_argument("--final-preset", default="auto", help="the distilled classifier (default: auto)")
+    e.add_argument("--final-backbone", default=None, help="the distilled classifier's backbone, which needs no MLM "
+                   "head: 'default' is the embedded MiniLM (default: --backbone)")
     e.add_argument("--epochs", type=float, default=None, help="epochs of each pattern's model (default: the preset's)")
     e.add_argument("--output", required=True, help="directory of the final classifier (pet.json beside it)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -213,7 +215,8 @@ def cmd_pet(args: argparse.Namespace) -> int:
                 for k, t in enumerate(args.pattern)]
     member_cfg = preset_train_config(args.preset, **({"epochs": args.epochs} if args.epochs else {}))
     found = run_pet(train, dev, unlabeled, patterns, args.backbone, preset=args.preset, train_config=member_cfg,
-                    final_preset=args.final_preset, max_length=args.max_length, generations=args.generations,
+                    final_preset=args.final_preset, final_backbone=args.final_backbone, max_length=args.max_length,
+                    generations=args.generations,
                     mlm_weight=args.mlm_weight)
     found["classifier"].save(args.output, overwrite=args.overwrite)
     summary = {k: v for k, v in found.items() if k != "classifier"}

@@ -59,11 +59,15 @@ def _confident(probs: np.ndarray, labels: list[str], per_class: dict[str, int]) 
 
 def run_pet(train: Any, dev: Any, unlabeled: list[str], patterns: list[Pattern], backbone: str | None = None, *,
             preset: str = "prompt", train_config: Any = None, final_preset: str = "auto",
-            final_train_config: Any = None, max_length: int = 128, temperature: float = 2.0,
+            final_train_config: Any = None, final_backbone: str | None = None, max_length: int = 128,
+            temperature: float = 2.0,
             generations: int = 0, growth: float = 5.0, mlm_weight: float = 0.0,
             log: Callable[[str], None] = print) -> dict:
     """PET (``generations=0``) or iPET; returns {"classifier": the distilled TailtuneClassifier, "patterns":
-    per-PVP weight (zero-shot dev accuracy) and dev accuracy after training, "ensemble_dev_accuracy": ...}."""
+    per-PVP weight (zero-shot dev accuracy) and dev accuracy after training, "ensemble_dev_accuracy": ...}.
+
+    The pattern models need ``backbone``'s masked-LM head; the final classifier can sit on another backbone
+    (``final_backbone``, default: the same), e.g. a sentence encoder without an MLM head."""
     from .api import TailtuneClassifier
     from .config import preset_train_config
     from .data import TextDataset, check_labels, label_space
@@ -85,6 +89,11 @@ def run_pet(train: Any, dev: Any, unlabeled: list[str], patterns: list[Pattern],
                                   max_length=max_length, train_config=train_config or preset_train_config(preset))
 
     members = [member(p) for p in patterns]
+    if final_backbone is not None:  # a wrong name or path fails now, not after the pattern models trained
+        from .backbone import load_tokenizer
+        load_tokenizer(final_backbone)
+    final = TailtuneClassifier(final_preset, backbone if final_backbone is None else final_backbone,
+                               max_length=max_length, train_config=final_train_config or preset_train_config(final_preset))
     weights = [_zero_shot_accuracy(m, labels, dev) for m in members]
     log("PET: pattern weights (zero-shot dev accuracy) " + ", ".join(f"{w:.3f}" for w in weights))
     if not sum(weights):  # no pattern gets anything right before training: weigh them alike
@@ -119,13 +128,12 @@ def run_pet(train: Any, dev: Any, unlabeled: list[str], patterns: list[Pattern],
     onehot = np.eye(len(labels))[[labels.index(y) for y in train.labels]]
     texts = list(unlabeled) + list(train.texts)
     hard = [labels[i] for i in soft.argmax(1)] + list(train.labels)
-    final = TailtuneClassifier(final_preset, backbone, max_length=max_length,
-                               train_config=final_train_config or preset_train_config(final_preset))
     if set(hard) != set(labels):
         raise ConfigError("the ensemble never predicts some classes on the unlabelled texts; give more unlabelled "
                           "text or better patterns")
     final.fit(texts, hard, dev=dev, soft_labels=np.concatenate([soft, onehot]), temperature=temperature)
     log(f"PET: final {final_preset} classifier distilled on {len(unlabeled)} unlabelled + {len(train)} labelled texts")
     return {"classifier": final, "labels": labels, "ensemble_dev_accuracy": ensemble_acc, "mlm_weight": mlm_weight,
+            "final_backbone": final.model_.backbone_name,
             "patterns": [{"template": p.template, "weight": w, "dev_accuracy": a}
                          for p, w, a in zip(patterns, weights, dev_acc)]}

@@ -1,0 +1,69 @@
+"""Issue 11's 16-shot table: the prompting methods (fewshot.jsonl) beside the default and the peers of the
+same sets and seeds (benchmarks/results/quality/results.jsonl) -> benchmarks/results/prompting/table.md.
+
+    python benchmarks/prompting/table.py
+
+Cells: test accuracy, mean ± population std over the seeds the row ran (their count in brackets when
+it is not every seed of the set), then the median training wall time per run in seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from fewshot import METHODS
+
+NAMES = {"zero-shot": "zero-shot, manual prompt (no training)", "zero-shot-cal": "zero-shot + contextual calibration",
+         "prompt": "prompt-based fine-tuning, manual prompt", "demo-random": "+ demonstrations, random",
+         "demo-similar": "+ demonstrations, similar", "auto-template": "automatic template, then fine-tuning",
+         "auto-labelwords": "automatic label words, then fine-tuning", "pet": "PET (3 patterns, distilled into `auto`)",
+         "ipet": "iPET", "auto": "**tailtune default (`auto`)**, default MiniLM", "cls": "`cls`, default MiniLM",
+         "setfit": "SetFit, default MiniLM", "lr-balanced": "embeddings + balanced LR, default MiniLM"}
+PEERS = ["auto", "cls", "setfit", "lr-balanced"]
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def table(fewshot: list[dict], quality: list[dict]) -> str:
+    sets = list(dict.fromkeys(r["dataset"] for r in fewshot))
+    backbones = list(dict.fromkeys(r["backbone"] for r in fewshot))
+    lines = []
+    for s in sets:
+        seeds = sorted({r["seed"] for r in fewshot if r["dataset"] == s})
+        lines += [f"**{s}** (seeds {', '.join(map(str, seeds))}; accuracy, then median seconds per run)", "",
+                  "| method | backbone | accuracy | seconds |", "|---|---|---|---|"]
+
+        def line(name: str, backbone: str, got: list[dict]) -> None:
+            if not got:
+                return
+            acc = [100 * r["accuracy"] for r in got]
+            n = "" if len(got) == len(seeds) else f" [{len(got)}]"
+            std = f" ± {statistics.pstdev(acc):.1f}" if len(acc) > 1 else ""
+            lines.append(f"| {name} | {backbone} | {statistics.mean(acc):.1f}{std}{n} | "
+                         f"{statistics.median(r['train_seconds'] for r in got):.0f} |")
+        for b in backbones:
+            for m in METHODS:
+                line(NAMES[m], f"`{b}`", [r for r in fewshot if (r["dataset"], r["method"], r["backbone"]) == (s, m, b)])
+        for m in PEERS:
+            line(NAMES[m], "MiniLM", [r for r in quality if r["dataset"] == s and r["method"] == m and r["seed"] in seeds])
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--results", default="benchmarks/results/prompting/fewshot.jsonl")
+    p.add_argument("--quality", default="benchmarks/results/quality/results.jsonl")
+    p.add_argument("--out", default="benchmarks/results/prompting/table.md")
+    a = p.parse_args()
+    text = table(_rows(Path(a.results)), _rows(Path(a.quality)))
+    Path(a.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
