@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 import random
 import sys
 import time
@@ -47,11 +48,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
 
 from multitask_zeroshot import EXTRA_TEMPLATES, TASKS  # noqa: E402
-from quality import FEWSHOT, load  # noqa: E402
+from quality import FEWSHOT, KSHOT, load  # noqa: E402
 
 TREC = ("{mask} : {text}", {"0": "Description", "1": "Entity", "2": "Expression", "3": "Human", "4": "Location",
                             "5": "Number"})
-PROMPTS = {**{t: (TASKS[t][3], TASKS[t][4]) for t in TASKS}, "trec": TREC}
+# the long-tail K-shot subsets: the long-tail grid's templates (benchmarks/longtail.yaml), label names as words
+LONGTAIL_TEMPLATES = {"r52": "{text} This is {mask} news .", "trec50": "{text} The question is about {mask} ."}
+# PET's two further patterns per source (the 16-shot sets use multitask_zeroshot.EXTRA_TEMPLATES)
+PET_EXTRA = {"r52": ["{mask} news : {text}", "{text} The topic is {mask} ."],
+             "trec50": ["{mask} : {text}", "{text} This question asks for {mask} ."]}
+PROMPTS = {**{t: (TASKS[t][3], TASKS[t][4]) for t in TASKS}, "trec": TREC,
+           **{k: (LONGTAIL_TEMPLATES[src], None) for k, (src, _) in KSHOT.items()}}
 METHODS = ["zero-shot", "zero-shot-cal", "prompt", "demo-random", "demo-similar", "auto-template", "auto-labelwords",
            "pet", "ipet"]
 
@@ -61,14 +68,20 @@ def train_config(seed: int, epochs: float = 20.0):
     return tt.TrainConfig(epochs=epochs, batch_size=8, lr=1e-4, seed=seed, progress=False, eval_batch_size=128)
 
 
-def unlabeled_pool(data_dir: Path, name: str, test: list[str], n: int, seed: int) -> list[str]:
-    """Up to ``n`` texts of the set's classic training data that are not in its test set."""
+def unlabeled_pool(data_dir: Path, name: str, train, dev, test, n: int, seed: int) -> list[str]:
+    """Up to ``n`` unlabelled texts: the set's classic training data minus its test set (16-shot sets), or the
+    rest of the long-tail training set, minus the K-shot train and dev texts and the test set (K-shot sets)."""
     import tailtune as tt
-    if name not in TASKS:
+    seen = set(test.texts) | set(train.texts) | set(dev.texts)
+    if name in KSHOT:
+        full, *_ = load(data_dir, KSHOT[name][0], seed)
+        source = list(full.texts)
+    elif name in TASKS:
+        folder, file = TASKS[name][0], TASKS[name][1]
+        source = list(tt.read_dataset(data_dir / "classic" / folder / file).texts)
+    else:
         return []
-    folder, file = TASKS[name][0], TASKS[name][1]
-    seen = set(test)
-    texts = [t for t in dict.fromkeys(tt.read_dataset(data_dir / "classic" / folder / file).texts) if t not in seen]
+    texts = [t for t in dict.fromkeys(source) if t not in seen]
     random.Random(seed).shuffle(texts)
     return texts[:n]
 
@@ -99,10 +112,11 @@ def run(method: str, name: str, train, dev, test, seed: int, backbone: str, a) -
         kw["verbalizer"] = found["verbalizer"] = result["verbalizer"]
     elif method in ("pet", "ipet"):
         from tailtune.pet import Pattern, run_pet
-        pool = unlabeled_pool(Path(a.data_dir), name, list(test.texts), a.unlabeled, seed)
+        pool = unlabeled_pool(Path(a.data_dir), name, train, dev, test, a.unlabeled, seed)
         if not pool:
             return None
-        patterns = [Pattern(t, words) for t in (template, *EXTRA_TEMPLATES)]
+        extra = PET_EXTRA[KSHOT[name][0]] if name in KSHOT else EXTRA_TEMPLATES
+        patterns = [Pattern(t, words) for t in (template, *extra)]
         out = run_pet(train, dev, pool, patterns, backbone, train_config=train_config(seed, a.epochs),
                       max_length=a.max_length, generations=a.generations if method == "ipet" else 0,
                       mlm_weight=a.mlm_weight, final_backbone=a.pet_final_backbone,
@@ -125,7 +139,8 @@ def main() -> None:
     p.add_argument("--data-dir", default="../shared/data")
     p.add_argument("--backbone", required=True, help="a backbone with a trained masked-LM head (or 'default' for "
                    "the fine-tuning methods)")
-    p.add_argument("--only", nargs="*", default=list(FEWSHOT), help="sets (default: the seven 16-shot sets)")
+    p.add_argument("--only", nargs="*", default=list(FEWSHOT), help="sets (default: the seven 16-shot sets; also r52-k8, trec50-k32, ...: the long-tail K-shot subsets, "
+                   "whose unlabelled pool is the rest of the training set)")
     p.add_argument("--methods", nargs="*", default=METHODS, choices=METHODS)
     p.add_argument("--seeds", nargs="*", type=int, default=[13, 21, 42, 87, 100])
     p.add_argument("--max-length", type=int, default=64)
@@ -146,7 +161,9 @@ def main() -> None:
             if r} if out.is_file() else set()
     for name in a.only:
         for seed in a.seeds:
-            train, dev, test, _, theta, _ = load(Path(a.data_dir), name, seed)
+            train, dev, test, length, theta, _ = load(Path(a.data_dir), name, seed)
+            # the K-shot subsets keep the long-tail protocol's length (R52 48, TREC-50 64)
+            opts = argparse.Namespace(**{**vars(a), "max_length": length}) if name in KSHOT else a
             if a.limit_test:
                 test = test.subset(list(range(min(a.limit_test, len(test)))))
             for method in a.methods:
@@ -156,13 +173,14 @@ def main() -> None:
                       flush=True)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    r = run(method, name, train, dev, test, seed, a.backbone, a)
+                    r = run(method, name, train, dev, test, seed, a.backbone, opts)
                 if r is None:
                     print("    skipped: no unlabelled texts for this set", flush=True)
                     continue
-                rep = long_tail_report(test.labels, r["predictions"], theta)
+                rep = long_tail_report(test.labels, r["predictions"], theta, dict(Counter(train.labels)))
                 row = {"dataset": name, "method": method, "seed": seed, "backbone": a.backbone,
-                       "accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], "n_train": len(train),
+                       "accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], "tail_f1": rep["tail_f1"],
+                       "n_train": len(train),
                        "n_dev": len(dev), "n_test": len(test), "train_seconds": r["train_seconds"],
                        "found": r["found"]}
                 print(f"    accuracy {row['accuracy']:.4f} macro-F1 {row['macro_f1']:.4f} "
