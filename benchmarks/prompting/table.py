@@ -1,5 +1,6 @@
 """Issue 11's 16-shot table: the prompting methods (fewshot.jsonl) beside the default and the peers of the
-same sets and seeds (benchmarks/results/quality/results.jsonl) -> benchmarks/results/prompting/table.md.
+same sets and seeds (benchmarks/results/quality/results.jsonl), and the multi-task prompted zero-shot
+runs (multitask_zeroshot.jsonl) -> benchmarks/results/prompting/table.md.
 
     python benchmarks/prompting/table.py
 
@@ -54,13 +55,33 @@ def table(fewshot: list[dict], quality: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def multitask_table(rows: list[dict]) -> str:
+    """Leave-one-task-out multi-task prompted zero-shot (multitask_zeroshot.jsonl): test accuracy."""
+    if not rows:
+        return ""
+    backbones = ", ".join(f"`{b}`" for b in dict.fromkeys(r["backbone"] for r in rows))
+    lines = [f"**Multi-task prompted zero-shot** on {backbones} (leave one task out; test accuracy, no example of the "
+             f"held-out task; {rows[0]['max_per_task']} examples per training task, {rows[0]['epochs']:g} epoch)",
+             "", "| held-out task | trained on | untouched | untouched + calibration | multi-task | multi-task + "
+             "calibration | training seconds |", "|---|---|---|---|---|---|---|"]
+    for held in dict.fromkeys(r["held_out"] for r in rows):
+        got = {(r["state"], r["calibrated"]): r for r in rows if r["held_out"] == held}
+        cells = [f"{100 * got[k]['accuracy']:.1f}" if k in got else "–"
+                 for k in (("untouched", False), ("untouched", True), ("multi-task", False), ("multi-task", True))]
+        first = next(iter(got.values()))
+        seconds = got.get(("multi-task", False), first)["train_seconds"]
+        lines.append(f"| {held} | {', '.join(first['trained_on'])} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--results", default="benchmarks/results/prompting/fewshot.jsonl")
     p.add_argument("--quality", default="benchmarks/results/quality/results.jsonl")
+    p.add_argument("--multitask", default="benchmarks/results/prompting/multitask_zeroshot.jsonl")
     p.add_argument("--out", default="benchmarks/results/prompting/table.md")
     a = p.parse_args()
-    text = table(_rows(Path(a.results)), _rows(Path(a.quality)))
+    text = table(_rows(Path(a.results)), _rows(Path(a.quality))) + "\n" + multitask_table(_rows(Path(a.multitask)))
     Path(a.out).write_text(text)
     print(text)
 
