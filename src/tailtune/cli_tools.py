@@ -216,8 +216,7 @@ def cmd_pet(args: argparse.Namespace) -> int:
     member_cfg = preset_train_config(args.preset, **({"epochs": args.epochs} if args.epochs else {}))
     found = run_pet(train, dev, unlabeled, patterns, args.backbone, preset=args.preset, train_config=member_cfg,
                     final_preset=args.final_preset, final_backbone=args.final_backbone, max_length=args.max_length,
-                    generations=args.generations,
-                    mlm_weight=args.mlm_weight)
+                    generations=args.generations, mlm_weight=args.mlm_weight)
     found["classifier"].save(args.output, overwrite=args.overwrite)
     summary = {k: v for k, v in found.items() if k != "classifier"}
     write_json(Path(args.output) / "pet.json", summary)

@@ -63,7 +63,8 @@ def _whole_words(tokenizer: Any, ids: list[int]) -> list[tuple[int, str]]:
 RANKS = ("contrast", "likelihood")
 
 
-def assign(candidates: list[list[int]], accuracy: Callable[[list[int]], float], passes: int = 3) -> tuple[list[int], float]:
+def assign(candidates: list[list[int]], accuracy: Callable[[list[int]], float],
+           passes: int = 3) -> tuple[list[int], float]:
     """One distinct token per class from its candidates (best first), improved by coordinate ascent on
     ``accuracy``; returns (tokens, their accuracy)."""
     choice: list[int] = []
