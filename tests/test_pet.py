@@ -82,10 +82,12 @@ def test_pet_command_saves_the_final_classifier(tiny_bert, tmp_path, capsys):
     args = ["pet", "--train", str(tmp_path / "train.tsv"), "--dev", str(tmp_path / "dev.tsv"), "--unlabeled",
             str(tmp_path / "u.txt"), "--pattern", "{text} it is {mask} .", "--pattern", "{mask} : {text}",
             "--verbalizer", str(tmp_path / "w.json"), "--backbone", tiny_bert, "--max-length", "64",
-            "--epochs", "1", "--final-preset", "cls", "--mlm-weight", "0.01", "--output", str(tmp_path / "out")]
+            "--epochs", "1", "--final-preset", "cls", "--final-backbone", tiny_bert, "--mlm-weight", "0.01",
+            "--output", str(tmp_path / "out")]
     assert main(args) == 0
     summary = json.loads((tmp_path / "out" / "pet.json").read_text())
     assert len(summary["patterns"]) == 2 and "ensemble_dev_accuracy" in summary and summary["mlm_weight"] == 0.01
+    assert summary["final_backbone"] == tiny_bert
     assert tt.TailtuneClassifier.load(tmp_path / "out").predict(["good game"])
     assert "final classifier saved" in capsys.readouterr().out
     assert main(args) == 2  # the output exists: refused before any training
