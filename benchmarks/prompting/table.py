@@ -4,8 +4,9 @@ runs (multitask_zeroshot.jsonl) -> benchmarks/results/prompting/table.md.
 
     python benchmarks/prompting/table.py
 
-Cells: test accuracy (macro-F1 on the long-tail K-shot subsets, as in the peer suite), mean ± population std over the seeds the row ran (their count in brackets when
-it is not every seed of the set), then the median training wall time per run in seconds.
+Cells: test accuracy (macro-F1 on the long-tail K-shot subsets, as in the peer suite), mean ± population
+std over the seeds the row ran (their count in brackets when it is not every seed of the set), then the
+median training wall time per run in seconds.
 """
 from __future__ import annotations
 
