@@ -134,6 +134,10 @@ def test_precisions_of_prediction(tiny_bert, toy, tmp_path):
     for precision, atol in (("bf16", 0.1), ("int8", 0.15)):
         other = tt.TailtuneClassifier.load(tmp_path / "m", "cpu").set_precision(precision).decision_function(texts)
         np.testing.assert_allclose(other, fp32, atol=atol)
+    q = tt.TailtuneClassifier.load(tmp_path / "m", "cpu").set_precision("int8").model_
+    qlinear = [m for m in q.modules() if type(m).__name__ == "Linear" and hasattr(m, "weight") and callable(m.weight)]
+    assert qlinear and not any(isinstance(m, torch.nn.Linear) for m in q.modules())  # every linear layer int8
+    assert {m.weight().qscheme() for m in qlinear} == {torch.per_channel_affine}  # one scale per output channel
     assert resolve_precision("auto", "cpu") == fastest_precision("cpu") in ("fp32", "bf16")
     assert tt.TrainConfig(precision="auto").bf16 == (fastest_precision("cpu") == "bf16")
     with pytest.raises(tt.ConfigError, match="for prediction only"):

@@ -74,7 +74,7 @@ def load(data_dir: Path, name: str, seed: int):
         return read("train"), read("dev"), read("test"), 64, 0.65, True
     source, k = KSHOT[name]
     train, dev, test, max_length, theta, _ = load(data_dir, source, seed)
-    pool = train if source != "r52" else train  # the training split only; dev/test stay as they are
+    pool = train  # K per class drawn from the training split only; test stays as it is
     rng = random.Random(seed)
     by_class: dict[str, list[int]] = {}
     for i, y in enumerate(pool.labels):
