@@ -57,6 +57,19 @@ def test_rules_and_the_api(tiny_bert, toy):
     assert clf.layers_used_.float().mean() < 2 and len(fast) == len(full)
     curve = exit_curve(clf.model_, enc, labels, [0.0, 0.5, 2.0])
     assert [round(c["mean_layers"], 3) for c in curve][0] == 2.0 and curve[-1]["mean_layers"] == 1.0
+    # normalized-entropy: the entropy threshold as a share of ln(classes), the same layers as the absolute rule
+    import math
+    classes = len(clf.labels_)
+    h = _median_first_entropy(clf.model_, enc)
+    absolute = predict_early_exit(clf.model_, enc, "entropy", h)
+    relative = predict_early_exit(clf.model_, enc, "normalized-entropy", h / math.log(classes))
+    assert relative[1].tolist() == absolute[1].tolist() and 1 < relative[1].float().mean() < 2
+    torch.testing.assert_close(relative[0], absolute[0])
+    assert predict_early_exit(clf.model_, enc, "normalized-entropy", 1.0 + 1e-6)[1].tolist() == [1] * len(texts)
+    for bad, match in ((dict(rule="entropie"), "not one of"), (dict(threshold=-0.1), "0 or more"),
+                       (dict(patience=-1), "0 or more")):
+        with pytest.raises(tt.ConfigError, match=match):
+            clf.set_early_exit(**bad)
     with pytest.raises(tt.ConfigError, match="head='early-exit'"):
         tt.TailtuneClassifier("cls", tiny_bert).fit(texts, labels).set_early_exit()
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from .config import AXIS_NAMES, PRESETS, ClassifierConfig, all_options, axes_table, preset_table, preset_train_config
 from .errors import TailtuneError
+from .heads.early_exit import EXIT_RULES
 from .loop import TrainConfig
 from .registry import field_docs
 from .cli_predict import _read, cmd_evaluate, cmd_predict
@@ -114,9 +115,10 @@ def _add_loading_args(p: argparse.ArgumentParser) -> None:
                         "bf16, whichever a short probe finds faster here) (default: fp32)")
     p.add_argument("--early-exit", action="store_true", help="an early-exit classifier leaves at the first layer "
                    "whose exit rule fires (the rule saved with it, or the --exit-* options below)")
-    p.add_argument("--exit-rule", default=None, choices=["entropy", "confidence", "patience"],
+    p.add_argument("--exit-rule", default=None, choices=EXIT_RULES,
                    help="early exit: the rule (default: the classifier's)")
-    p.add_argument("--exit-threshold", type=float, default=None, help="early exit: entropy / confidence threshold")
+    p.add_argument("--exit-threshold", type=float, default=None,
+                   help="early exit: entropy, normalized-entropy (entropy / ln(classes), 0 to 1) or confidence threshold")
     p.add_argument("--exit-patience", type=int, default=None, help="early exit: layers in a row that must agree")
     p.add_argument("--backbone", default=None, help="base backbone for a saved task module (default: its own)")
 

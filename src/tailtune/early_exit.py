@@ -2,6 +2,9 @@
 
 Rules (Zhou et al., 2020, PABEE; Xin et al., 2020, DeeBERT; Liu et al., 2020, FastBERT):
 ``entropy`` leaves when the entropy of the layer's class distribution is below the threshold,
+``normalized-entropy`` when that entropy divided by its largest value, ln(classes), is (a threshold in
+[0, 1] that means the same whatever the number of classes: entropies of a binary task lie below
+ln 2 = 0.69, of a 50-class one below 3.9),
 ``confidence`` when its largest probability reaches the threshold, ``patience`` when the layer's
 answer has been the same for ``patience`` layers in a row. Rows that leave are dropped from the
 batch, so later layers run on fewer rows; the task's modules (adapters, LoRA, prefixes, soft
@@ -37,9 +40,9 @@ def _exits(rule: str, probs: torch.Tensor, threshold: float, patience: int, stre
     """(rows that leave, new streak, answers) for one layer's class probabilities (rows, classes)."""
     answer = probs.argmax(-1)
     streak = torch.where(answer == previous, streak + 1, torch.ones_like(streak))
-    if rule == "entropy":
+    if rule in ("entropy", "normalized-entropy"):
         entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
-        leave = entropy < threshold
+        leave = entropy < threshold * (math.log(probs.shape[-1]) if rule == "normalized-entropy" else 1.0)
     elif rule == "confidence":
         leave = probs.amax(-1) >= threshold if threshold > 0 else torch.zeros_like(answer, dtype=torch.bool)
     else:

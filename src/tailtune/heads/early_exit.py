@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..registry import HEADS, BuildContext, check_choice, check_min
 from .base import Head, Objective
 
-EXIT_RULES = ("entropy", "confidence", "patience")
+EXIT_RULES = ("entropy", "normalized-entropy", "confidence", "patience")
 
 
 class EarlyExitHead(Head):
@@ -63,10 +63,12 @@ class EarlyExitOptions:
     exit_training: str = "joint"
     """early exit: joint (PABEE, layer losses weighted by depth) or two-stage (DeeBERT; needs the exit-heads stage)"""
     exit_rule: str = "entropy"
-    """early exit at prediction: entropy (below the threshold), confidence (max probability at or above it) or
-    patience (the same answer at exit_patience layers in a row)"""
+    """early exit at prediction: entropy (below the threshold), normalized-entropy (entropy / ln(classes) below
+    it: one threshold in [0, 1] means the same for 2 classes and for 50), confidence (max probability at or
+    above it) or patience (the same answer at exit_patience layers in a row)"""
     exit_threshold: float = 0.0
-    """early exit: the entropy or confidence threshold (0 with entropy: never leave early)"""
+    """early exit: the entropy, normalized-entropy or confidence threshold (0 with either entropy: never leave
+    early)"""
     exit_patience: int = 0
     """early exit with the patience rule: layers in a row that must agree (0: never leave early)"""
 
