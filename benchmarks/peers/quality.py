@@ -52,6 +52,11 @@ AUTO_TRAIN = {"auto-long": {"epochs": 5.0, "patience": None, "patience_from": 0.
 PEER_NAMES = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a results file (none when it does not exist yet; blank lines skipped)."""
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
 def load(data_dir: Path, name: str, seed: int):
     """(train, dev, test, max_length, theta, few-shot?) of a set for a seed."""
     import tailtune as tt
@@ -148,8 +153,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
-    done = {(r["dataset"], r["method"], r["seed"]) for r in map(json.loads, results.read_text().splitlines())
-            if r} if results.is_file() else set()
+    done = {(r["dataset"], r["method"], r["seed"]) for r in read_jsonl(results)}
     for name in a.only or SETS:
         few = name not in LONGTAIL
         methods = a.methods or ["auto", "cls" if name in FEWSHOT else "prompt", *PEER_NAMES]

@@ -5,11 +5,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
-from quality import FEWSHOT, KSHOT, LONGTAIL
+from quality import FEWSHOT, KSHOT, LONGTAIL, read_jsonl
 
 NAMES = {"auto": "**tailtune default (`auto`)**", "auto-plain": "`auto` without its contrastive stage (`--stages none`)",
          "auto-contrastive": "`auto` with the contrastive stage forced (`--contrastive-below 0`)",
@@ -36,7 +35,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--results", default="benchmarks/results/quality/results.jsonl")
     a = p.parse_args()
-    rows = [json.loads(x) for x in Path(a.results).read_text().splitlines() if x.strip()]
+    rows = read_jsonl(Path(a.results))
     # the default's row of a (set, seed) not yet re-run with the current recipe: the previous recipe's
     # (auto-5ep), marked † in the tables (README: on the 16-shot sets both train the same 50 steps)
     have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == "auto"}

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
 
 from multitask_zeroshot import EXTRA_TEMPLATES, TASKS  # noqa: E402
-from quality import FEWSHOT, KSHOT, load  # noqa: E402
+from quality import FEWSHOT, KSHOT, load, read_jsonl  # noqa: E402
 
 TREC = ("{mask} : {text}", {"0": "Description", "1": "Entity", "2": "Expression", "3": "Human", "4": "Location",
                             "5": "Number"})
@@ -157,8 +157,7 @@ def main() -> None:
     a = p.parse_args()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["dataset"], r["method"], r["seed"], r["backbone"]) for r in map(json.loads, out.read_text().splitlines())
-            if r} if out.is_file() else set()
+    done = {(r["dataset"], r["method"], r["seed"], r["backbone"]) for r in read_jsonl(out)}
     for name in a.only:
         for seed in a.seeds:
             train, dev, test, length, theta, _ = load(Path(a.data_dir), name, seed)

@@ -11,11 +11,11 @@ median training wall time per run in seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 from fewshot import KSHOT, METHODS
+from quality import read_jsonl
 
 NAMES = {"zero-shot": "zero-shot, manual prompt (no training)", "zero-shot-cal": "zero-shot + contextual calibration",
          "prompt": "prompt-based fine-tuning, manual prompt", "demo-random": "+ demonstrations, random",
@@ -24,10 +24,6 @@ NAMES = {"zero-shot": "zero-shot, manual prompt (no training)", "zero-shot-cal":
          "ipet": "iPET", "auto": "**tailtune default (`auto`)**, default MiniLM", "cls": "`cls`, default MiniLM",
          "setfit": "SetFit, default MiniLM", "lr-balanced": "embeddings + balanced LR, default MiniLM"}
 PEERS = ["auto", "cls", "setfit", "lr-balanced"]
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
 
 
 def table(fewshot: list[dict], quality: list[dict]) -> str:
@@ -83,7 +79,8 @@ def main() -> None:
     p.add_argument("--multitask", default="benchmarks/results/prompting/multitask_zeroshot.jsonl")
     p.add_argument("--out", default="benchmarks/results/prompting/table.md")
     a = p.parse_args()
-    text = table(_rows(Path(a.results)), _rows(Path(a.quality))) + "\n" + multitask_table(_rows(Path(a.multitask)))
+    text = table(read_jsonl(Path(a.results)), read_jsonl(Path(a.quality))) + "\n" + multitask_table(
+        read_jsonl(Path(a.multitask)))
     Path(a.out).write_text(text)
     print(text)
 
