@@ -66,6 +66,8 @@ def test_rules_and_the_api(tiny_bert, toy):
     assert relative[1].tolist() == absolute[1].tolist() and 1 < relative[1].float().mean() < 2
     torch.testing.assert_close(relative[0], absolute[0])
     assert predict_early_exit(clf.model_, enc, "normalized-entropy", 1.0 + 1e-6)[1].tolist() == [1] * len(texts)
+    with pytest.raises(tt.ConfigError, match="not one of"):  # the function too, not only the API, refuses
+        predict_early_exit(clf.model_, enc, "entropie", 0.5)
     for bad, match in ((dict(rule="entropie"), "not one of"), (dict(threshold=-0.1), "0 or more"),
                        (dict(patience=-1), "0 or more")):
         with pytest.raises(tt.ConfigError, match=match):

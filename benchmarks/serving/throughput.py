@@ -102,10 +102,9 @@ def main() -> None:
         row["vs_pipeline_fp32"] = row["tokens_per_second"] / ref
         print(f"{name:<22} {row['tokens_per_second']:>9.0f} tokens/s  {row['vs_pipeline_fp32']:.2f}x"
               + (f"  macro-F1 {row['macro_f1']:.4f}" if "macro_f1" in row else ""), flush=True)
-    out = {"setup": {"model": a.model, "data": a.data, "texts": len(ds), "quality_texts": len(full),
-                     "tokens": tokens, "batch": a.batch,
-                     "max_length": length, "threads": torch.get_num_threads(), "matmul_gflops": rates,
-                     "encoder_flops_per_token": flops_per_token}, "results": rows}
+    out = {"setup": {"model": a.model, "data": a.data, "texts": len(ds), "quality_texts": len(full), "tokens": tokens,
+                     "batch": a.batch, "max_length": length, "threads": torch.get_num_threads(),
+                     "matmul_gflops": rates, "encoder_flops_per_token": flops_per_token}, "results": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2))
 

@@ -118,7 +118,8 @@ def _add_loading_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exit-rule", default=None, choices=EXIT_RULES,
                    help="early exit: the rule (default: the classifier's)")
     p.add_argument("--exit-threshold", type=float, default=None,
-                   help="early exit: entropy, normalized-entropy (entropy / ln(classes), 0 to 1) or confidence threshold")
+                   help="early exit: entropy, normalized-entropy (entropy / ln(classes), 0 to 1) or confidence "
+                        "threshold")
     p.add_argument("--exit-patience", type=int, default=None, help="early exit: layers in a row that must agree")
     p.add_argument("--backbone", default=None, help="base backbone for a saved task module (default: its own)")
 

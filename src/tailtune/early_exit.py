@@ -45,8 +45,11 @@ def _exits(rule: str, probs: torch.Tensor, threshold: float, patience: int, stre
         leave = entropy < threshold * (math.log(probs.shape[-1]) if rule == "normalized-entropy" else 1.0)
     elif rule == "confidence":
         leave = probs.amax(-1) >= threshold if threshold > 0 else torch.zeros_like(answer, dtype=torch.bool)
-    else:
+    elif rule == "patience":
         leave = streak >= patience if patience > 0 else torch.zeros_like(answer, dtype=torch.bool)
+    else:  # (a rule the head's options or set_early_exit would have refused: never guess one)
+        from .heads.early_exit import EXIT_RULES
+        raise ConfigError(f"early exit: rule={rule!r} is not one of {', '.join(EXIT_RULES)}")
     return leave, streak, answer
 
 
