@@ -169,12 +169,12 @@ class TailtuneClassifier:
         layer whose rule fires (``entropy`` below / ``confidence`` at or above ``threshold``, or ``patience``
         layers agreeing; ``normalized-entropy``: entropy / ln(classes) below ``threshold``); unset values come from
         the head's options. ``layers_used_`` holds each text's depth."""
-        from .heads.early_exit import EXIT_RULES
+        from .early_exit import check_rule
         self._check_fitted()
         if not hasattr(self.model_.head, "exits"):
             raise ConfigError("early exit needs a classifier trained with head='early-exit'")
-        if rule is not None and rule not in EXIT_RULES:
-            raise ConfigError(f"early exit: rule={rule!r} is not one of {', '.join(EXIT_RULES)}")
+        if rule is not None:
+            check_rule(rule)
         for name, value in (("threshold", threshold), ("patience", patience)):
             if value is not None and not value >= 0:
                 raise ConfigError(f"early exit: {name}={value!r} must be 0 or more")

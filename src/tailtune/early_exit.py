@@ -35,6 +35,13 @@ def _encoder_parts(encoder: Any) -> tuple[Any, Any]:
     return encoder.embeddings, stack
 
 
+def check_rule(rule: str) -> None:
+    """Refuse an exit rule that is not one of ``EXIT_RULES``."""
+    from .heads.early_exit import EXIT_RULES
+    if rule not in EXIT_RULES:
+        raise ConfigError(f"early exit: rule={rule!r} is not one of {', '.join(EXIT_RULES)}")
+
+
 def _exits(rule: str, probs: torch.Tensor, threshold: float, patience: int, streak: torch.Tensor,
            previous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rows that leave, new streak, answers) for one layer's class probabilities (rows, classes)."""
@@ -48,8 +55,7 @@ def _exits(rule: str, probs: torch.Tensor, threshold: float, patience: int, stre
     elif rule == "patience":
         leave = streak >= patience if patience > 0 else torch.zeros_like(answer, dtype=torch.bool)
     else:  # (a rule the head's options or set_early_exit would have refused: never guess one)
-        from .heads.early_exit import EXIT_RULES
-        raise ConfigError(f"early exit: rule={rule!r} is not one of {', '.join(EXIT_RULES)}")
+        check_rule(rule)
     return leave, streak, answer
 
 
