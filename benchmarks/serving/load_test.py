@@ -83,11 +83,22 @@ async def fire(port: int, requests: list[tuple[str, list[str]]], concurrency: in
             "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * latencies[int(0.99 * len(latencies)) - 1]}
 
 
-def run_server(root: Path, requests: list, concurrency: int, max_batch: int) -> dict:
+def gpu_mb(pid: int) -> float | None:
+    """GPU memory the server process holds (nvidia-smi), or None without a GPU."""
+    try:
+        rows = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=30).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    used = [float(r.split(",")[1]) for r in rows if r.split(",")[0].strip() == str(pid)]
+    return used[0] if used else None
+
+
+def run_server(root: Path, requests: list, concurrency: int, max_batch: int, device: str = "cpu") -> dict:
     port = free_port()
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen([sys.executable, "-m", "tailtune.cli", "serve", str(root), "--port", str(port),
-                             "--max-batch", str(max_batch), "--max-wait-ms", "10"], env=env,
+                             "--max-batch", str(max_batch), "--max-wait-ms", "10", "--device", device], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         import httpx
@@ -101,6 +112,8 @@ def run_server(root: Path, requests: list, concurrency: int, max_batch: int) -> 
         loaded = rss_mb(proc.pid)
         result = asyncio.run(fire(port, requests, concurrency))
         result.update(rss_after_loading_mb=loaded, rss_after_load_test_mb=rss_mb(proc.pid))
+        if device != "cpu":
+            result.update(gpu_mb_after_load_test=gpu_mb(proc.pid))
         return result
     finally:
         proc.terminate()
@@ -112,6 +125,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="device of the served models (cuda: the GPU table)")
     p.add_argument("--out", default="benchmarks/results/serving/load_test.json")
     a = p.parse_args()
     rng = random.Random(0)
@@ -122,12 +136,12 @@ def main() -> None:
         make_tasks(modules, full=False)
         make_tasks(full, full=True)
         out = {"setup": {"requests": a.requests, "concurrency": a.concurrency, "max_batch": a.max_batch,
-                         "tasks": 10, "texts_per_request": "1-4", "words_per_text": "8-40"}}
-        out["modules_concurrent"] = run_server(modules, requests, a.concurrency, a.max_batch)
+                         "tasks": 10, "texts_per_request": "1-4", "words_per_text": "8-40", "device": a.device}}
+        out["modules_concurrent"] = run_server(modules, requests, a.concurrency, a.max_batch, a.device)
         print("10 modules, concurrent:", out["modules_concurrent"], flush=True)
-        out["modules_one_at_a_time"] = run_server(modules, requests, 1, a.max_batch)
+        out["modules_one_at_a_time"] = run_server(modules, requests, 1, a.max_batch, a.device)
         print("10 modules, one at a time:", out["modules_one_at_a_time"], flush=True)
-        out["full_models_concurrent"] = run_server(full, requests, a.concurrency, a.max_batch)
+        out["full_models_concurrent"] = run_server(full, requests, a.concurrency, a.max_batch, a.device)
         print("10 full models, concurrent:", out["full_models_concurrent"], flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2))

@@ -20,15 +20,18 @@ import warnings
 from pathlib import Path
 
 
-def matmul_gflops(dtype_name: str = "float32", n: int = 2048, repeats: int = 5) -> float:
+def matmul_gflops(dtype_name: str = "float32", device: str = "cpu", repeats: int = 5) -> float:
     import torch
-    dtype = getattr(torch, dtype_name)
-    a = torch.randn(n, n).to(dtype)
+    n = 2048 if device == "cpu" else 8192
+    a = torch.randn(n, n, device=device).to(getattr(torch, dtype_name))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     a @ a
+    sync()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         a @ a
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * n ** 3 / best / 1e9
 
@@ -53,26 +56,28 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime row (needs tailtune[onnx])")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU table (int8 and ONNX Runtime: CPU only)")
     p.add_argument("--out", default="benchmarks/results/serving/throughput.json")
     a = p.parse_args()
     full = tt.read_dataset(a.data)
-    base = tt.TailtuneClassifier.load(a.model, "cpu")
+    gpu = a.device.startswith("cuda")
+    base = tt.TailtuneClassifier.load(a.model, a.device)
     base.train_config.eval_batch_size = a.batch
     length = base.model_.config.max_length
     full = full.subset([i for i, y in enumerate(full.labels) if y in set(base.labels_)])
     ds = full.subset(range(min(a.limit, len(full))))
     tokens = sum(len(e.input_ids) for e in base.model_.encode(ds.texts))
-    rates = {"fp32": matmul_gflops("float32"), "bf16": matmul_gflops("bfloat16")}
+    rates = {"fp32": matmul_gflops("float32", a.device), "bf16": matmul_gflops("bfloat16", a.device)}
     flops_per_token = 2 * sum(p.numel() for n, p in base.model_.encoder.named_parameters() if "embeddings" not in n)
     rows = {}
-    for precision in ("fp32", "bf16", "int8"):
-        clf = tt.TailtuneClassifier.load(a.model, "cpu").set_precision(precision)
+    for precision in ("fp32", "bf16") if gpu else ("fp32", "bf16", "int8"):
+        clf = tt.TailtuneClassifier.load(a.model, a.device).set_precision(precision)
         clf.train_config.eval_batch_size = a.batch
         seconds = best_of(lambda: clf.decision_function(ds.texts), a.repeats)
         report = long_tail_report(full.labels, clf.predict(full.texts))
         rows[f"tailtune {precision}"] = {"seconds": seconds, "tokens_per_second": tokens / seconds,
                                          "macro_f1": report["macro_f1"], "accuracy": report["accuracy"]}
-    if not a.no_onnx:  # the same classifier exported (`tailtune export`) and run by ONNX Runtime, fp32
+    if not a.no_onnx and not gpu:  # the same classifier exported (`tailtune export`) and run by ONNX Runtime, fp32
         import tempfile
         from tailtune.deploy import OnnxClassifier
         from tailtune.export import export_onnx
@@ -92,7 +97,7 @@ def main() -> None:
             warnings.simplefilter("ignore")
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(base.labels_), dtype=dtype)
             pipe = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(path),
-                            device=-1, batch_size=a.batch, truncation=True, max_length=length)
+                            device=0 if gpu else -1, batch_size=a.batch, truncation=True, max_length=length)
         seconds = best_of(lambda: pipe(ds.texts), a.repeats)
         rows[f"HF pipeline {precision}"] = {"seconds": seconds, "tokens_per_second": tokens / seconds}
     for row in rows.values():
@@ -104,6 +109,7 @@ def main() -> None:
               + (f"  macro-F1 {row['macro_f1']:.4f}" if "macro_f1" in row else ""), flush=True)
     out = {"setup": {"model": a.model, "data": a.data, "texts": len(ds), "quality_texts": len(full), "tokens": tokens,
                      "batch": a.batch, "max_length": length, "threads": torch.get_num_threads(),
+                     "device": torch.cuda.get_device_name(0) if gpu else "cpu",
                      "matmul_gflops": rates, "encoder_flops_per_token": flops_per_token}, "results": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2))

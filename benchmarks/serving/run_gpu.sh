@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The GPU tables of a lent machine, in one go (README, "Fast inference on a GPU"):
+#   1. prediction throughput against the Hugging Face pipeline on R52 (fp32 and bf16; int8 and ONNX Runtime
+#      are CPU paths), on a classifier trained here as in benchmarks/serving/run_idle.sh;
+#   2. issue 10's goal 2 under the paper's full protocol: the default (`auto`) on R52 at max length 256,
+#      five seeds, one process each, side by side on the GPU;
+#   3. the early-exit curves on SST-2 (16-shot), TREC-50 and R52;
+#   4. the load test of `tailtune serve --device cuda`.
+# Usage: bash benchmarks/serving/run_gpu.sh CARRY_DIR OUT_DIR [DEADLINE_S] [SCALE]
+# CARRY_DIR holds the MiniLM as an fp16 copy (`minilm/`, rebuilt by benchmarks/device_prep.py), `data.tgz`
+# (longtail/r52, longtail/trec50, fewshot/lmbff-16shot/SST-2/16-13) and `whl/` (FastAPI, uvicorn and pydantic,
+# which that machine lacks). Everything stops DEADLINE_S seconds after the start (default 540); results go
+# to runs/gpu (kept on a warm machine, so a second call resumes where the first stopped) and are copied to
+# OUT_DIR. SCALE=smoke: a few minutes on a CPU, to check the script.
+set -uo pipefail
+CARRY=$1 OUT=$2 DEADLINE=${3:-540} SCALE=${4:-full}
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+t0=$(date +%s)
+left() { echo $(( DEADLINE - ($(date +%s) - t0) )); }
+R=runs/gpu L=runs/gpu/logs D=runs/data && mkdir -p $L $D "$OUT" && tar xzf "$CARRY/data.tgz" -C $D
+if ! python3 -c "import fastapi, uvicorn" 2>/dev/null && [ -d "$CARRY/whl" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$CARRY"/whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+[ -d runs/minilm ] || python3 benchmarks/device_prep.py "$CARRY/minilm" runs/minilm || exit 1
+export TAILTUNE_DEFAULT_BACKBONE=$PWD/runs/minilm
+DEVICE=cuda EPOCHS="" SEEDS="13 21 42 87 100" Q="--only r52 --max-length 256" LIMIT=100000 REQUESTS=1000 SHORT="0.3 128" QCAP=240
+if [ "$SCALE" = smoke ]; then
+  DEVICE=cpu EPOCHS="--epochs 0.05" SEEDS="13" Q="--only r52-k8 --max-length 32" LIMIT=64 REQUESTS=40 SHORT="0.02 32" QCAP=60
+fi
+python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
+copy() { cp $R/*.json $R/*.jsonl "$OUT"/ 2>/dev/null; tar czf "$OUT/logs.tgz" $L 2>/dev/null; }
+M=$R/r52-short && read -r E N <<< "$SHORT"
+if [ ! -f $M/tailtune.json ]; then  # as in run_idle.sh: 0.3 epoch at length 128, seed 13
+  timeout "$(left)" python3 -m tailtune.cli train --train $D/longtail/r52/train.tsv --dev $D/longtail/r52/dev.tsv \
+    --max-length $N --epochs $E --seed 13 --no-progress --output $M --device $DEVICE > $L/train_r52.log 2>&1
+fi
+[ -f $R/throughput.json ] || timeout "$(left)" python3 benchmarks/serving/throughput.py $M --device $DEVICE \
+  --data $D/longtail/r52/test.tsv --limit $LIMIT --batch 64 --repeats 5 --out $R/throughput.json 2>&1 | tee $L/throughput.log
+copy
+if [ ! -s $R/quality_auto.jsonl ]; then  # at most 240 s: the early-exit curves and the load test need the rest
+  cap=$(( $(left) < QCAP ? $(left) : QCAP ))
+  for s in $SEEDS; do
+    OMP_NUM_THREADS=3 timeout $cap python3 benchmarks/peers/quality.py --data-dir $D $Q --methods auto --bf16 --seeds $s \
+      --out $R/quality_$s > $L/quality_$s.log 2>&1 &
+  done
+  wait
+  cat $R/quality_*/results.jsonl > $R/quality_auto.jsonl 2>/dev/null
+  tail -n 2 $L/quality_*.log
+fi
+copy
+timeout "$(left)" python3 benchmarks/serving/early_exit.py --data-dir $D --sets sst2 trec50 $EPOCHS --batch1-texts 500 --out $R/early_exit.json \
+  2>&1 | grep --line-buffered -v "^   " | tee $L/early_exit.log
+copy
+timeout "$(left)" python3 benchmarks/serving/early_exit.py --data-dir $D --sets r52 ${EPOCHS:---epochs 2} --batch1-texts 500 --out $R/early_exit.json \
+  2>&1 | grep --line-buffered -v "^   " | tee -a $L/early_exit.log
+copy
+[ -f $R/load_test.json ] || timeout "$(left)" python3 benchmarks/serving/load_test.py --device $DEVICE --requests $REQUESTS \
+  --out $R/load_test.json 2>&1 | tee $L/load_test.log
+copy
+echo "done after $(( $(date +%s) - t0 )) s"; ls -la "$OUT"
