@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU tables of a lent machine, in one go (README, "Fast inference on a GPU"):
+# The GPU tables of a lent machine, in one go (README, "Early exit, fast inference and serving", "On a GPU"):
 #   1. prediction throughput against the Hugging Face pipeline on R52 (fp32 and bf16; int8 and ONNX Runtime
 #      are CPU paths), on a classifier trained here as in benchmarks/serving/run_idle.sh;
 #   2. issue 10's goal 2 under the paper's full protocol: the default (`auto`) on R52 at max length 256,
