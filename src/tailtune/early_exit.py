@@ -97,58 +97,69 @@ def exit_pass(encoder: Any, router: Any, batch: dict, groups: list[ExitGroup],
     for g, group in enumerate(groups):
         owner[group.rows] = g
         slot[group.rows] = torch.arange(len(group.rows), device=device)
-    scores: list[torch.Tensor | None] = [None] * n
-    used = torch.zeros(n, dtype=torch.long)
+    one = len(groups) == 1 and len(groups[0].rows) == n  # one classifier for the whole batch: no row lists
+    left: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []  # (rows, which leave, scores, layer)
     active = torch.arange(n, device=device)
     streak = torch.zeros(n, dtype=torch.long, device=device)
     previous = torch.full((n,), -1, dtype=torch.long, device=device)
 
-    def routes() -> list[tuple[ExitGroup, torch.Tensor]]:
-        """Each group's positions among the active rows."""
+    def routes() -> list[tuple[ExitGroup, torch.Tensor | None]]:
+        """Each group's positions among the active rows (None: all of them, the one-classifier case)."""
+        if one:
+            return [(groups[0], None)]
         mine = [(group, (owner[active] == g).nonzero().squeeze(1)) for g, group in enumerate(groups)]
         return [(group, sel) for group, sel in mine if len(sel)]
 
-    def routed(found: list[tuple[ExitGroup, torch.Tensor]]) -> list[Route]:
-        whole = len(found) == 1 and len(found[0][1]) == len(active)  # (one task: no row lists)
+    def routed(found: list[tuple[ExitGroup, torch.Tensor | None]]) -> list[Route]:
+        whole = len(found) == 1 and (found[0][1] is None or len(found[0][1]) == len(active))  # (one task: no row lists)
         return [Route(group.model.task, None if whole else sel,
-                      None if group.soft_positions is None else group.soft_positions[slot[active[sel]]])
+                      None if group.soft_positions is None else group.soft_positions[slot[active if sel is None else active[sel]]])
                 for group, sel in found]
 
     found = routes()
     with autocast(device, bf16), router.route(routed(found)):
         kwargs = {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
         hidden = embeddings(input_ids=batch["input_ids"], **kwargs)  # (rows, seq, hidden)
-    config = encoder.config
+    mask2d = batch["attention_mask"]
+    mask4d = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=mask2d)
     for k, layer in enumerate(layers):
         last = k == len(layers) - 1
-        mask2d = batch["attention_mask"][active]
         leave = torch.zeros(len(active), dtype=torch.bool, device=device)
         with autocast(device, bf16), router.route(routed(found)):
-            mask4d = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask2d)
             hidden = layer(hidden, mask4d)
             for group, sel in found:
                 model, exits = group.model, getattr(group.model.head, "exits", None)
                 if exits is None and not last:
                     continue
-                rows = active[sel]
+                rows = active if sel is None else active[sel]
+                h, m = (hidden, mask2d) if sel is None else (hidden[sel], mask2d[sel])
                 if exits is None:  # an ordinary head: its scores at full depth
-                    logits = model.calibrate(model.scores(hidden[sel], mask2d[sel], batch["position"][rows]).float())
-                    out = torch.ones(len(sel), dtype=torch.bool, device=device)
+                    logits = model.calibrate(model.scores(h, m, batch["position"][rows]).float())
+                    out = torch.ones(len(rows), dtype=torch.bool, device=device)
                 else:
-                    x, _ = model.readout(hidden[sel], mask2d[sel], batch["position"][rows])
+                    x, _ = model.readout(h, m, batch["position"][rows])
                     logits = model.calibrate(exits[k](x).float())
                     out, streak[rows], previous[rows] = _exits(group.rule, logits.softmax(-1), group.threshold,
                                                                group.patience, streak[rows], previous[rows])
                     out = out | last
-                for r, row_scores in zip(rows[out].tolist(), logits[out].cpu()):
-                    scores[r] = row_scores
-                used[rows[out].cpu()] = k + 1
-                leave[sel] = out
-        keep = ~leave
-        active, hidden = active[keep], hidden[keep]
+                left.append((rows, out, logits, k + 1))  # on the device: read once at the end, not per layer
+                if sel is None:
+                    leave = out
+                else:
+                    leave[sel] = out
+        kept = (~leave).nonzero().squeeze(1)  # the layer's one host synchronisation: how many rows go on
+        active, hidden, mask2d = active[kept], hidden[kept], mask2d[kept]
+        mask4d = None if mask4d is None else mask4d[kept]  # the batch's attention mask, built once
         if not len(active):
             break
         found = routes()
+    scores: list[torch.Tensor | None] = [None] * n
+    used = torch.zeros(n, dtype=torch.long)
+    for rows, out, logits, layer in left:
+        out = out.cpu()
+        for r, row_scores in zip(rows.cpu()[out].tolist(), logits.cpu()[out]):
+            scores[r] = row_scores
+            used[r] = layer
     return scores, used
 
 
