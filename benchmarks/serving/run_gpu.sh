@@ -12,6 +12,11 @@
 # which that machine lacks). Everything stops DEADLINE_S seconds after the start (default 540); results go
 # to runs/gpu (kept on a warm machine, so a second call resumes where the first stopped) and are copied to
 # OUT_DIR. SCALE=smoke: a few minutes on a CPU, to check the script.
+# Build CARRY_DIR here (then pass `carry: [".carry"]` to the device tool; .carry is in .git/info/exclude):
+#   python benchmarks/device_prep.py --pack "$(python -c 'import tailtune as tt; print(tt.backbone.resolve_name("default"))')" .carry/minilm
+#   (cd ../shared/data && tar czf - longtail/r52 longtail/trec50 fewshot/lmbff-16shot/SST-2/16-13) > .carry/data.tgz
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .carry/whl \
+#     fastapi starlette uvicorn pydantic pydantic-core annotated-types typing-inspection opentelemetry-api
 set -uo pipefail
 CARRY=$1 OUT=$2 DEADLINE=${3:-540} SCALE=${4:-full}
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
