@@ -149,7 +149,10 @@ def exit_pass(encoder: Any, router: Any, batch: dict, groups: list[ExitGroup],
                     leave[sel] = out
         kept = (~leave).nonzero().squeeze(1)  # the layer's one host synchronisation: how many rows go on
         active, hidden, mask2d = active[kept], hidden[kept], mask2d[kept]
-        mask4d = None if mask4d is None else mask4d[kept]  # the batch's attention mask, built once
+        if isinstance(mask4d, torch.Tensor) and mask4d.shape[0] == len(leave):  # the batch's mask, built once
+            mask4d = mask4d[kept]
+        elif mask4d is not None:  # a mask object rows cannot be selected from (e.g. flex attention's): rebuilt
+            mask4d = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=mask2d)
         if not len(active):
             break
         found = routes()
