@@ -11,7 +11,6 @@ import json
 import random
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -24,6 +23,7 @@ def main() -> None:
 
     import tailtune as tt
     import tiny
+    from throughput import best_of  # this folder's timing helper
     from tailtune.early_exit import predict_early_exit
     from tailtune.training import predict_logits
     p = argparse.ArgumentParser()
@@ -46,17 +46,10 @@ def main() -> None:
         clf.fit(texts[:64], labels[:64])
     model, enc = clf.model_, clf.model_.encode(texts)
 
-    def best(fn, repeats: int = 5) -> float:
-        out = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            out = min(out, time.perf_counter() - start)
-        return out
     rows = {}
     for batch, n in ((64, 512), (1, 128)):
-        full = best(lambda: predict_logits(model, enc[:n], batch))
-        loop = best(lambda: predict_early_exit(model, enc[:n], "entropy", 0.0, batch_size=batch))
+        full = best_of(lambda: predict_logits(model, enc[:n], batch), 5)
+        loop = best_of(lambda: predict_early_exit(model, enc[:n], "entropy", 0.0, batch_size=batch), 5)
         rows[str(batch)] = {"texts": n, "full_depth_seconds": full, "exit_loop_seconds": loop, "ratio": loop / full}
         print(f"batch {batch}: full depth {1000 * full:.0f} ms, exit loop (no row leaves) {1000 * loop:.0f} ms, "
               f"{loop / full:.2f}x", flush=True)
