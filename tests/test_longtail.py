@@ -182,3 +182,26 @@ def test_the_contrastive_stage_tunes_the_last_layer_under_an_early_exit_head(tin
     assert "contrastive" in clf.config.stages
     assert any(not torch.equal(p, before[n]) for n, p in clf.model_.encoder.named_parameters())
     assert len(clf.predict(texts)) == len(texts)
+
+
+def test_contrastive_read_once_reads_each_text_once_and_equals_reading_both_sides(tiny_bert, toy):
+    """A batch whose pairs share texts: by default both sides of every pair are read, as SetFit does; with
+    contrastive_read_once one read per distinct text, and (without dropout) the same loss and gradients."""
+    from tailtune.stages.contrastive import ContrastiveOptions, PairJob
+    texts, labels = toy
+    model = tt.build_classifier(tt.config_from_preset("auto"), sorted(set(labels)), tiny_bert).eval()
+    pairs = [(0, 1, 1.0), (0, 2, 0.0), (2, 1, 0.0), (3, 0, 1.0), (0, 1, 1.0)]
+    params = [p for p in model.encoder.parameters() if p.requires_grad]
+    losses, reads = {}, {}
+    for once in (False, True):
+        job = PairJob(model, tt.TextDataset(texts, labels), ContrastiveOptions(contrastive_read_once=once),
+                      tt.TrainConfig(progress=False))
+        reads[once], real = [], job._read
+        job._read = lambda idx, seen=reads[once], real=real: seen.append(list(idx)) or real(idx)
+        losses[once] = job.loss(pairs, 0)
+    assert reads[False] == [[0, 0, 2, 3, 0], [1, 2, 1, 0, 1]] and reads[True] == [[0, 1, 2, 3]]
+    loss, ref = losses[True], losses[False]
+    got, want = torch.autograd.grad(loss, params), torch.autograd.grad(ref, params)
+    assert loss.item() > 0 and any(g.abs().sum() > 0 for g in got)
+    assert torch.allclose(loss, ref, atol=1e-6)
+    assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))

@@ -15,10 +15,12 @@ NAMES = {"auto": "**tailtune default (`auto`)**", "auto-plain": "`auto` without 
          "auto-long": "`auto` without early stopping (`--patience none`)",
          "auto-distinct": "`auto` with pairs capped at the distinct pairs (`--contrastive-distinct`)",
          "auto-5ep": "the previous `auto` recipe (5 epochs, early stopping from the first evaluation)",
+         "auto-read-once": "`auto` reading each distinct text of a pair batch once (`--contrastive-read-once`)",
          "prompt": "tailtune `prompt` (paper protocol)",
          "cls": "tailtune `cls` (few-shot protocol)", "lr-balanced": "embeddings + LogisticRegression (balanced)",
          "lr": "embeddings + LogisticRegression", "setfit": "SetFit", "hf-trainer": "HF Trainer + AutoModelForSequenceClassification"}
 BEST_PRESET = "best preset"
+CARRIED = {"auto-5ep": "†"}  # rows that stand in for the default's, and their marks
 PEERS = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 
@@ -33,8 +35,9 @@ def metric(dataset: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--results", default="benchmarks/results/quality/results.jsonl")
-    p.add_argument("--grid", default="benchmarks/results/longtail/results.jsonl",
+    results = Path(__file__).resolve().parents[1] / "results"  # defaults that hold from any working directory
+    p.add_argument("--results", default=str(results / "quality" / "results.jsonl"))
+    p.add_argument("--grid", default=str(results / "longtail" / "results.jsonl"),
                    help="the long-tail grid's results: its `prompt` rows are R52's and TREC-50's best preset")
     a = p.parse_args()
     rows = read_jsonl(Path(a.results))
@@ -45,11 +48,12 @@ def main() -> None:
               "tail_f1": r["tail_f1"], "train_seconds": r["train_seconds"], "grid": True}
              for r in read_jsonl(Path(a.grid)) if r.get("preset") == "prompt" and r["dataset"] in LONGTAIL
              and (r["dataset"], r["seed"]) not in have_prompt]
-    # the default's row of a (set, seed) not yet re-run with the current recipe: the previous recipe's
-    # (auto-5ep), marked † in the tables (README: on the 16-shot sets both train the same 50 steps)
-    have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == "auto"}
-    rows += [{**r, "method": "auto", "carried": True} for r in rows
-             if r["method"] == "auto-5ep" and (r["dataset"], r["seed"]) not in have]
+    # the default's row of a (set, seed) not yet re-run with the current recipe: the previous recipe's (auto-5ep;
+    # on the 16-shot sets both train the same 50 steps, README), marked †
+    for previous in CARRIED:
+        have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == "auto"}
+        rows += [{**r, "method": "auto", "carried": previous} for r in rows
+                 if r["method"] == previous and (r["dataset"], r["seed"]) not in have]
     # per set, only the seeds that the default and every peer of that set have run (a run in progress leaves no
     # half-filled column); the best preset and the ablation rows show whichever of those seeds they have
     kept = []
@@ -76,9 +80,11 @@ def main() -> None:
     def mark(method: str, ds: str) -> str:
         m = method if method != BEST_PRESET else best_preset(ds)
         mine = [r for r in rows if r["dataset"] == ds and r["method"] == m]
-        return (" †" if any(r.get("carried") for r in mine) else "") + (" ‡" if any(r.get("grid") for r in mine) else "")
+        marks = [CARRIED[r["carried"]] for r in mine if r.get("carried")] + ["‡" for r in mine if r.get("grid")]
+        return "".join(f" {x}" for x in dict.fromkeys(marks))
 
-    methods = ["auto", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct", BEST_PRESET, *PEERS]
+    methods = ["auto", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct", "auto-read-once",
+               BEST_PRESET, *PEERS]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
         means = [statistics.mean(values(m, s)) if values(m, s) else None for s in sets]
@@ -121,7 +127,7 @@ def main() -> None:
             times.append(f"{s}: {ours_t:.0f} s vs {fastest} {peer_t:.0f} s ({ours_t / peer_t:.1f}x)")
         else:
             times.append(f"{s}: {ours_t:.0f} s; no peer within 2 points")
-    if any(r.get("carried") for r in rows):
+    if any(r.get("carried") == "auto-5ep" for r in rows):
         lines += ["", "† includes seeds not yet re-run with the current `auto` recipe: their row of the previous "
                   "recipe (`auto-5ep`) stands in."]
     if any(r.get("grid") for r in rows):
