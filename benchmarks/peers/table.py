@@ -21,13 +21,17 @@ NAMES = {"auto": "**tailtune default (`auto`)**", "auto-plain": "`auto` without 
          "cls": "tailtune `cls` (few-shot protocol)", "lr-balanced": "embeddings + LogisticRegression (balanced)",
          "lr": "embeddings + LogisticRegression", "setfit": "SetFit", "hf-trainer": "HF Trainer + AutoModelForSequenceClassification"}
 BEST_PRESET = "best preset"
-CARRIED = {"auto-5ep": "†"}  # rows that stand in for the default's, and their marks
 PEERS = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 
 def best_preset(dataset: str) -> str:
     """The paper preset the table shows as "best preset": `cls` on the 16-shot sets, `prompt` on the long tail."""
     return "cls" if dataset in FEWSHOT else "prompt"
+
+
+def row_method(method: str, dataset: str) -> str:
+    """The method whose rows fill a table row's cell (the best preset's row names a preset per set)."""
+    return best_preset(dataset) if method == BEST_PRESET else method
 
 
 def metric(dataset: str) -> str:
@@ -51,10 +55,9 @@ def main() -> None:
              and (r["dataset"], r["seed"]) not in have_prompt]
     # the default's row of a (set, seed) not yet re-run with the current recipe: the previous recipe's (auto-5ep;
     # on the 16-shot sets both train the same 50 steps, README), marked †
-    for previous in CARRIED:
-        have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == "auto"}
-        rows += [{**r, "method": "auto", "carried": previous} for r in rows
-                 if r["method"] == previous and (r["dataset"], r["seed"]) not in have]
+    have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == "auto"}
+    rows += [{**r, "method": "auto", "carried": True} for r in rows
+             if r["method"] == "auto-5ep" and (r["dataset"], r["seed"]) not in have]
     # per set, only the seeds that the default and every peer of that set have run (a run in progress leaves no
     # half-filled column); the best preset and the ablation rows show whichever of those seeds they have
     kept = []
@@ -70,7 +73,7 @@ def main() -> None:
             and any(r["dataset"] == s and r["method"] in PEERS for r in rows)]
 
     def values(method: str, ds: str, key: str | None = None) -> list[float]:
-        m = method if method != BEST_PRESET else best_preset(ds)
+        m = row_method(method, ds)
         return [100 * r[key or metric(ds)] for r in rows if r["dataset"] == ds and r["method"] == m]
 
     def cell(v: list[float], mark: str = "") -> str:
@@ -79,10 +82,8 @@ def main() -> None:
         return f"{statistics.mean(v):.1f}" + (f" ± {statistics.pstdev(v):.1f}" if len(v) > 1 else "") + mark
 
     def mark(method: str, ds: str) -> str:
-        m = method if method != BEST_PRESET else best_preset(ds)
-        mine = [r for r in rows if r["dataset"] == ds and r["method"] == m]
-        marks = [CARRIED[r["carried"]] for r in mine if r.get("carried")] + ["‡" for r in mine if r.get("grid")]
-        return "".join(f" {x}" for x in dict.fromkeys(marks))
+        mine = [r for r in rows if r["dataset"] == ds and r["method"] == row_method(method, ds)]
+        return (" †" if any(r.get("carried") for r in mine) else "") + (" ‡" if any(r.get("grid") for r in mine) else "")
 
     methods = ["auto", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct", "auto-read-once",
                "auto-nostop", BEST_PRESET, *PEERS]
@@ -102,7 +103,7 @@ def main() -> None:
               "| method | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
     for m in methods:
         def secs(s: str) -> str:
-            mm = m if m != BEST_PRESET else best_preset(s)
+            mm = row_method(m, s)
             v = [r["train_seconds"] for r in rows if r["dataset"] == s and r["method"] == mm]
             return f"{statistics.median(v):.0f}{mark(mm, s)}" if v else "–"
         lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(secs(s) for s in sets) + " |")
@@ -128,7 +129,7 @@ def main() -> None:
             times.append(f"{s}: {ours_t:.0f} s vs {fastest} {peer_t:.0f} s ({ours_t / peer_t:.1f}x)")
         else:
             times.append(f"{s}: {ours_t:.0f} s; no peer within 2 points")
-    if any(r.get("carried") == "auto-5ep" for r in rows):
+    if any(r.get("carried") for r in rows):
         lines += ["", "† includes seeds not yet re-run with the current `auto` recipe: their row of the previous "
                   "recipe (`auto-5ep`) stands in."]
     if any(r.get("grid") for r in rows):
