@@ -205,3 +205,48 @@ def test_contrastive_read_once_reads_each_text_once_and_equals_reading_both_side
     assert loss.item() > 0 and any(g.abs().sum() > 0 for g in got)
     assert torch.allclose(loss, ref, atol=1e-6)
     assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
+
+
+def test_contrastive_head_only_trains_the_head_on_the_frozen_tuned_body_and_saves_the_body(tiny_bert, toy, tmp_path,
+                                                                                          monkeypatch):
+    """contrastive_head_only: the stage tunes the body, then the fine-tuning moves only the head, on features
+    computed once; the classifier keeps its own trainable set, so its save holds the tuned body. Where the stage
+    is skipped, the fine-tuning trains everything as usual."""
+    import tailtune.api as api
+    import tailtune.training as training
+    texts, labels = toy
+    seen: list = []
+    real_train, real_cache = api.train, training.cached_features
+
+    def record_train(model, *a, **k):
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        out = real_train(model, *a, **k)
+        seen.append((k["roles"], {n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(p, before[n])}))
+        return out
+
+    def record_cache(model, encoded, cfg):
+        out = real_cache(model, encoded, cfg)
+        seen.append(("cached", out is not None))
+        return out
+    monkeypatch.setattr(api, "train", record_train)
+    monkeypatch.setattr(training, "cached_features", record_cache)
+    fits = {}
+    for below in (1000, 1):  # the stage runs / is skipped
+        seen.clear()
+        clf = tt.TailtuneClassifier("auto", tiny_bert, contrastive_max_pairs=32, contrastive_head_only=True,
+                                    contrastive_below=below,
+                                    train_config=tt.TrainConfig(epochs=2, batch_size=8, lr=1e-3, progress=False, seed=1))
+        pristine = tt.build_classifier(clf.config, sorted(set(labels)), tiny_bert).encoder.state_dict()
+        clf.fit(texts, labels)
+        fits[below] = (clf, list(seen), any(not torch.equal(p, pristine[n])
+                                            for n, p in clf.model_.encoder.state_dict().items()))
+    clf, calls, body_moved = fits[1000]
+    assert calls[-1] == (("head",), {"head"}) and ("cached", True) in calls and body_moved
+    assert all(p.requires_grad for p in clf.model_.encoder.parameters())  # back to its own trainable set
+    clf.save(tmp_path / "clf")
+    again = tt.TailtuneClassifier.load(tmp_path / "clf")
+    assert (again.predict_proba(texts) == clf.predict_proba(texts)).all()  # the tuned body was saved
+    clf, calls, _ = fits[1]
+    assert calls[-1][0] is None and "encoder" in calls[-1][1] and ("cached", True) not in calls
+    with pytest.raises(tt.ConfigError, match="belongs to stage 'contrastive'"):
+        tt.config_from_preset("auto", stages=[], contrastive_head_only=True)

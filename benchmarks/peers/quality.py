@@ -43,11 +43,13 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
             "auto-distinct": "`auto` with pairs capped at the distinct pairs (--contrastive-distinct)",
             "auto-read-once": "`auto` reading each distinct text of a pair batch once (--contrastive-read-once)",
             "auto-nostop": "`auto` without early stopping (--patience none; all 10 epochs)",
+            "auto-head-only": "`auto` training only the head after its contrastive stage (--contrastive-head-only)",
             "auto-5ep": "the previous `auto` recipe: 5 epochs, early stopping from the first evaluation",
             "prompt": "tailtune `prompt` (long-tail protocol)", "cls": "tailtune `cls` (few-shot protocol)"}
 AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []}, "auto-contrastive": {"contrastive_below": 0},
                  "auto-long": {}, "auto-distinct": {"contrastive_distinct": True}, "auto-5ep": {},
-                 "auto-read-once": {"contrastive_read_once": True}, "auto-nostop": {}}
+                 "auto-read-once": {"contrastive_read_once": True}, "auto-nostop": {},
+                 "auto-head-only": {"contrastive_head_only": True}}
 # TrainConfig overrides of a variant. Rows of auto-plain, auto-contrastive, auto-long and auto-distinct were
 # measured with the 5-epoch recipe (auto-5ep, the default until 10 epochs with a stopping floor replaced it)
 AUTO_TRAIN = {"auto-long": {"epochs": 5.0, "patience": None, "patience_from": 0.0},

@@ -17,6 +17,7 @@ NAMES = {"auto": "**tailtune default (`auto`)**", "auto-plain": "`auto` without 
          "auto-5ep": "the previous `auto` recipe (5 epochs, early stopping from the first evaluation)",
          "auto-read-once": "`auto` reading each distinct text of a pair batch once (`--contrastive-read-once`)",
          "auto-nostop": "`auto` without early stopping (`--patience none`; all 10 epochs)",
+         "auto-head-only": "`auto` training only the head after its contrastive stage (`--contrastive-head-only`)",
          "prompt": "tailtune `prompt` (paper protocol)",
          "cls": "tailtune `cls` (few-shot protocol)", "lr-balanced": "embeddings + LogisticRegression (balanced)",
          "lr": "embeddings + LogisticRegression", "setfit": "SetFit", "hf-trainer": "HF Trainer + AutoModelForSequenceClassification"}
@@ -86,7 +87,7 @@ def main() -> None:
         return (" †" if any(r.get("carried") for r in mine) else "") + (" ‡" if any(r.get("grid") for r in mine) else "")
 
     methods = ["auto", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct", "auto-read-once",
-               "auto-nostop", BEST_PRESET, *PEERS]
+               "auto-nostop", "auto-head-only", BEST_PRESET, *PEERS]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
         means = [statistics.mean(values(m, s)) if values(m, s) else None for s in sets]

@@ -137,9 +137,12 @@ class TailtuneClassifier:
             if stage.when == "before" and not resume:
                 stage_seconds += stage.run(model, train_ds, self.train_config, None, log)
         soft = None if soft_labels is None else torch.as_tensor(np.asarray(soft_labels), dtype=torch.float32)
+        # a stage before may leave less to the fine-tuning (the contrastive stage's head-only option)
+        roles = next((r for s in stages if (r := getattr(s, "fine_tune_roles", lambda _: None)(train_ds))), None)
         result = train(model, train_ds, self.train_config, evaluate if dev_enc else None,
                        checkpoint_dir=checkpoint_dir, resume=resume, settings={"dev": data_hash(dev)}, log=log,
-                       on_evaluate=on_evaluate, soft=soft, temperature=temperature, aux=aux)
+                       on_evaluate=on_evaluate, soft=soft, temperature=temperature, aux=aux, roles=roles)
+        model.set_trainable()  # back to the classifier's own trainable set (what its save holds)
         for stage in stages:
             if stage.when == "after":
                 stage_seconds += stage.run(model, train_ds, self.train_config, evaluate if dev_enc else None, log)
