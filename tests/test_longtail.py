@@ -237,16 +237,20 @@ def test_contrastive_head_only_trains_the_head_on_the_frozen_tuned_body_and_save
                                     contrastive_below=below,
                                     train_config=tt.TrainConfig(epochs=2, batch_size=8, lr=1e-3, progress=False, seed=1))
         pristine = tt.build_classifier(clf.config, sorted(set(labels)), tiny_bert).encoder.state_dict()
-        clf.fit(texts, labels)
+        lines: list[str] = []
+        clf.fit(texts, labels, log=lines.append)
         fits[below] = (clf, list(seen), any(not torch.equal(p, pristine[n])
-                                            for n, p in clf.model_.encoder.state_dict().items()))
-    clf, calls, body_moved = fits[1000]
+                                            for n, p in clf.model_.encoder.state_dict().items()), lines)
+    clf, calls, body_moved, lines = fits[1000]
     assert calls[-1] == (("head",), {"head"}) and ("cached", True) in calls and body_moved
+    heads = sum(p.numel() for p in clf.model_.head.parameters())
+    assert f"fine-tuning: only the head trains after the stages ({heads:,} parameters)" in lines
     assert all(p.requires_grad for p in clf.model_.encoder.parameters())  # back to its own trainable set
     clf.save(tmp_path / "clf")
     again = tt.TailtuneClassifier.load(tmp_path / "clf")
     assert (again.predict_proba(texts) == clf.predict_proba(texts)).all()  # the tuned body was saved
-    clf, calls, _ = fits[1]
+    clf, calls, _, lines = fits[1]
     assert calls[-1][0] is None and "encoder" in calls[-1][1] and ("cached", True) not in calls
+    assert not any(line.startswith("fine-tuning: only") for line in lines)
     with pytest.raises(tt.ConfigError, match="belongs to stage 'contrastive'"):
         tt.config_from_preset("auto", stages=[], contrastive_head_only=True)

@@ -11,17 +11,20 @@ from pathlib import Path
 from quality import FEWSHOT, KSHOT, LONGTAIL, read_jsonl
 
 NAMES = {"auto": "**tailtune default (`auto`)**", "auto-plain": "`auto` without its contrastive stage (`--stages none`)",
-         "auto-contrastive": "`auto` with the contrastive stage forced (`--contrastive-below 0`)",
-         "auto-long": "the previous recipe without early stopping (5 epochs, `--patience none`)",
-         "auto-distinct": "`auto` with pairs capped at the distinct pairs (`--contrastive-distinct`)",
-         "auto-5ep": "the previous `auto` recipe (5 epochs, early stopping from the first evaluation)",
-         "auto-read-once": "`auto` reading each distinct text of a pair batch once (`--contrastive-read-once`)",
+         "auto-contrastive": "the fine-tuning recipe with the contrastive stage forced (`--contrastive-below 0`)",
+         "auto-long": "the 5-epoch recipe without early stopping (`--patience none`)",
+         "auto-distinct": "the fine-tuning recipe with pairs capped at the distinct pairs (`--contrastive-distinct`)",
+         "auto-5ep": "the 5-epoch recipe (`auto` two versions ago: early stopping from the first evaluation)",
+         "auto-read-once": "the fine-tuning recipe reading each distinct text of a pair batch once "
+                           "(`--contrastive-read-once`)",
          "auto-nostop": "`auto` without early stopping (`--patience none`; all 10 epochs)",
-         "auto-head-only": "`auto` training only the head after its contrastive stage (`--contrastive-head-only`)",
+         "auto-finetune": "the fine-tuning recipe: `auto` until this version, everything fine-tuned after the "
+                          "contrastive stage (`--no-contrastive-head-only`)",
          "prompt": "tailtune `prompt` (paper protocol)",
          "cls": "tailtune `cls` (few-shot protocol)", "lr-balanced": "embeddings + LogisticRegression (balanced)",
          "lr": "embeddings + LogisticRegression", "setfit": "SetFit", "hf-trainer": "HF Trainer + AutoModelForSequenceClassification"}
 BEST_PRESET = "best preset"
+PREVIOUS = "auto-finetune"  # the previous `auto` recipe: its rows stand in (†) where the current one has not run
 PEERS = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 
@@ -54,11 +57,11 @@ def main() -> None:
               "tail_f1": r["tail_f1"], "train_seconds": r["train_seconds"], "grid": True}
              for r in read_jsonl(Path(a.grid)) if r.get("preset") == "prompt" and r["dataset"] in LONGTAIL
              and (r["dataset"], r["seed"]) not in have_prompt]
-    # the default's row of a (set, seed) not yet re-run with the current recipe: the previous recipe's (auto-5ep;
-    # on the 16-shot sets both train the same 50 steps, README), marked †
+    # the default's row of a (set, seed) not yet re-run with the current recipe: the previous recipe's
+    # (auto-finetune: everything fine-tuned after the contrastive stage), marked †
     have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == "auto"}
     rows += [{**r, "method": "auto", "carried": True} for r in rows
-             if r["method"] == "auto-5ep" and (r["dataset"], r["seed"]) not in have]
+             if r["method"] == PREVIOUS and (r["dataset"], r["seed"]) not in have]
     # per set, only the seeds that the default and every peer of that set have run (a run in progress leaves no
     # half-filled column); the best preset and the ablation rows show whichever of those seeds they have
     kept = []
@@ -87,7 +90,7 @@ def main() -> None:
         return (" †" if any(r.get("carried") for r in mine) else "") + (" ‡" if any(r.get("grid") for r in mine) else "")
 
     methods = ["auto", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct", "auto-read-once",
-               "auto-nostop", "auto-head-only", BEST_PRESET, *PEERS]
+               "auto-nostop", "auto-finetune", BEST_PRESET, *PEERS]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
         means = [statistics.mean(values(m, s)) if values(m, s) else None for s in sets]
@@ -132,7 +135,7 @@ def main() -> None:
             times.append(f"{s}: {ours_t:.0f} s; no peer within 2 points")
     if any(r.get("carried") for r in rows):
         lines += ["", "† includes seeds not yet re-run with the current `auto` recipe: their row of the previous "
-                  "recipe (`auto-5ep`) stands in."]
+                  "recipe (`auto-finetune`) stands in."]
     if any(r.get("grid") for r in rows):
         lines += ["", "‡ from the long-tail grid (`benchmarks/results/longtail/results.jsonl`: the same splits, "
                   "dev set, max length and seeds, the paper preset's own schedule, bf16 autocast): its seconds are "

@@ -139,6 +139,9 @@ class TailtuneClassifier:
         soft = None if soft_labels is None else torch.as_tensor(np.asarray(soft_labels), dtype=torch.float32)
         # a stage before may leave less to the fine-tuning (the contrastive stage's head-only option)
         roles = next((r for s in stages if (r := getattr(s, "fine_tune_roles", lambda _: None)(train_ds))), None)
+        if roles and log is not None:
+            n = sum(p.numel() for name, p in model.named_parameters() if model.role(name) in roles)
+            log(f"fine-tuning: only the {'/'.join(roles)} trains after the stages ({n:,} parameters)")
         result = train(model, train_ds, self.train_config, evaluate if dev_enc else None,
                        checkpoint_dir=checkpoint_dir, resume=resume, settings={"dev": data_hash(dev)}, log=log,
                        on_evaluate=on_evaluate, soft=soft, temperature=temperature, aux=aux, roles=roles)
