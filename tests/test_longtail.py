@@ -207,11 +207,11 @@ def test_contrastive_read_once_reads_each_text_once_and_equals_reading_both_side
     assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
 
 
-def test_contrastive_head_only_trains_the_head_on_the_frozen_tuned_body_and_saves_the_body(tiny_bert, toy, tmp_path,
-                                                                                          monkeypatch):
-    """contrastive_head_only: the stage tunes the body, then the fine-tuning moves only the head, on features
-    computed once; the classifier keeps its own trainable set, so its save holds the tuned body. Where the stage
-    is skipped, the fine-tuning trains everything as usual."""
+def test_contrastive_head_only_below_trains_the_head_on_the_frozen_tuned_body_and_saves_the_body(tiny_bert, toy, tmp_path,
+                                                                                                monkeypatch):
+    """Below contrastive_head_only_below examples per class, the stage tunes the body, then the fine-tuning moves
+    only the head, on features computed once; the classifier keeps its own trainable set, so its save holds the
+    tuned body. At or above that bound, or where the stage is skipped, the fine-tuning trains everything."""
     import tailtune.api as api
     import tailtune.training as training
     texts, labels = toy
@@ -231,17 +231,18 @@ def test_contrastive_head_only_trains_the_head_on_the_frozen_tuned_body_and_save
     monkeypatch.setattr(api, "train", record_train)
     monkeypatch.setattr(training, "cached_features", record_cache)
     fits = {}
-    for below in (1000, 1):  # the stage runs / is skipped
+    per_class = len(texts) / len(set(labels))
+    for below, head_below in ((1000, 1000), (1000, per_class), (1, 1000)):  # head only / the bound / no stage
         seen.clear()
-        clf = tt.TailtuneClassifier("auto", tiny_bert, contrastive_max_pairs=32, contrastive_head_only=True,
-                                    contrastive_below=below,
+        clf = tt.TailtuneClassifier("auto", tiny_bert, contrastive_max_pairs=32, contrastive_below=below,
+                                    contrastive_head_only_below=head_below,
                                     train_config=tt.TrainConfig(epochs=2, batch_size=8, lr=1e-3, progress=False, seed=1))
         pristine = tt.build_classifier(clf.config, sorted(set(labels)), tiny_bert).encoder.state_dict()
         lines: list[str] = []
-        clf.fit(texts, labels, log=lines.append)
-        fits[below] = (clf, list(seen), any(not torch.equal(p, pristine[n])
-                                            for n, p in clf.model_.encoder.state_dict().items()), lines)
-    clf, calls, body_moved, lines = fits[1000]
+        clf.fit(texts, labels, dev=tt.TextDataset(texts, labels), log=lines.append)  # (no dev carved from train)
+        fits[below, head_below] = (clf, list(seen), any(not torch.equal(p, pristine[n]) for n, p
+                                                        in clf.model_.encoder.state_dict().items()), lines)
+    clf, calls, body_moved, lines = fits[1000, 1000]
     assert calls[-1] == (("head",), {"head"}) and ("cached", True) in calls and body_moved
     heads = sum(p.numel() for p in clf.model_.head.parameters())
     assert f"fine-tuning: only the head trains after the stages ({heads:,} parameters)" in lines
@@ -249,8 +250,11 @@ def test_contrastive_head_only_trains_the_head_on_the_frozen_tuned_body_and_save
     clf.save(tmp_path / "clf")
     again = tt.TailtuneClassifier.load(tmp_path / "clf")
     assert (again.predict_proba(texts) == clf.predict_proba(texts)).all()  # the tuned body was saved
-    clf, calls, _, lines = fits[1]
-    assert calls[-1][0] is None and "encoder" in calls[-1][1] and ("cached", True) not in calls
-    assert not any(line.startswith("fine-tuning: only") for line in lines)
+    for key in ((1000, per_class), (1, 1000)):
+        clf, calls, _, lines = fits[key]
+        assert calls[-1][0] is None and "encoder" in calls[-1][1] and ("cached", True) not in calls
+        assert not any(line.startswith("fine-tuning: only") for line in lines)
+    assert any("done" in line for line in fits[1000, per_class][3]) and "skipped" in " ".join(fits[1, 1000][3])
+    assert tt.config_from_preset("auto").options["contrastive_head_only_below"] == 20
     with pytest.raises(tt.ConfigError, match="belongs to stage 'contrastive'"):
-        tt.config_from_preset("auto", stages=[], contrastive_head_only=True)
+        tt.config_from_preset("auto", stages=[], contrastive_head_only_below=10)

@@ -184,18 +184,18 @@ _CLS = {"readout": "cls"}  # CLS-tuning reads [CLS] by definition, whatever the 
 # name -> values over the axes. Every row of the long-tail paper's grid keeps its paper definition.
 # `auto` is the default: chosen by measurement against the peers users pick instead (README, "How the
 # default was chosen"); it reads what the backbone declares and starts a cosine head from the class
-# prototypes; few-shot, the body learns from pairs and then the head alone trains (SetFit's recipe), else
-# everything fine-tunes with a higher learning rate for the head than for the body.
+# prototypes; few-shot, the body learns from pairs first, and with the fewest examples only the head trains
+# after (SetFit's recipe), else everything fine-tunes with a higher learning rate for the head than the body.
 AUTO_TRAIN = {"epochs": 10.0, "min_steps": 50, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "eval_times": 10,
               "patience": 3, "patience_from": 0.5}
 
 PRESETS: dict[str, Preset] = {
     "auto": Preset({"readout": "auto", "head": "cosine", "stages": ("contrastive",), "contrastive_below": 64,
-                    "contrastive_head_only": True},
+                    "contrastive_head_only_below": 20},
                    "the default: the backbone's own pooling (mean on sentence encoders); a cosine head started from "
                    "the class prototypes; below 64 training examples per class, a contrastive stage (class-balanced "
-                   "pairs) tunes the body and then only the head trains, else everything is fine-tuned (body lr "
-                   "5e-5, head lr 1e-3); up to 10 epochs (50 updates at least), best dev macro-F1 (stops after 3 "
+                   "pairs) tunes the body first; then, below 20 per class, only the head trains, else everything is "
+                   "fine-tuned (body lr 5e-5, head lr 1e-3); up to 10 epochs (50 updates at least), best dev macro-F1 (stops after 3 "
                    "evaluations without a better one, not in the first half of training)",
                    AUTO_TRAIN),
     "cls": Preset(dict(_CLS), "CLS-tuning: tanh MLP head on [CLS], all weights, cross-entropy"),

@@ -9,9 +9,9 @@ of 3,000. The number of pairs follows SetFit (two per example and iteration) but
 stage's cost does not grow without bound with the data; ``contrastive_distinct`` caps it further at the
 number of distinct pairs of training texts (SetFit 1.x's default), cheaper on the smallest sets at a
 measured cost in accuracy; so does ``contrastive_read_once``, which reads each distinct text of a batch once.
-With ``contrastive_head_only`` the fine-tuning after the stage trains the head alone, on the frozen tuned body
-(SetFit's recipe: the body learns from pairs, the classifier from fixed features, computed once), and the
-saved classifier holds the tuned body.
+Below ``contrastive_head_only_below`` examples per class, the fine-tuning after the stage trains the head alone,
+on the frozen tuned body (SetFit's recipe: the body learns from pairs, the classifier from fixed features,
+computed once), and the saved classifier holds the tuned body.
 """
 from __future__ import annotations
 
@@ -42,9 +42,10 @@ class ContrastiveOptions:
     contrastive_read_once: bool = False
     """contrastive stage: read each distinct text of a batch once for all its pairs, instead of both texts of every
     pair (0.86x the time on 16-shot sets, 0.4 points lower on average over 35 runs, README)"""
-    contrastive_head_only: bool = False
-    """contrastive stage: when it runs, the fine-tuning after it trains only the head, on the frozen tuned body
-    (SetFit's recipe; the body's features are computed once)"""
+    contrastive_head_only_below: float = 0.0
+    """contrastive stage: when it runs and the training set has fewer than this many examples per class on average,
+    the fine-tuning after it trains only the head, on the frozen tuned body (SetFit's recipe; features computed
+    once). 0: never. The `auto` preset sets 20 (README)"""
     contrastive_epochs: float = 1.0
     """contrastive stage: passes over the pairs"""
     contrastive_lr: float = 2e-5
@@ -64,6 +65,7 @@ class ContrastiveOptions:
         check_min(self, "contrastive_epochs", 0.0, strict=True)
         check_min(self, "contrastive_lr", 0.0, strict=True)
         check_min(self, "contrastive_below", 0.0)
+        check_min(self, "contrastive_head_only_below", 0.0)
         check_choice(self, "contrastive_sampling", ("class", "example"))
 
 
@@ -165,20 +167,19 @@ class ContrastiveStage:
 
     def applies(self, examples: Any) -> bool:
         """Whether the stage runs on these training examples (``contrastive_below``)."""
-        per_class = len(examples) / max(1, len(set(examples.labels)))
-        return not (self.opts.contrastive_below and per_class >= self.opts.contrastive_below)
+        return not (self.opts.contrastive_below and per_class(examples) >= self.opts.contrastive_below)
 
     def fine_tune_roles(self, examples: Any) -> tuple[str, ...] | None:
         """What the fine-tuning after the stage may train (``train(roles=...)``; None: the run's own trainable set)."""
-        return ("head",) if self.opts.contrastive_head_only and self.applies(examples) else None
+        head_only = self.applies(examples) and per_class(examples) < self.opts.contrastive_head_only_below
+        return ("head",) if head_only else None
 
     def run(self, model: Any, examples: Any, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None,
             log: Callable[[str], None] | None = None) -> float:
         o = self.opts
         if not self.applies(examples):
             if log:
-                per_class = len(examples) / max(1, len(set(examples.labels)))
-                log(f"contrastive stage: skipped, {per_class:.0f} training examples per class on average "
+                log(f"contrastive stage: skipped, {per_class(examples):.0f} training examples per class on average "
                     f"(it runs below {o.contrastive_below:g}; --contrastive-below 0 runs it always)")
             return 0.0
         tc = TrainConfig(epochs=o.contrastive_epochs, batch_size=o.contrastive_batch_size, lr=o.contrastive_lr,
@@ -191,8 +192,13 @@ class ContrastiveStage:
         result = run(job, tc)
         if log:
             log(f"contrastive stage: done in {result.seconds:.0f} s, last pair loss {result.history[-1]['loss']:.4f}"
-                + ("; then only the head trains, on the frozen tuned body" if o.contrastive_head_only else ""))
+                + ("; then only the head trains, on the frozen tuned body" if self.fine_tune_roles(examples) else ""))
         return result.seconds
+
+
+def per_class(examples: Any) -> float:
+    """Training examples per class, on average."""
+    return len(examples) / max(1, len(set(examples.labels)))
 
 
 def _body_trains(config: Any) -> None:
