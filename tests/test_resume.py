@@ -89,6 +89,36 @@ def test_interrupted_api_run_resumes_to_the_same_result(tiny_bert, toy, tmp_path
     np.testing.assert_array_equal(resumed.decision_function(texts), straight.decision_function(texts))
 
 
+def test_a_resumed_head_only_run_keeps_the_body_its_contrastive_stage_tuned(tiny_bert, toy, tmp_path):
+    """`auto` few-shot: the contrastive stage tunes the body, then only the head trains. A resumed run skips the
+    stage, so its checkpoint must hold the tuned body beside the head (it held only the head: the resumed model
+    went back to the pretrained body)."""
+    texts, labels = toy
+    dev = tt.TextDataset(texts[:12], labels[:12])
+    cfg = tt.TrainConfig(epochs=6, batch_size=4, lr=1e-3, head_lr=1e-2, seed=2, progress=False, eval_every=4,
+                         patience=None)
+    kw = {"contrastive_max_pairs": 16, "contrastive_lr": 1e-3}
+    straight = tt.TailtuneClassifier("auto", tiny_bert, train_config=cfg, **kw).fit(texts, labels, dev=dev)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(line):
+        if line.startswith("step 12/"):
+            raise Stop
+    with pytest.raises(Stop):
+        tt.TailtuneClassifier("auto", tiny_bert, train_config=cfg, **kw).fit(texts, labels, dev=dev,
+                                                                              checkpoint_dir=tmp_path / "ck", log=stop_at)
+    lines: list[str] = []
+    resumed = tt.TailtuneClassifier("auto", tiny_bert, train_config=cfg, **kw).fit(
+        texts, labels, dev=dev, checkpoint_dir=tmp_path / "ck", resume=True, log=lines.append)
+    assert any(line.startswith("fine-tuning: only the head") for line in lines)
+    assert not any(line.startswith("contrastive stage") for line in lines)  # the stage did not run again
+    for (n, p), (_, q) in zip(straight.model_.named_parameters(), resumed.model_.named_parameters()):
+        assert torch.equal(p, q), n
+    assert resumed.train_result_.history == straight.train_result_.history
+
+
 def test_gradient_accumulation_equals_one_big_batch(tiny_bert, monkeypatch):
     """Micro-batches of 4 x 2 (or 2 x 4) give the step of one batch of 8. Plain SGD makes the steps
     comparable (Adam turns the last-bit differences of near-zero gradients into full-size steps)."""

@@ -268,7 +268,9 @@ class _Checkpoints:
         return tensors, state
 
     def save(self, named: dict, optimizer: torch.optim.Optimizer, best: dict | None, device: torch.device,
-             state: dict) -> None:
+             state: dict, fixed: dict | None = None) -> None:
+        """``named``: the trained parameters (with their optimiser moments); ``fixed``: parameters the run keeps as
+        they are, saved beside them."""
         if self.directory is None:
             return
         bad = [n for n, p in named.items() if not bool(torch.isfinite(p).all())]
@@ -278,7 +280,7 @@ class _Checkpoints:
         for name, p in named.items():
             for key, value in optimizer.state.get(p, {}).items():
                 moments[f"{name}::{key}"] = value.reshape(-1) if value.dim() == 0 else value
-        save_checkpoint(self.directory, {"params": named, "optimizer": moments, "best": best or {},
+        save_checkpoint(self.directory, {"params": {**(fixed or {}), **named}, "optimizer": moments, "best": best or {},
                                          "rng": _rng_state(device)},
                         {**state, "settings": self.settings})
         self.last_step = state["step"]
@@ -308,6 +310,10 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
     if not named:
         raise ConfigError("nothing to train: every parameter is frozen")
     params = list(named.values())
+    # what the model would train but this run does not, e.g. the body a contrastive stage tuned before a head-only
+    # fine-tuning: kept in checkpoints too, so a resumed run (which skips the stages before) has the same body
+    role = getattr(model, "role", None)
+    fixed = {n: p for n, p in model.named_parameters() if n not in named and role is not None and role(n) is not None}
     procs.broadcast(params)
     accum = int(cfg.grad_accum)
     window_size = accum * procs.world  # micro-batches per optimisation step, over all processes
@@ -328,6 +334,9 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
         tensors, saved = found
         state.update({k: saved[k] for k in state if k in saved})
         with torch.no_grad():
+            for n, p in fixed.items():
+                if n in tensors["params"]:
+                    p.copy_(tensors["params"][n])
             for n, p in named.items():
                 p.copy_(tensors["params"][n])
                 moments = {k.split("::", 1)[1]: v for k, v in tensors["optimizer"].items() if k.startswith(n + "::")}
@@ -351,7 +360,7 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
 
     def checkpoint() -> None:
         if procs.main:
-            checkpoints.save(named, optimizer, best_state, device, {**state, "seconds": elapsed()})
+            checkpoints.save(named, optimizer, best_state, device, {**state, "seconds": elapsed()}, fixed)
 
     with PeakMemory(device) as memory:
         if before is not None:
