@@ -255,6 +255,6 @@ def test_contrastive_head_only_below_trains_the_head_on_the_frozen_tuned_body_an
         assert calls[-1][0] is None and "encoder" in calls[-1][1] and ("cached", True) not in calls
         assert not any(line.startswith("fine-tuning: only") for line in lines)
     assert any("done" in line for line in fits[1000, per_class][3]) and "skipped" in " ".join(fits[1, 1000][3])
-    assert tt.config_from_preset("auto").options["contrastive_head_only_below"] == 20
+    assert tt.config_from_preset("auto").options["contrastive_head_only_below"] == 17
     with pytest.raises(tt.ConfigError, match="belongs to stage 'contrastive'"):
         tt.config_from_preset("auto", stages=[], contrastive_head_only_below=10)

@@ -39,29 +39,31 @@ SETS = [*LONGTAIL, *FEWSHOT, *KSHOT]
 TAILTUNE = {"auto": "tailtune default (`auto`)",
             "auto-plain": "`auto` without its contrastive stage (--stages none)",
             "auto-contrastive": "the fine-tuning recipe with the contrastive stage forced (--contrastive-below 0 "
-                                "--no-contrastive-head-only)",
+                                "--contrastive-head-only-below 0)",
             "auto-long": "`auto` without early stopping (--patience none)",
             "auto-distinct": "the fine-tuning recipe with pairs capped at the distinct pairs (--contrastive-distinct "
-                             "--no-contrastive-head-only)",
+                             "--contrastive-head-only-below 0)",
             "auto-read-once": "the fine-tuning recipe reading each distinct text of a pair batch once "
-                              "(--contrastive-read-once --no-contrastive-head-only)",
+                              "(--contrastive-read-once --contrastive-head-only-below 0)",
             "auto-nostop": "`auto` without early stopping (--patience none; all 10 epochs)",
             "auto-finetune": "the previous `auto` recipe: everything fine-tuned after the contrastive stage "
-                             "(--no-contrastive-head-only)",
-            "auto-head-only": "`auto` (its ablation name while it was measured: --contrastive-head-only)",
+                             "(--contrastive-head-only-below 0)",
+            "auto-head-only": "`auto` training only the head after its contrastive stage at any size "
+                              "(--contrastive-head-only-below 64)",
             "auto-5ep": "the previous `auto` recipe: 5 epochs, early stopping from the first evaluation",
             "prompt": "tailtune `prompt` (long-tail protocol)", "cls": "tailtune `cls` (few-shot protocol)"}
 AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
-                 "auto-contrastive": {"contrastive_below": 0, "contrastive_head_only": False},
-                 "auto-long": {"contrastive_head_only": False}, "auto-5ep": {"contrastive_head_only": False},
-                 "auto-distinct": {"contrastive_distinct": True, "contrastive_head_only": False},
-                 "auto-read-once": {"contrastive_read_once": True, "contrastive_head_only": False}, "auto-nostop": {},
-                 "auto-finetune": {"contrastive_head_only": False}, "auto-head-only": {"contrastive_head_only": True}}
+                 "auto-contrastive": {"contrastive_below": 0, "contrastive_head_only_below": 0},
+                 "auto-long": {"contrastive_head_only_below": 0}, "auto-5ep": {"contrastive_head_only_below": 0},
+                 "auto-distinct": {"contrastive_distinct": True, "contrastive_head_only_below": 0},
+                 "auto-read-once": {"contrastive_read_once": True, "contrastive_head_only_below": 0}, "auto-nostop": {},
+                 "auto-finetune": {"contrastive_head_only_below": 0}, "auto-head-only": {"contrastive_head_only_below": 64}}
 # TrainConfig overrides of a variant. Rows of auto-plain, auto-contrastive, auto-long and auto-distinct were
 # measured with the 5-epoch recipe (auto-5ep, the default until 10 epochs with a stopping floor replaced it).
 # Every variant measured before `auto` trained only the head after its contrastive stage (auto-finetune: the
-# recipe until then) sets contrastive_head_only=False, so it re-runs as measured; rows of auto-head-only are
-# `auto`'s (renamed in the results file, "method_was")
+# recipe until then) sets contrastive_head_only_below=0, so it re-runs as measured; auto-head-only trains only the
+# head wherever the stage runs (its rows were measured with the flag contrastive_head_only, since replaced by the
+# threshold)
 AUTO_TRAIN = {"auto-long": {"epochs": 5.0, "patience": None, "patience_from": 0.0},
               "auto-5ep": {"epochs": 5.0, "patience_from": 0.0}, "auto-nostop": {"patience": None}}
 PEER_NAMES = ["lr-balanced", "lr", "setfit", "hf-trainer"]

@@ -19,7 +19,9 @@ NAMES = {"auto": "**tailtune default (`auto`)**", "auto-plain": "`auto` without 
                            "(`--contrastive-read-once`)",
          "auto-nostop": "`auto` without early stopping (`--patience none`; all 10 epochs)",
          "auto-finetune": "the fine-tuning recipe: `auto` until this version, everything fine-tuned after the "
-                          "contrastive stage (`--no-contrastive-head-only`)",
+                          "contrastive stage (`--contrastive-head-only-below 0`)",
+         "auto-head-only": "`auto` training only the head after its contrastive stage at any size "
+                           "(`--contrastive-head-only-below 64`)",
          "prompt": "tailtune `prompt` (paper protocol)",
          "cls": "tailtune `cls` (few-shot protocol)", "lr-balanced": "embeddings + LogisticRegression (balanced)",
          "lr": "embeddings + LogisticRegression", "setfit": "SetFit", "hf-trainer": "HF Trainer + AutoModelForSequenceClassification"}
@@ -90,7 +92,7 @@ def main() -> None:
         return (" †" if any(r.get("carried") for r in mine) else "") + (" ‡" if any(r.get("grid") for r in mine) else "")
 
     methods = ["auto", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct", "auto-read-once",
-               "auto-nostop", "auto-finetune", BEST_PRESET, *PEERS]
+               "auto-nostop", "auto-finetune", "auto-head-only", BEST_PRESET, *PEERS]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
         means = [statistics.mean(values(m, s)) if values(m, s) else None for s in sets]

@@ -191,12 +191,13 @@ AUTO_TRAIN = {"epochs": 10.0, "min_steps": 50, "batch_size": 32, "lr": 5e-5, "he
 
 PRESETS: dict[str, Preset] = {
     "auto": Preset({"readout": "auto", "head": "cosine", "stages": ("contrastive",), "contrastive_below": 64,
-                    "contrastive_head_only_below": 20},
+                    "contrastive_head_only_below": 17},
                    "the default: the backbone's own pooling (mean on sentence encoders); a cosine head started from "
                    "the class prototypes; below 64 training examples per class, a contrastive stage (class-balanced "
-                   "pairs) tunes the body first; then, below 20 per class, only the head trains, else everything is "
-                   "fine-tuned (body lr 5e-5, head lr 1e-3); up to 10 epochs (50 updates at least), best dev macro-F1 (stops after 3 "
-                   "evaluations without a better one, not in the first half of training)",
+                   "pairs) tunes the body first; then, at 16 per class or fewer, only the head trains, else "
+                   "everything is fine-tuned (body lr 5e-5, head lr 1e-3); up to 10 epochs (50 updates at least), "
+                   "best dev macro-F1 (stops after 3 evaluations without a better one, not in the first half of "
+                   "training)",
                    AUTO_TRAIN),
     "cls": Preset(dict(_CLS), "CLS-tuning: tanh MLP head on [CLS], all weights, cross-entropy"),
     "cls-relu": Preset({**_CLS, "activation": "relu"}, "CLS-tuning with a ReLU MLP head"),

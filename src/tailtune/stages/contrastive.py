@@ -45,7 +45,7 @@ class ContrastiveOptions:
     contrastive_head_only_below: float = 0.0
     """contrastive stage: when it runs and the training set has fewer than this many examples per class on average,
     the fine-tuning after it trains only the head, on the frozen tuned body (SetFit's recipe; features computed
-    once). 0: never. The `auto` preset sets 20 (README)"""
+    once). 0: never. The `auto` preset sets 17: up to 16-shot (README)"""
     contrastive_epochs: float = 1.0
     """contrastive stage: passes over the pairs"""
     contrastive_lr: float = 2e-5
