@@ -40,7 +40,7 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
             "auto-plain": "`auto` without its contrastive stage (--stages none)",
             "auto-contrastive": "the fine-tuning recipe with the contrastive stage forced (--contrastive-below 0 "
                                 "--contrastive-head-only-below 0)",
-            "auto-long": "`auto` without early stopping (--patience none)",
+            "auto-long": "the 5-epoch recipe without early stopping (--patience none)",
             "auto-distinct": "the fine-tuning recipe with pairs capped at the distinct pairs (--contrastive-distinct "
                              "--contrastive-head-only-below 0)",
             "auto-read-once": "the fine-tuning recipe reading each distinct text of a pair batch once "
@@ -50,14 +50,15 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
                              "(--contrastive-head-only-below 0)",
             "auto-head-only": "`auto` training only the head after its contrastive stage at any size "
                               "(--contrastive-head-only-below 64)",
-            "auto-5ep": "the previous `auto` recipe: 5 epochs, early stopping from the first evaluation",
+            "auto-5ep": "the 5-epoch recipe (`auto` two versions ago): early stopping from the first evaluation",
             "prompt": "tailtune `prompt` (long-tail protocol)", "cls": "tailtune `cls` (few-shot protocol)"}
 AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-contrastive": {"contrastive_below": 0, "contrastive_head_only_below": 0},
                  "auto-long": {"contrastive_head_only_below": 0}, "auto-5ep": {"contrastive_head_only_below": 0},
                  "auto-distinct": {"contrastive_distinct": True, "contrastive_head_only_below": 0},
-                 "auto-read-once": {"contrastive_read_once": True, "contrastive_head_only_below": 0}, "auto-nostop": {},
-                 "auto-finetune": {"contrastive_head_only_below": 0}, "auto-head-only": {"contrastive_head_only_below": 64}}
+                 "auto-read-once": {"contrastive_read_once": True, "contrastive_head_only_below": 0},
+                 "auto-nostop": {}, "auto-finetune": {"contrastive_head_only_below": 0},
+                 "auto-head-only": {"contrastive_head_only_below": 64}}
 # TrainConfig overrides of a variant. Rows of auto-plain, auto-contrastive, auto-long and auto-distinct were
 # measured with the 5-epoch recipe (auto-5ep, the default until 10 epochs with a stopping floor replaced it).
 # Every variant measured before `auto` trained only the head after its contrastive stage (auto-finetune: the
