@@ -207,8 +207,8 @@ def test_contrastive_read_once_reads_each_text_once_and_equals_reading_both_side
     assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
 
 
-def test_contrastive_head_only_below_trains_the_head_on_the_frozen_tuned_body_and_saves_the_body(tiny_bert, toy, tmp_path,
-                                                                                                monkeypatch):
+def test_contrastive_head_only_below_trains_the_head_on_the_frozen_tuned_body_and_saves_the_body(
+        tiny_bert, toy, tmp_path, monkeypatch):
     """Below contrastive_head_only_below examples per class, the stage tunes the body, then the fine-tuning moves
     only the head, on features computed once; the classifier keeps its own trainable set, so its save holds the
     tuned body. At or above that bound, or where the stage is skipped, the fine-tuning trains everything."""
@@ -221,7 +221,8 @@ def test_contrastive_head_only_below_trains_the_head_on_the_frozen_tuned_body_an
     def record_train(model, *a, **k):
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         out = real_train(model, *a, **k)
-        seen.append((k["roles"], {n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(p, before[n])}))
+        moved = {n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+        seen.append((k["roles"], moved))
         return out
 
     def record_cache(model, encoded, cfg):
@@ -235,8 +236,8 @@ def test_contrastive_head_only_below_trains_the_head_on_the_frozen_tuned_body_an
     for below, head_below in ((1000, 1000), (1000, per_class), (1, 1000)):  # head only / the bound / no stage
         seen.clear()
         clf = tt.TailtuneClassifier("auto", tiny_bert, contrastive_max_pairs=32, contrastive_below=below,
-                                    contrastive_head_only_below=head_below,
-                                    train_config=tt.TrainConfig(epochs=2, batch_size=8, lr=1e-3, progress=False, seed=1))
+                                    contrastive_head_only_below=head_below, train_config=tt.TrainConfig(
+                                        epochs=2, batch_size=8, lr=1e-3, progress=False, seed=1))
         pristine = tt.build_classifier(clf.config, sorted(set(labels)), tiny_bert).encoder.state_dict()
         lines: list[str] = []
         clf.fit(texts, labels, dev=tt.TextDataset(texts, labels), log=lines.append)  # (no dev carved from train)

@@ -107,8 +107,8 @@ def test_a_resumed_head_only_run_keeps_the_body_its_contrastive_stage_tuned(tiny
         if line.startswith("step 12/"):
             raise Stop
     with pytest.raises(Stop):
-        tt.TailtuneClassifier("auto", tiny_bert, train_config=cfg, **kw).fit(texts, labels, dev=dev,
-                                                                              checkpoint_dir=tmp_path / "ck", log=stop_at)
+        tt.TailtuneClassifier("auto", tiny_bert, train_config=cfg, **kw).fit(
+            texts, labels, dev=dev, checkpoint_dir=tmp_path / "ck", log=stop_at)
     lines: list[str] = []
     resumed = tt.TailtuneClassifier("auto", tiny_bert, train_config=cfg, **kw).fit(
         texts, labels, dev=dev, checkpoint_dir=tmp_path / "ck", resume=True, log=lines.append)
