@@ -64,21 +64,24 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_bert, data, capsys)
     _same_model(straight, killed)
 
 
+class _Stop(Exception):
+    """An interruption in the middle of a run (raised from its log)."""
+
+
+def _stop_at_12(line: str) -> None:
+    if line.startswith("step 12/"):
+        raise _Stop
+
+
 def test_interrupted_api_run_resumes_to_the_same_result(tiny_bert, toy, tmp_path):
     texts, labels = toy
     dev = tt.TextDataset(texts[:12], labels[:12])
     cfg = tt.TrainConfig(epochs=6, batch_size=4, lr=1e-3, seed=2, progress=False, eval_every=4, patience=5)
     straight = tt.TailtuneClassifier("prompt", tiny_bert, train_config=cfg).fit(texts, labels, dev=dev)
 
-    class Stop(Exception):
-        pass
-
-    def stop_at(line):
-        if line.startswith("step 12/"):
-            raise Stop
-    with pytest.raises(Stop):
-        tt.TailtuneClassifier("prompt", tiny_bert, train_config=cfg).fit(texts, labels, dev=dev,
-                                                                          checkpoint_dir=tmp_path / "ck", log=stop_at)
+    with pytest.raises(_Stop):
+        tt.TailtuneClassifier("prompt", tiny_bert, train_config=cfg).fit(
+            texts, labels, dev=dev, checkpoint_dir=tmp_path / "ck", log=_stop_at_12)
     with pytest.raises(tt.ConfigError, match="other settings.*lr: 0.001 -> 0.002"):
         tt.TailtuneClassifier("prompt", tiny_bert, train_config=tt.TrainConfig(**{**cfg.to_dict(), "lr": 2e-3})).fit(
             texts, labels, dev=dev, checkpoint_dir=tmp_path / "ck", resume=True)
@@ -100,15 +103,9 @@ def test_a_resumed_head_only_run_keeps_the_body_its_contrastive_stage_tuned(tiny
     kw = {"contrastive_max_pairs": 16, "contrastive_lr": 1e-3}
     straight = tt.TailtuneClassifier("auto", tiny_bert, train_config=cfg, **kw).fit(texts, labels, dev=dev)
 
-    class Stop(Exception):
-        pass
-
-    def stop_at(line):
-        if line.startswith("step 12/"):
-            raise Stop
-    with pytest.raises(Stop):
+    with pytest.raises(_Stop):
         tt.TailtuneClassifier("auto", tiny_bert, train_config=cfg, **kw).fit(
-            texts, labels, dev=dev, checkpoint_dir=tmp_path / "ck", log=stop_at)
+            texts, labels, dev=dev, checkpoint_dir=tmp_path / "ck", log=_stop_at_12)
     lines: list[str] = []
     resumed = tt.TailtuneClassifier("auto", tiny_bert, train_config=cfg, **kw).fit(
         texts, labels, dev=dev, checkpoint_dir=tmp_path / "ck", resume=True, log=lines.append)
