@@ -3,6 +3,7 @@ with the same global batch (dev scores gathered from each process's share), and 
 resumes to the same end."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,44 +35,79 @@ def setup(tiny_bert, tmp_path_factory):
     return tmp
 
 
-def _cmd(tmp, out, processes, *extra):
+def _cmd(tmp, out, processes, *extra, launch_as="--multi_gpu"):
     args = ["train", "--backbone", str(tmp / "bb"), "--train", str(tmp / "train.tsv"), "--dev", str(tmp / "dev.tsv"),
             "--preset", "cls", "--dropout", "0", "--lr", "1e-3", "--seed", "1", "--no-progress", "--device", "cpu",
             "--batch-size", "4", "--output", str(out), *extra]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+    launch = [sys.executable, "-m", "accelerate.commands.launch", *launch_as.split(), "--num_processes", str(processes),
               "--main_process_port", str(29500 + os.getpid() % 1000), "-m", "tailtune.cli"] if processes > 1 \
         else [sys.executable, "-m", "tailtune.cli"]
     return launch + args
 
 
-def _env():
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+def _env(**extra):
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1", **extra}
 
 
-def _run(cmd):
-    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+def _run(cmd, **env):
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(**env), timeout=300)
     said = [x for x in done.stderr.splitlines() if x.startswith("tailtune")]
     assert done.returncode == 0, "\n".join(said) or done.stderr[-2000:]
     return done.stdout
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(setup):
-    one = _run(_cmd(setup, setup / "one", 1, "--grad-accum", "2", "--epochs", "3"))
-    two = _run(_cmd(setup, setup / "two", 2, "--epochs", "3"))
-    lines = lambda out: [x for x in out.splitlines() if x.startswith("step ")]  # noqa: E731
-    assert len(lines(one)) == len(lines(two)) == 3 and two.count("saved to") == 1  # only the main process prints
-    for a, b in zip(lines(one), lines(two)):  # same steps, losses and dev scores (4 decimals)
-        assert a == b
-    p1, p2 = load_file(setup / "one" / "model.safetensors"), load_file(setup / "two" / "model.safetensors")
+@pytest.fixture(scope="module")
+def one_process(setup):
+    """One process with --grad-accum 2: the run two processes with the same global batch must equal."""
+    return _run(_cmd(setup, setup / "one", 1, "--grad-accum", "2", "--epochs", "3"))
+
+
+def _steps(out):
+    return [x for x in out.splitlines() if x.startswith("step ")]
+
+
+def _close(a, b):
+    p1, p2 = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     # float sums in another order, amplified by AdamW on near-zero gradients: at most a few steps of lr 1e-3
     assert max((p1[k] - p2[k]).abs().max().item() for k in p1) < 5e-3
     assert sum((p1[k] - p2[k]).abs().sum().item() for k in p1) / sum(v.numel() for v in p1.values()) < 1e-4
 
 
-def test_a_killed_two_process_run_resumes_to_the_same_end(setup):
-    straight, killed = setup / "straight", setup / "killed"
-    _run(_cmd(setup, straight, 2, "--epochs", "30", "--eval-every", "5"))
-    proc = subprocess.Popen(_cmd(setup, killed, 2, "--epochs", "30", "--eval-every", "5", "--save-every", "5"),
+def test_two_processes_equal_one_with_the_same_global_batch(setup, one_process):
+    two = _run(_cmd(setup, setup / "two", 2, "--epochs", "3"))
+    assert len(_steps(one_process)) == len(_steps(two)) == 3 and two.count("saved to") == 1  # only the main prints
+    for a, b in zip(_steps(one_process), _steps(two)):  # same steps, losses and dev scores (4 decimals)
+        assert a == b
+    _close(setup / "one", setup / "two")
+
+
+@pytest.mark.parametrize("launch_as,env,said", [
+    ("--use_fsdp", {}, "FSDP (FULL_SHARD)"),
+    ("--use_fsdp --fsdp_sharding_strategy SHARD_GRAD_OP", {}, "FSDP (SHARD_GRAD_OP)"),
+    ("--multi_gpu", {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"},
+     "DeepSpeed (ZeRO stage 2)")])
+def test_a_sharded_launch_shards_the_optimiser_state_and_equals_one_process(launch_as, env, said, setup, one_process):
+    """`accelerate launch --use_fsdp` (or a DeepSpeed launch, given by its environment: the deepspeed package is not
+    needed to test it) keeps each AdamW moment on one process and computes the data-parallel run."""
+    out = setup / f"sharded-{said.split()[0]}-{len(launch_as)}"
+    two = _run(_cmd(setup, out, 2, "--epochs", "3", launch_as=launch_as), **env)
+    shared = [x for x in two.splitlines() if "the optimiser state is sharded over 2 processes" in x]
+    assert len(shared) == 1 and shared[0].startswith(said), two  # (the main process says it; the other is silent)
+    held, total = (int(n.replace(",", "")) for n in re.search(r"moments of ([\d,]+) of ([\d,]+)", shared[0]).groups())
+    assert 0 < held < total
+    assert ("the parameters are not sharded" in shared[0]) == ("FULL_SHARD" in said)
+    assert _steps(one_process) == _steps(two)
+    _close(setup / "one", out)
+
+
+@pytest.mark.parametrize("launch_as", ["--multi_gpu", "--use_fsdp"])
+def test_a_killed_two_process_run_resumes_to_the_same_end(launch_as, setup):
+    """Also with the optimiser state sharded: each moment is gathered into the checkpoint and given back to the
+    process that keeps it."""
+    straight, killed = setup / f"straight{launch_as}", setup / f"killed{launch_as}"
+    _run(_cmd(setup, straight, 2, "--epochs", "30", "--eval-every", "5", launch_as=launch_as))
+    proc = subprocess.Popen(_cmd(setup, killed, 2, "--epochs", "30", "--eval-every", "5", "--save-every", "5",
+                                 launch_as=launch_as),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     state = killed / "checkpoint" / "state.json"
     deadline = time.time() + 240
@@ -87,19 +123,57 @@ def test_a_killed_two_process_run_resumes_to_the_same_end(setup):
     proc.wait()
     psutil.wait_procs([psutil.Process(p) for p in tree[1:] if psutil.pid_exists(p)], timeout=10)
     assert not (killed / "tailtune.json").exists()
-    out = _run(_cmd(setup, killed, 2, "--epochs", "30", "--eval-every", "5", "--save-every", "5", "--resume"))
+    moments = load_file(killed / "checkpoint" / "optimizer.safetensors")
+    trained = load_file(killed / "checkpoint" / "params.safetensors")
+    # every parameter that had gradients has its moments in the checkpoint, whichever process kept them
+    with_moments = {k.split("::")[0] for k in moments if k.endswith("::exp_avg_sq")}
+    assert with_moments == {k for k in trained if "pooler" not in k}  # ([CLS] readout: the pooler is not used)
+    out = _run(_cmd(setup, killed, 2, "--epochs", "30", "--eval-every", "5", "--save-every", "5", "--resume",
+                    launch_as=launch_as))
     assert "resuming from" in out
     a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("var,name", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
-def test_a_sharded_launch_is_refused_before_training(var, name, setup, monkeypatch, capsys):
-    """`accelerate launch --use_fsdp / --use_deepspeed` would otherwise run unsharded without a word."""
+@pytest.mark.parametrize("env,said", [
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"}, "launched with FSDP and --fsdp_offload_params"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"},
+     "launched with DeepSpeed offloading"),
+    ({"ACCELERATE_MIXED_PRECISION": "fp16"}, "launched with --mixed_precision fp16")])
+def test_what_a_launch_asks_and_tailtune_cannot_do_is_refused_before_training(env, said, setup, monkeypatch, capsys):
+    """Offloading and fp16 would otherwise be ignored without a word."""
     from tailtune.cli import main
-    monkeypatch.setenv(var, "true")
-    out = setup / f"refused-{name}"
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    out = setup / f"refused-{len(capsys.readouterr().err)}-{said.split()[2]}"
     assert main(_cmd(setup, out, 1)[3:]) == 2  # (the arguments after `python -m tailtune.cli`)
     err = capsys.readouterr().err
-    assert f"launched with {name}" in err and "--multi_gpu" in err and "Traceback" not in err
+    assert said in err and "Launch with" in err and "Traceback" not in err
     assert not (out / "tailtune.json").exists()
+
+
+def test_a_bf16_launch_trains_under_bf16_autocast(monkeypatch):
+    from tailtune.loop import TrainConfig
+    assert not TrainConfig(device="cpu").bf16
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert TrainConfig(device="cpu").bf16 and not TrainConfig(device="cpu", precision="fp32").bf16
+
+
+def test_the_sharding_a_launch_asks_for_is_read_from_its_environment(tmp_path, monkeypatch):
+    from tailtune.processes import sharding_request
+    assert sharding_request() is None
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "3")  # NO_SHARD: plain data parallelism
+    assert sharding_request() is None
+    monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "2")
+    assert sharding_request().asked == "SHARD_GRAD_OP" and not sharding_request().parameters
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "true")
+    assert sharding_request().parameters
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 8}))
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(config))
+    found = sharding_request()
+    assert found.asked == "ZeRO stage 3" and found.parameters and "config file" in found.note

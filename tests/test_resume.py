@@ -120,7 +120,7 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_bert, monkeypatch):
     """Micro-batches of 4 x 2 (or 2 x 4) give the step of one batch of 8. Plain SGD makes the steps
     comparable (Adam turns the last-bit differences of near-zero gradients into full-size steps)."""
     import tailtune.loop as loop
-    monkeypatch.setattr(loop, "adamw", lambda groups, device: torch.optim.SGD(groups))
+    monkeypatch.setattr(loop, "adamw", lambda groups, *_: torch.optim.SGD(groups))
     texts = ["good film", "bad film", "oil news", "good game", "bad game", "oil price", "good food", "bad food"]
     labels = ["good", "bad", "money", "good", "bad", "money", "good", "bad"]
     results = []

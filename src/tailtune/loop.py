@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .artefacts import load_checkpoint, save_checkpoint
 from .device import resolve_device, resolve_precision
 from .errors import ConfigError, TrainingError
-from .processes import Processes
+from .processes import Processes, launch_precision
 from .tracking import Tracker, check_tracker
 
 
@@ -108,6 +108,9 @@ class TrainConfig:
                               f"{self.max_grad_norm}")
         check_tracker(self.track)
         device = resolve_device(self.device)  # a device that is not there fails now, not after loading a model
+        launched = launch_precision()  # `accelerate launch --mixed_precision bf16` (fp16 is refused here)
+        if launched == "bf16" and self.precision is None:
+            self.bf16 = True
         if self.precision is not None:
             if self.precision == "int8":
                 raise ConfigError("precision='int8' is for prediction only; train in fp32, bf16 or auto")
@@ -197,12 +200,14 @@ def param_groups(model: torch.nn.Module, roles: dict[str, str], cfg: TrainConfig
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
 
-def adamw(groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
-    """Fused AdamW where torch has it: ~8x faster steps on CPU for a MiniLM-sized model."""
+def adamw(groups: list[dict], device: torch.device, procs: Processes | None = None) -> torch.optim.Optimizer:
+    """Fused AdamW where torch has it (~8x faster steps on CPU for a MiniLM-sized model); its state sharded over the
+    processes of a sharded launch (``Processes.optimizer``)."""
+    make = procs.optimizer if procs is not None else (lambda g, fused: torch.optim.AdamW(g, fused=fused))
     try:
-        return torch.optim.AdamW(groups, fused=device.type in ("cpu", "cuda"))
+        return make(groups, device.type in ("cpu", "cuda"))
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups)
+        return make(groups, False)
 
 
 def schedule(step: int, total: int, warmup: int) -> float:
@@ -267,20 +272,18 @@ class _Checkpoints:
         self.last_step = state["step"]
         return tensors, state
 
-    def save(self, named: dict, optimizer: torch.optim.Optimizer, best: dict | None, device: torch.device,
+    def save(self, named: dict, moments: dict[str, dict], best: dict | None, device: torch.device,
              state: dict, fixed: dict | None = None) -> None:
-        """``named``: the trained parameters (with their optimiser moments); ``fixed``: parameters the run keeps as
-        they are, saved beside them."""
+        """``named``: the trained parameters, ``moments`` their optimiser state by name; ``fixed``: parameters the run
+        keeps as they are, saved beside them."""
         if self.directory is None:
             return
         bad = [n for n, p in named.items() if not bool(torch.isfinite(p).all())]
         if bad:  # never keep a broken state
             raise TrainingError(f"training diverged at step {state['step']}: parameters {bad[:3]} are not finite")
-        moments = {}
-        for name, p in named.items():
-            for key, value in optimizer.state.get(p, {}).items():
-                moments[f"{name}::{key}"] = value.reshape(-1) if value.dim() == 0 else value
-        save_checkpoint(self.directory, {"params": {**(fixed or {}), **named}, "optimizer": moments, "best": best or {},
+        flat = {f"{name}::{key}": value.reshape(-1) if value.dim() == 0 else value
+                for name, state in moments.items() for key, value in state.items()}
+        save_checkpoint(self.directory, {"params": {**(fixed or {}), **named}, "optimizer": flat, "best": best or {},
                                          "rng": _rng_state(device)},
                         {**state, "settings": self.settings})
         self.last_step = state["step"]
@@ -320,7 +323,10 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
     steps_per_epoch = max(1, math.ceil(job.micro_batches / window_size))
     total = cfg.steps or max(1, math.ceil(steps_per_epoch * cfg.epochs), cfg.min_steps or 0)
     warmup = int(total * cfg.warmup_ratio)
-    optimizer = adamw(param_groups(model, roles, cfg), device)
+    optimizer = adamw(param_groups(model, roles, cfg), device, procs)
+    if procs.shards and log:
+        log(procs.sharding.describe(procs.world, sum(p.numel() for p in params if id(p) in procs.held(optimizer)[0]),
+                                    sum(p.numel() for p in params)))
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     eval_every = cfg.eval_every or (math.ceil(total / cfg.eval_times) if cfg.eval_times else steps_per_epoch)
     job.total_steps = total
@@ -339,9 +345,8 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
                     p.copy_(tensors["params"][n])
             for n, p in named.items():
                 p.copy_(tensors["params"][n])
-                moments = {k.split("::", 1)[1]: v for k, v in tensors["optimizer"].items() if k.startswith(n + "::")}
-                if moments:
-                    optimizer.state[p] = {k: (v.reshape(()) if k == "step" else v) for k, v in moments.items()}
+        procs.restore_moments(optimizer, named, {n: {k.split("::", 1)[1]: v for k, v in tensors["optimizer"].items()
+                                                     if k.startswith(n + "::")} for n in named})
         best_state = tensors["best"] or None
         _set_rng_state(tensors["rng"], device)
         if log:
@@ -359,8 +364,11 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
         return state["seconds"] + time.perf_counter() - start
 
     def checkpoint() -> None:
+        if checkpoints.directory is None:
+            return
+        moments = procs.moments(optimizer, named)  # (every process: a collective when the state is sharded)
         if procs.main:
-            checkpoints.save(named, optimizer, best_state, device, {**state, "seconds": elapsed()}, fixed)
+            checkpoints.save(named, moments, best_state, device, {**state, "seconds": elapsed()}, fixed)
 
     with PeakMemory(device) as memory:
         if before is not None:
