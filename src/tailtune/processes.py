@@ -22,8 +22,8 @@ tunes fit one device; such a launch runs with the optimiser state sharded and sa
 """
 from __future__ import annotations
 
-import os
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -57,9 +57,9 @@ _FSDP_STRATEGIES = {"1": "FULL_SHARD", "2": "SHARD_GRAD_OP", "3": "NO_SHARD", "4
 
 
 def sharding_request() -> Sharding | None:
-    """The sharding that ``accelerate launch`` asked for (from the environment it sets), or None; a ConfigError,
-    before any training, for what tailtune cannot honour (offloading, and DDP-less NO_SHARD is plain data
-    parallelism)."""
+    """The sharding that ``accelerate launch`` asked for (from the environment it sets), or None (also for FSDP's
+    NO_SHARD and ZeRO stage 0, which are plain data parallelism); a ConfigError, before any training, for
+    offloading, which tailtune does not do."""
     if _flag("ACCELERATE_USE_FSDP"):
         if _flag("FSDP_OFFLOAD_PARAMS"):
             raise ConfigError("launched with FSDP and --fsdp_offload_params true: tailtune does not offload parameters "
