@@ -200,14 +200,13 @@ def param_groups(model: torch.nn.Module, roles: dict[str, str], cfg: TrainConfig
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
 
-def adamw(groups: list[dict], device: torch.device, procs: Processes | None = None) -> torch.optim.Optimizer:
+def adamw(groups: list[dict], device: torch.device, procs: Processes) -> torch.optim.Optimizer:
     """Fused AdamW where torch has it (~8x faster steps on CPU for a MiniLM-sized model); its state sharded over the
     processes of a sharded launch (``Processes.optimizer``)."""
-    make = procs.optimizer if procs is not None else (lambda g, fused: torch.optim.AdamW(g, fused=fused))
     try:
-        return make(groups, device.type in ("cpu", "cuda"))
+        return procs.optimizer(groups, device.type in ("cpu", "cuda"))
     except (RuntimeError, TypeError):
-        return make(groups, False)
+        return procs.optimizer(groups, False)
 
 
 def schedule(step: int, total: int, warmup: int) -> float:
