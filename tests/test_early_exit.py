@@ -97,6 +97,41 @@ def test_two_stage_training_trains_the_inner_classifiers_last(tiny_bert, toy):
     assert moved[0] and all(n.startswith("head.exits.0.") for n in moved[0])  # the inner one only
 
 
+def _layer_probs(model, enc):
+    from tailtune.batch import collate
+    model.eval()
+    with torch.no_grad():
+        batch = collate(enc, model.tokenizer.pad_token_id, torch.device("cpu"))
+        hidden = model.features(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        x, _ = model.readout(hidden, batch["attention_mask"], batch["position"])
+        return model.head.layer_logits(x).softmax(-1)  # (rows, layers, classes)
+
+
+def test_self_distillation_teaches_the_inner_classifiers_the_last_ones_distribution(tiny_bert, toy):
+    texts, labels = toy
+    with pytest.raises(tt.ConfigError, match="add stages=\\['exit-heads'\\]"):
+        tt.config_from_preset("cls", head="early-exit", exit_training="self-distill")
+    short, long = (_fit(tiny_bert, toy, exit_training="self-distill", stages=["exit-heads"], exit_heads_epochs=e,
+                        exit_heads_lr=1e-2) for e in (0.1, 8))
+    enc = short.model_.encode(texts)
+    p_short, p_long = _layer_probs(short.model_, enc), _layer_probs(long.model_, enc)
+    torch.testing.assert_close(p_short[:, -1], p_long[:, -1])  # the stage leaves the last classifier alone
+
+    def kl(p):  # KL(last || first) per row, the stage's loss
+        return (p[:, -1] * (p[:, -1].log() - p[:, 0].log())).sum(-1).mean()
+    assert kl(p_long) < 0.5 * kl(p_short)
+    # the loss itself: zero for an inner classifier that says what the last one says
+    head = long.model_.head
+    head.exits[0].load_state_dict(head.exits[1].state_dict())
+    x = torch.randn(4, 3, long.model_.encoder.config.hidden_size)
+    x[:, 1] = x[:, 2]
+    head.training_mode = "distill"
+    logits = head(x)
+    assert float(head.loss(logits, x, None, torch.zeros(4, dtype=torch.long), None)) == pytest.approx(0.0, abs=1e-6)
+    x[:, 1] = torch.randn(4, x.shape[-1])
+    assert float(head.loss(logits, x, None, torch.zeros(4, dtype=torch.long), None)) > 0
+
+
 def test_early_exit_over_the_verbalizer_head_with_soft_prompts(tiny_bert, toy):
     texts, labels = toy
     clf = tt.TailtuneClassifier("soft-prompt", tiny_bert, head="early-exit", exit_head="verbalizer", soft_tokens=2,

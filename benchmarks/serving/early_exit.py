@@ -1,5 +1,5 @@
 """Early exit on R52, TREC-50 and 16-shot SST-2: train the default with one classifier per layer (PABEE
-joint training), then the speed / quality curve at batch 1 and 64: entropy thresholds as fractions of
+joint training, or ``--exit-training two-stage`` (DeeBERT) / ``self-distill`` (FastBERT)), then the speed / quality curve at batch 1 and 64: entropy thresholds as fractions of
 ln(classes), and PABEE's patience.
 
     python benchmarks/serving/early_exit.py --data-dir ../shared/data      # -> results/serving/early_exit.json
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
 
 # entropy thresholds as fractions of the largest possible entropy, ln(classes): an absolute grid is too coarse
 # for 2 classes (max 0.69) and too fine for 50 (max 3.9); then PABEE's patience rule
-RELATIVE = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6]
+RELATIVE = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 PATIENCE = [1, 2, 3, 4]
 
 
@@ -39,6 +39,12 @@ def main() -> None:
     p.add_argument("--sets", nargs="*", default=["sst2", "trec50", "r52"])
     p.add_argument("--out", default="benchmarks/results/serving/early_exit.json")
     p.add_argument("--epochs", type=float, default=None, help="override the recipe's epochs (smoke runs)")
+    p.add_argument("--exit-training", default="joint", choices=["joint", "two-stage", "self-distill"],
+                   help="joint (PABEE), two-stage (DeeBERT) or self-distill (FastBERT); the last two add the exit-heads "
+                        "stage. Results of other than joint are keyed SET/MODE")
+    p.add_argument("--batches", nargs="*", type=int, default=[1, 64], help="batch sizes to time")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--note", default=None, help="what else ran beside this run (stored with its results)")
     p.add_argument("--batch1-texts", type=int, default=None,
                    help="time batch 1 on the first N test texts only (default: all; macro-F1 then on those N)")
     a = p.parse_args()
@@ -46,12 +52,14 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.is_file() else {}
     for name in a.sets:
-        if name in results:
+        key = name + ("" if a.exit_training == "joint" else f"/{a.exit_training}") + ("" if a.seed == 13 else f"/seed{a.seed}")
+        if key in results:
             continue
-        train, dev, test, max_length, theta, few = load(Path(a.data_dir), name, 13)
-        recipe = tt.preset_train_config("auto", seed=13, progress=False, **({"epochs": a.epochs} if a.epochs else {}))
+        train, dev, test, max_length, theta, few = load(Path(a.data_dir), name, a.seed)
+        recipe = tt.preset_train_config("auto", seed=a.seed, progress=False, **({"epochs": a.epochs} if a.epochs else {}))
+        staged = {} if a.exit_training == "joint" else {"stages": ("contrastive", "exit-heads")}  # auto's stage, then the exits'
         clf = tt.TailtuneClassifier("auto", head="early-exit", exit_head="cosine", max_length=max_length, theta=theta,
-                                    train_config=recipe)
+                                    exit_training=a.exit_training, train_config=recipe, **staged)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -59,11 +67,11 @@ def main() -> None:
         train_seconds = time.perf_counter() - t0
         model, enc = clf.model_, clf.model_.encode(test.texts)
         device = next(clf.model_.parameters()).device
-        row = {"n_test": len(test), "max_length": max_length, "train_seconds": train_seconds, "curve": {},
+        row = {**({"note": a.note} if a.note else {}), "exit_training": a.exit_training, "seed": a.seed, "n_test": len(test), "max_length": max_length, "train_seconds": train_seconds, "curve": {},
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
         predict_logits(model, enc[:64], 64)  # warm-up (a GPU's first calls set up kernels): not timed
         predict_early_exit(model, enc[:64], "patience", None, 1, batch_size=64)
-        for batch in (1, 64):
+        for batch in a.batches:
             n = len(enc) if batch > 1 or a.batch1_texts is None else min(a.batch1_texts, len(enc))
             timed, gold = enc[:n], test.labels[:n]  # batch 1 on the first n texts (--batch1-texts): the same
             start = time.perf_counter()             # predictions as batch 64 (tested), so only the timing needs it
@@ -84,11 +92,11 @@ def main() -> None:
                               "mean_layers": float(used.float().mean()), "seconds": seconds,
                               "speedup": full_s / seconds, "f1_share": rep["macro_f1"] / full_f1 if full_f1 else None})
             row["curve"][str(batch)] = {"texts": n, "full_depth_seconds": full_s, "full_depth_macro_f1": full_f1, "points": curve}
-            print(f"{name} batch {batch}: full depth {full_f1:.4f} in {full_s:.1f} s", flush=True)
+            print(f"{key} batch {batch}: full depth {full_f1:.4f} in {full_s:.1f} s", flush=True)
             for c in curve:
                 print(f"   {c['rule']} {c['threshold']:<6.3f} macro-F1 {c['macro_f1']:.4f} ({100 * (c['f1_share'] or 0):.1f} %) "
                       f"layers {c['mean_layers']:.2f} {c['seconds']:.1f} s ({c['speedup']:.2f}x)", flush=True)
-        results[name] = row
+        results[key] = row
         out.write_text(json.dumps(results, indent=2))
 
 

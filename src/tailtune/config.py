@@ -238,6 +238,11 @@ PRESETS: dict[str, Preset] = {
                        "stages": ("exit-heads",), "exit_rule": "entropy", "exit_threshold": 0.1},
                       "early exit (DeeBERT): the last classifier trains with the model, then the inner ones with "
                       "everything else frozen; a row leaves once its entropy is below 0.1", AUTO_TRAIN),
+    "fastbert": Preset({"readout": "auto", "head": "early-exit", "exit_head": "cosine", "exit_training": "self-distill",
+                        "stages": ("exit-heads",), "exit_rule": "normalized-entropy", "exit_threshold": 0.15},
+                       "early exit (FastBERT): the last classifier trains with the model, then the inner ones learn "
+                       "its class distribution (self-distillation) with everything else frozen; a row leaves once "
+                       "its entropy is below 0.15 of ln(classes)", AUTO_TRAIN),
     "soft-prompt": Preset({**_PROMPT, "trains": "prompt", "soft_tokens": 20},
                           "20 soft tokens before the template, MLM head + verbalizer; backbone frozen "
                           "(with hard template words: a hybrid prompt)"),

@@ -2,8 +2,10 @@
 
 The head wraps any head that reads one vector (``mlp``, ``cosine``, ``verbalizer``): one copy reads
 each layer's vector (the readout applied to that layer). Training is joint (PABEE: the layer losses
-weighted by depth) or in two stages (DeeBERT: the last classifier with the model, then the inner
-ones with everything else frozen, through the ``exit-heads`` stage). At prediction
+weighted by depth) or in two stages: the last classifier with the model, then the inner ones with
+everything else frozen, through the ``exit-heads`` stage, either on the labels (DeeBERT) or by
+self-distillation (FastBERT: each inner classifier learns the last one's class distribution, so it is
+sure where the full model is sure and unsure where it is not). At prediction
 ``tailtune.early_exit`` runs the encoder layer by layer and lets a row leave as soon as its exit
 rule fires; the rows that remain go on to the next layer.
 """
@@ -20,6 +22,7 @@ from ..registry import HEADS, BuildContext, check_choice, check_min
 from .base import Head, Objective
 
 EXIT_RULES = ("entropy", "normalized-entropy", "confidence", "patience")
+EXIT_TRAINING = ("joint", "two-stage", "self-distill")
 
 
 class EarlyExitHead(Head):
@@ -42,8 +45,13 @@ class EarlyExitHead(Head):
 
     def loss(self, logits: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, target: torch.Tensor,
              objective: Objective) -> torch.Tensor:
-        if self.training_mode == "two-stage":  # first stage: the last classifier only
+        if self.training_mode in ("two-stage", "self-distill"):  # first stage: the last classifier only
             return objective(logits, target)
+        if self.training_mode == "distill":  # FastBERT's second stage: every inner exit learns the last one's
+            teacher = torch.softmax(logits.detach().float(), -1)  # class distribution, KL(teacher || exit)
+            kl = [nn.functional.kl_div(torch.log_softmax(head(x[:, k + 1], mask).float(), -1), teacher,
+                                       reduction="batchmean") for k, head in enumerate(self.exits[:-1])]
+            return torch.stack(kl).mean() if kl else logits.sum() * 0.0
         per_layer = torch.stack([objective(head(x[:, k + 1], mask), target) for k, head in enumerate(self.exits)])
         return (per_layer * self.depth).sum() / self.depth.sum()  # PABEE: weight ∝ layer index
 
@@ -61,7 +69,9 @@ class EarlyExitOptions:
     exit_head: str = "mlp"
     """early exit: the classifier after every layer (a head that reads one vector: mlp, cosine, verbalizer)"""
     exit_training: str = "joint"
-    """early exit: joint (PABEE, layer losses weighted by depth) or two-stage (DeeBERT; needs the exit-heads stage)"""
+    """early exit: joint (PABEE, layer losses weighted by depth), two-stage (DeeBERT: the inner classifiers then
+    train on the labels) or self-distill (FastBERT: they then learn the last classifier's class distribution);
+    the last two need the exit-heads stage"""
     exit_rule: str = "entropy"
     """early exit at prediction: entropy (below the threshold), normalized-entropy (entropy / ln(classes) below
     it: one threshold in [0, 1] means the same for 2 classes and for 50), confidence (max probability at or
@@ -73,7 +83,7 @@ class EarlyExitOptions:
     """early exit with the patience rule: layers in a row that must agree (0: never leave early)"""
 
     def __post_init__(self) -> None:
-        check_choice(self, "exit_training", ("joint", "two-stage"))
+        check_choice(self, "exit_training", EXIT_TRAINING)
         check_choice(self, "exit_rule", EXIT_RULES)
         check_min(self, "exit_threshold", 0.0)
         check_min(self, "exit_patience", 0)
@@ -90,9 +100,9 @@ def _check(config: Any) -> None:
     for axis, allowed in inner.requires.items():  # e.g. the verbalizer's [MASK] readout
         if getattr(config, axis) not in allowed and getattr(config, axis) != "auto":
             raise ConfigError(f"exit_head={opts.exit_head!r} needs {axis} {' or '.join(map(repr, allowed))}")
-    if opts.exit_training == "two-stage" and "exit-heads" not in config.stages:
-        raise ConfigError("exit_training='two-stage' trains the inner classifiers in a second stage: add "
-                          "stages=['exit-heads'] (--stages exit-heads)")
+    if opts.exit_training != "joint" and "exit-heads" not in config.stages:
+        raise ConfigError(f"exit_training={opts.exit_training!r} trains the inner classifiers in a second stage: add "
+                          f"stages=['exit-heads'] (--stages exit-heads)")
 
 
 @HEADS.register("early-exit", EarlyExitOptions, description="one classifier after every layer; rows leave at the "

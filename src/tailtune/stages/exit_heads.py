@@ -1,4 +1,6 @@
-"""The second stage of DeeBERT-style early exit: the inner classifiers train, everything else is frozen."""
+"""The second stage of two-stage early exit: the inner classifiers train, everything else is frozen; on the
+labels (DeeBERT, ``exit_training=two-stage``) or on the last classifier's class distribution (FastBERT's
+self-distillation, ``exit_training=self-distill``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -32,10 +34,13 @@ class ExitHeadsStage:
         last = f"head.exits.{len(model.head.exits) - 1}."
         tc = replace(cfg, epochs=self.opts.exit_heads_epochs, steps=None, min_steps=None, lr=self.opts.exit_heads_lr,
                      head_lr=self.opts.exit_heads_lr, save_every=None)
-        mode, model.head.training_mode = model.head.training_mode, "joint"  # every layer's loss, for the inner ones
+        mode = model.head.training_mode
+        # every inner layer's loss: on the labels (DeeBERT), or KL to the last classifier (FastBERT)
+        model.head.training_mode = "distill" if mode == "self-distill" else "joint"
         try:
             if log:
-                log(f"exit-heads stage: the {len(model.head.exits) - 1} inner classifiers train, "
+                what = "the last classifier's distribution" if mode == "self-distill" else "the labels"
+                log(f"exit-heads stage: the {len(model.head.exits) - 1} inner classifiers train on {what}, "
                     f"{self.opts.exit_heads_epochs:g} epochs, lr {self.opts.exit_heads_lr:g}")
             result = train(model, examples, tc, None, roles=("head",), prototypes=False,
                            only=lambda name: name.startswith("head.exits.") and not name.startswith(last))
@@ -45,7 +50,7 @@ class ExitHeadsStage:
         return result.seconds
 
 
-@STAGES.register("exit-heads", ExitHeadsOptions, description="DeeBERT's second stage: the inner classifiers of an "
-                 "early-exit head train with everything else frozen", requires={"head": ("early-exit",)}, when="after")
+@STAGES.register("exit-heads", ExitHeadsOptions, description="the second stage of two-stage early exit (DeeBERT, "
+                 "FastBERT): the inner classifiers of an early-exit head train with everything else frozen", requires={"head": ("early-exit",)}, when="after")
 def build_exit_heads(opts: ExitHeadsOptions) -> ExitHeadsStage:
     return ExitHeadsStage(opts)
