@@ -188,10 +188,14 @@ _CLS = {"readout": "cls"}  # CLS-tuning reads [CLS] by definition, whatever the 
 # after (SetFit's recipe), else everything fine-tunes with a higher learning rate for the head than the body.
 AUTO_TRAIN = {"epochs": 10.0, "min_steps": 50, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "eval_times": 10,
               "patience": 3, "patience_from": 0.5}
+_AUTO = {"readout": "auto", "head": "cosine", "stages": ("contrastive",), "contrastive_below": 64,
+         "contrastive_head_only_below": 17}
+# the early-exit presets: `auto` with a cosine classifier after every layer
+_EXIT = {**_AUTO, "head": "early-exit", "exit_head": "cosine"}
+_EXIT_TWO_STAGE = {**_EXIT, "stages": ("contrastive", "exit-heads")}
 
 PRESETS: dict[str, Preset] = {
-    "auto": Preset({"readout": "auto", "head": "cosine", "stages": ("contrastive",), "contrastive_below": 64,
-                    "contrastive_head_only_below": 17},
+    "auto": Preset(dict(_AUTO),
                    "the default: the backbone's own pooling (mean on sentence encoders); a cosine head started from "
                    "the class prototypes; below 64 training examples per class, a contrastive stage (class-balanced "
                    "pairs) tunes the body first; then, at 16 per class or fewer, only the head trains, else "
@@ -230,19 +234,18 @@ PRESETS: dict[str, Preset] = {
                        "features, linear label pointer; triplet loss (margin 0.2); features cached in training"),
     "y-tuning-ce": Preset({"readout": "tokens", "head": "label-decoder", "trains": "head", "decoder_width": 128},
                           "Y-Tuning with cross-entropy instead of the triplet loss"),
-    "pabee": Preset({"readout": "auto", "head": "early-exit", "exit_head": "cosine", "exit_rule": "patience",
-                     "exit_patience": 3},
-                    "early exit (PABEE): a cosine classifier after every layer, trained jointly (losses weighted by "
-                    "depth); a row leaves once 3 layers in a row agree", AUTO_TRAIN),
-    "deebert": Preset({"readout": "auto", "head": "early-exit", "exit_head": "cosine", "exit_training": "two-stage",
-                       "stages": ("exit-heads",), "exit_rule": "entropy", "exit_threshold": 0.1},
-                      "early exit (DeeBERT): the last classifier trains with the model, then the inner ones with "
-                      "everything else frozen; a row leaves once its entropy is below 0.1", AUTO_TRAIN),
-    "fastbert": Preset({"readout": "auto", "head": "early-exit", "exit_head": "cosine", "exit_training": "self-distill",
-                        "stages": ("exit-heads",), "exit_rule": "normalized-entropy", "exit_threshold": 0.15},
-                       "early exit (FastBERT): the last classifier trains with the model, then the inner ones learn "
-                       "its class distribution (self-distillation) with everything else frozen; a row leaves once "
-                       "its entropy is below 0.15 of ln(classes)", AUTO_TRAIN),
+    "pabee": Preset({**_EXIT, "exit_rule": "patience", "exit_patience": 3},
+                    "early exit (PABEE) on `auto`: a cosine classifier after every layer, trained jointly (losses "
+                    "weighted by depth); a row leaves once 3 layers in a row agree", AUTO_TRAIN),
+    "deebert": Preset({**_EXIT_TWO_STAGE, "exit_training": "two-stage", "exit_rule": "entropy",
+                       "exit_threshold": 0.1},
+                      "early exit (DeeBERT) on `auto`: the last classifier trains as in `auto`, then the inner ones "
+                      "with everything else frozen; a row leaves once its entropy is below 0.1", AUTO_TRAIN),
+    "fastbert": Preset({**_EXIT_TWO_STAGE, "exit_training": "self-distill", "exit_rule": "normalized-entropy",
+                        "exit_threshold": 0.15},
+                       "early exit (FastBERT) on `auto`: the last classifier trains as in `auto`, then the inner ones "
+                       "learn its class distribution (self-distillation) with everything else frozen; a row leaves "
+                       "once its entropy is below 0.15 of ln(classes)", AUTO_TRAIN),
     "soft-prompt": Preset({**_PROMPT, "trains": "prompt", "soft_tokens": 20},
                           "20 soft tokens before the template, MLM head + verbalizer; backbone frozen "
                           "(with hard template words: a hybrid prompt)"),
