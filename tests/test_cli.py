@@ -60,3 +60,19 @@ def test_stats(toy_files, capsys):
     assert main(["stats", "--data", str(toy_files / "train.tsv"), "--theta", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "36 examples, 3 classes, imbalance ratio 1.0" in out and "tail" in out
+
+
+def test_evaluate_prints_the_early_exit_curve_against_full_depth(tiny_bert, toy_files, capsys):
+    out = toy_files / "ee"
+    assert main(["train", "--train", str(toy_files / "train.tsv"), "--preset", "fastbert", "--backbone", tiny_bert,
+                 "--output", str(out), "--epochs", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    report = toy_files / "report.json"
+    assert main(["evaluate", str(out), "--data", str(toy_files / "test.tsv"), "--exit-curve", "0,0.5",
+                 "--exit-batch-sizes", "1,8", "--output", str(report)]) == 0
+    text = capsys.readouterr().out
+    assert "speed / quality of early exit (normalized-entropy)" in text and "speed-up" in text
+    rows = [line.split() for line in text.splitlines() if line.strip().split(" ")[0] in ("full", "0", "0.5")]
+    assert [r[0] for r in rows] == ["full", "0", "0.5"] and rows[0][2] == rows[1][2] == "100.0%"
+    curves = json.loads(report.read_text())["exit_curve"]
+    assert set(curves) == {"1", "8"} and [c["threshold"] for c in curves["8"]] == [None, 0.0, 0.5]

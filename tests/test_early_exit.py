@@ -57,6 +57,10 @@ def test_rules_and_the_api(tiny_bert, toy):
     assert clf.layers_used_.float().mean() < 2 and len(fast) == len(full)
     curve = exit_curve(clf.model_, enc, labels, [0.0, 0.5, 2.0])
     assert [round(c["mean_layers"], 3) for c in curve][0] == 2.0 and curve[-1]["mean_layers"] == 1.0
+    full, never = curve[0], curve[1]  # the full-depth reference first; threshold 0 lets nobody leave: the same answers
+    assert full["threshold"] is None and full["rule"] == "full-depth" and full["f1_share"] == 1.0
+    assert never["threshold"] == 0.0 and never["macro_f1"] == full["macro_f1"] and never["f1_share"] == 1.0
+    assert all(c["speedup"] > 0 for c in curve)
     # normalized-entropy: the entropy threshold as a share of ln(classes), the same layers as the absolute rule
     import math
     classes = len(clf.labels_)

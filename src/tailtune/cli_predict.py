@@ -43,13 +43,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         enc = clf.model_.encode(data.texts, data.texts_b)
         rule = args.exit_rule or clf.model_.head.rule
         print(f"speed / quality of early exit ({rule}):")
-        print(f"{'threshold':>10}{'macro-F1':>10}{'accuracy':>10}{'layers':>8}" +
-              "".join(f"{f'texts/s @{b}':>14}" for b in args.exit_batch_sizes))
+        print(f"{'threshold':>10}{'macro-F1':>10}{'share':>8}{'accuracy':>10}{'layers':>8}" +
+              "".join(f"{f'texts/s @{b}':>14}{'speed-up':>10}" for b in args.exit_batch_sizes))
         curves = {b: exit_curve(clf.model_, enc, data.labels, args.exit_curve, rule, b, clf.theta)
                   for b in args.exit_batch_sizes}
         for k, row in enumerate(curves[args.exit_batch_sizes[0]]):
-            print(f"{row['threshold']:>10g}{row['macro_f1']:>10.4f}{row['accuracy']:>10.4f}{row['mean_layers']:>8.2f}"
-                  + "".join(f"{curves[b][k]['texts_per_second']:>14.1f}" for b in args.exit_batch_sizes))
+            t = "full" if row["threshold"] is None else f"{row['threshold']:g}"
+            share = f"{100 * row['f1_share']:.1f}%" if row["f1_share"] is not None else "–"
+            print(f"{t:>10}{row['macro_f1']:>10.4f}{share:>8}{row['accuracy']:>10.4f}{row['mean_layers']:>8.2f}"
+                  + "".join(f"{curves[b][k]['texts_per_second']:>14.1f}{curves[b][k]['speedup']:>9.2f}x"
+                            for b in args.exit_batch_sizes))
         report["exit_curve"] = curves
     if args.output:
         write_json(args.output, report)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -167,15 +167,19 @@ def exit_pass(encoder: Any, router: Any, batch: dict, groups: list[ExitGroup],
 
 
 @torch.no_grad()
-def predict_early_exit(model: Any, encoded: list[Encoded], rule: str | None = None, threshold: float | None = None,
-                       patience: int | None = None, batch_size: int = 64,
-                       bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(calibrated scores (n, classes), layers used (n,)) with the head's exit rule (or the one given)."""
+def _check_exits(model: Any, encoded: list[Encoded]) -> None:
     if not hasattr(model.head, "exits"):
         raise ConfigError("early exit needs a classifier trained with head='early-exit'")
     if any(e.views for e in encoded):
         raise ConfigError("early exit scores one encoding per text; this input format averages several "
                           "(demonstration sets): predict without early exit")
+
+
+def predict_early_exit(model: Any, encoded: list[Encoded], rule: str | None = None, threshold: float | None = None,
+                       patience: int | None = None, batch_size: int = 64,
+                       bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(calibrated scores (n, classes), layers used (n,)) with the head's exit rule (or the one given)."""
+    _check_exits(model, encoded)
     device = next(model.parameters()).device
     was_training = model.training
     if was_training:
@@ -198,18 +202,31 @@ def predict_early_exit(model: Any, encoded: list[Encoded], rule: str | None = No
 
 def exit_curve(model: Any, encoded: list[Encoded], gold: list[str], thresholds: list[float], rule: str = "entropy",
                batch_size: int = 64, theta: float = 0.65) -> list[dict]:
-    """Macro-F1, accuracy and mean layers used at each threshold (the speed / quality curve)."""
+    """The speed / quality curve: first the full-depth reference (``threshold`` None: the ordinary forward pass,
+    no exits), then macro-F1, accuracy, mean layers used and wall time at each threshold, with each point's share
+    of the full-depth macro-F1 and its speed-up over full depth."""
     import time
 
     from .metrics import long_tail_report
-    rows = []
-    for t in thresholds:
+    from .training import predict_logits
+    _check_exits(model, encoded)
+
+    def point(threshold: float | None, run: Callable[[], tuple[torch.Tensor, torch.Tensor | None]]) -> dict:
         start = time.perf_counter()
-        scores, used = predict_early_exit(model, encoded, rule, t if rule != "patience" else None,
-                                          int(t) if rule == "patience" else None, batch_size)
+        scores, used = run()
         seconds = time.perf_counter() - start
         report = long_tail_report(gold, [model.labels[i] for i in scores.argmax(-1).tolist()], theta)
-        rows.append({"rule": rule, "threshold": t, "macro_f1": report["macro_f1"], "accuracy": report["accuracy"],
-                     "mean_layers": float(used.float().mean()), "seconds": seconds,
-                     "texts_per_second": len(encoded) / seconds if seconds > 0 else math.inf})
+        return {"rule": rule if threshold is not None else "full-depth", "threshold": threshold,
+                "macro_f1": report["macro_f1"], "accuracy": report["accuracy"],
+                "mean_layers": float(used.float().mean()) if used is not None else float(len(model.head.exits)),
+                "seconds": seconds, "texts_per_second": len(encoded) / seconds if seconds > 0 else math.inf}
+
+    full = point(None, lambda: (predict_logits(model, encoded, batch_size), None))
+    rows = [full]
+    for t in thresholds:
+        rows.append(point(t, lambda t=t: predict_early_exit(model, encoded, rule, t if rule != "patience" else None,
+                                                            int(t) if rule == "patience" else None, batch_size)))
+    for row in rows:
+        row["f1_share"] = row["macro_f1"] / full["macro_f1"] if full["macro_f1"] else None
+        row["speedup"] = full["seconds"] / row["seconds"] if row["seconds"] > 0 else math.inf
     return rows
