@@ -82,7 +82,7 @@ def test_rules_and_the_api(tiny_bert, toy):
 
 def test_two_stage_training_trains_the_inner_classifiers_last(tiny_bert, toy):
     texts, labels = toy
-    with pytest.raises(tt.ConfigError, match="add stages=\\['exit-heads'\\]"):
+    with pytest.raises(tt.ConfigError, match="add it, stages=\\['exit-heads'\\]"):
         tt.config_from_preset("cls", head="early-exit", exit_training="two-stage")
     import tailtune.stages.exit_heads as stage
     moved = []
@@ -113,8 +113,10 @@ def _layer_probs(model, enc):
 
 def test_self_distillation_teaches_the_inner_classifiers_the_last_ones_distribution(tiny_bert, toy):
     texts, labels = toy
-    with pytest.raises(tt.ConfigError, match="add stages=\\['exit-heads'\\]"):
+    with pytest.raises(tt.ConfigError, match="add it, stages=\\['exit-heads'\\] \\(--stages exit-heads\\)"):
         tt.config_from_preset("cls", head="early-exit", exit_training="self-distill")
+    with pytest.raises(tt.ConfigError, match="--stages contrastive,exit-heads"):  # the preset's own stages kept
+        tt.config_from_preset("auto", head="early-exit", exit_training="self-distill")
     short, long = (_fit(tiny_bert, toy, exit_training="self-distill", stages=["exit-heads"], exit_heads_epochs=e,
                         exit_heads_lr=1e-2) for e in (0.1, 8))
     enc = short.model_.encode(texts)

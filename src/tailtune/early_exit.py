@@ -166,7 +166,6 @@ def exit_pass(encoder: Any, router: Any, batch: dict, groups: list[ExitGroup],
     return scores, used
 
 
-@torch.no_grad()
 def _check_exits(model: Any, encoded: list[Encoded]) -> None:
     if not hasattr(model.head, "exits"):
         raise ConfigError("early exit needs a classifier trained with head='early-exit'")
@@ -175,6 +174,7 @@ def _check_exits(model: Any, encoded: list[Encoded]) -> None:
                           "(demonstration sets): predict without early exit")
 
 
+@torch.no_grad()
 def predict_early_exit(model: Any, encoded: list[Encoded], rule: str | None = None, threshold: float | None = None,
                        patience: int | None = None, batch_size: int = 64,
                        bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -101,8 +101,9 @@ def _check(config: Any) -> None:
         if getattr(config, axis) not in allowed and getattr(config, axis) != "auto":
             raise ConfigError(f"exit_head={opts.exit_head!r} needs {axis} {' or '.join(map(repr, allowed))}")
     if opts.exit_training != "joint" and "exit-heads" not in config.stages:
+        stages = [*config.stages, "exit-heads"]
         raise ConfigError(f"exit_training={opts.exit_training!r} trains the inner classifiers in a second stage: add "
-                          f"stages=['exit-heads'] (--stages exit-heads)")
+                          f"it, stages={stages} (--stages {','.join(stages)})")
 
 
 @HEADS.register("early-exit", EarlyExitOptions, description="one classifier after every layer; rows leave at the "
