@@ -7,14 +7,18 @@ from tailtune.early_exit import exit_curve, predict_early_exit
 from tailtune.training import predict_logits
 
 
-def _median_first_entropy(model, enc):
+def _layer_probs(model, enc):
     from tailtune.batch import collate
     model.eval()
     with torch.no_grad():
         batch = collate(enc, model.tokenizer.pad_token_id, torch.device("cpu"))
         hidden = model.features(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         x, _ = model.readout(hidden, batch["attention_mask"], batch["position"])
-        p = model.head.layer_logits(x)[:, 0].softmax(-1)
+        return model.head.layer_logits(x).softmax(-1)  # (rows, layers, classes)
+
+
+def _median_first_entropy(model, enc):
+    p = _layer_probs(model, enc)[:, 0]
     entropy = -(p * p.log()).sum(-1)
     return float(entropy.median()) + 1e-6
 
@@ -99,16 +103,6 @@ def test_two_stage_training_trains_the_inner_classifiers_last(tiny_bert, toy):
     finally:
         stage.train = real
     assert moved[0] and all(n.startswith("head.exits.0.") for n in moved[0])  # the inner one only
-
-
-def _layer_probs(model, enc):
-    from tailtune.batch import collate
-    model.eval()
-    with torch.no_grad():
-        batch = collate(enc, model.tokenizer.pad_token_id, torch.device("cpu"))
-        hidden = model.features(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        x, _ = model.readout(hidden, batch["attention_mask"], batch["position"])
-        return model.head.layer_logits(x).softmax(-1)  # (rows, layers, classes)
 
 
 def test_self_distillation_teaches_the_inner_classifiers_the_last_ones_distribution(tiny_bert, toy):

@@ -32,6 +32,7 @@ def main() -> None:
     import tailtune as tt
     from quality import load
     from tailtune.early_exit import predict_early_exit
+    from tailtune.heads.early_exit import EXIT_TRAINING
     from tailtune.metrics import long_tail_report
     from tailtune.training import predict_logits
     p = argparse.ArgumentParser()
@@ -39,7 +40,7 @@ def main() -> None:
     p.add_argument("--sets", nargs="*", default=["sst2", "trec50", "r52"])
     p.add_argument("--out", default="benchmarks/results/serving/early_exit.json")
     p.add_argument("--epochs", type=float, default=None, help="override the recipe's epochs (smoke runs)")
-    p.add_argument("--exit-training", default="joint", choices=["joint", "two-stage", "self-distill"],
+    p.add_argument("--exit-training", default="joint", choices=EXIT_TRAINING,
                    help="joint (PABEE), two-stage (DeeBERT) or self-distill (FastBERT); the last two add the exit-heads "
                         "stage. Results of other than joint are keyed SET/MODE")
     p.add_argument("--batches", nargs="*", type=int, default=[1, 64], help="batch sizes to time")
@@ -57,7 +58,7 @@ def main() -> None:
             continue
         train, dev, test, max_length, theta, few = load(Path(a.data_dir), name, a.seed)
         recipe = tt.preset_train_config("auto", seed=a.seed, progress=False, **({"epochs": a.epochs} if a.epochs else {}))
-        staged = {} if a.exit_training == "joint" else {"stages": ("contrastive", "exit-heads")}  # auto's stage, then the exits'
+        staged = {} if a.exit_training == "joint" else {"stages": (*tt.config_from_preset("auto").stages, "exit-heads")}
         clf = tt.TailtuneClassifier("auto", head="early-exit", exit_head="cosine", max_length=max_length, theta=theta,
                                     exit_training=a.exit_training, train_config=recipe, **staged)
         t0 = time.perf_counter()
