@@ -31,9 +31,8 @@ def main() -> None:
 
     import tailtune as tt
     from quality import load
-    from tailtune.early_exit import predict_early_exit
+    from tailtune.early_exit import exit_curve, predict_early_exit
     from tailtune.heads.early_exit import EXIT_TRAINING
-    from tailtune.metrics import long_tail_report
     from tailtune.training import predict_logits
     p = argparse.ArgumentParser()
     p.add_argument("--data-dir", default="../shared/data")
@@ -75,25 +74,19 @@ def main() -> None:
         for batch in a.batches:
             n = len(enc) if batch > 1 or a.batch1_texts is None else min(a.batch1_texts, len(enc))
             timed, gold = enc[:n], test.labels[:n]  # batch 1 on the first n texts (--batch1-texts): the same
-            start = time.perf_counter()             # predictions as batch 64 (tested), so only the timing needs it
-            full = predict_logits(model, timed, batch)
-            full_s = time.perf_counter() - start
-            full_f1 = long_tail_report(gold, [model.labels[i] for i in full.argmax(-1).tolist()], theta)["macro_f1"]
-            curve = []
-            top = math.log(len(model.labels))
-            for rule, t in [("entropy", f) for f in RELATIVE] + [("patience", k) for k in PATIENCE]:
-                start = time.perf_counter()
-                scores, used = predict_early_exit(model, timed, rule, t * top if rule == "entropy" else None,
-                                                  t if rule == "patience" else None, batch_size=batch)
-                seconds = time.perf_counter() - start
-                rep = long_tail_report(gold, [model.labels[i] for i in scores.argmax(-1).tolist()], theta)
-                curve.append({"rule": rule, "threshold": t * top if rule == "entropy" else t,
-                              "relative_threshold": t if rule == "entropy" else None,
-                              "macro_f1": rep["macro_f1"], "accuracy": rep["accuracy"],
-                              "mean_layers": float(used.float().mean()), "seconds": seconds,
-                              "speedup": full_s / seconds, "f1_share": rep["macro_f1"] / full_f1 if full_f1 else None})
-            row["curve"][str(batch)] = {"texts": n, "full_depth_seconds": full_s, "full_depth_macro_f1": full_f1, "points": curve}
-            print(f"{key} batch {batch}: full depth {full_f1:.4f} in {full_s:.1f} s", flush=True)
+            # predictions as batch 64 (tested), so only the timing needs it. One reference for both rules: the
+            # first curve's full-depth pass
+            by_entropy = exit_curve(model, timed, gold, RELATIVE, "normalized-entropy", batch, theta)
+            by_patience = exit_curve(model, timed, gold, PATIENCE, "patience", batch, theta)[1:]
+            full, top = by_entropy[0], math.log(len(model.labels))
+            curve = [{**c, "rule": "entropy", "threshold": c["threshold"] * top, "relative_threshold": c["threshold"]}
+                     for c in by_entropy[1:]] + [{**c, "relative_threshold": None} for c in by_patience]
+            for c in curve:
+                c["speedup"] = full["seconds"] / c["seconds"]
+                c["f1_share"] = c["macro_f1"] / full["macro_f1"] if full["macro_f1"] else None
+            row["curve"][str(batch)] = {"texts": n, "full_depth_seconds": full["seconds"],
+                                        "full_depth_macro_f1": full["macro_f1"], "points": curve}
+            print(f"{key} batch {batch}: full depth {full['macro_f1']:.4f} in {full['seconds']:.1f} s", flush=True)
             for c in curve:
                 print(f"   {c['rule']} {c['threshold']:<6.3f} macro-F1 {c['macro_f1']:.4f} ({100 * (c['f1_share'] or 0):.1f} %) "
                       f"layers {c['mean_layers']:.2f} {c['seconds']:.1f} s ({c['speedup']:.2f}x)", flush=True)
