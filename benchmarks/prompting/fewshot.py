@@ -29,7 +29,8 @@ Methods (the issue-4 few-shot recipe for every fine-tuning: lr 1e-4, batch 8, 20
   zero-shot dev accuracy, distilled into the default classifier (``auto`` on the embedded MiniLM, which
   needs no MLM head; ``--pet-final-backbone`` changes it) on unlabelled texts of the set's classic
   training data (minus anything in its test set; ``--unlabeled N`` of them; TREC has none here and
-  is skipped); ``ipet`` adds ``--generations`` iPET generations;
+  is skipped); ``pet-mlm`` adds PET's auxiliary masked-LM loss on the same unlabelled texts (``--mlm-weight``,
+  PET's 1e-4); ``ipet`` adds ``--generations`` iPET generations;
 - ``zero-shot`` / ``zero-shot-cal``: the manual prompt with no training, without and with contextual
   calibration (a content-free input).
 """
@@ -60,7 +61,7 @@ PET_EXTRA = {"r52": ["{mask} news : {text}", "{text} The topic is {mask} ."],
 PROMPTS = {**{t: (TASKS[t][3], TASKS[t][4]) for t in TASKS}, "trec": TREC,
            **{k: (LONGTAIL_TEMPLATES[src], None) for k, (src, _) in KSHOT.items()}}
 METHODS = ["zero-shot", "zero-shot-cal", "prompt", "demo-random", "demo-similar", "auto-template", "auto-labelwords",
-           "pet", "ipet"]
+           "pet", "pet-mlm", "ipet"]
 
 
 def train_config(seed: int, epochs: float = 20.0):
@@ -110,7 +111,7 @@ def run(method: str, name: str, train, dev, test, seed: int, backbone: str, a) -
         from tailtune.labelwords import search_label_words
         result = search_label_words(train, dev, backbone, template=template, max_length=a.max_length)
         kw["verbalizer"] = found["verbalizer"] = result["verbalizer"]
-    elif method in ("pet", "ipet"):
+    elif method in ("pet", "pet-mlm", "ipet"):
         from tailtune.pet import Pattern, run_pet
         pool = unlabeled_pool(Path(a.data_dir), name, train, dev, test, a.unlabeled, seed)
         if not pool:
@@ -119,11 +120,11 @@ def run(method: str, name: str, train, dev, test, seed: int, backbone: str, a) -
         patterns = [Pattern(t, words) for t in (template, *extra)]
         out = run_pet(train, dev, pool, patterns, backbone, train_config=train_config(seed, a.epochs),
                       max_length=a.max_length, generations=a.generations if method == "ipet" else 0,
-                      mlm_weight=a.mlm_weight, final_backbone=a.pet_final_backbone,
+                      mlm_weight=a.mlm_weight if method == "pet-mlm" else 0.0, final_backbone=a.pet_final_backbone,
                       final_train_config=tt.preset_train_config("auto", seed=seed, progress=False), log=lambda s: None)
         seconds = time.perf_counter() - t0
         found = {"patterns": out["patterns"], "ensemble_dev_accuracy": out["ensemble_dev_accuracy"],
-                 "unlabeled": len(pool), "final_backbone": a.pet_final_backbone}
+                 "unlabeled": len(pool), "final_backbone": a.pet_final_backbone, "mlm_weight": out["mlm_weight"]}
         return {"predictions": out["classifier"].predict(list(test.texts)), "train_seconds": seconds, "found": found}
     clf = tt.TailtuneClassifier("prompt", backbone, train_config=train_config(seed, a.epochs), **kw)
     clf.fit(train, dev=dev)
@@ -147,7 +148,7 @@ def main() -> None:
     p.add_argument("--demo-max-length", type=int, default=256)
     p.add_argument("--unlabeled", type=int, default=1000, help="unlabelled texts for PET / iPET")
     p.add_argument("--generations", type=int, default=2, help="iPET generations")
-    p.add_argument("--mlm-weight", type=float, default=0.0, help="PET's auxiliary MLM loss weight (PET: 1e-4)")
+    p.add_argument("--mlm-weight", type=float, default=1e-4, help="pet-mlm's auxiliary MLM loss weight (PET's: 1e-4)")
     p.add_argument("--pet-final-backbone", default="default",
                    help="backbone of PET's distilled `auto` classifier (default: the embedded MiniLM, the default "
                    "classifier's; the pattern models use --backbone)")
