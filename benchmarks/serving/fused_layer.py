@@ -2,8 +2,10 @@
 against (a) the same layer with the query/key/value projections fused into one matmul and (b) PyTorch's
 fused inference kernel for post-LayerNorm encoder layers (``torch._transformer_encoder_layer_fwd``, the fast
 path of ``nn.TransformerEncoderLayer`` that BetterTransformer used; nested tensors skip the padding), on
-the embedded MiniLM, R52 test texts sorted by length, length 128, batch 64, best of 3, interleaved in one
-process. Only the encoder is timed (no tokenisation, no head).
+the embedded MiniLM, and (c) oneDNN's fused linear kernels (``torch.ops.mkldnn._linear_pointwise``, what
+Inductor emits on CPU: bias and GELU, or bias and the residual add, as post-ops of the matmul; one fused
+query/key/value matmul; weights pre-packed), on R52 test texts sorted by length, length 128, batch 64, best
+of 3, interleaved in one process. Only the encoder is timed (no tokenisation, no head).
 
     python benchmarks/serving/fused_layer.py --threads 1   # -> benchmarks/results/serving/fused_layer.json
 """
@@ -68,7 +70,32 @@ def main() -> None:
                 L.intermediate.dense.weight, L.intermediate.dense.bias, out.dense.weight, out.dense.bias, None, 0)
         return xs.to_padded_tensor(0.0, (n, s, d))
 
-    runs = {"eager": eager, "fused-qkv": fused_qkv, "native-fused-layer": native}
+    mk = torch.ops.mkldnn
+
+    def packed(w):  # oneDNN's own weight layout, once (None where this build cannot: plain weights then)
+        try:
+            return mk._reorder_linear_weight(w.detach(), 64)
+        except RuntimeError:
+            return w.detach()
+
+    packs = [(packed(w), bb, packed(L.attention.output.dense.weight), packed(L.intermediate.dense.weight),
+              packed(L.output.dense.weight)) for L, (w, bb) in zip(layers, qkv)]
+
+    def onednn(b):
+        x = model.embeddings(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"])
+        bias = torch.zeros(b["attention_mask"].shape).masked_fill(b["attention_mask"] == 0, float("-inf"))[:, None, None]
+        n, s, d = x.shape
+        x = x.reshape(n * s, d)
+        for L, (w, bb, wo, wi, wf) in zip(layers, packs):
+            q, k, v = mk._linear_pointwise(x, w, bb, "none", [], "").view(n, s, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(n * s, d)
+            ao, out = L.attention.output, L.output
+            x = ao.LayerNorm(mk._linear_pointwise.binary(o, x, wo, ao.dense.bias, "add"))
+            h = mk._linear_pointwise(x, wi, L.intermediate.dense.bias, "gelu", [], "none")
+            x = out.LayerNorm(mk._linear_pointwise.binary(h, x, wf, out.dense.bias, "add"))
+        return x.view(n, s, d)
+
+    runs = {"eager": eager, "fused-qkv": fused_qkv, "native-fused-layer": native, "onednn-fused-linear": onednn}
     best: dict[str, float] = {}
     with torch.inference_mode():
         ref = [eager(b) for b in batches[-1:]][0]
