@@ -44,6 +44,9 @@ def main() -> None:
                         "stage. Results of other than joint are keyed SET/MODE")
     p.add_argument("--batches", nargs="*", type=int, default=[1, 64], help="batch sizes to time")
     p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--contrastive-head-only-below", type=int, default=None,
+                   help="override auto's bound for training only the head after the contrastive stage (0: the body "
+                        "fine-tunes with the exits at every size); results keyed SET/.../head-only-below-N")
     p.add_argument("--note", default=None, help="what else ran beside this run (stored with its results)")
     p.add_argument("--batch1-texts", type=int, default=None,
                    help="time batch 1 on the first N test texts only (default: all; macro-F1 then on those N)")
@@ -52,12 +55,15 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.is_file() else {}
     for name in a.sets:
-        key = name + ("" if a.exit_training == "joint" else f"/{a.exit_training}") + ("" if a.seed == 13 else f"/seed{a.seed}")
+        key = name + ("" if a.exit_training == "joint" else f"/{a.exit_training}") + ("" if a.seed == 13 else f"/seed{a.seed}") \
+            + ("" if a.contrastive_head_only_below is None else f"/head-only-below-{a.contrastive_head_only_below}")
         if key in results:
             continue
         train, dev, test, max_length, theta, few = load(Path(a.data_dir), name, a.seed)
         recipe = tt.preset_train_config("auto", seed=a.seed, progress=False, **({"epochs": a.epochs} if a.epochs else {}))
         staged = {} if a.exit_training == "joint" else {"stages": (*tt.config_from_preset("auto").stages, "exit-heads")}
+        if a.contrastive_head_only_below is not None:
+            staged["contrastive_head_only_below"] = a.contrastive_head_only_below
         clf = tt.TailtuneClassifier("auto", head="early-exit", exit_head="cosine", max_length=max_length, theta=theta,
                                     exit_training=a.exit_training, train_config=recipe, **staged)
         t0 = time.perf_counter()
@@ -67,7 +73,8 @@ def main() -> None:
         train_seconds = time.perf_counter() - t0
         model, enc = clf.model_, clf.model_.encode(test.texts)
         device = next(clf.model_.parameters()).device
-        row = {**({"note": a.note} if a.note else {}), "exit_training": a.exit_training, "seed": a.seed, "n_test": len(test), "max_length": max_length, "train_seconds": train_seconds, "curve": {},
+        row = {**({"note": a.note} if a.note else {}), "exit_training": a.exit_training, "seed": a.seed,
+               **({} if a.contrastive_head_only_below is None else {"contrastive_head_only_below": a.contrastive_head_only_below}), "n_test": len(test), "max_length": max_length, "train_seconds": train_seconds, "curve": {},
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
         predict_logits(model, enc[:64], 64)  # warm-up (a GPU's first calls set up kernels): not timed
         predict_early_exit(model, enc[:64], "patience", None, 1, batch_size=64)
