@@ -177,33 +177,3 @@ def test_mixed_task_batches_exit_row_by_row_as_each_task_alone(tiny_bert, toy, t
         torch.testing.assert_close(got[i], want[0], atol=1e-5, rtol=1e-4)
     early = [i for i, t in enumerate(tasks) if t != "plain"]
     assert any(not torch.allclose(got[i], full.logits([texts[i]], [tasks[i]])[0], atol=1e-4) for i in early)
-
-
-def test_pabee_fine_tunes_the_body_with_its_exits_at_few_shot_sizes(tiny_bert, toy):
-    """Joint exit training makes the inner layers decide only if the body learns with the exits, so `pabee` lifts
-    auto's head-only bound: at 12 examples per class (under auto's 17) the fine-tuning after the contrastive stage
-    moves the body and every exit, where `auto` with exits moves the head alone."""
-    import tailtune.api as api
-    texts, labels = toy
-    moved: list[set[str]] = []
-    real = api.train
-
-    def record(model, *a, **k):
-        before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        out = real(model, *a, **k)
-        moved.append({n for n, p in model.named_parameters() if not torch.equal(p, before[n])})
-        return out
-    assert tt.config_from_preset("pabee").options["contrastive_head_only_below"] == 0
-    api.train = record
-    try:
-        for preset, extra in (("pabee", {}), ("auto", {"head": "early-exit", "exit_head": "cosine"})):
-            clf = tt.TailtuneClassifier(preset, tiny_bert, contrastive_max_pairs=32, **extra, train_config=tt.TrainConfig(
-                epochs=2, batch_size=8, lr=1e-3, progress=False, seed=1))
-            clf.fit(texts, labels, dev=tt.TextDataset(texts, labels))
-    finally:
-        api.train = real
-    layers = len(clf.model_.head.exits)
-    pabee, auto = moved
-    assert any(n.startswith("encoder.") for n in pabee)
-    assert all(any(n.startswith(f"head.exits.{k}.") for n in pabee) for k in range(layers))
-    assert auto and all(n.startswith("head.") for n in auto)

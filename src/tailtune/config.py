@@ -234,13 +234,9 @@ PRESETS: dict[str, Preset] = {
                        "features, linear label pointer; triplet loss (margin 0.2); features cached in training"),
     "y-tuning-ce": Preset({"readout": "tokens", "head": "label-decoder", "trains": "head", "decoder_width": 128},
                           "Y-Tuning with cross-entropy instead of the triplet loss"),
-    # joint training makes the inner layers decide only if the body learns with the exits, so `pabee` fine-tunes it
-    # after the contrastive stage at every size (auto trains only the head at 16 per class or fewer). 16-shot SST-2,
-    # seeds 13/21/42: the same full-depth accuracy (73.1 against 72.8), 99 % of it 0.6 layers earlier (README)
-    "pabee": Preset({**_EXIT, "exit_rule": "patience", "exit_patience": 3, "contrastive_head_only_below": 0},
-                    "early exit (PABEE) on `auto`: a cosine classifier after every layer, trained jointly with the "
-                    "whole body (losses weighted by depth; the body fine-tunes after the contrastive stage at every "
-                    "size); a row leaves once 3 layers in a row agree", AUTO_TRAIN),
+    "pabee": Preset({**_EXIT, "exit_rule": "patience", "exit_patience": 3},
+                    "early exit (PABEE) on `auto`: a cosine classifier after every layer, trained jointly (losses "
+                    "weighted by depth); a row leaves once 3 layers in a row agree", AUTO_TRAIN),
     "deebert": Preset({**_EXIT_TWO_STAGE, "exit_training": "two-stage", "exit_rule": "entropy",
                        "exit_threshold": 0.1},
                       "early exit (DeeBERT) on `auto`: the last classifier trains as in `auto`, then the inner ones "
