@@ -6,7 +6,9 @@ ln(classes), and PABEE's patience.
 
 Each set: its split and max length of the peer benchmark (benchmarks/peers/quality.py), seed 13; the
 model is `auto` with head `early-exit` over its cosine head (`exit_head: cosine`). Full depth is the
-last classifier; "speed-up" is full-depth wall time over early-exit wall time on the test set.
+last classifier; "speed-up" is full-depth wall time over early-exit wall time on the test set. The curve
+comes from ``tailtune.early_exit.exit_curve`` (normalized entropy, then patience). ``--contrastive-head-only-below
+0`` fine-tunes the body with the exits where `auto` would train only the head (16 per class or fewer).
 """
 from __future__ import annotations
 
@@ -55,8 +57,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.is_file() else {}
     for name in a.sets:
-        key = name + ("" if a.exit_training == "joint" else f"/{a.exit_training}") + ("" if a.seed == 13 else f"/seed{a.seed}") \
-            + ("" if a.contrastive_head_only_below is None else f"/head-only-below-{a.contrastive_head_only_below}")
+        key = (name + ("" if a.exit_training == "joint" else f"/{a.exit_training}")
+               + ("" if a.seed == 13 else f"/seed{a.seed}")
+               + ("" if a.contrastive_head_only_below is None else f"/head-only-below-{a.contrastive_head_only_below}"))
         if key in results:
             continue
         train, dev, test, max_length, theta, few = load(Path(a.data_dir), name, a.seed)
@@ -74,7 +77,9 @@ def main() -> None:
         model, enc = clf.model_, clf.model_.encode(test.texts)
         device = next(clf.model_.parameters()).device
         row = {**({"note": a.note} if a.note else {}), "exit_training": a.exit_training, "seed": a.seed,
-               **({} if a.contrastive_head_only_below is None else {"contrastive_head_only_below": a.contrastive_head_only_below}), "n_test": len(test), "max_length": max_length, "train_seconds": train_seconds, "curve": {},
+               **({} if a.contrastive_head_only_below is None
+                  else {"contrastive_head_only_below": a.contrastive_head_only_below}),
+               "n_test": len(test), "max_length": max_length, "train_seconds": train_seconds, "curve": {},
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
         predict_logits(model, enc[:64], 64)  # warm-up (a GPU's first calls set up kernels): not timed
         predict_early_exit(model, enc[:64], "patience", None, 1, batch_size=64)
