@@ -65,6 +65,8 @@ def test_rules_and_the_api(tiny_bert, toy):
     assert full["threshold"] is None and full["rule"] == "full-depth" and full["f1_share"] == 1.0
     assert never["threshold"] == 0.0 and never["macro_f1"] == full["macro_f1"] and never["f1_share"] == 1.0
     assert all(c["speedup"] > 0 for c in curve)
+    again = exit_curve(clf.model_, enc, labels, [0.5], reference=full)  # a second rule's curve: no second full pass
+    assert again[0] is full and again[1]["speedup"] == full["seconds"] / again[1]["seconds"]
     # normalized-entropy: the entropy threshold as a share of ln(classes), the same layers as the absolute rule
     import math
     classes = len(clf.labels_)

@@ -86,16 +86,13 @@ def main() -> None:
         for batch in a.batches:
             n = len(enc) if batch > 1 or a.batch1_texts is None else min(a.batch1_texts, len(enc))
             timed, gold = enc[:n], test.labels[:n]  # batch 1 on the first n texts (--batch1-texts): the same
-            # predictions as batch 64 (tested), so only the timing needs it. One reference for both rules: the
-            # first curve's full-depth pass
+            # predictions as batch 64 (tested), so only the timing needs it. One full-depth pass, the reference of
+            # both rules
             by_entropy = exit_curve(model, timed, gold, RELATIVE, "normalized-entropy", batch, theta)
-            by_patience = exit_curve(model, timed, gold, PATIENCE, "patience", batch, theta)[1:]
             full, top = by_entropy[0], math.log(len(model.labels))
+            by_patience = exit_curve(model, timed, gold, PATIENCE, "patience", batch, theta, reference=full)[1:]
             curve = [{**c, "rule": "entropy", "threshold": c["threshold"] * top, "relative_threshold": c["threshold"]}
                      for c in by_entropy[1:]] + [{**c, "relative_threshold": None} for c in by_patience]
-            for c in curve:
-                c["speedup"] = full["seconds"] / c["seconds"]
-                c["f1_share"] = c["macro_f1"] / full["macro_f1"] if full["macro_f1"] else None
             row["curve"][str(batch)] = {"texts": n, "full_depth_seconds": full["seconds"],
                                         "full_depth_macro_f1": full["macro_f1"], "points": curve}
             print(f"{key} batch {batch}: full depth {full['macro_f1']:.4f} in {full['seconds']:.1f} s", flush=True)

@@ -201,10 +201,12 @@ def predict_early_exit(model: Any, encoded: list[Encoded], rule: str | None = No
 
 
 def exit_curve(model: Any, encoded: list[Encoded], gold: list[str], thresholds: list[float], rule: str = "entropy",
-               batch_size: int = 64, theta: float = 0.65) -> list[dict]:
+               batch_size: int = 64, theta: float = 0.65, reference: dict | None = None) -> list[dict]:
     """The speed / quality curve: first the full-depth reference (``threshold`` None: the ordinary forward pass,
     no exits), then macro-F1, accuracy, mean layers used and wall time at each threshold, with each point's share
-    of the full-depth macro-F1 and its speed-up over full depth."""
+    of the full-depth macro-F1 and its speed-up over full depth. ``reference``: the full-depth row of an earlier
+    curve on the same texts and batch size, reused instead of a second full-depth pass (curves of several rules
+    then share one reference)."""
     import time
 
     from .metrics import long_tail_report
@@ -221,7 +223,7 @@ def exit_curve(model: Any, encoded: list[Encoded], gold: list[str], thresholds: 
                 "mean_layers": float(used.float().mean()) if used is not None else float(len(model.head.exits)),
                 "seconds": seconds, "texts_per_second": len(encoded) / seconds if seconds > 0 else math.inf}
 
-    full = point(None, lambda: (predict_logits(model, encoded, batch_size), None))
+    full = reference or point(None, lambda: (predict_logits(model, encoded, batch_size), None))
     rows = [full]
     for t in thresholds:
         rows.append(point(t, lambda t=t: predict_early_exit(model, encoded, rule, t if rule != "patience" else None,
