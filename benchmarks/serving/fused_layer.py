@@ -43,12 +43,15 @@ def main() -> None:
             torch.cat([L.attention.self.query.bias, L.attention.self.key.bias, L.attention.self.value.bias]))
            for L in layers]
 
+    def additive_mask(b):  # (batch, 1, 1, seq): 0 on tokens, -inf on padding, for SDPA
+        return torch.zeros(b["attention_mask"].shape).masked_fill(b["attention_mask"] == 0, float("-inf"))[:, None, None]
+
     def eager(b):
         return model(**b).last_hidden_state
 
     def fused_qkv(b):
         x = model.embeddings(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"])
-        bias = torch.zeros(b["attention_mask"].shape).masked_fill(b["attention_mask"] == 0, float("-inf"))[:, None, None]
+        bias = additive_mask(b)
         n, s, d = x.shape
         for L, (w, bb) in zip(layers, qkv):
             q, k, v = F.linear(x, w, bb).view(n, s, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
@@ -72,7 +75,7 @@ def main() -> None:
 
     mk = torch.ops.mkldnn
 
-    def packed(w):  # oneDNN's own weight layout, once (None where this build cannot: plain weights then)
+    def packed(w):  # oneDNN's own weight layout, once (the plain weights where this build cannot pack them)
         try:
             return mk._reorder_linear_weight(w.detach(), 64)
         except RuntimeError:
@@ -83,7 +86,7 @@ def main() -> None:
 
     def onednn(b):
         x = model.embeddings(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"])
-        bias = torch.zeros(b["attention_mask"].shape).masked_fill(b["attention_mask"] == 0, float("-inf"))[:, None, None]
+        bias = additive_mask(b)
         n, s, d = x.shape
         x = x.reshape(n * s, d)
         for L, (w, bb, wo, wi, wf) in zip(layers, packs):
