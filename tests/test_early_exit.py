@@ -134,6 +134,33 @@ def test_self_distillation_teaches_the_inner_classifiers_the_last_ones_distribut
     assert float(head.loss(logits, x, None, torch.zeros(4, dtype=torch.long), None)) > 0
 
 
+def test_the_contrastive_stage_can_tune_every_joint_exit_weighted_by_depth(tiny_bert, toy):
+    from tailtune.loop import TrainConfig
+    from tailtune.stages.contrastive import ContrastiveOptions, PairJob, sample_pairs
+    texts, labels = toy
+    clf = _fit(tiny_bert, toy, readout="mean", exit_head="cosine", stages=["contrastive"], contrastive_max_pairs=32)
+    model = clf.model_.eval()  # no dropout: the job's losses and the hand-made ones read the same vectors
+    data, cfg = tt.TextDataset(texts, labels), TrainConfig(seed=1, progress=False)
+    pairs = sample_pairs(data.labels, 12, __import__("random").Random(0))
+    from tailtune.batch import collate
+    with torch.no_grad():
+        batch = collate(model.encode(texts), model.tokenizer.pad_token_id, torch.device("cpu"))
+        hidden = model.features(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        x, _ = model.readout(hidden, batch["attention_mask"], batch["position"])  # (rows, layers + 1, hidden)
+        a, b = x[[p[0] for p in pairs], 1:], x[[p[1] for p in pairs], 1:]
+        target = torch.tensor([p[2] for p in pairs])
+        per_layer = ((torch.cosine_similarity(a, b, dim=-1) - target[:, None]) ** 2).mean(0)  # (layers,)
+        depth = torch.arange(1, per_layer.numel() + 1, dtype=torch.float)
+        every = PairJob(model, data, ContrastiveOptions(contrastive_every_exit=True), cfg).loss(pairs, 0)
+        last = PairJob(model, data, ContrastiveOptions(), cfg).loss(pairs, 0)  # the default: the last layer
+        torch.testing.assert_close(every, (per_layer * depth).sum() / depth.sum())  # PABEE's weights
+        torch.testing.assert_close(last, per_layer[-1])
+        assert not torch.allclose(every, last)
+        model.head.training_mode = "two-stage"  # DeeBERT / FastBERT tune the body for the last classifier only
+        job = PairJob(model, data, ContrastiveOptions(contrastive_every_exit=True), cfg)
+        torch.testing.assert_close(job.loss(pairs, 0), per_layer[-1])
+
+
 def test_early_exit_over_the_verbalizer_head_with_soft_prompts(tiny_bert, toy):
     texts, labels = toy
     clf = tt.TailtuneClassifier("soft-prompt", tiny_bert, head="early-exit", exit_head="verbalizer", soft_tokens=2,

@@ -49,6 +49,10 @@ def main() -> None:
     p.add_argument("--contrastive-head-only-below", type=int, default=None,
                    help="override auto's bound for training only the head after the contrastive stage (0: the body "
                         "fine-tunes with the exits at every size); results keyed SET/.../head-only-below-N")
+    p.add_argument("--contrastive-every-exit", type=int, choices=(0, 1), default=None,
+                   help="override the contrastive stage's pair loss with joint exits: 1 at every exit's layer, weighted "
+                        "by depth, 0 the last layer only (the default); results keyed "
+                        "SET/.../pairs-every-exit or SET/.../pairs-last-layer")
     p.add_argument("--note", default=None, help="what else ran beside this run (stored with its results)")
     p.add_argument("--batch1-texts", type=int, default=None,
                    help="time batch 1 on the first N test texts only (default: all; macro-F1 then on those N)")
@@ -59,7 +63,9 @@ def main() -> None:
     for name in a.sets:
         key = (name + ("" if a.exit_training == "joint" else f"/{a.exit_training}")
                + ("" if a.seed == 13 else f"/seed{a.seed}")
-               + ("" if a.contrastive_head_only_below is None else f"/head-only-below-{a.contrastive_head_only_below}"))
+               + ("" if a.contrastive_head_only_below is None else f"/head-only-below-{a.contrastive_head_only_below}")
+               + ("" if a.contrastive_every_exit is None
+                  else f"/pairs-{'every-exit' if a.contrastive_every_exit else 'last-layer'}"))
         if key in results:
             continue
         train, dev, test, max_length, theta, few = load(Path(a.data_dir), name, a.seed)
@@ -67,6 +73,8 @@ def main() -> None:
         staged = {} if a.exit_training == "joint" else {"stages": (*tt.config_from_preset("auto").stages, "exit-heads")}
         if a.contrastive_head_only_below is not None:
             staged["contrastive_head_only_below"] = a.contrastive_head_only_below
+        if a.contrastive_every_exit is not None:
+            staged["contrastive_every_exit"] = bool(a.contrastive_every_exit)
         clf = tt.TailtuneClassifier("auto", head="early-exit", exit_head="cosine", max_length=max_length, theta=theta,
                                     exit_training=a.exit_training, train_config=recipe, **staged)
         t0 = time.perf_counter()
@@ -79,6 +87,7 @@ def main() -> None:
         row = {**({"note": a.note} if a.note else {}), "exit_training": a.exit_training, "seed": a.seed,
                **({} if a.contrastive_head_only_below is None
                   else {"contrastive_head_only_below": a.contrastive_head_only_below}),
+               **({} if a.contrastive_every_exit is None else {"contrastive_every_exit": bool(a.contrastive_every_exit)}),
                "n_test": len(test), "max_length": max_length, "train_seconds": train_seconds, "curve": {},
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
         predict_logits(model, enc[:64], 64)  # warm-up (a GPU's first calls set up kernels): not timed

@@ -34,3 +34,8 @@ class Head(nn.Module):
 
     def class_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def layer_weights(self) -> torch.Tensor | None:
+        """For a head that reads every layer: how much each layer's read vector (layers 1..L) counts in a
+        loss on the representation, such as the contrastive stage's pair loss; None: the last layer only."""
+        return None

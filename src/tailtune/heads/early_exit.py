@@ -63,6 +63,11 @@ class EarlyExitHead(Head):
     def class_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.exits[-1].class_weights()
 
+    def layer_weights(self) -> torch.Tensor | None:
+        """Joint training: every exit's layer counts, weighted by depth as the exits' losses are (PABEE); the
+        two-stage modes tune the body for the last classifier only."""
+        return self.depth / self.depth.sum() if self.training_mode == "joint" else None
+
 
 @dataclass
 class EarlyExitOptions:
