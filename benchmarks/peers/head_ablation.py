@@ -6,6 +6,7 @@ the normalised class prototypes, the head's starting point) and SetFit's logisti
 read vectors. One JSON line per (set, seed), accuracy on the full test set.
 
     python benchmarks/peers/head_ablation.py --only mr --seeds 13 21 42 87 100
+    python benchmarks/peers/head_ablation.py --summary     # per-set means and the paired differences, from the file
 """
 from __future__ import annotations
 
@@ -33,6 +34,24 @@ def read_vectors(model, texts) -> "np.ndarray":
     return np.stack(out)
 
 
+CLASSIFIERS = ("auto_head", "nearest_class_mean", "logistic_regression")
+
+
+def summarise(path: Path) -> None:
+    """Mean accuracy per set and classifier, then each other classifier's mean difference from `auto`'s head over
+    all runs, paired by (set, seed), with its standard error."""
+    import statistics as st
+    rows = {(r["dataset"], r["seed"]): r for r in map(json.loads, path.read_text().splitlines())}  # last run wins
+    for name in dict.fromkeys(d for d, _ in rows):
+        runs = [r for (d, _), r in rows.items() if d == name]
+        print(f"{name:6s} ({len(runs)} seeds): " + " / ".join(
+            f"{c} {100 * st.mean(r[c] for r in runs):.2f}" for c in CLASSIFIERS))
+    for c in CLASSIFIERS[1:]:
+        diff = [100 * (r[c] - r["auto_head"]) for r in rows.values()]
+        se = st.stdev(diff) / len(diff) ** 0.5 if len(diff) > 1 else float("nan")
+        print(f"{c} - auto_head over {len(diff)} runs: {st.mean(diff):+.2f} +- {se:.2f} points (standard error)")
+
+
 def main() -> None:
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -46,7 +65,10 @@ def main() -> None:
     p.add_argument("--only", nargs="*", default=list(FEWSHOT))
     p.add_argument("--seeds", nargs="*", type=int, default=[13, 21, 42, 87, 100])
     p.add_argument("--out", default="benchmarks/results/quality/head_ablation.jsonl")
+    p.add_argument("--summary", action="store_true", help="print the summary of --out and exit")
     a = p.parse_args()
+    if a.summary:
+        return summarise(Path(a.out))
     for name in a.only:
         for seed in a.seeds:
             train, dev, test, length, theta, _ = load(Path(a.data_dir), name, seed)
