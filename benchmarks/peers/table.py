@@ -8,7 +8,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from quality import FEWSHOT, KSHOT, LONGTAIL, read_jsonl
+from quality import FEWSHOT, HELDOUT, KSHOT, LONGTAIL, read_jsonl
 
 NAMES = {"auto": "**tailtune default (`auto`)**", "auto-plain": "`auto` without its contrastive stage (`--stages none`)",
          "auto-contrastive": "the fine-tuning recipe with the contrastive stage forced (`--contrastive-below 0`)",
@@ -74,7 +74,7 @@ def main() -> None:
                  if all(any(r["method"] == m and r["seed"] == seed for r in mine) for m in methods)}
         kept += [r for r in mine if r["seed"] in seeds]
     rows = kept
-    sets = [s for s in [*LONGTAIL, *FEWSHOT, *KSHOT]
+    sets = [s for s in [*LONGTAIL, *FEWSHOT, *KSHOT, *HELDOUT]
             if any(r["dataset"] == s and r["method"] == "auto" for r in rows)
             and any(r["dataset"] == s and r["method"] in PEERS for r in rows)]
 
