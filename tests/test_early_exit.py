@@ -138,6 +138,10 @@ def test_the_contrastive_stage_can_tune_every_joint_exit_weighted_by_depth(tiny_
     from tailtune.loop import TrainConfig
     from tailtune.stages.contrastive import ContrastiveOptions, PairJob, sample_pairs
     texts, labels = toy
+    for refused in ({"head": "cosine"}, {"head": "early-exit", "exit_training": "two-stage",
+                                         "stages": ["contrastive", "exit-heads"]}):
+        with pytest.raises(tt.ConfigError, match="needs joint early exit"):
+            tt.config_from_preset("auto", contrastive_every_exit=True, **refused)
     clf = _fit(tiny_bert, toy, readout="mean", exit_head="cosine", stages=["contrastive"], contrastive_max_pairs=32)
     model = clf.model_.eval()  # no dropout: the job's losses and the hand-made ones read the same vectors
     data, cfg = tt.TextDataset(texts, labels), TrainConfig(seed=1, progress=False)

@@ -213,7 +213,14 @@ def per_class(examples: Any) -> float:
     return len(examples) / max(1, len(set(examples.labels)))
 
 
-def _body_trains(config: Any) -> None:
+def _check(config: Any) -> None:
+    # without options (config.of), only the axes are checked: whether a preset's stage applies to them
+    opts = config.of("stage:contrastive") if hasattr(config, "of") else None
+    joint_exits = config.head == "early-exit" and opts is not None and config.of("head").exit_training == "joint"
+    if opts is not None and opts.contrastive_every_exit and not joint_exits:
+        raise ConfigError("contrastive_every_exit scores the pairs at every exit's layer, so it needs joint early exit: "
+                          "--head early-exit --exit-training joint (or the pabee preset), or drop "
+                          "--contrastive-every-exit")
     if TRAINS.get(config.trains).trait("trains_body"):
         return
     raise ConfigError(f"the contrastive stage tunes the body, but trains={config.trains!r} freezes it; choose what "
@@ -222,6 +229,6 @@ def _body_trains(config: Any) -> None:
 
 @STAGES.register("contrastive", ContrastiveOptions, description="sentence-pair tuning of the body on pairs of "
                  "training texts (SetFit-style; anchors balanced over classes) before the head trains",
-                 check=_body_trains, when="before")
+                 check=_check, when="before")
 def build_contrastive(opts: ContrastiveOptions) -> ContrastiveStage:
     return ContrastiveStage(opts)
