@@ -55,6 +55,7 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
                              "(--contrastive-head-only-below 0)",
             "auto-head-only": "`auto` training only the head after its contrastive stage at any size "
                               "(--contrastive-head-only-below 64)",
+            "auto-la": "`auto` with post-hoc logit adjustment (--calibration logit-adjust)",
             "auto-5ep": "the 5-epoch recipe (`auto` two versions ago): early stopping from the first evaluation",
             "prompt": "tailtune `prompt` (long-tail protocol)", "cls": "tailtune `cls` (few-shot protocol)"}
 AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
@@ -63,7 +64,7 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-distinct": {"contrastive_distinct": True, "contrastive_head_only_below": 0},
                  "auto-read-once": {"contrastive_read_once": True, "contrastive_head_only_below": 0},
                  "auto-nostop": {}, "auto-finetune": {"contrastive_head_only_below": 0},
-                 "auto-head-only": {"contrastive_head_only_below": 64}}
+                 "auto-head-only": {"contrastive_head_only_below": 64}, "auto-la": {"calibration": "logit-adjust"}}
 # TrainConfig overrides of a variant. Rows of auto-plain, auto-contrastive, auto-long and auto-distinct were
 # measured with the 5-epoch recipe (auto-5ep, the default until 10 epochs with a stopping floor replaced it).
 # Every variant measured before `auto` trained only the head after its contrastive stage (auto-finetune: the

@@ -92,7 +92,7 @@ def main() -> None:
         return (" †" if any(r.get("carried") for r in mine) else "") + (" ‡" if any(r.get("grid") for r in mine) else "")
 
     methods = ["auto", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct", "auto-read-once",
-               "auto-nostop", "auto-finetune", "auto-head-only", BEST_PRESET, *PEERS]
+               "auto-nostop", "auto-finetune", "auto-head-only", "auto-la", BEST_PRESET, *PEERS]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
         means = [statistics.mean(values(m, s)) if values(m, s) else None for s in sets]
