@@ -135,6 +135,9 @@ def test_self_distillation_teaches_the_inner_classifiers_the_last_ones_distribut
 
 
 def test_the_contrastive_stage_can_tune_every_joint_exit_weighted_by_depth(tiny_bert, toy):
+    import random
+
+    from tailtune.batch import collate
     from tailtune.loop import TrainConfig
     from tailtune.stages.contrastive import ContrastiveOptions, PairJob, sample_pairs
     texts, labels = toy
@@ -145,8 +148,7 @@ def test_the_contrastive_stage_can_tune_every_joint_exit_weighted_by_depth(tiny_
     clf = _fit(tiny_bert, toy, readout="mean", exit_head="cosine", stages=["contrastive"], contrastive_max_pairs=32)
     model = clf.model_.eval()  # no dropout: the job's losses and the hand-made ones read the same vectors
     data, cfg = tt.TextDataset(texts, labels), TrainConfig(seed=1, progress=False)
-    pairs = sample_pairs(data.labels, 12, __import__("random").Random(0))
-    from tailtune.batch import collate
+    pairs = sample_pairs(data.labels, 12, random.Random(0))
     with torch.no_grad():
         batch = collate(model.encode(texts), model.tokenizer.pad_token_id, torch.device("cpu"))
         hidden = model.features(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
