@@ -81,6 +81,14 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
 
 
+def indices_by_class(labels: list[str]) -> dict[str, list[int]]:
+    """Each label's row indices, in row order (a fresh list per class, free to shuffle)."""
+    by_class: dict[str, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    return by_class
+
+
 def load(data_dir: Path, name: str, seed: int):
     """(train, dev, test, max_length, theta, few-shot?) of a set for a seed."""
     import tailtune as tt
@@ -98,12 +106,12 @@ def load(data_dir: Path, name: str, seed: int):
     if name in HELDOUT:
         folder, max_length, theta, n_max, ratio = HELDOUT[name]
         pool, test = (tt.read_dataset(data_dir / folder / f"{split}.tsv") for split in ("train", "test"))
-        rng = random.Random(seed)
-        classes = sorted(set(pool.labels))
+        rng, by_class = random.Random(seed), indices_by_class(pool.labels)
+        classes = sorted(by_class)
         rng.shuffle(classes)  # classes[0] is the largest
         picked = []
         for rank, y in enumerate(classes):
-            idx = [i for i, label in enumerate(pool.labels) if label == y]
+            idx = by_class[y]
             rng.shuffle(idx)
             picked += idx[:round(n_max * ratio ** (-rank / max(1, len(classes) - 1)))]
         with warnings.catch_warnings():
@@ -119,13 +127,10 @@ def load(data_dir: Path, name: str, seed: int):
     source, k = KSHOT[name]
     train, dev, test, max_length, theta, _ = load(data_dir, source, seed)
     pool = train  # K per class drawn from the training split only; test stays as it is
-    rng = random.Random(seed)
-    by_class: dict[str, list[int]] = {}
-    for i, y in enumerate(pool.labels):
-        by_class.setdefault(y, []).append(i)
+    rng, by_class = random.Random(seed), indices_by_class(pool.labels)
     tr, dv = [], []
     for y in sorted(by_class):
-        idx = by_class[y][:]
+        idx = by_class[y]
         rng.shuffle(idx)
         tr += idx[:k]
         dv += idx[k:2 * k]
