@@ -62,6 +62,38 @@ def test_post_hoc_logit_adjustment_survives_save_and_load(tiny_bert, toy, tmp_pa
                                raw, atol=1e-5, rtol=1e-5)
 
 
+def test_logit_adjustment_fitted_on_dev_picks_the_best_tau_and_saves_it(tiny_bert, toy, tmp_path):
+    from sklearn.metrics import f1_score
+    from tailtune.objectives import ADJUST_TAUS, LogitAdjust
+    prior = torch.tensor([0.9, 0.09, 0.01]).log()
+    raw = torch.tensor([[3.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.5, -3.0]])
+    gold = [0, 2, 1]  # unadjusted, every row goes to the head class; τ = 0.25 and 0.5 get all three right, 1 does not
+    cal = LogitAdjust(prior, 0.0, from_dev=True)
+    options, line = cal.fit(raw, gold)
+    by_hand = {t: f1_score(gold, (raw - t * prior).argmax(-1).tolist(), average="macro") for t in ADJUST_TAUS}
+    assert by_hand[0.25] == by_hand[0.5] == 1.0 > by_hand[1.0] and by_hand[0.0] < 0.2
+    assert options["adjust_tau"] == 0.25  # the best dev macro-F1; of a tie, the smaller τ
+    assert cal.tau == options["adjust_tau"] and "chosen on dev" in line
+    torch.testing.assert_close(cal(raw), raw - cal.tau * prior)
+    assert LogitAdjust(prior, 0.5, from_dev=False).fit(raw, gold) is None  # a fixed τ stays as set
+
+    texts, labels = toy  # end to end: the chosen τ is what the classifier predicts with, and what a save holds
+    texts, labels = texts + ["oil price"] * 30, labels + ["money"] * 30
+    lines = []
+    clf = tt.TailtuneClassifier("cls", tiny_bert, calibration="logit-adjust", adjust_tau=0.0, adjust_tau_from_dev=True,
+                                train_config=tt.TrainConfig(epochs=1, progress=False))
+    clf.fit(texts, labels, dev=tt.TextDataset(texts[:12], labels[:12]), log=lines.append)
+    tau = clf.model_.config.options["adjust_tau"]
+    assert tau in ADJUST_TAUS and any(f"τ = {tau:g} chosen on dev" in x for x in lines)
+    assert clf.model_.calibration.tau == tau
+    before = clf.decision_function(texts[:4])
+    clf.save(tmp_path / "m")
+    loaded = tt.TailtuneClassifier.load(tmp_path / "m", "cpu")
+    assert loaded.model_.config.options["adjust_tau"] == tau
+    torch.testing.assert_close(torch.tensor(loaded.decision_function(texts[:4])), torch.tensor(before),
+                               atol=1e-5, rtol=1e-5)
+
+
 def test_cosine_head_starts_from_class_prototypes(tiny_bert, toy):
     texts, labels = toy
     model = tt.build_classifier(tt.config_from_preset("cls", readout="mean", head="cosine"), LABELS, tiny_bert)

@@ -38,8 +38,11 @@ KSHOT = {f"{name}-k{k}": (name, k) for name in LONGTAIL for k in (8, 32)}
 # held out: long-tailed versions of classic sets on which no default was chosen (a check on new data). The training
 # split is subsampled to an exponential profile, the largest class n_max texts and the smallest n_max / ratio (the
 # CIFAR-LT protocol of the long-tail literature; which class is the largest is drawn per seed); 10 % of it is carved
-# off as dev; the classic test split is kept as it is. (folder, max length, theta, n_max, ratio)
-HELDOUT = {"sst5-lt": ("classic/sst5", 64, 0.65, 1000, 100)}
+# off as dev; the classic test split is kept as it is. (folder, max length, theta, n_max, ratio, dev) where dev is
+# "carved" (that 10 %: the training distribution) or "classic" (the same training split, with the set's own dev
+# split as dev: the test distribution)
+HELDOUT = {"sst5-lt": ("classic/sst5", 64, 0.65, 1000, 100, "carved"),
+           "sst5-lt-cdev": ("classic/sst5", 64, 0.65, 1000, 100, "classic")}
 SETS = [*LONGTAIL, *FEWSHOT, *KSHOT, *HELDOUT]
 TAILTUNE = {"auto": "tailtune default (`auto`)",
             "auto-plain": "`auto` without its contrastive stage (--stages none)",
@@ -55,7 +58,9 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
                              "(--contrastive-head-only-below 0)",
             "auto-head-only": "`auto` training only the head after its contrastive stage at any size "
                               "(--contrastive-head-only-below 64)",
-            "auto-la": "`auto` with post-hoc logit adjustment (--calibration logit-adjust)",
+            "auto-la": "`auto` with post-hoc logit adjustment at τ = 1, the balanced-error rule "
+                       "(--no-adjust-tau-from-dev --adjust-tau 1)",
+            "auto-nola": "`auto` until this version: no post-hoc logit adjustment (--calibration none)",
             "auto-5ep": "the 5-epoch recipe (`auto` two versions ago): early stopping from the first evaluation",
             "prompt": "tailtune `prompt` (long-tail protocol)", "cls": "tailtune `cls` (few-shot protocol)"}
 AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
@@ -64,7 +69,8 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-distinct": {"contrastive_distinct": True, "contrastive_head_only_below": 0},
                  "auto-read-once": {"contrastive_read_once": True, "contrastive_head_only_below": 0},
                  "auto-nostop": {}, "auto-finetune": {"contrastive_head_only_below": 0},
-                 "auto-head-only": {"contrastive_head_only_below": 64}, "auto-la": {"calibration": "logit-adjust"}}
+                 "auto-head-only": {"contrastive_head_only_below": 64}, "auto-la": {"adjust_tau": 1.0, "adjust_tau_from_dev": False},
+                 "auto-nola": {"calibration": "none"}}
 # TrainConfig overrides of a variant. Rows of auto-plain, auto-contrastive, auto-long and auto-distinct were
 # measured with the 5-epoch recipe (auto-5ep, the default until 10 epochs with a stopping floor replaced it).
 # Every variant measured before `auto` trained only the head after its contrastive stage (auto-finetune: the
@@ -104,7 +110,7 @@ def load(data_dir: Path, name: str, seed: int):
                 train, dev = tt.stratified_split(train, 0.1, seed)
         return train, dev, test, max_length, theta, False
     if name in HELDOUT:
-        folder, max_length, theta, n_max, ratio = HELDOUT[name]
+        folder, max_length, theta, n_max, ratio, dev_from = HELDOUT[name]
         pool, test = (tt.read_dataset(data_dir / folder / f"{split}.tsv") for split in ("train", "test"))
         rng, by_class = random.Random(seed), indices_by_class(pool.labels)
         classes = sorted(by_class)
@@ -117,6 +123,8 @@ def load(data_dir: Path, name: str, seed: int):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             train, dev = tt.stratified_split(pool.subset(sorted(picked)), 0.1, seed)
+        if dev_from == "classic":
+            dev = tt.read_dataset(data_dir / folder / "dev.tsv")
         return train, dev, test, max_length, theta, False
     if name in FEWSHOT:
         folder, ext, _ = FEWSHOT[name]

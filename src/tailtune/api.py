@@ -95,7 +95,8 @@ class TailtuneClassifier:
         if soft_labels is not None and dev is None:
             raise ConfigError("fit with soft_labels needs an explicit dev set (a carved one would split the soft "
                               "labels apart from their texts)")
-        if dev is None:
+        carved = dev is None
+        if carved:
             train_ds, dev = stratified_split(train_ds, self.dev_fraction, self.train_config.seed)
         labels = label_space(train_ds.labels)
         if len(labels) < 2:
@@ -121,12 +122,15 @@ class TailtuneClassifier:
         dev_enc = model.encode(dev.texts, dev.texts_b) if len(dev) else None
         dev_features: list = []  # filled at the first evaluation, inside the timed loop
 
-        def evaluate() -> dict:
+        def dev_scores() -> torch.Tensor:
+            """The dev set's class scores, not yet calibrated."""
             share = procs.share(dev_enc)
             if not dev_features:  # a frozen backbone's dev features never change: encode them once
                 dev_features.append(cached_features(model, share, self.train_config))
-            scores = procs.gather_rows(self._scores(model, share, dev_features[0]), len(dev_enc))
-            pred = scores.argmax(-1).tolist()
+            return procs.gather_rows(self._scores(model, share, dev_features[0], calibrated=False), len(dev_enc))
+
+        def evaluate() -> dict:
+            pred = model.calibrate(dev_scores()).argmax(-1).tolist()
             return long_tail_report(dev.labels, [labels[i] for i in pred], self.theta)
 
         # a run that stops (diverged, interrupted) leaves no half-trained model behind
@@ -150,6 +154,18 @@ class TailtuneClassifier:
             if stage.when == "after":
                 stage_seconds += stage.run(model, train_ds, self.train_config, evaluate if dev_enc else None, log)
         result.seconds += stage_seconds
+        fit_calibration = getattr(model.calibration, "fit", None)  # a calibration fitted on dev (e.g. its τ)
+        if fit_calibration is not None and dev_enc:
+            index = {y: i for i, y in enumerate(labels)}
+            fitted = fit_calibration(dev_scores(), [index[y] for y in dev.labels])
+            if fitted is not None:
+                model.config = model.config.with_options(**fitted[0])  # what a save records
+                counts = stats["counts"].values()
+                if log is not None:
+                    log(fitted[1] + ("; the dev set was carved from the training data, so τ suits test data "
+                                     "distributed as the training data: for a class-balanced test set, train with "
+                                     "adjust_tau_from_dev=False, adjust_tau=1 (--no-adjust-tau-from-dev --adjust-tau 1)"
+                                     if carved and max(counts) > 1.5 * min(counts) else ""))
         self.model_, self.labels_, self.class_stats_, self.train_result_ = model, labels, stats, result
         self.train_labels_ = list(train_ds.labels)
         return self
@@ -159,15 +175,17 @@ class TailtuneClassifier:
         if not hasattr(self, "model_"):
             raise ConfigError("this classifier is not trained yet: call fit() or load()")
 
-    def _scores(self, model: Classifier, encoded: list, features: list | None = None) -> torch.Tensor:
+    def _scores(self, model: Classifier, encoded: list, features: list | None = None,
+                calibrated: bool = True) -> torch.Tensor:
         bf16 = getattr(self, "precision_", "fp32") == "bf16" or (
             not hasattr(self, "precision_") and self.train_config.bf16)
         exit_rule = self.early_exit_ if hasattr(self, "early_exit_") else None
-        if exit_rule is not None and features is None:
+        if exit_rule is not None and features is None and calibrated:
             scores, self.layers_used_ = predict_early_exit(model, encoded, *exit_rule,
                                                            batch_size=self.train_config.eval_batch_size, bf16=bf16)
             return scores
-        return predict_logits(model, encoded, self.train_config.eval_batch_size, bf16, features=features)
+        return predict_logits(model, encoded, self.train_config.eval_batch_size, bf16, calibrated=calibrated,
+                              features=features)
 
     def set_early_exit(self, rule: str | None = None, threshold: float | None = None,
                        patience: int | None = None) -> "TailtuneClassifier":

@@ -96,6 +96,10 @@ class ClassifierConfig:
                 config = dataclasses.replace(config, **{axis: resolve(config, backbone)})
         return config
 
+    def with_options(self, **updates: Any) -> "ClassifierConfig":
+        """This configuration with some options changed (checked again)."""
+        return dataclasses.replace(self, options={**self.options, **updates})
+
     def entry(self, axis: str) -> Entry:
         return AXES[axis].get(getattr(self, axis))
 
@@ -185,13 +189,18 @@ _CLS = {"readout": "cls"}  # CLS-tuning reads [CLS] by definition, whatever the 
 # `auto` is the default: chosen by measurement against the peers users pick instead (README, "How the
 # default was chosen"); it reads what the backbone declares and starts a cosine head from the class
 # prototypes; few-shot, the body learns from pairs first, and with the fewest examples only the head trains
-# after (SetFit's recipe), else everything fine-tunes with a higher learning rate for the head than the body.
+# after (SetFit's recipe), else everything fine-tunes with a higher learning rate for the head than the body;
+# the prediction subtracts τ·log(training prior), τ chosen on dev (0 on a balanced training set: a no-op).
 AUTO_TRAIN = {"epochs": 10.0, "min_steps": 50, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "eval_times": 10,
               "patience": 3, "patience_from": 0.5}
 _AUTO = {"readout": "auto", "head": "cosine", "stages": ("contrastive",), "contrastive_below": 64,
-         "contrastive_head_only_below": 17}
-# the early-exit presets: `auto` with a cosine classifier after every layer
-_EXIT = {**_AUTO, "head": "early-exit", "exit_head": "cosine"}
+         "contrastive_head_only_below": 17, "calibration": "logit-adjust", "adjust_tau": 0.0,
+         "adjust_tau_from_dev": True}
+# the early-exit presets: `auto` with a cosine classifier after every layer, without the fitted logit adjustment
+# (their speed/quality curves were measured before `auto` had it; --calibration logit-adjust --adjust-tau-from-dev
+# adds it)
+_LA = ("calibration", "adjust_tau", "adjust_tau_from_dev")
+_EXIT = {**{k: v for k, v in _AUTO.items() if k not in _LA}, "head": "early-exit", "exit_head": "cosine"}
 _EXIT_TWO_STAGE = {**_EXIT, "stages": ("contrastive", "exit-heads")}
 
 PRESETS: dict[str, Preset] = {
@@ -201,7 +210,7 @@ PRESETS: dict[str, Preset] = {
                    "pairs) tunes the body first; then, at 16 per class or fewer, only the head trains, else "
                    "everything is fine-tuned (body lr 5e-5, head lr 1e-3); up to 10 epochs (50 updates at least), "
                    "best dev macro-F1 (stops after 3 evaluations without a better one, not in the first half of "
-                   "training)",
+                   "training); then post-hoc logit adjustment, its τ (0 to 1) chosen on dev macro-F1",
                    AUTO_TRAIN),
     "cls": Preset(dict(_CLS), "CLS-tuning: tanh MLP head on [CLS], all weights, cross-entropy"),
     "cls-relu": Preset({**_CLS, "activation": "relu"}, "CLS-tuning with a ReLU MLP head"),

@@ -192,17 +192,44 @@ def build_eta_norm(opts: EtaNormOptions, ctx: BuildContext) -> Calibration:
     return lambda logits, model: eta_norm(logits, model.head.class_weights()[0].detach().float(), opts.eta)
 
 
+ADJUST_TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the τ a fitted logit adjustment chooses from (1: the balanced-error rule)
+
+
 @dataclass
 class LogitAdjustOptions:
     adjust_tau: float = 1.0
     """post-hoc logit adjustment: τ; scores minus τ·log(training class prior)"""
+    adjust_tau_from_dev: bool = False
+    """post-hoc logit adjustment: after training, choose τ among 0, 0.25, 0.5, 0.75 and 1 by dev macro-F1 (ties: the
+    smaller τ); the chosen τ is saved as adjust_tau"""
 
     def __post_init__(self) -> None:
         check_min(self, "adjust_tau", 0.0)
 
 
+class LogitAdjust:
+    """Scores minus τ·log(training class prior); ``fit`` chooses τ on dev scores when asked to."""
+
+    def __init__(self, prior: torch.Tensor, tau: float, from_dev: bool) -> None:
+        self.prior, self.tau, self.from_dev = prior, tau, from_dev
+
+    def __call__(self, logits: torch.Tensor, model: Any = None) -> torch.Tensor:
+        return logits - self.tau * self.prior.to(logits.device)
+
+    def fit(self, raw: torch.Tensor, gold: list[int]) -> tuple[dict, str] | None:
+        """Choose τ by the macro-F1 of uncalibrated dev scores ``raw`` against ``gold`` (label indices);
+        returns the options to record and a line for the log, or None when not asked to fit."""
+        if not self.from_dev or not len(gold):
+            return None
+        from sklearn.metrics import f1_score
+        scored = {tau: float(f1_score(gold, (raw - tau * self.prior).argmax(-1).tolist(), average="macro",
+                                      zero_division=0)) for tau in ADJUST_TAUS}
+        self.tau = max(ADJUST_TAUS, key=lambda t: (scored[t], -t))
+        return {"adjust_tau": self.tau}, (f"logit adjustment: τ = {self.tau:g} chosen on dev (macro-F1 by τ: "
+                                          + ", ".join(f"{t:g}: {f:.4f}" for t, f in scored.items()) + ")")
+
+
 @CALIBRATIONS.register("logit-adjust", LogitAdjustOptions, description="post-hoc logit adjustment: scores minus "
-                       "τ·log(training class prior) (Menon et al., 2021)")
+                       "τ·log(training class prior) (Menon et al., 2021); τ fixed or chosen on dev")
 def build_logit_adjust(opts: LogitAdjustOptions, ctx: BuildContext) -> Calibration:
-    prior = log_prior(ctx)
-    return lambda logits, model: logits - opts.adjust_tau * prior.to(logits.device)
+    return LogitAdjust(log_prior(ctx), opts.adjust_tau, opts.adjust_tau_from_dev)

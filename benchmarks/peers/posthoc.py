@@ -1,0 +1,117 @@
+"""Post-hoc logit adjustment on the default, measured on the very same trained classifiers.
+
+    python benchmarks/peers/posthoc.py --only trec50 sst5-lt --seeds 13 21 42
+    python benchmarks/peers/posthoc.py --summary
+
+Each run trains ``auto`` exactly as ``quality.py`` does (same splits, seed and recipe; ``--calibration
+none`` during training, so τ = 0 reproduces quality.py's ``auto`` row), then scores the dev and test sets
+once, uncalibrated, and re-scores them with the class scores minus τ·log(training class prior) for every τ
+of the grid (Menon et al., 2021: τ = 1 is the Bayes-consistent rule for the balanced error). A uniform prior
+makes every τ a no-op, so only sets with an imbalanced training split are worth running. Rows go to
+``benchmarks/results/quality/posthoc.jsonl``: per τ, test and dev macro-F1 and tail-F1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality import HELDOUT, LONGTAIL, load, read_jsonl  # noqa: E402
+from tailtune.objectives import ADJUST_TAUS  # noqa: E402  (what `--adjust-tau-from-dev` chooses from)
+
+TAUS = (*ADJUST_TAUS, 1.5, 2.0)
+
+
+def sweep(clf, ds, theta: float, prior) -> dict:
+    """{τ: (macro-F1, tail-F1)} of one labelled set, from one uncalibrated scoring pass."""
+    from tailtune.metrics import long_tail_report
+    from tailtune.training import predict_logits
+    if not len(ds):
+        return {}
+    logits = predict_logits(clf.model_, clf.model_.encode(ds.texts, ds.texts_b), clf.train_config.eval_batch_size,
+                            calibrated=False)
+    out = {}
+    for tau in TAUS:
+        pred = [clf.labels_[i] for i in (logits - tau * prior).argmax(-1).tolist()]
+        rep = long_tail_report(ds.labels, pred, theta, clf.class_stats_.get("counts"))
+        out[str(tau)] = (rep["macro_f1"], rep["tail_f1"])
+    return out
+
+
+def run(data_dir: Path, name: str, seed: int) -> dict:
+    import torch
+    import tailtune as tt
+    train, dev, test, max_length, theta, _ = load(data_dir, name, seed)
+    clf = tt.TailtuneClassifier("auto", max_length=max_length, theta=theta,
+                                train_config=tt.preset_train_config("auto", seed=seed, progress=False))
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf.fit(train, dev=dev if len(dev) else None)
+    seconds = time.perf_counter() - t0
+    counts = clf.class_stats_["counts"]
+    n = torch.tensor([float(counts[y]) for y in clf.labels_])
+    prior = (n / n.sum()).log()
+    return {"dataset": name, "method": "auto", "seed": seed, "train_seconds": seconds,
+            "imbalance": max(counts.values()) / min(counts.values()), "n_train": len(train), "n_dev": len(dev),
+            "n_test": len(test), "torch_threads": torch.get_num_threads(),
+            "test": sweep(clf, test, theta, prior), "dev": sweep(clf, dev, theta, prior)}
+
+
+def picked(row: dict) -> float:
+    """The τ that `--adjust-tau-from-dev` picks for a run: the best dev macro-F1 among ADJUST_TAUS, ties to the
+    smaller τ (0 without a dev set)."""
+    return max(ADJUST_TAUS, key=lambda t: (row["dev"][str(t)][0], -t)) if row["dev"] else 0.0
+
+
+def summary(rows: list[dict]) -> None:
+    """Per set: mean test macro-F1 at every τ, and at the τ chosen on dev as `--adjust-tau-from-dev` chooses it
+    (best dev macro-F1 among ADJUST_TAUS, ties to the smaller τ)."""
+    by_set: dict[str, list[dict]] = {}
+    for r in rows:
+        by_set.setdefault(r["dataset"], []).append(r)
+    print("| set | seeds | imbalance | " + " | ".join(f"τ={t:g}" for t in TAUS) + " | τ from dev |")
+    print("|---|---|---|" + "---|" * (len(TAUS) + 1))
+    for name, rs in by_set.items():
+        cells = [f"{100 * statistics.mean(r['test'][str(t)][0] for r in rs):.1f}" for t in TAUS]
+        chosen = [(r["test"][str(picked(r))][0], picked(r)) for r in rs]
+        taus = ", ".join(f"{t:g}" for _, t in chosen)
+        print(f"| {name} | {len(rs)} | {statistics.mean(r['imbalance'] for r in rs):.0f} | " + " | ".join(cells)
+              + f" | {100 * statistics.mean(f for f, _ in chosen):.1f} (τ {taus}) |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "quality" / "posthoc.jsonl"))
+    p.add_argument("--only", nargs="*", default=[*LONGTAIL, *HELDOUT])
+    p.add_argument("--seeds", nargs="*", type=int, default=[13, 21, 42])
+    p.add_argument("--summary", action="store_true", help="print the table of the results file and stop")
+    a = p.parse_args()
+    out = Path(a.out)
+    if a.summary:
+        summary(read_jsonl(out))
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["dataset"], r["seed"]) for r in read_jsonl(out)}
+    for name in a.only:
+        for seed in a.seeds:
+            if (name, seed) in done:
+                continue
+            print(f"{name} seed {seed}", flush=True)
+            row = run(Path(a.data_dir), name, seed)
+            print("    test macro-F1 by τ: " + " ".join(f"{t}:{100 * v[0]:.1f}" for t, v in row["test"].items())
+                  + f" ({row['train_seconds']:.0f} s)", flush=True)
+            from tailtune.artefacts import jsonable
+            from tailtune.experiment import append_line
+            append_line(out, json.dumps(jsonable(row)))
+
+
+if __name__ == "__main__":
+    main()
