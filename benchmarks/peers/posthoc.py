@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import HELDOUT, LONGTAIL, load, read_jsonl  # noqa: E402
 from tailtune.objectives import ADJUST_TAUS  # noqa: E402  (what `--adjust-tau-from-dev` chooses from)
 
-TAUS = (*ADJUST_TAUS, 1.5, 2.0)
+TAUS = ADJUST_TAUS
 
 
 def sweep(clf, ds, theta: float, prior) -> dict:

@@ -210,7 +210,7 @@ PRESETS: dict[str, Preset] = {
                    "pairs) tunes the body first; then, at 16 per class or fewer, only the head trains, else "
                    "everything is fine-tuned (body lr 5e-5, head lr 1e-3); up to 10 epochs (50 updates at least), "
                    "best dev macro-F1 (stops after 3 evaluations without a better one, not in the first half of "
-                   "training); then post-hoc logit adjustment, its τ (0 to 1) chosen on dev macro-F1",
+                   "training); then post-hoc logit adjustment, its τ (0 to 2) chosen on dev macro-F1",
                    AUTO_TRAIN),
     "cls": Preset(dict(_CLS), "CLS-tuning: tanh MLP head on [CLS], all weights, cross-entropy"),
     "cls-relu": Preset({**_CLS, "activation": "relu"}, "CLS-tuning with a ReLU MLP head"),
