@@ -62,6 +62,11 @@ def main() -> None:
     for r in rows:
         if r["method"] == "auto" and (r.get("config") or {}).get("calibration") == "none":
             r["method"] = PREVIOUS
+    # a held-out set that differs from another only in its dev split (quality.HELDOUT) shares that set's peer rows:
+    # no peer reads dev
+    rows += [{**r, "dataset": name, "shared_from": r["dataset"]} for name, spec in HELDOUT.items() if spec[-1] != "carved"
+             for r in list(rows) if r["method"] in PEERS and r["dataset"] == next(
+                 n for n, other in HELDOUT.items() if other[:-1] == spec[:-1] and other[-1] == "carved")]
     # the current default: on an imbalanced training set, posthoc.py's runs (the same training, then the τ that
     # --adjust-tau-from-dev picks on dev; its scores at that τ); on a 16-shot set, whose training prior is uniform,
     # every τ leaves every prediction as it is, so the previous recipe's runs are the default's
@@ -154,6 +159,10 @@ def main() -> None:
     if any(r.get("carried") for r in rows):
         lines += ["", f"† includes seeds not yet re-run with the current `auto` recipe: their row of the previous "
                   f"recipe (`{PREVIOUS}`) stands in."]
+    shared = sorted({(r["dataset"], r["shared_from"]) for r in rows if r.get("shared_from")})
+    if shared:
+        lines += ["", "; ".join(f"{a}'s peer rows are {b}'s" for a, b in shared) + ": the same training and test "
+                  "splits, and no peer reads the dev split."]
     if any(r.get("grid") for r in rows):
         lines += ["", "‡ from the long-tail grid (`benchmarks/results/longtail/results.jsonl`: the same splits, "
                   "dev set, max length and seeds, the paper preset's own schedule, bf16 autocast): its seconds are "
