@@ -195,6 +195,15 @@ def test_presets_are_composable():
     off = tt.config_from_preset("cls-eta-norm", calibration="none")  # a preset's choice can be switched off
     assert off.calibration == "none" and "eta" not in off.options
     assert tt.config_from_preset("y-tuning", decoder_width=None).options["decoder_width"] is None
+    auto = tt.config_from_preset("auto")  # the default fits its logit adjustment's τ on dev ...
+    assert (auto.calibration, auto.options["adjust_tau"], auto.options["adjust_tau_from_dev"]) == ("logit-adjust", 0, True)
+    fixed = tt.config_from_preset("auto", adjust_tau=1.0)  # ... and a τ the user gives is used as given
+    assert (fixed.options["adjust_tau"], fixed.options["adjust_tau_from_dev"]) == (1.0, False)
+    both = tt.config_from_preset("auto", adjust_tau=0.5, adjust_tau_from_dev=True)  # unless asked for both
+    assert (both.options["adjust_tau"], both.options["adjust_tau_from_dev"]) == (0.5, True)
+    with pytest.raises(ConfigError, match="option 'adjust_tau' belongs to calibration='logit-adjust'"):
+        tt.config_from_preset("cls", adjust_tau=1.0)  # named as given, not through the option it implies
+    assert "adjust_tau" not in tt.config_from_preset("auto", calibration="none").options
     with pytest.raises(ConfigError, match="unknown preset"):
         tt.config_from_preset("nope")
     with pytest.raises(ConfigError, match="unknown option 'etaa'.*did you mean 'eta'"):

@@ -59,7 +59,7 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
             "auto-head-only": "`auto` training only the head after its contrastive stage at any size "
                               "(--contrastive-head-only-below 64)",
             "auto-la": "`auto` with post-hoc logit adjustment at τ = 1, the balanced-error rule "
-                       "(--no-adjust-tau-from-dev --adjust-tau 1)",
+                       "(--adjust-tau 1)",
             "auto-nola": "`auto` until this version: no post-hoc logit adjustment (--calibration none)",
             "auto-5ep": "the 5-epoch recipe (`auto` two versions ago): early stopping from the first evaluation",
             "prompt": "tailtune `prompt` (long-tail protocol)", "cls": "tailtune `cls` (few-shot protocol)"}

@@ -15,8 +15,7 @@ NAMES = {"auto": "**tailtune default (`auto`)**", "auto-plain": "`auto` without 
          "auto-contrastive": "the fine-tuning recipe with the contrastive stage forced (`--contrastive-below 0`)",
          "auto-long": "the 5-epoch recipe without early stopping (`--patience none`)",
          "auto-distinct": "the fine-tuning recipe with pairs capped at the distinct pairs (`--contrastive-distinct`)",
-         "auto-la": "`auto` with post-hoc logit adjustment at τ = 1, the balanced-error rule (`--no-adjust-tau-from-dev "
-                    "--adjust-tau 1`)",
+         "auto-la": "`auto` with post-hoc logit adjustment at τ = 1, the balanced-error rule (`--adjust-tau 1`)",
          "auto-nola": "`auto` until this version: no post-hoc logit adjustment (`--calibration none`)",
          "auto-5ep": "the 5-epoch recipe (`auto` two versions ago: early stopping from the first evaluation)",
          "auto-read-once": "the fine-tuning recipe reading each distinct text of a pair batch once "

@@ -164,7 +164,7 @@ class TailtuneClassifier:
                 if log is not None:
                     log(fitted[1] + ("; the dev set was carved from the training data, so τ suits test data "
                                      "distributed as the training data: for a class-balanced test set, train with "
-                                     "adjust_tau_from_dev=False, adjust_tau=1 (--no-adjust-tau-from-dev --adjust-tau 1)"
+                                     "adjust_tau=1 (--adjust-tau 1)"
                                      if carved and max(counts) > 1.5 * min(counts) else ""))
         self.model_, self.labels_, self.class_stats_, self.train_result_ = model, labels, stats, result
         self.train_labels_ = list(train_ds.labels)

@@ -290,6 +290,8 @@ def config_from_preset(preset: str, defaults: Mapping[str, Any] | None = None, *
     owned = owned_options(axes)  # the options of the chosen entries
     options = {k: v for k, v in (defaults or {}).items() if k in owned}
     options.update({k: v for k, v in values.items() if k in owned})  # the preset's own win over context
+    if user.get("adjust_tau") is not None and "adjust_tau_from_dev" not in user and "adjust_tau_from_dev" in owned:
+        options["adjust_tau_from_dev"] = False  # a τ the user gives is the τ used, not a start that dev replaces
     options.update(user)  # and the user's over both; foreign options raise in ClassifierConfig
     return ClassifierConfig(**axes, **({"max_length": max_length} if max_length is not None else {}),
                             options=options)

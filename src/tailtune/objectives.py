@@ -200,7 +200,8 @@ ADJUST_TAUS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 @dataclass
 class LogitAdjustOptions:
     adjust_tau: float = 1.0
-    """post-hoc logit adjustment: τ; scores minus τ·log(training class prior)"""
+    """post-hoc logit adjustment: τ; scores minus τ·log(training class prior) (setting it turns adjust_tau_from_dev
+    off unless that is set too)"""
     adjust_tau_from_dev: bool = False
     """post-hoc logit adjustment: after training, choose τ among 0, 0.25, 0.5, 0.75, 1, 1.5 and 2 by dev macro-F1
     (ties: the smaller τ); the chosen τ is saved as adjust_tau"""
