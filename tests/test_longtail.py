@@ -64,7 +64,7 @@ def test_post_hoc_logit_adjustment_survives_save_and_load(tiny_bert, toy, tmp_pa
 
 def test_logit_adjustment_fitted_on_dev_picks_the_best_tau_and_saves_it(tiny_bert, toy, tmp_path):
     from sklearn.metrics import f1_score
-    from tailtune.objectives import ADJUST_TAUS, LogitAdjust
+    from tailtune.objectives import ADJUST_TAUS, LogitAdjust, choose_tau
     prior = torch.tensor([0.9, 0.09, 0.01]).log()
     raw = torch.tensor([[3.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.5, -3.0]])
     gold = [0, 2, 1]  # unadjusted, every row goes to the head class; τ = 0.25 and 0.5 get all three right, 1 does not
@@ -73,6 +73,10 @@ def test_logit_adjustment_fitted_on_dev_picks_the_best_tau_and_saves_it(tiny_ber
     by_hand = {t: f1_score(gold, (raw - t * prior).argmax(-1).tolist(), average="macro") for t in ADJUST_TAUS}
     assert by_hand[0.25] == by_hand[0.5] == 1.0 > by_hand[1.0] and by_hand[0.0] < 0.2
     assert options["adjust_tau"] == 0.25  # the best dev macro-F1; of a tie, the smaller τ
+    # the one-standard-error rule: a gain within the noise of the dev set leaves the scores as they are
+    scored = {0.0: 0.80, 0.25: 0.805, 0.5: 0.81, 1.0: 0.70}
+    assert choose_tau(scored, 100) == (0.0, pytest.approx((0.81 * 0.19 / 100) ** 0.5))
+    assert choose_tau(scored, 100_000)[0] == 0.5
     assert cal.tau == options["adjust_tau"] and "chosen on dev" in line
     torch.testing.assert_close(cal(raw), raw - cal.tau * prior)
     assert LogitAdjust(prior, 0.5, from_dev=False).fit(raw, gold) is None  # a fixed τ stays as set

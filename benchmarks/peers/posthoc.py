@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality import HELDOUT, LONGTAIL, load, read_jsonl  # noqa: E402
-from tailtune.objectives import ADJUST_TAUS  # noqa: E402  (what `--adjust-tau-from-dev` chooses from)
+from tailtune.objectives import ADJUST_TAUS, choose_tau  # noqa: E402  (what `--adjust-tau-from-dev` chooses)
 
 TAUS = ADJUST_TAUS
 
@@ -65,14 +65,13 @@ def run(data_dir: Path, name: str, seed: int) -> dict:
 
 
 def picked(row: dict) -> float:
-    """The τ that `--adjust-tau-from-dev` picks for a run: the best dev macro-F1 among ADJUST_TAUS, ties to the
-    smaller τ (0 without a dev set)."""
-    return max(ADJUST_TAUS, key=lambda t: (row["dev"][str(t)][0], -t)) if row["dev"] else 0.0
+    """The τ that `--adjust-tau-from-dev` picks for a run (``choose_tau`` on its dev macro-F1 by τ; 0 without a
+    dev set)."""
+    return choose_tau({t: row["dev"][str(t)][0] for t in ADJUST_TAUS}, row["n_dev"])[0] if row["dev"] else 0.0
 
 
 def summary(rows: list[dict]) -> None:
-    """Per set: mean test macro-F1 at every τ, and at the τ chosen on dev as `--adjust-tau-from-dev` chooses it
-    (best dev macro-F1 among ADJUST_TAUS, ties to the smaller τ)."""
+    """Per set: mean test macro-F1 at every τ, and at the τ that `--adjust-tau-from-dev` chooses on dev."""
     by_set: dict[str, list[dict]] = {}
     for r in rows:
         by_set.setdefault(r["dataset"], []).append(r)

@@ -6,6 +6,7 @@ losses compute in float32 whatever the autocast dtype. A calibration builder ret
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -203,11 +204,22 @@ class LogitAdjustOptions:
     """post-hoc logit adjustment: τ; scores minus τ·log(training class prior) (setting it turns adjust_tau_from_dev
     off unless that is set too)"""
     adjust_tau_from_dev: bool = False
-    """post-hoc logit adjustment: after training, choose τ among 0, 0.25, 0.5, 0.75, 1, 1.5 and 2 by dev macro-F1
-    (ties: the smaller τ); the chosen τ is saved as adjust_tau"""
+    """post-hoc logit adjustment: after training, choose τ among 0, 0.25, 0.5, 0.75, 1, 1.5 and 2 on dev: the
+    smallest τ whose dev macro-F1 is within one standard error of the best (the one-standard-error rule); the chosen
+    τ is saved as adjust_tau"""
 
     def __post_init__(self) -> None:
         check_min(self, "adjust_tau", 0.0)
+
+
+def choose_tau(scored: dict[float, float], n: int) -> tuple[float, float]:
+    """(τ, standard error): the smallest τ whose dev macro-F1 in ``scored`` is within one standard error of the
+    best one, the standard error taken as a proportion's, sqrt(F(1 - F) / n) for the best F on n dev examples
+    (the one-standard-error rule of model selection; Hastie et al., The Elements of Statistical Learning,
+    7.10): the scores stay as trained unless dev shows, beyond its noise, that adjusting them helps."""
+    best = max(scored.values())
+    se = math.sqrt(best * (1 - best) / max(1, n))
+    return min(t for t, f in scored.items() if f >= best - se), se
 
 
 class LogitAdjust:
@@ -220,15 +232,16 @@ class LogitAdjust:
         return logits - self.tau * self.prior.to(logits.device)
 
     def fit(self, raw: torch.Tensor, gold: list[int]) -> tuple[dict, str] | None:
-        """Choose τ by the macro-F1 of uncalibrated dev scores ``raw`` against ``gold`` (label indices);
-        returns the options to record and a line for the log, or None when not asked to fit."""
+        """Choose τ (``choose_tau``) by the macro-F1 of uncalibrated dev scores ``raw`` against ``gold`` (label
+        indices); returns the options to record and a line for the log, or None when not asked to fit."""
         if not self.from_dev or not len(gold):
             return None
         from sklearn.metrics import f1_score
         scored = {tau: float(f1_score(gold, (raw - tau * self.prior).argmax(-1).tolist(), average="macro",
                                       zero_division=0)) for tau in ADJUST_TAUS}
-        self.tau = max(ADJUST_TAUS, key=lambda t: (scored[t], -t))
-        return {"adjust_tau": self.tau}, (f"logit adjustment: τ = {self.tau:g} chosen on dev (macro-F1 by τ: "
+        self.tau, se = choose_tau(scored, len(gold))
+        return {"adjust_tau": self.tau}, (f"logit adjustment: τ = {self.tau:g} chosen on dev, the smallest within one "
+                                          f"standard error ({se:.4f}) of the best macro-F1 (by τ: "
                                           + ", ".join(f"{t:g}: {f:.4f}" for t, f in scored.items()) + ")")
 
 
