@@ -194,7 +194,8 @@ def build_eta_norm(opts: EtaNormOptions, ctx: BuildContext) -> Calibration:
 
 
 # the τ a fitted logit adjustment chooses from: 1 is the balanced-error rule (Menon et al., 2021); above it, for
-# models whose scores under-rate the rare classes beyond their prior (measured: README, "How the default was chosen")
+# models whose scores under-rate the rare classes beyond their prior (measured: README, "Post-hoc logit adjustment,
+# fitted on dev")
 ADJUST_TAUS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
 
