@@ -14,7 +14,7 @@ from .data import TextDataset, check_labels, check_trainable, class_stats, label
 from .device import resolve_device, set_seed
 from .errors import ConfigError, DataError
 from .loop import TrainConfig
-from .metrics import long_tail_report, weight_norms
+from .metrics import long_tail_report, near_balanced, weight_norms
 from .model import Classifier, build_classifier
 from .processes import Processes
 from .early_exit import predict_early_exit
@@ -160,12 +160,11 @@ class TailtuneClassifier:
             fitted = fit_calibration(dev_scores(), [index[y] for y in dev.labels])
             if fitted is not None:
                 model.config = model.config.with_options(**fitted[0])  # what a save records
-                counts = stats["counts"].values()
                 if log is not None:
                     log(fitted[1] + ("; the dev set was carved from the training data, so τ suits test data "
                                      "distributed as the training data: for a class-balanced test set, train with "
                                      "adjust_tau=1 (--adjust-tau 1)"
-                                     if carved and max(counts) > 1.5 * min(counts) else ""))
+                                     if carved and not near_balanced(train_ds.labels) else ""))
         self.model_, self.labels_, self.class_stats_, self.train_result_ = model, labels, stats, result
         self.train_labels_ = list(train_ds.labels)
         return self

@@ -18,7 +18,8 @@ GROUP_RULES = ("auto", "split", "train")
 SHOT_BANDS = (("many", 101, None), ("medium", 20, 100), ("few", 0, 19))  # training examples per class
 
 
-def _near_balanced(labels: Sequence[str], ratio: float = 1.5) -> bool:
+def near_balanced(labels: Sequence[str], ratio: float = 1.5) -> bool:
+    """Is the largest class at most ``ratio`` times the smallest?"""
     counts = Counter(labels).values()
     return max(counts) <= ratio * min(counts)
 
@@ -44,7 +45,7 @@ def long_tail_report(y_true: Sequence[str], y_pred: Sequence[str], theta: float 
     y_true, y_pred = list(y_true), list(y_pred)
     rule = groups
     if rule == "auto":
-        rule = "train" if train_counts and _near_balanced(y_true) else "split"
+        rule = "train" if train_counts and near_balanced(y_true) else "split"
     if rule == "train" and not train_counts:
         raise ConfigError("groups='train' needs the training label counts")
     basis = [y for y, n in train_counts.items() for _ in range(n)] if rule == "train" else y_true
