@@ -18,7 +18,7 @@ def toy_files(tmp_path):
 def test_train_evaluate_predict(tiny_bert, toy_files, capsys):
     out = toy_files / "model"
     rc = main(["train", "--train", str(toy_files / "train.tsv"), "--test", str(toy_files / "test.tsv"),
-               "--preset", "prompt", "--backbone", tiny_bert, "--output", str(out), "--epochs", "1",
+               "--dev", str(toy_files / "test.tsv"), "--preset", "prompt", "--backbone", tiny_bert, "--output", str(out), "--epochs", "1",
                "--template", "{text} it is about {mask} .", "--no-progress", "--calibration", "eta-norm", "--eta", "1.0"])
     assert rc == 0
     text = capsys.readouterr().out
@@ -28,6 +28,13 @@ def test_train_evaluate_predict(tiny_bert, toy_files, capsys):
     assert (out / "analysis" / "weight_norms.csv").is_file() and (out / "test_report.json").is_file()
     assert main(["evaluate", str(out), "--data", str(toy_files / "test.tsv")]) == 0
     assert "tail-F1" in capsys.readouterr().out
+    assert main(["evaluate", str(out), "--data", str(toy_files / "test.tsv"), "--test-prior", "em",
+                 "--output", str(toy_files / "em.json")]) == 0
+    assert "test prior estimated from the texts (EM): " in capsys.readouterr().out
+    shares = json.loads((toy_files / "em.json").read_text())["test_prior_estimate"]
+    assert set(shares) == {"good", "bad", "money"} and sum(shares.values()) == pytest.approx(1.0)
+    assert main(["predict", str(out), "the movie was great", "oil price", "--test-prior", "em"]) == 2
+    assert "at least 20 texts for 3 classes (got 2)" in capsys.readouterr().err
     assert main(["predict", str(out), "the movie was great", "oil price"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["text"] for x in lines] == ["the movie was great", "oil price"]
@@ -54,6 +61,9 @@ def test_errors_speak_to_the_user(tiny_bert, toy_files, capsys):
     assert (toy_files / "m2" / "keep.txt").read_text() == "precious"  # nothing saved is lost
     assert main(["evaluate", str(toy_files), "--data", str(toy_files / "test.tsv")]) == 2
     assert "not a saved tailtune classifier" in capsys.readouterr().err
+    rc = main(["train", "--train", str(toy_files / "train.tsv"), "--backbone", tiny_bert, "--test-prior", "em",
+               "--output", str(toy_files / "m3")])
+    assert rc == 2 and "give --test FILE" in capsys.readouterr().err and not (toy_files / "m3").exists()
 
 
 def test_stats(toy_files, capsys):

@@ -98,6 +98,57 @@ def test_logit_adjustment_fitted_on_dev_picks_the_best_tau_and_saves_it(tiny_ber
                                atol=1e-5, rtol=1e-5)
 
 
+def test_test_prior_em_recovers_a_shifted_prior_and_round_trips(tiny_bert, toy, tmp_path):
+    from tailtune.errors import ConfigError
+    from tailtune.priorshift import adapt, estimate_prior, fit_state
+    # calibrated posteriors under a training prior π, drawn at other test shares q: EM finds q (Saerens et al., 2002)
+    g = torch.Generator().manual_seed(0)
+    prior, q = torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.2, 0.3, 0.5])
+    y = torch.multinomial(q, 6000, replacement=True, generator=g)
+    # unit Gaussians around 1.5·e_y: the log-likelihood of class c is 1.5·z_c up to a constant shared by the classes
+    z = 1.5 * (1.5 * F.one_hot(y, 3).float() + torch.randn(6000, 3, generator=g))
+    probs = torch.softmax(z + prior.log(), -1)  # exact posteriors under π
+    torch.testing.assert_close(estimate_prior(probs, prior), q, atol=0.03, rtol=0)
+    torch.testing.assert_close(estimate_prior(probs[y == 0][:500], prior), torch.tensor([1.0, 0, 0]), atol=0.1, rtol=0)
+    # shares equal to the prior leave the posteriors where they are (a fixed point)
+    torch.testing.assert_close(estimate_prior(prior.expand(10, 3), prior), prior)
+    # the temperature minimises the dev NLL: scores 4x too sharp come back near T = 4
+    dev_y = torch.multinomial(prior, 4000, replacement=True, generator=g)
+    dev_z = 1.5 * (1.5 * F.one_hot(dev_y, 3).float() + torch.randn(4000, 3, generator=g)) + prior.log()
+    state = fit_state(4 * dev_z, dev_y.tolist())
+    assert state["temperature"] == pytest.approx(4, rel=0.1)
+    torch.testing.assert_close(torch.tensor(state["model_prior"]), torch.softmax(dev_z, -1).mean(0), atol=0.01, rtol=0)
+    scores, shares = adapt(4 * (z + prior.log()), state)
+    torch.testing.assert_close(shares, q, atol=0.05, rtol=0)
+    # at the estimated shares, accuracy is that of the Bayes rule at the true shares, well above the training prior's
+    accuracy = lambda s: (s.argmax(-1) == y).float().mean().item()  # noqa: E731
+    assert accuracy(scores) >= accuracy(z + q.log()) - 0.005 and accuracy(scores) > accuracy(z + prior.log()) + 0.05
+
+    texts, labels = toy  # end to end: fitted on dev by fit, saved, loaded, asked for
+    texts, labels = texts + ["oil price"] * 30, labels + ["money"] * 30
+    clf = tt.TailtuneClassifier("cls", tiny_bert, train_config=tt.TrainConfig(epochs=1, progress=False))
+    with pytest.raises(ConfigError, match="train"):
+        clf.set_test_prior("balanced")
+    clf.fit(texts, labels, dev=tt.TextDataset(texts[:24], labels[:24]))
+    assert set(clf.prior_state_) == {"temperature", "model_prior"} and len(clf.prior_state_["model_prior"]) == 3
+    plain = clf.decision_function(texts)
+    em = clf.set_test_prior("em").decision_function(texts)
+    raw = clf._scores(clf.model_, clf.model_.encode(texts), calibrated=False)
+    torch.testing.assert_close(torch.tensor(em), adapt(raw, clf.prior_state_)[0])
+    assert sum(clf.test_prior_shares_.values()) == pytest.approx(1.0) and set(clf.test_prior_shares_) == set(clf.labels_)
+    with pytest.raises(ConfigError, match="at least 20 texts"):
+        clf.decision_function(texts[:5])
+    clf.save(tmp_path / "m")
+    loaded = tt.TailtuneClassifier.load(tmp_path / "m", "cpu")
+    assert loaded.prior_state_ == clf.prior_state_
+    torch.testing.assert_close(torch.tensor(loaded.decision_function(texts)), torch.tensor(plain), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor(loaded.set_test_prior("em").decision_function(texts)), torch.tensor(em),
+                               atol=1e-5, rtol=1e-5)
+    del loaded.prior_state_  # a classifier saved without it (older, or trained without dev) is refused up front
+    with pytest.raises(ConfigError, match="train it again"):
+        loaded.set_test_prior("em")
+
+
 def test_cosine_head_starts_from_class_prototypes(tiny_bert, toy):
     texts, labels = toy
     model = tt.build_classifier(tt.config_from_preset("cls", readout="mean", head="cosine"), LABELS, tiny_bert)

@@ -28,14 +28,19 @@ from tailtune.objectives import ADJUST_TAUS, choose_tau  # noqa: E402  (what `--
 TAUS = ADJUST_TAUS
 
 
-def sweep(clf, ds, theta: float, prior) -> dict:
+def raw_scores(clf, ds):
+    """The uncalibrated class scores of a labelled set, one scoring pass."""
+    from tailtune.training import predict_logits
+    return predict_logits(clf.model_, clf.model_.encode(ds.texts, ds.texts_b), clf.train_config.eval_batch_size,
+                          calibrated=False)
+
+
+def sweep(clf, ds, theta: float, prior, logits=None) -> dict:
     """{τ: (macro-F1, tail-F1)} of one labelled set, from one uncalibrated scoring pass."""
     from tailtune.metrics import long_tail_report
-    from tailtune.training import predict_logits
     if not len(ds):
         return {}
-    logits = predict_logits(clf.model_, clf.model_.encode(ds.texts, ds.texts_b), clf.train_config.eval_batch_size,
-                            calibrated=False)
+    logits = raw_scores(clf, ds) if logits is None else logits
     out = {}
     for tau in TAUS:
         pred = [clf.labels_[i] for i in (logits - tau * prior).argmax(-1).tolist()]
@@ -44,7 +49,7 @@ def sweep(clf, ds, theta: float, prior) -> dict:
     return out
 
 
-def run(data_dir: Path, name: str, seed: int) -> dict:
+def run(data_dir: Path, name: str, seed: int, save_scores: Path | None = None) -> dict:
     import torch
     import tailtune as tt
     train, dev, test, max_length, theta, _ = load(data_dir, name, seed)
@@ -58,10 +63,22 @@ def run(data_dir: Path, name: str, seed: int) -> dict:
     counts = clf.class_stats_["counts"]
     n = torch.tensor([float(counts[y]) for y in clf.labels_])
     prior = (n / n.sum()).log()
+    scores = {part: raw_scores(clf, ds) for part, ds in (("dev", dev), ("test", test)) if len(ds)}
+    if save_scores is not None:  # raw scores, gold indices and prior: post-hoc rules are re-scored without training
+        from safetensors.torch import save_file
+        index = {y: i for i, y in enumerate(clf.labels_)}
+        tensors = {"log_prior": prior.contiguous()}
+        for part, ds in (("dev", dev), ("test", test)):
+            if part in scores:
+                tensors[f"{part}_scores"] = scores[part].float().contiguous()
+                tensors[f"{part}_gold"] = torch.tensor([index.get(y, -1) for y in ds.labels])
+        save_scores.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(save_scores / f"{name}-{seed}.safetensors"))
     return {"dataset": name, "method": "auto", "seed": seed, "train_seconds": seconds,
             "imbalance": max(counts.values()) / min(counts.values()), "n_train": len(train), "n_dev": len(dev),
             "n_test": len(test), "torch_threads": torch.get_num_threads(),
-            "test": sweep(clf, test, theta, prior), "dev": sweep(clf, dev, theta, prior)}
+            "test": sweep(clf, test, theta, prior, scores.get("test")),
+            "dev": sweep(clf, dev, theta, prior, scores.get("dev"))}
 
 
 def picked(row: dict) -> float:
@@ -92,6 +109,8 @@ def main() -> None:
     p.add_argument("--only", nargs="*", default=[*LONGTAIL, *HELDOUT])
     p.add_argument("--seeds", nargs="*", type=int, default=[13, 21, 42])
     p.add_argument("--summary", action="store_true", help="print the table of the results file and stop")
+    p.add_argument("--save-scores", type=Path, default=None,
+                   help="also write each run's raw dev/test scores, gold indices and log prior (safetensors) here")
     a = p.parse_args()
     out = Path(a.out)
     if a.summary:
@@ -104,7 +123,7 @@ def main() -> None:
             if (name, seed) in done:
                 continue
             print(f"{name} seed {seed}", flush=True)
-            row = run(Path(a.data_dir), name, seed)
+            row = run(Path(a.data_dir), name, seed, a.save_scores)
             print("    test macro-F1 by τ: " + " ".join(f"{t}:{100 * v[0]:.1f}" for t, v in row["test"].items())
                   + f" ({row['train_seconds']:.0f} s)", flush=True)
             from tailtune.artefacts import jsonable

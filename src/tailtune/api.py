@@ -16,6 +16,7 @@ from .errors import ConfigError, DataError
 from .loop import TrainConfig
 from .metrics import long_tail_report, near_balanced, weight_norms
 from .model import Classifier, build_classifier
+from .priorshift import adapt, check_size, fit_state
 from .processes import Processes
 from .early_exit import predict_early_exit
 from .training import cached_features, data_hash, predict_logits, train
@@ -154,16 +155,21 @@ class TailtuneClassifier:
             if stage.when == "after":
                 stage_seconds += stage.run(model, train_ds, self.train_config, evaluate if dev_enc else None, log)
         result.seconds += stage_seconds
+        self.__dict__.pop("prior_state_", None)
+        if dev_enc:
+            index = {y: i for i, y in enumerate(labels)}
+            raw_dev, gold_dev = dev_scores(), [index[y] for y in dev.labels]
+            self.prior_state_ = fit_state(raw_dev, gold_dev)  # what `--test-prior em` calibrates with
         fit_calibration = getattr(model.calibration, "fit", None)  # a calibration fitted on dev (e.g. its τ)
         if fit_calibration is not None and dev_enc:
-            index = {y: i for i, y in enumerate(labels)}
-            fitted = fit_calibration(dev_scores(), [index[y] for y in dev.labels])
+            fitted = fit_calibration(raw_dev, gold_dev)
             if fitted is not None:
                 model.config = model.config.with_options(**fitted[0])  # what a save records
                 if log is not None:
                     log(fitted[1] + ("; the dev set was carved from the training data, so τ suits test data "
-                                     "distributed as the training data: for a class-balanced test set, train with "
-                                     "adjust_tau=1 (--adjust-tau 1)"
+                                     "distributed as the training data: for test data distributed otherwise (e.g. "
+                                     "class-balanced), evaluate or predict with --test-prior em, which estimates "
+                                     "its class shares from the texts"
                                      if carved and not near_balanced(train_ds.labels) else ""))
         self.model_, self.labels_, self.class_stats_, self.train_result_ = model, labels, stats, result
         self.train_labels_ = list(train_ds.labels)
@@ -196,6 +202,8 @@ class TailtuneClassifier:
         self._check_fitted()
         if not hasattr(self.model_.head, "exits"):
             raise ConfigError("early exit needs a classifier trained with head='early-exit'")
+        if getattr(self, "test_prior_", "train") == "em":
+            raise ConfigError("--test-prior em and early exit do not combine: early exit decides per text")
         if rule is not None:
             check_rule(rule)
         for name, value in (("threshold", threshold), ("patience", patience)):
@@ -217,12 +225,37 @@ class TailtuneClassifier:
             quantize_int8(self.model_)
         return self
 
+    def set_test_prior(self, test_prior: str) -> "TailtuneClassifier":
+        """``train``: predict at the prior the classifier was trained and calibrated for (the default); ``em``: each
+        call estimates the class shares of the texts it is given from the classifier's posteriors (EM after
+        temperature scaling on dev, ``priorshift``) and moves the scores to them, so a text's scores depend on the
+        texts predicted with it; ``test_prior_shares_`` holds the last estimate."""
+        self._check_fitted()
+        if test_prior not in ("train", "em"):
+            raise ConfigError(f"test_prior={test_prior!r}: use 'train' or 'em'")
+        if test_prior == "em":
+            if getattr(self, "prior_state_", None) is None:
+                raise ConfigError("--test-prior em needs the temperature and prior fitted on dev after training, which "
+                                  "this classifier lacks (trained without a dev set, or saved by an older tailtune): "
+                                  "train it again")
+            if hasattr(self, "early_exit_"):
+                raise ConfigError("--test-prior em and early exit do not combine: early exit decides per text")
+        self.test_prior_ = test_prior
+        return self
+
     def decision_function(self, X: Any, X_b: Iterable | None = None) -> np.ndarray:
-        """Calibrated class scores, shape (n, classes), columns in ``labels_`` order."""
+        """Calibrated class scores, shape (n, classes), columns in ``labels_`` order (moved to the estimated class
+        shares of ``X`` under ``set_test_prior("em")``)."""
         self._check_fitted()
         ds = _as_dataset(X, None, X_b)
         if not len(ds):
             return np.zeros((0, len(self.labels_)), dtype=np.float32)
+        if getattr(self, "test_prior_", "train") == "em":
+            check_size(len(ds), len(self.labels_))
+            raw = self._scores(self.model_, self.model_.encode(ds.texts, ds.texts_b), calibrated=False)
+            scores, shares = adapt(raw, self.prior_state_)
+            self.test_prior_shares_ = dict(zip(self.labels_, shares.tolist()))
+            return scores.numpy()
         return self._scores(self.model_, self.model_.encode(ds.texts, ds.texts_b)).numpy()
 
     def predict_proba(self, X: Any, X_b: Iterable | None = None) -> np.ndarray:
@@ -258,7 +291,8 @@ class TailtuneClassifier:
         result = {k: getattr(r, k) for k in ("best_dev_macro_f1", "best_step", "steps", "seconds")} if r else None
         metrics = {k: v for k, v in (report or {}).items() if not isinstance(v, (dict, list))} or None
         return {"preset": self.preset, "theta": self.theta, "train_config": self.train_config.to_dict(),
-                "class_stats": self.class_stats_, "train_result": result, "test_metrics": metrics}
+                "class_stats": self.class_stats_, "train_result": result, "test_metrics": metrics,
+                **({"prior_state": self.prior_state_} if getattr(self, "prior_state_", None) else {})}
 
     def save(self, directory: str | Path, overwrite: bool = False, report: Mapping[str, Any] | None = None) -> Path:
         """Save atomically (safetensors + JSON + a model card, README.md); an existing non-empty directory
@@ -285,4 +319,6 @@ class TailtuneClassifier:
         clf.theta, clf.dev_fraction, clf.trust_remote_code = meta.get("theta", 0.65), 0.1, False
         clf.model_, clf.labels_ = model, model.labels
         clf.class_stats_ = meta.get("class_stats") or {}
+        if meta.get("prior_state") is not None:
+            clf.prior_state_ = meta["prior_state"]
         return clf

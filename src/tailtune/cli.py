@@ -124,6 +124,15 @@ def _add_loading_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default=None, help="base backbone for a saved task module (default: its own)")
 
 
+def _add_test_prior_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--test-prior", default="train", choices=["train", "em"],
+                   help=f"train: predict at the prior the classifier was trained and calibrated for; em: estimate the "
+                        f"class shares of {what} from the classifier's posteriors (EM after temperature scaling on "
+                        f"dev; for data not distributed as the training data, e.g. a class-balanced test set) and "
+                        f"predict at them, so each text's label depends on the texts predicted with it "
+                        f"(default: train)")
+
+
 # ---------------------------------------------------------------- train
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -132,6 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .data import check_labels, class_stats, label_space
     from .metrics import export_weight_norms, format_report
     from .processes import is_main_process, prepare_output_once
+    from .cli_predict import test_prior_line
     out = Path(args.output)
     checkpoint = prepare_output_once(out, args.overwrite, args.resume, args.device or "auto")
     train_ds, dev_ds, test_ds = _read(args, args.train), _read(args, args.dev), _read(args, args.test)
@@ -139,6 +149,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     for split, ds in (("dev", dev_ds), ("test", test_ds)):
         if ds is not None:
             check_labels(ds, labels, split)
+    if args.test_prior == "em":  # refused before training, not after it
+        from .errors import ConfigError
+        from .priorshift import check_size
+        if test_ds is None:
+            raise ConfigError("--test-prior em applies to the --test report: give --test FILE")
+        check_size(len(test_ds), len(labels))
     verbalizer = read_json(args.verbalizer, "verbalizer file") if args.verbalizer else None
     recipe = preset_train_config(args.preset, **_collect(args, [f.name for f in dataclasses.fields(TrainConfig)]))
     clf = TailtuneClassifier(args.preset, args.backbone, verbalizer=verbalizer, train_config=recipe,
@@ -160,7 +176,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     clf.fit(train_ds, dev=dev_ds, checkpoint_dir=checkpoint, resume=args.resume, log=print)
     r = clf.train_result_
     print(f"best dev macro-F1 {r.best_dev_macro_f1} at step {r.best_step} of {r.steps} ({r.seconds:.0f} s)")
-    report = clf.evaluate(test_ds) if test_ds is not None else None
+    report = clf.set_test_prior(args.test_prior).evaluate(test_ds) if test_ds is not None else None
+    if args.test_prior == "em":
+        print(test_prior_line(clf))
+        report["test_prior_estimate"] = clf.test_prior_shares_
     if not is_main_process():  # under `accelerate launch` the main process saves
         return 0
     with staged_dir(out, overwrite=True) as tmp:  # the finished classifier replaces the checkpoint
@@ -300,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dev-fraction", type=float, default=0.1, help="dev share carved from train without --dev "
                    "(default: 0.1)")
     t.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub")
+    _add_test_prior_arg(t, "--test (its report only; the saved classifier is the same)")
     _add_classifier_args(t)
     _add_config_args(t.add_argument_group("training (unset options come from the preset's recipe)"), TrainConfig,
                      recipe=PRESETS["auto"].train)
@@ -333,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--exit-batch-sizes", type=lambda t: [int(x) for x in t.split(",")], default=[1, 64],
                    help="batch sizes of the --exit-curve timings (default: 1,64)")
     _add_loading_args(e)
+    _add_test_prior_arg(e, "--data")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="predict labels for new texts (JSON lines, one per input, with its id)")
@@ -349,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the file has one, else the row number from 0)")
     r.add_argument("--output", default=None, help="write JSON lines here (default: stdout)")
     _add_loading_args(r)
+    _add_test_prior_arg(r, "the texts given (a single classifier)")
     r.set_defaults(func=cmd_predict)
 
     x = sub.add_parser("run", help="run an experiment YAML (presets x datasets x seeds), resumable")

@@ -29,12 +29,22 @@ def _load_for_prediction(args: argparse.Namespace) -> Any:
     return clf
 
 
+def test_prior_line(clf: Any) -> str:
+    """The class shares ``--test-prior em`` estimated for the texts last predicted, largest first."""
+    shares = sorted(clf.test_prior_shares_.items(), key=lambda kv: -kv[1])
+    return ("test prior estimated from the texts (EM): " + ", ".join(f"{y} {100 * q:.1f}%" for y, q in shares[:10])
+            + (f", ... ({len(shares)} classes)" if len(shares) > 10 else ""))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .artefacts import write_json
     from .metrics import format_report
     data = _read(args, args.data)
-    clf = _load_for_prediction(args)
+    clf = _load_for_prediction(args).set_test_prior(args.test_prior)
     report = clf.evaluate(data, args.theta, args.groups)
+    if args.test_prior == "em":
+        print(test_prior_line(clf))
+        report["test_prior_estimate"] = clf.test_prior_shares_
     if hasattr(clf, "layers_used_"):
         report["mean_layers"] = float(clf.layers_used_.float().mean())
     print(format_report(report))
@@ -85,10 +95,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.task:
             raise ConfigError(f"{args.model} is a single classifier; --task picks a task of a directory of task "
                               f"modules")
-        clf = _load_for_prediction(args)
+        clf = _load_for_prediction(args).set_test_prior(args.test_prior)
         probs = clf.predict_proba(texts, texts_b)
+        if args.test_prior == "em":
+            print(test_prior_line(clf), file=sys.stderr)
         _write_predictions(args, ids, texts, None, probs, lambda i: clf.labels_)
         return 0
+    if args.test_prior != "train":
+        raise ConfigError("--test-prior em applies to a single classifier, not to a directory of task modules")
     tasks = row_tasks or ([args.task] * len(texts) if args.task else None)
     if tasks is None:
         if len(dirs) > 1:

@@ -1,0 +1,96 @@
+"""What the default's logit adjustment and ``--test-prior em`` do when the test set is, or is not, distributed as the
+training set, on the very same trained classifiers.
+
+    python benchmarks/peers/posthoc.py --only sst5-lt trec50 --seeds 13 21 42 --out /tmp/ph.jsonl --save-scores /tmp/s
+    python benchmarks/peers/prior_shift.py /tmp/s
+
+``posthoc.py --save-scores`` keeps each run's raw dev and test scores (the ``auto`` recipe, trained as in
+``quality.py``). This script then scores the test set four ways: unadjusted (τ = 0); the default (τ chosen on dev by
+the one-standard-error rule); τ = 1 (the balanced-error rule); and ``--test-prior em`` (``tailtune.priorshift``:
+temperature and prior fitted on dev, the test shares estimated by EM from the test texts). Each is measured on the
+test set as it is and on the test set re-weighted to equal class totals (every example weighted by 1 / its class's test
+count), which stands in for a class-balanced test set drawn from the same texts; EM sees the same weights. Rows go to
+``benchmarks/results/quality/prior_shift.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from sklearn.metrics import f1_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality import read_jsonl  # noqa: E402
+from tailtune.objectives import ADJUST_TAUS, choose_tau  # noqa: E402
+from tailtune.priorshift import adapt, fit_state  # noqa: E402
+
+RULES = ("τ=0", "default (τ from dev)", "τ=1", "--test-prior em")
+
+
+def macro_f1(gold: torch.Tensor, scores: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+    return float(f1_score(gold.tolist(), scores.argmax(-1).tolist(), average="macro", zero_division=0,
+                          sample_weight=None if weight is None else weight.tolist()))
+
+
+def run(path: Path) -> dict:
+    t = load_file(str(path))
+    name, seed = path.stem.rsplit("-", 1)
+    log_prior, dev_raw, dev_gold = t["log_prior"], t["dev_scores"], t["dev_gold"]
+    keep = t["test_gold"] >= 0
+    raw, gold = t["test_scores"][keep], t["test_gold"][keep]
+    scored = {tau: macro_f1(dev_gold, dev_raw - tau * log_prior) for tau in ADJUST_TAUS}
+    tau_dev = choose_tau(scored, len(dev_gold))[0]
+    state = fit_state(dev_raw, dev_gold.tolist())
+    counts = torch.bincount(gold, minlength=raw.shape[1]).float()
+    row = {"dataset": name, "seed": int(seed), "tau_dev": tau_dev, "temperature": state["temperature"],
+           "n_test": len(gold)}
+    for split, weight in (("as-is", torch.ones(len(gold))), ("balanced", 1 / counts[gold])):
+        row[split] = {
+            "τ=0": macro_f1(gold, raw, weight),
+            "default (τ from dev)": macro_f1(gold, raw - tau_dev * log_prior, weight),
+            "τ=1": macro_f1(gold, raw - log_prior, weight),
+            "--test-prior em": macro_f1(gold, adapt(raw, state, weight)[0], weight)}
+    return row
+
+
+def summary(rows: list[dict]) -> None:
+    by_set: dict[str, list[dict]] = {}
+    for r in rows:
+        by_set.setdefault(r["dataset"], []).append(r)
+    print("| set | seeds | test | " + " | ".join(RULES) + " |")
+    print("|---|---|---|" + "---|" * len(RULES))
+    for split in ("as-is", "balanced"):
+        for name, rs in by_set.items():
+            cells = [f"{100 * statistics.mean(r[split][k] for r in rs):.1f}" for k in RULES]
+            print(f"| {name} | {len(rs)} | {'as it is' if split == 'as-is' else 're-weighted to balanced'} | "
+                  + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("scores", nargs="?", help="the --save-scores folder of posthoc.py")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "quality" / "prior_shift.jsonl"))
+    p.add_argument("--summary", action="store_true", help="print the table of the results file and stop")
+    a = p.parse_args()
+    out = Path(a.out)
+    if not a.summary:
+        if not a.scores:
+            p.error("give the --save-scores folder of posthoc.py, or --summary")
+        done = {(r["dataset"], r["seed"]) for r in read_jsonl(out)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a", encoding="utf-8") as f:
+            for path in sorted(Path(a.scores).glob("*.safetensors")):
+                row = run(path)
+                if (row["dataset"], row["seed"]) not in done:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    summary(read_jsonl(out))
+
+
+if __name__ == "__main__":
+    main()
