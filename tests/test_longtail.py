@@ -98,6 +98,32 @@ def test_logit_adjustment_fitted_on_dev_picks_the_best_tau_and_saves_it(tiny_ber
                                atol=1e-5, rtol=1e-5)
 
 
+def test_logit_adjustment_for_a_balanced_target_and_a_carved_dev_set(tiny_bert, toy):
+    from tailtune.objectives import LogitAdjust, balanced_tau
+    # dev drawn at the training prior π, scores 4x too sharp: the exact balanced posteriors are softmax(z - log π) on
+    # the calibrated scores z, so the class-balanced log-loss is least near τ = 1 there, τ = 4 in raw units
+    g = torch.Generator().manual_seed(0)
+    prior = torch.tensor([0.7, 0.2, 0.1])
+    y = torch.multinomial(prior, 4000, replacement=True, generator=g)
+    raw = 4 * (1.5 * (1.5 * F.one_hot(y, 3).float() + torch.randn(4000, 3, generator=g)) + prior.log())
+    tau, t = balanced_tau(raw, y.tolist(), prior.log())
+    assert t == pytest.approx(4, rel=0.1) and tau == pytest.approx(4, rel=0.15)
+    # which rule fits: `auto` takes the balanced target for a carved dev set only; `dev` and `balanced` always
+    for target, carved, balanced in (("auto", True, True), ("auto", False, False), ("dev", True, False),
+                                     ("balanced", False, True)):
+        options, line = LogitAdjust(prior.log(), 0.0, True, target).fit(raw, y.tolist(), carved=carved)
+        assert ("class-balanced test set" in line) == balanced
+        assert options["adjust_tau"] == (pytest.approx(tau) if balanced else 0.0)  # F1 here: best unadjusted
+    texts, labels = toy  # end to end: no dev set given, so fit carves one from imbalanced data and aims at balance
+    texts, labels = texts + [f"oil price {i}" for i in range(40)], labels + ["money"] * 40
+    lines = []
+    clf = tt.TailtuneClassifier("cls", tiny_bert, calibration="logit-adjust", adjust_tau_from_dev=True,
+                                adjust_target="auto", train_config=tt.TrainConfig(epochs=1, progress=False))
+    clf.fit(texts, labels, log=lines.append)
+    assert any("class-balanced test set" in x and "--adjust-target dev" in x for x in lines)
+    assert clf.model_.calibration.tau == clf.model_.config.options["adjust_tau"]  # what a save records
+
+
 def test_test_prior_em_recovers_a_shifted_prior_and_round_trips(tiny_bert, toy, tmp_path):
     from tailtune.errors import ConfigError
     from tailtune.priorshift import adapt, estimate_prior, fit_state

@@ -197,6 +197,9 @@ def test_presets_are_composable():
     assert tt.config_from_preset("y-tuning", decoder_width=None).options["decoder_width"] is None
     auto = tt.config_from_preset("auto")  # the default fits its logit adjustment's τ on dev ...
     assert (auto.calibration, auto.options["adjust_tau"], auto.options["adjust_tau_from_dev"]) == ("logit-adjust", 0, True)
+    assert auto.options["adjust_target"] == "auto"  # for a dev set it carved, a balanced test set
+    with pytest.raises(ConfigError, match="adjust_target='test': use one of dev, balanced, auto"):
+        tt.config_from_preset("auto", adjust_target="test")
     fixed = tt.config_from_preset("auto", adjust_tau=1.0)  # ... and a τ the user gives is used as given
     assert (fixed.options["adjust_tau"], fixed.options["adjust_tau_from_dev"]) == (1.0, False)
     both = tt.config_from_preset("auto", adjust_tau=0.5, adjust_tau_from_dev=True)  # unless asked for both

@@ -67,13 +67,14 @@ def run(data_dir: Path, name: str, seed: int, save_scores: Path | None = None) -
     if save_scores is not None:  # raw scores, gold indices and prior: post-hoc rules are re-scored without training
         from safetensors.torch import save_file
         index = {y: i for i, y in enumerate(clf.labels_)}
-        tensors = {"log_prior": prior.contiguous()}
+        tensors = {"log_prior": prior.contiguous(), "train_counts": n.long()}
         for part, ds in (("dev", dev), ("test", test)):
             if part in scores:
                 tensors[f"{part}_scores"] = scores[part].float().contiguous()
                 tensors[f"{part}_gold"] = torch.tensor([index.get(y, -1) for y in ds.labels])
         save_scores.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(save_scores / f"{name}-{seed}.safetensors"))
+        save_file(tensors, str(save_scores / f"{name}-{seed}.safetensors"),
+                  metadata={"train_seconds": str(seconds), "theta": str(theta)})
     return {"dataset": name, "method": "auto", "seed": seed, "train_seconds": seconds,
             "imbalance": max(counts.values()) / min(counts.values()), "n_train": len(train), "n_dev": len(dev),
             "n_test": len(test), "torch_threads": torch.get_num_threads(),

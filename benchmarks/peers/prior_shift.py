@@ -26,11 +26,19 @@ from sklearn.metrics import f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import read_jsonl  # noqa: E402
-from tailtune.objectives import ADJUST_TAUS, choose_tau  # noqa: E402
+from quality import HELDOUT, LONGTAIL, read_jsonl  # noqa: E402
+from tailtune.objectives import ADJUST_TAUS, balanced_tau, choose_tau  # noqa: E402
 from tailtune.priorshift import adapt, fit_state  # noqa: E402
 
-RULES = ("τ=0", "default (τ from dev)", "τ=1", "--test-prior em")
+RULES = ("τ=0", "τ from dev macro-F1", "τ=1", "τ for a balanced target", "--test-prior em", "default")
+
+
+def carved(data_dir: Path, name: str) -> bool:
+    """Is this set's dev split carved from its (imbalanced) training split, as `tailtune train` carves one when given
+    none? Then the default aims at a balanced test set (`--adjust-target auto`)."""
+    if name in HELDOUT:
+        return HELDOUT[name][-1] == "carved"
+    return name in LONGTAIL and not (data_dir / LONGTAIL[name][0] / "dev.tsv").is_file()
 
 
 def macro_f1(gold: torch.Tensor, scores: torch.Tensor, weight: torch.Tensor | None = None) -> float:
@@ -38,24 +46,41 @@ def macro_f1(gold: torch.Tensor, scores: torch.Tensor, weight: torch.Tensor | No
                           sample_weight=None if weight is None else weight.tolist()))
 
 
-def run(path: Path) -> dict:
+def run(path: Path, data_dir: Path) -> dict:
+    from safetensors import safe_open
+    from tailtune.metrics import long_tail_report
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
     t = load_file(str(path))
     name, seed = path.stem.rsplit("-", 1)
+    is_carved = carved(data_dir, name)
     log_prior, dev_raw, dev_gold = t["log_prior"], t["dev_scores"], t["dev_gold"]
     keep = t["test_gold"] >= 0
     raw, gold = t["test_scores"][keep], t["test_gold"][keep]
     scored = {tau: macro_f1(dev_gold, dev_raw - tau * log_prior) for tau in ADJUST_TAUS}
     tau_dev = choose_tau(scored, len(dev_gold))[0]
+    tau_bal = balanced_tau(dev_raw, dev_gold.tolist(), log_prior)[0]
     state = fit_state(dev_raw, dev_gold.tolist())
     counts = torch.bincount(gold, minlength=raw.shape[1]).float()
-    row = {"dataset": name, "seed": int(seed), "tau_dev": tau_dev, "temperature": state["temperature"],
-           "n_test": len(gold)}
+    row = {"dataset": name, "seed": int(seed), "dev_carved": is_carved, "tau_dev": tau_dev, "tau_balanced": tau_bal,
+           "temperature": state["temperature"], "n_test": len(gold)}
     for split, weight in (("as-is", torch.ones(len(gold))), ("balanced", 1 / counts[gold])):
         row[split] = {
             "τ=0": macro_f1(gold, raw, weight),
-            "default (τ from dev)": macro_f1(gold, raw - tau_dev * log_prior, weight),
+            "τ from dev macro-F1": macro_f1(gold, raw - tau_dev * log_prior, weight),
             "τ=1": macro_f1(gold, raw - log_prior, weight),
+            "τ for a balanced target": macro_f1(gold, raw - tau_bal * log_prior, weight),
             "--test-prior em": macro_f1(gold, adapt(raw, state, weight)[0], weight)}
+        row[split]["default"] = row[split]["τ for a balanced target" if is_carved else "τ from dev macro-F1"]
+    # the default's full report on the test set as it is (tail-F1 and the rest, as quality.py reports)
+    tau = tau_bal if is_carved else tau_dev
+    counts_by_label = {str(i): int(n) for i, n in enumerate(t["train_counts"].tolist())}
+    report = long_tail_report([str(i) for i in gold.tolist()],
+                              [str(i) for i in (raw - tau * log_prior).argmax(-1).tolist()], float(meta["theta"]),
+                              counts_by_label)
+    row["default_tau"] = tau
+    row["default_report"] = {k: report[k] for k in ("accuracy", "macro_f1", "head_f1", "tail_f1")}
+    row["train_seconds"] = float(meta["train_seconds"])
     return row
 
 
@@ -63,12 +88,13 @@ def summary(rows: list[dict]) -> None:
     by_set: dict[str, list[dict]] = {}
     for r in rows:
         by_set.setdefault(r["dataset"], []).append(r)
-    print("| set | seeds | test | " + " | ".join(RULES) + " |")
-    print("|---|---|---|" + "---|" * len(RULES))
+    print("| set | seeds | dev | test | " + " | ".join(RULES) + " |")
+    print("|---|---|---|---|" + "---|" * len(RULES))
     for split in ("as-is", "balanced"):
         for name, rs in by_set.items():
             cells = [f"{100 * statistics.mean(r[split][k] for r in rs):.1f}" for k in RULES]
-            print(f"| {name} | {len(rs)} | {'as it is' if split == 'as-is' else 're-weighted to balanced'} | "
+            dev = "carved" if rs[0]["dev_carved"] else "given"
+            print(f"| {name} | {len(rs)} | {dev} | {'as it is' if split == 'as-is' else 're-weighted to balanced'} | "
                   + " | ".join(cells) + " |")
 
 
@@ -76,6 +102,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("scores", nargs="?", help="the --save-scores folder of posthoc.py")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "quality" / "prior_shift.jsonl"))
+    p.add_argument("--data-dir", default="../shared/data", help="where the sets are (to tell carved dev sets)")
     p.add_argument("--summary", action="store_true", help="print the table of the results file and stop")
     a = p.parse_args()
     out = Path(a.out)
@@ -86,7 +113,7 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("a", encoding="utf-8") as f:
             for path in sorted(Path(a.scores).glob("*.safetensors")):
-                row = run(path)
+                row = run(path, Path(a.data_dir))
                 if (row["dataset"], row["seed"]) not in done:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
     summary(read_jsonl(out))

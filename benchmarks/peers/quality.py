@@ -95,8 +95,10 @@ def indices_by_class(labels: list[str]) -> dict[str, list[int]]:
     return by_class
 
 
-def load(data_dir: Path, name: str, seed: int):
-    """(train, dev, test, max_length, theta, few-shot?) of a set for a seed."""
+def load(data_dir: Path, name: str, seed: int, carve: bool = True):
+    """(train, dev, test, max_length, theta, few-shot?) of a set for a seed. ``carve=False``: a set whose dev split
+    is carved from its training split comes uncarved, with an empty dev set, for tailtune's ``fit`` to carve the very
+    same split (same seed and fraction) itself, as `tailtune train` does without --dev, and to know it did."""
     import tailtune as tt
     if name in LONGTAIL:
         folder, max_length, theta = LONGTAIL[name]
@@ -104,6 +106,8 @@ def load(data_dir: Path, name: str, seed: int):
         test = tt.read_dataset(data_dir / folder / "test.tsv")
         if (data_dir / folder / "dev.tsv").is_file():
             dev = tt.read_dataset(data_dir / folder / "dev.tsv")
+        elif not carve:
+            dev = train.subset([])
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -120,11 +124,14 @@ def load(data_dir: Path, name: str, seed: int):
             idx = by_class[y]
             rng.shuffle(idx)
             picked += idx[:round(n_max * ratio ** (-rank / max(1, len(classes) - 1)))]
+        train = pool.subset(sorted(picked))
+        if dev_from == "classic":
+            return train, tt.read_dataset(data_dir / folder / "dev.tsv"), test, max_length, theta, False
+        if not carve:
+            return train, train.subset([]), test, max_length, theta, False
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            train, dev = tt.stratified_split(pool.subset(sorted(picked)), 0.1, seed)
-        if dev_from == "classic":
-            dev = tt.read_dataset(data_dir / folder / "dev.tsv")
+            train, dev = tt.stratified_split(train, 0.1, seed)
         return train, dev, test, max_length, theta, False
     if name in FEWSHOT:
         folder, ext, _ = FEWSHOT[name]
@@ -216,8 +223,11 @@ def main() -> None:
                 train, dev, test, max_length, theta, few = load(Path(a.data_dir), name, seed)
                 max_length = a.max_length or max_length
                 print(f"{name} {method} seed {seed}: {len(train)} train / {len(dev)} dev / {len(test)} test", flush=True)
-                run = run_tailtune if method in TAILTUNE else run_peer
-                r = run(method, train, dev, test, seed, max_length, theta, few, a.bf16)
+                if method in TAILTUNE:  # a carved dev split: tailtune carves the same one itself
+                    r = run_tailtune(method, *load(Path(a.data_dir), name, seed, carve=False)[:2], test, seed,
+                                     max_length, theta, few, a.bf16)
+                else:
+                    r = run_peer(method, train, dev, test, seed, max_length, theta, few, a.bf16)
                 rep = r.pop("report")
                 row = {"dataset": name, "method": method, "seed": seed,
                        **{k: rep[k] for k in ("accuracy", "macro_f1", "head_f1", "tail_f1", "many_f1", "medium_f1",

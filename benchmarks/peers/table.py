@@ -55,6 +55,8 @@ def main() -> None:
                    help="the long-tail grid's results: its `prompt` rows are R52's and TREC-50's best preset")
     p.add_argument("--posthoc", default=str(results / "quality" / "posthoc.jsonl"),
                    help="posthoc.py's runs: the default's rows where its training prior is not uniform")
+    p.add_argument("--prior-shift", default=str(results / "quality" / "prior_shift.jsonl"),
+                   help="prior_shift.py's rows: the default's rows where its dev set is carved from imbalanced data")
     a = p.parse_args()
     rows = read_jsonl(Path(a.results))
     # `auto` rows measured before the default fitted a logit adjustment on dev are the previous recipe's
@@ -69,9 +71,19 @@ def main() -> None:
     # the current default: on an imbalanced training set, posthoc.py's runs (the same training, then the τ that
     # --adjust-tau-from-dev picks on dev; its scores at that τ); on a 16-shot set, whose training prior is uniform,
     # every τ leaves every prediction as it is, so the previous recipe's runs are the default's
-    rows += [{"dataset": r["dataset"], "method": "auto", "seed": r["seed"], "macro_f1": r["test"][str(tau)][0],
-              "tail_f1": r["test"][str(tau)][1], "train_seconds": r["train_seconds"], "tau": tau}
-             for r in read_jsonl(Path(a.posthoc)) for tau in [picked(r)]]
+    # where the dev set is carved from imbalanced training data, the default aims at a balanced test set instead
+    # (`--adjust-target auto`): prior_shift.py's rows (the same training's raw scores, then that rule's τ); a
+    # (set, seed) it has not scored keeps posthoc.py's row under the earlier rule, marked †
+    balanced = [{"dataset": r["dataset"], "method": "auto", "seed": r["seed"], **r["default_report"],
+                 "train_seconds": r["train_seconds"], "tau": r["default_tau"]}
+                for r in read_jsonl(Path(a.prior_shift)) if r["dev_carved"]]
+    have_balanced = {(r["dataset"], r["seed"]) for r in balanced}
+    carved_sets = {r["dataset"] for r in read_jsonl(Path(a.prior_shift)) if r["dev_carved"]}
+    rows += balanced + [{"dataset": r["dataset"], "method": "auto", "seed": r["seed"], "macro_f1": r["test"][str(tau)][0],
+                         "tail_f1": r["test"][str(tau)][1], "train_seconds": r["train_seconds"], "tau": tau,
+                         "carried": r["dataset"] in carved_sets}
+                        for r in read_jsonl(Path(a.posthoc)) for tau in [picked(r)]
+                        if (r["dataset"], r["seed"]) not in have_balanced]
     rows += [{**r, "method": "auto"} for r in list(rows) if r["method"] == PREVIOUS and r["dataset"] in FEWSHOT]
     # `prompt` on the full long-tail sets ran in the long-tail grid (same splits, dev and max length, seeds
     # 13/21/42; its own schedule and bf16 autocast, so its seconds are not this benchmark's): marked ‡
@@ -157,7 +169,7 @@ def main() -> None:
             times.append(f"{s}: {ours_t:.0f} s; no peer within 2 points")
     if any(r.get("carried") for r in rows):
         lines += ["", f"† includes seeds not yet re-run with the current `auto` recipe: their row of the previous "
-                  f"recipe (`{PREVIOUS}`) stands in."]
+                  f"recipe (`{PREVIOUS}`, or the earlier rule for τ on a carved dev set) stands in."]
     shared = sorted({(r["dataset"], r["shared_from"]) for r in rows if r.get("shared_from")})
     if shared:
         lines += ["", "; ".join(f"{a}'s peer rows are {b}'s" for a, b in shared) + ": the same training and test "

@@ -162,15 +162,11 @@ class TailtuneClassifier:
             self.prior_state_ = fit_state(raw_dev, gold_dev)  # what `--test-prior em` calibrates with
         fit_calibration = getattr(model.calibration, "fit", None)  # a calibration fitted on dev (e.g. its τ)
         if fit_calibration is not None and dev_enc:
-            fitted = fit_calibration(raw_dev, gold_dev)
+            fitted = fit_calibration(raw_dev, gold_dev, carved=carved and not near_balanced(train_ds.labels))
             if fitted is not None:
                 model.config = model.config.with_options(**fitted[0])  # what a save records
                 if log is not None:
-                    log(fitted[1] + ("; the dev set was carved from the training data, so τ suits test data "
-                                     "distributed as the training data: for test data distributed otherwise (e.g. "
-                                     "class-balanced), evaluate or predict with --test-prior em, which estimates "
-                                     "its class shares from the texts"
-                                     if carved and not near_balanced(train_ds.labels) else ""))
+                    log(fitted[1])
         self.model_, self.labels_, self.class_stats_, self.train_result_ = model, labels, stats, result
         self.train_labels_ = list(train_ds.labels)
         return self

@@ -190,16 +190,17 @@ _CLS = {"readout": "cls"}  # CLS-tuning reads [CLS] by definition, whatever the 
 # default was chosen"); it reads what the backbone declares and starts a cosine head from the class
 # prototypes; few-shot, the body learns from pairs first, and with the fewest examples only the head trains
 # after (SetFit's recipe), else everything fine-tunes with a higher learning rate for the head than the body;
-# the prediction subtracts τ·log(training prior), τ chosen on dev (0 on a balanced training set: a no-op).
+# the prediction subtracts τ·log(training prior), τ chosen on dev for test data like a dev set you give, or for a
+# class-balanced test set when the dev set was carved from imbalanced training data (a no-op on a balanced one).
 AUTO_TRAIN = {"epochs": 10.0, "min_steps": 50, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "eval_times": 10,
               "patience": 3, "patience_from": 0.5}
 _AUTO = {"readout": "auto", "head": "cosine", "stages": ("contrastive",), "contrastive_below": 64,
          "contrastive_head_only_below": 17, "calibration": "logit-adjust", "adjust_tau": 0.0,
-         "adjust_tau_from_dev": True}
+         "adjust_tau_from_dev": True, "adjust_target": "auto"}
 # the early-exit presets: `auto` with a cosine classifier after every layer, without the fitted logit adjustment
 # (their speed/quality curves were measured before `auto` had it; --calibration logit-adjust --adjust-tau-from-dev
 # adds it)
-_LA = ("calibration", "adjust_tau", "adjust_tau_from_dev")
+_LA = ("calibration", "adjust_tau", "adjust_tau_from_dev", "adjust_target")
 _EXIT = {**{k: v for k, v in _AUTO.items() if k not in _LA}, "head": "early-exit", "exit_head": "cosine"}
 _EXIT_TWO_STAGE = {**_EXIT, "stages": ("contrastive", "exit-heads")}
 
@@ -210,7 +211,9 @@ PRESETS: dict[str, Preset] = {
                    "pairs) tunes the body first; then, at 16 per class or fewer, only the head trains, else "
                    "everything is fine-tuned (body lr 5e-5, head lr 1e-3); up to 10 epochs (50 updates at least), "
                    "best dev macro-F1 (stops after 3 evaluations without a better one, not in the first half of "
-                   "training); then post-hoc logit adjustment, its τ (0 to 2) chosen on dev macro-F1",
+                   "training); then post-hoc logit adjustment, its τ chosen on dev: by macro-F1 for test data like "
+                   "a dev set you give, by class-balanced log-loss (a balanced test set) for a dev set carved from "
+                   "imbalanced training data",
                    AUTO_TRAIN),
     "cls": Preset(dict(_CLS), "CLS-tuning: tanh MLP head on [CLS], all weights, cross-entropy"),
     "cls-relu": Preset({**_CLS, "activation": "relu"}, "CLS-tuning with a ReLU MLP head"),

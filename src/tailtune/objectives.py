@@ -205,12 +205,23 @@ class LogitAdjustOptions:
     """post-hoc logit adjustment: τ; scores minus τ·log(training class prior) (setting it turns adjust_tau_from_dev
     off unless that is set too)"""
     adjust_tau_from_dev: bool = False
-    """post-hoc logit adjustment: after training, choose τ among 0, 0.25, 0.5, 0.75, 1, 1.5 and 2 on dev: the
-    smallest τ whose dev macro-F1 is within one standard error of the best (the one-standard-error rule); the chosen
+    """post-hoc logit adjustment: after training, choose τ on dev for the test data adjust_target names; the chosen
     τ is saved as adjust_tau"""
+    adjust_target: str = "dev"
+    """post-hoc logit adjustment chosen on dev: the test data τ is chosen for. dev: distributed as the dev set (τ
+    among 0, 0.25, 0.5, 0.75, 1, 1.5 and 2: the smallest within one standard error of the best dev macro-F1);
+    balanced: class-balanced (the τ of least class-balanced dev log-loss, after temperature scaling on dev); auto:
+    dev for a dev set you give, balanced for one carved from imbalanced training data, which says nothing of the test
+    data's class shares"""
 
     def __post_init__(self) -> None:
         check_min(self, "adjust_tau", 0.0)
+        if self.adjust_target not in ADJUST_TARGETS:
+            raise ConfigError(f"adjust_target={self.adjust_target!r}: use one of {', '.join(ADJUST_TARGETS)}")
+
+
+ADJUST_TARGETS = ("dev", "balanced", "auto")
+BALANCED_TAUS = tuple(x / 20 for x in range(61))  # 0 to 3 on temperature-scaled scores, the balanced target's grid
 
 
 def choose_tau(scored: dict[float, float], n: int) -> tuple[float, float]:
@@ -223,20 +234,46 @@ def choose_tau(scored: dict[float, float], n: int) -> tuple[float, float]:
     return min(t for t, f in scored.items() if f >= best - se), se
 
 
+def balanced_tau(raw: torch.Tensor, gold: list[int], prior: torch.Tensor) -> tuple[float, float]:
+    """(τ, temperature T) for a class-balanced target: ``T`` fits dev by log-loss (temperature scaling), then ``τ``
+    in ``BALANCED_TAUS`` minimises the dev log-loss of ``raw / T - τ·log prior`` with every class weighing the same
+    (each dev example weighted by 1 / its class's dev count: the dev set re-weighted to balance). Log-loss, not
+    macro-F1: it moves smoothly with τ where a tail class has one or two dev examples. Returned in the units of
+    ``raw`` (``τ·T``), so that ``raw - τ·log prior`` predicts the same."""
+    from .priorshift import fit_temperature
+    t = fit_temperature(raw, gold)
+    target = torch.as_tensor(gold)
+    w = 1 / torch.bincount(target, minlength=raw.shape[1]).float()[target]
+    z = raw.float() / t
+
+    def loss(tau: float) -> float:
+        return float((F.cross_entropy(z - tau * prior, target, reduction="none") * w).sum() / w.sum())
+    return min(BALANCED_TAUS, key=loss) * t, t
+
+
 class LogitAdjust:
     """Scores minus τ·log(training class prior); ``fit`` chooses τ on dev scores when asked to."""
 
-    def __init__(self, prior: torch.Tensor, tau: float, from_dev: bool) -> None:
-        self.prior, self.tau, self.from_dev = prior, tau, from_dev
+    def __init__(self, prior: torch.Tensor, tau: float, from_dev: bool, target: str = "dev") -> None:
+        self.prior, self.tau, self.from_dev, self.target = prior, tau, from_dev, target
 
     def __call__(self, logits: torch.Tensor, model: Any = None) -> torch.Tensor:
         return logits - self.tau * self.prior.to(logits.device)
 
-    def fit(self, raw: torch.Tensor, gold: list[int]) -> tuple[dict, str] | None:
-        """Choose τ (``choose_tau``) by the macro-F1 of uncalibrated dev scores ``raw`` against ``gold`` (label
-        indices); returns the options to record and a line for the log, or None when not asked to fit."""
+    def fit(self, raw: torch.Tensor, gold: list[int], carved: bool = False) -> tuple[dict, str] | None:
+        """Choose τ on uncalibrated dev scores ``raw`` against ``gold`` (label indices) for the target
+        ``adjust_target`` names (``carved``: the dev set was carved from imbalanced training data, which ``auto``
+        reads as balanced); returns the options to record and a line for the log, or None when not asked to fit."""
         if not self.from_dev or not len(gold):
             return None
+        if self.target == "balanced" or (self.target == "auto" and carved):
+            self.tau, t = balanced_tau(raw, gold, self.prior)
+            return {"adjust_tau": self.tau}, (
+                f"logit adjustment: τ = {self.tau:.3g} for a class-balanced test set, the least class-balanced dev "
+                f"log-loss (temperature {t:.3g})" + ("; the dev set was carved from imbalanced training data, so it "
+                                                    "says nothing of the test data's class shares: for test data "
+                                                    "distributed as the training data, train with --adjust-target "
+                                                    "dev" if self.target == "auto" else ""))
         from sklearn.metrics import f1_score
         scored = {tau: float(f1_score(gold, (raw - tau * self.prior).argmax(-1).tolist(), average="macro",
                                       zero_division=0)) for tau in ADJUST_TAUS}
@@ -249,4 +286,4 @@ class LogitAdjust:
 @CALIBRATIONS.register("logit-adjust", LogitAdjustOptions, description="post-hoc logit adjustment: scores minus "
                        "τ·log(training class prior) (Menon et al., 2021); τ fixed or chosen on dev")
 def build_logit_adjust(opts: LogitAdjustOptions, ctx: BuildContext) -> Calibration:
-    return LogitAdjust(log_prior(ctx), opts.adjust_tau, opts.adjust_tau_from_dev)
+    return LogitAdjust(log_prior(ctx), opts.adjust_tau, opts.adjust_tau_from_dev, opts.adjust_target)

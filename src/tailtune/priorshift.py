@@ -27,13 +27,18 @@ MIN_TEXTS_PER_CLASS = 2
 MIN_TEXTS = 20
 
 
+def fit_temperature(raw: torch.Tensor, gold: list[int]) -> float:
+    """The ``T`` of ``TEMPERATURES`` that minimises the negative log-likelihood of ``softmax(raw / T)`` against the
+    gold label indices (temperature scaling, Guo et al., 2017)."""
+    raw, target = raw.float(), torch.as_tensor(gold)
+    return min(TEMPERATURES, key=lambda t: F.cross_entropy(raw / t, target).item())
+
+
 def fit_state(raw: torch.Tensor, gold: list[int]) -> dict:
     """``{"temperature": T, "model_prior": π}`` from uncalibrated dev scores ``raw`` and gold label indices: ``T``
-    minimises the dev negative log-likelihood of ``softmax(raw / T)`` (temperature scaling, Guo et al., 2017), ``π``
-    is the mean of those posteriors over dev."""
-    raw, target = raw.float(), torch.as_tensor(gold)
-    t = min(TEMPERATURES, key=lambda t: F.cross_entropy(raw / t, target).item())
-    return {"temperature": t, "model_prior": torch.softmax(raw / t, -1).mean(0).tolist()}
+    from ``fit_temperature``, ``π`` the mean of the posteriors ``softmax(raw / T)`` over dev."""
+    t = fit_temperature(raw, gold)
+    return {"temperature": t, "model_prior": torch.softmax(raw.float() / t, -1).mean(0).tolist()}
 
 
 def estimate_prior(probs: torch.Tensor, prior: torch.Tensor, weight: torch.Tensor | None = None,
