@@ -121,7 +121,7 @@ def test_logit_adjustment_for_a_balanced_target_and_a_carved_dev_set(tiny_bert, 
                                 adjust_target="auto", train_config=tt.TrainConfig(epochs=1, progress=False))
     clf.fit(texts, labels, log=lines.append)
     assert any("class-balanced test set" in x and "--adjust-target dev" in x for x in lines)
-    assert clf.model_.calibration.tau == clf.model_.config.options["adjust_tau"]  # what a save records
+    assert clf.model_.calibration.tau == clf.model_.config.options["adjust_tau"] == clf.config.options["adjust_tau"]
 
 
 def test_test_prior_em_recovers_a_shifted_prior_and_round_trips(tiny_bert, toy, tmp_path):

@@ -165,6 +165,7 @@ class TailtuneClassifier:
             fitted = fit_calibration(raw_dev, gold_dev, carved=carved and not near_balanced(train_ds.labels))
             if fitted is not None:
                 model.config = model.config.with_options(**fitted[0])  # what a save records
+                self.config = self.config.with_options(**fitted[0])  # and what `config` shows
                 if log is not None:
                     log(fitted[1])
         self.model_, self.labels_, self.class_stats_, self.train_result_ = model, labels, stats, result
