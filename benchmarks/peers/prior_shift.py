@@ -26,24 +26,21 @@ from sklearn.metrics import f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import HELDOUT, LONGTAIL, read_jsonl  # noqa: E402
-from tailtune.objectives import ADJUST_TAUS, balanced_tau, choose_tau  # noqa: E402
+from quality import dev_carved, read_jsonl  # noqa: E402
+from tailtune.objectives import LogitAdjust  # noqa: E402
 from tailtune.priorshift import adapt, fit_state  # noqa: E402
 
 RULES = ("τ=0", "τ from dev macro-F1", "τ=1", "τ for a balanced target", "--test-prior em", "default")
 
 
-def carved(data_dir: Path, name: str) -> bool:
-    """Is this set's dev split carved from its (imbalanced) training split, as `tailtune train` carves one when given
-    none? Then the default aims at a balanced test set (`--adjust-target auto`)."""
-    if name in HELDOUT:
-        return HELDOUT[name][-1] == "carved"
-    return name in LONGTAIL and not (data_dir / LONGTAIL[name][0] / "dev.tsv").is_file()
-
-
 def macro_f1(gold: torch.Tensor, scores: torch.Tensor, weight: torch.Tensor | None = None) -> float:
     return float(f1_score(gold.tolist(), scores.argmax(-1).tolist(), average="macro", zero_division=0,
                           sample_weight=None if weight is None else weight.tolist()))
+
+
+def fitted_tau(target: str, log_prior: torch.Tensor, dev_raw: torch.Tensor, dev_gold: list[int]) -> float:
+    """The τ that `--adjust-tau-from-dev --adjust-target TARGET` fits on these dev scores (the library's own rule)."""
+    return LogitAdjust(log_prior, 0.0, True, target).fit(dev_raw, dev_gold)[0]["adjust_tau"]
 
 
 def run(path: Path, data_dir: Path) -> dict:
@@ -53,14 +50,14 @@ def run(path: Path, data_dir: Path) -> dict:
         meta = f.metadata()
     t = load_file(str(path))
     name, seed = path.stem.rsplit("-", 1)
-    is_carved = carved(data_dir, name)
-    log_prior, dev_raw, dev_gold = t["log_prior"], t["dev_scores"], t["dev_gold"]
+    is_carved = dev_carved(data_dir, name)
+    log_prior, dev_raw, dev_gold = t["log_prior"], t["dev_scores"], t["dev_gold"].tolist()
     keep = t["test_gold"] >= 0
     raw, gold = t["test_scores"][keep], t["test_gold"][keep]
-    scored = {tau: macro_f1(dev_gold, dev_raw - tau * log_prior) for tau in ADJUST_TAUS}
-    tau_dev = choose_tau(scored, len(dev_gold))[0]
-    tau_bal = balanced_tau(dev_raw, dev_gold.tolist(), log_prior)[0]
-    state = fit_state(dev_raw, dev_gold.tolist())
+    tau_dev = fitted_tau("dev", log_prior, dev_raw, dev_gold)
+    tau_bal = fitted_tau("balanced", log_prior, dev_raw, dev_gold)
+    tau = tau_bal if is_carved else tau_dev  # what `--adjust-target auto` (the default) takes
+    state = fit_state(dev_raw, dev_gold)
     counts = torch.bincount(gold, minlength=raw.shape[1]).float()
     row = {"dataset": name, "seed": int(seed), "dev_carved": is_carved, "tau_dev": tau_dev, "tau_balanced": tau_bal,
            "temperature": state["temperature"], "n_test": len(gold)}
@@ -71,9 +68,8 @@ def run(path: Path, data_dir: Path) -> dict:
             "τ=1": macro_f1(gold, raw - log_prior, weight),
             "τ for a balanced target": macro_f1(gold, raw - tau_bal * log_prior, weight),
             "--test-prior em": macro_f1(gold, adapt(raw, state, weight)[0], weight)}
-        row[split]["default"] = row[split]["τ for a balanced target" if is_carved else "τ from dev macro-F1"]
+        row[split]["default"] = macro_f1(gold, raw - tau * log_prior, weight)
     # the default's full report on the test set as it is (tail-F1 and the rest, as quality.py reports)
-    tau = tau_bal if is_carved else tau_dev
     counts_by_label = {str(i): int(n) for i, n in enumerate(t["train_counts"].tolist())}
     report = long_tail_report([str(i) for i in gold.tolist()],
                               [str(i) for i in (raw - tau * log_prior).argmax(-1).tolist()], float(meta["theta"]),
@@ -113,9 +109,9 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("a", encoding="utf-8") as f:
             for path in sorted(Path(a.scores).glob("*.safetensors")):
-                row = run(path, Path(a.data_dir))
-                if (row["dataset"], row["seed"]) not in done:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                name, seed = path.stem.rsplit("-", 1)
+                if (name, int(seed)) not in done:
+                    f.write(json.dumps(run(path, Path(a.data_dir)), ensure_ascii=False) + "\n")
     summary(read_jsonl(out))
 
 

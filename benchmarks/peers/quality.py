@@ -96,6 +96,13 @@ def indices_by_class(labels: list[str]) -> dict[str, list[int]]:
     return by_class
 
 
+def dev_carved(data_dir: Path, name: str) -> bool:
+    """Is this set's dev split carved from its training split (as `tailtune train` carves one when given none)?"""
+    if name in HELDOUT:
+        return HELDOUT[name][-1] == "carved"
+    return name in LONGTAIL and not (data_dir / LONGTAIL[name][0] / "dev.tsv").is_file()
+
+
 def load(data_dir: Path, name: str, seed: int, carve: bool = True):
     """(train, dev, test, max_length, theta, few-shot?) of a set for a seed. ``carve=False``: a set whose dev split
     is carved from its training split comes uncarved, with an empty dev set, for tailtune's ``fit`` to carve the very
@@ -105,7 +112,7 @@ def load(data_dir: Path, name: str, seed: int, carve: bool = True):
         folder, max_length, theta = LONGTAIL[name]
         train = tt.read_dataset(data_dir / folder / "train.tsv")
         test = tt.read_dataset(data_dir / folder / "test.tsv")
-        if (data_dir / folder / "dev.tsv").is_file():
+        if not dev_carved(data_dir, name):
             dev = tt.read_dataset(data_dir / folder / "dev.tsv")
         elif not carve:
             dev = train.subset([])
@@ -115,7 +122,7 @@ def load(data_dir: Path, name: str, seed: int, carve: bool = True):
                 train, dev = tt.stratified_split(train, 0.1, seed)
         return train, dev, test, max_length, theta, False
     if name in HELDOUT:
-        folder, max_length, theta, n_max, ratio, dev_from = HELDOUT[name]
+        folder, max_length, theta, n_max, ratio, _ = HELDOUT[name]
         pool, test = (tt.read_dataset(data_dir / folder / f"{split}.tsv") for split in ("train", "test"))
         rng, by_class = random.Random(seed), indices_by_class(pool.labels)
         classes = sorted(by_class)
@@ -126,7 +133,7 @@ def load(data_dir: Path, name: str, seed: int, carve: bool = True):
             rng.shuffle(idx)
             picked += idx[:round(n_max * ratio ** (-rank / max(1, len(classes) - 1)))]
         train = pool.subset(sorted(picked))
-        if dev_from == "classic":
+        if not dev_carved(data_dir, name):  # the set's own dev split
             return train, tt.read_dataset(data_dir / folder / "dev.tsv"), test, max_length, theta, False
         if not carve:
             return train, train.subset([]), test, max_length, theta, False

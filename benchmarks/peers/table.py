@@ -80,7 +80,7 @@ def main() -> None:
                  "train_seconds": r["train_seconds"], "tau": r["default_tau"]}
                 for r in read_jsonl(Path(a.prior_shift)) if r["dev_carved"]]
     have_balanced = direct | {(r["dataset"], r["seed"]) for r in balanced}
-    carved_sets = {r["dataset"] for r in read_jsonl(Path(a.prior_shift)) if r["dev_carved"]}
+    carved_sets = {r["dataset"] for r in balanced}
     rows += [r for r in balanced if (r["dataset"], r["seed"]) not in direct]
     rows += [{"dataset": r["dataset"], "method": "auto", "seed": r["seed"], "macro_f1": r["test"][str(tau)][0],
               "tail_f1": r["test"][str(tau)][1], "train_seconds": r["train_seconds"], "tau": tau,
