@@ -185,6 +185,21 @@ def test_duplicates_are_reported_and_kept_out_of_the_carved_dev_split():
         assert not set(dev.texts) & set(train.texts)
 
 
+def test_no_dev_example_left_is_said_not_silent(tiny_bert, files, capsys):
+    # every toy text occurs three times, so every text carved for dev is a copy of a training text: no dev is left
+    rc, out, err = cli(capsys, *train_args(files, tiny_bert, "--preset", "cls"))
+    assert rc == 0, err
+    assert "no dev example: none was left after carving" in err and "give a dev set (--dev)" in err
+    assert re.search(r"no dev set: the last step kept \(\d+; \d+ s\)", out)
+    assert "best dev macro-F1 None" not in out
+    # with a dev set the line gives its score
+    (files / "dev.tsv").write_text("text\tlabel\n" + ROWS + "\n")
+    rc, out, err = cli(capsys, *train_args(files, tiny_bert, "--preset", "cls", "--dev", files / "dev.tsv",
+                                           output=files / "m2"))
+    assert rc == 0 and "no dev example" not in err
+    assert re.search(r"best dev macro-F1 [01]\.\d{4} at step \d+ of \d+", out)
+
+
 # ---------------------------------------------------------------- predict
 
 @pytest.fixture

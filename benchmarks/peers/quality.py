@@ -43,7 +43,8 @@ KSHOT = {f"{name}-k{k}": (name, k) for name in LONGTAIL for k in (8, 32)}
 # split as dev: the test distribution)
 HELDOUT = {"sst5-lt": ("classic/sst5", 64, 0.65, 1000, 100, "carved"),
            "sst5-lt-cdev": ("classic/sst5", 64, 0.65, 1000, 100, "classic"),
-           "sst5-lt10": ("classic/sst5", 64, 0.65, 1000, 10, "carved")}  # a milder tail (imbalance 10)
+           "sst5-lt10": ("classic/sst5", 64, 0.65, 1000, 10, "carved"),  # a milder tail (imbalance 10)
+           "sst2-lt20": ("classic/sst2", 64, 0.65, 1000, 20, "carved")}  # binary: 1,000 against 50
 SETS = [*LONGTAIL, *FEWSHOT, *KSHOT, *HELDOUT]
 TAILTUNE = {"auto": "tailtune default (`auto`)",
             "auto-plain": "`auto` without its contrastive stage (--stages none)",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -104,6 +105,13 @@ class TailtuneClassifier:
             raise DataError(f"{train_ds.source}: training data has a single class ({labels[0]!r}); a classifier "
                             f"needs two or more")
         check_labels(dev, labels, "dev")
+        if not len(dev):
+            why = ("none was left after carving (classes of fewer than 3 texts give none, and carved texts that also "
+                   "occur in the training part are left out)" if carved else "the dev set given is empty")
+            warnings.warn(f"{train_ds.source}: no dev example: {why}. Training keeps its last step (no checkpoint is "
+                          f"chosen on dev) and nothing is fitted on dev (a logit adjustment keeps the τ it was given, "
+                          f"--test-prior em is unavailable); give a dev set (--dev) with a few texts of every class",
+                          stacklevel=2)
         stats = class_stats(train_ds.labels, self.theta)
         procs = Processes(resolve_device(self.train_config.device))  # under `accelerate launch`: a share each
         set_seed(self.train_config.seed)

@@ -175,7 +175,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                   + ("  (contains an unknown token!)" if row["unknown"] else ""))
     clf.fit(train_ds, dev=dev_ds, checkpoint_dir=checkpoint, resume=args.resume, log=print)
     r = clf.train_result_
-    print(f"best dev macro-F1 {r.best_dev_macro_f1} at step {r.best_step} of {r.steps} ({r.seconds:.0f} s)")
+    print(f"best dev macro-F1 {r.best_dev_macro_f1:.4f} at step {r.best_step} of {r.steps} ({r.seconds:.0f} s)"
+          if r.best_dev_macro_f1 is not None else f"no dev set: the last step kept ({r.steps}; {r.seconds:.0f} s)")
     report = clf.set_test_prior(args.test_prior).evaluate(test_ds) if test_ds is not None else None
     if args.test_prior == "em":
         print(test_prior_line(clf))
