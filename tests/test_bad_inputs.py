@@ -226,6 +226,17 @@ def test_predict_usage_errors(model_dir, capsys):
     assert rc == 2 and "give texts" in err
     rc, _, err = cli(capsys, "predict", model_dir, "x", "--task", "t")
     assert rc == 2 and "is a single classifier" in err
+    # a plain text file is one text per line: fine for predict, refused where labels are needed
+    (model_dir.parent / "lines.txt").write_text("good game\n\nthe oil price\n")
+    rc, out, err = cli(capsys, "predict", model_dir, "--data", model_dir.parent / "lines.txt")
+    assert rc == 0 and [json.loads(line)["text"] for line in out.splitlines()] == ["good game", "", "the oil price"]
+    rc, _, err = cli(capsys, "evaluate", model_dir, "--data", model_dir.parent / "lines.txt")
+    assert rc == 2 and "one text per line and nothing else, but this needs a label" in err
+    for flag, value, message in [("--exit-curve", "0.1,abc", "'abc' in '0.1,abc': give comma-separated numbers"),
+                                 ("--exit-batch-sizes", "1,6.4", "'6.4' in '1,6.4': give comma-separated whole")]:
+        with pytest.raises(SystemExit):
+            main(["evaluate", str(model_dir), "--data", str(model_dir.parent / "test.tsv"), flag, value])
+        assert message in capsys.readouterr().err
 
 
 def test_export_without_the_onnx_packages(model_dir, tmp_path, capsys, monkeypatch):

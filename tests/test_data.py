@@ -39,11 +39,24 @@ def test_headerless_csv(tmp_path):
     ("txt\tlabel\nfine\ta\n", "d.tsv", "no column 'text'"),
     ('{"text": "a", "label": "x"}\n{oops\n', "d.jsonl", "line 2: not valid JSON"),
     ("text\tlabel\nfine\t\n", "d.tsv", "line 2: empty label"),
-    ("a", "d.txt", "unsupported file type"),
+    ("a", "d.txt", "a .txt file holds one text per line and nothing else, but this needs a label"),
+    ("a", "d.xml", "unsupported file type '.xml'"),
 ])
 def test_bad_input_is_explained(tmp_path, content, name, message):
     with pytest.raises(DataError, match=message):
         tt.read_dataset(write(tmp_path / name, content))
+
+
+def test_plain_text_file_is_one_text_per_line(tmp_path):
+    path = write(tmp_path / "t.txt", "first text\n\nsecond, with a comma\tand a tab\n")
+    ds = tt.read_dataset(path, label_col=None)
+    assert ds.texts == ["first text", "second, with a comma\tand a tab"] and ds.labels == ["", ""]
+    kept = tt.read_dataset(path, label_col=None, keep_blank_rows=True, allow_empty=True)
+    assert kept.texts == ["first text", "", "second, with a comma\tand a tab"]  # predictions line up with lines
+    from tailtune.data import columns
+    assert columns(path) == []
+    with pytest.raises(DataError, match="needs a second text"):
+        tt.read_dataset(path, label_col=None, text_b_col="text_b")
 
 
 def test_missing_file():

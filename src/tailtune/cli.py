@@ -19,7 +19,7 @@ from .errors import TailtuneError
 from .heads.early_exit import EXIT_RULES
 from .loop import TrainConfig
 from .registry import field_docs
-from .cli_predict import _read, cmd_evaluate, cmd_predict
+from .cli_predict import _read, cmd_evaluate, cmd_predict, number_list
 from .cli_tools import add_tool_parsers
 from .stages.lm import AdaptConfig
 
@@ -349,9 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "counts of --data (split) or of the training data (train); auto: train when --data is near "
                    "balanced (default: auto)")
     e.add_argument("--output", default=None, help="write the report as JSON here")
-    e.add_argument("--exit-curve", type=lambda t: [float(x) for x in t.split(",")], default=None,
+    e.add_argument("--exit-curve", type=number_list(float, "numbers"), default=None,
                    help="early exit: print macro-F1, mean layers and speed at these thresholds, e.g. 0.1,0.3,0.6")
-    e.add_argument("--exit-batch-sizes", type=lambda t: [int(x) for x in t.split(",")], default=[1, 64],
+    e.add_argument("--exit-batch-sizes", type=number_list(int, "whole numbers"), default=[1, 64],
                    help="batch sizes of the --exit-curve timings (default: 1,64)")
     _add_loading_args(e)
     _add_test_prior_arg(e, "--data")
@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--task", default=None, help="which task module of the directory predicts")
     r.add_argument("--task-col", default=None, help="with --data: column naming each row's task "
                                                     "(rows of different tasks share batches)")
-    r.add_argument("--data", default=None, help="file of texts (.tsv, .csv or .jsonl)")
+    r.add_argument("--data", default=None, help="file of texts (.tsv, .csv or .jsonl; or .txt, one text per line)")
     r.add_argument("--text-col", default="text", help="column holding the text (default: text)")
     r.add_argument("--text-b-col", default=None, help="column holding a second text (default: none)")
     r.add_argument("--id-col", default=None, help="column passed through as each output's id (default: 'id' when "

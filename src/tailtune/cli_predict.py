@@ -10,6 +10,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def number_list(kind: Callable[[str], Any], what: str) -> Callable[[str], list]:
+    """An argparse type for a comma-separated list, whose error names the item that is wrong."""
+    def parse(text: str) -> list:
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        for x in items:
+            try:
+                kind(x)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{x!r} in {text!r}: give comma-separated {what}, e.g. "
+                                                 f"{'0.1,0.3' if kind is float else '1,64'}") from None
+        if not items:
+            raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated {what}")
+        return [kind(x) for x in items]
+    return parse
+
+
 def _read(args: argparse.Namespace, path: str | None) -> Any:
     from .data import read_dataset
     return read_dataset(path, args.text_col, args.label_col, args.text_b_col) if path else None

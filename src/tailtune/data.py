@@ -45,7 +45,8 @@ def read_dataset(path: str | Path, text_col: str = "text", label_col: str | None
                  text_b_col: str | None = None, header: bool = True,
                  columns: Sequence[str] | None = None, allow_empty: bool = False,
                  id_col: str | None = None, keep_blank_rows: bool = False) -> TextDataset:
-    """Read a .tsv, .csv or .jsonl file (or a Hub dataset, ``hf:NAME[:CONFIG]:SPLIT``) into a TextDataset.
+    """Read a .tsv, .csv or .jsonl file (or a Hub dataset, ``hf:NAME[:CONFIG]:SPLIT``) into a TextDataset; a .txt
+    file is one text per line, without labels (``label_col=None``).
 
     TSV/CSV use standard CSV quoting; a quote that is never closed (rows merged into one) is an
     error naming the line where it opened. Files without a header row need ``header=False`` and
@@ -66,8 +67,16 @@ def read_dataset(path: str | Path, text_col: str = "text", label_col: str | None
         rows = _read_jsonl(path, text)
     elif suffix in (".tsv", ".csv"):
         rows = _read_delimited(path, text, "\t" if suffix == ".tsv" else ",", header, columns, keep_blank_rows)
+    elif suffix == ".txt":  # plain text, one text per line: texts only (prediction, unlabelled pools)
+        if label_col is not None or text_b_col is not None or id_col is not None:
+            wanted = "a label" if label_col is not None else "a second text" if text_b_col is not None else "ids"
+            raise DataError(f"{path}: a .txt file holds one text per line and nothing else, but this needs "
+                            f"{wanted}; use a .tsv, .csv or .jsonl file with {wanted} column")
+        rows = [(lineno, {text_col: line}) for lineno, line in enumerate(text.splitlines(), 1)
+                if keep_blank_rows or line.strip()]
     else:
-        raise DataError(f"{path}: unsupported file type {suffix!r}; use .tsv, .csv or .jsonl")
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use .tsv, .csv, .jsonl (or .txt, one text per "
+                        f"line, for texts without labels)")
     return _rows_to_dataset(rows, str(path), text_col, label_col, text_b_col, allow_empty, id_col)
 
 
@@ -76,6 +85,8 @@ def columns(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
+    if path.suffix.lower() == ".txt":  # one text per line: no columns
+        return []
     text = _read_text(path)
     if path.suffix.lower() == ".jsonl":
         rows = _read_jsonl(path, text)
