@@ -27,6 +27,18 @@ def test_onnx_runtime_gives_the_same_scores(preset, options, tiny_bert, toy, tmp
     assert onnx.predict(TEXTS) == clf.predict(TEXTS)
 
 
+def test_an_early_exit_classifier_exports_at_full_depth(tiny_bert, toy, tmp_path, capsys):
+    texts, labels = toy
+    clf = tt.TailtuneClassifier("pabee", tiny_bert, train_config=tt.TrainConfig(epochs=1, progress=False, seed=1),
+                                exit_threshold=0.5).fit(texts, labels)
+    clf.save(tmp_path / "m")
+    assert main(["export", str(tmp_path / "m"), "--output", str(tmp_path / "onnx")]) == 0
+    assert "early exit is not exported: ONNX Runtime answers at full depth" in capsys.readouterr().out
+    onnx = OnnxClassifier(tmp_path / "onnx")
+    full = tt.TailtuneClassifier.load(tmp_path / "m")  # full depth unless early exit is asked for
+    np.testing.assert_allclose(onnx.decision_function(TEXTS), full.decision_function(TEXTS), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("preset,options", [("lora", {}), ("prefix", {}), ("prefix", {"prefix_reparam": 8})])
 def test_lora_and_prefixes_export_with_the_same_scores(preset, options, tiny_bert, tmp_path):
     """LoRA is folded into the weights it adapts (W + (α/r)·B·A) and prefixes enter the traced attention, so the

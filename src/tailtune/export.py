@@ -57,9 +57,6 @@ def export_onnx(directory: str | Path, output: str | Path, opset: int = 17, over
         raise ConfigError(f"{directory} appends demonstrations from its training pool to every input, which the "
                           f"ONNX runtime's tokenisation does not do; serve it with `tailtune serve` or predict "
                           f"with `tailtune predict`")
-    if model.head.layers == "all":
-        raise ConfigError("an early-exit classifier exports at full depth only through its last classifier: not "
-                          "supported yet; export a classifier with a single head")
     example = model.encode(["a short example text", "a second, somewhat longer example text for the export"],
                            ["second text"] * 2 if _uses_pairs(model) else None)
     batch = collate(example, model.tokenizer.pad_token_id, torch.device("cpu"))
@@ -76,7 +73,9 @@ def export_onnx(directory: str | Path, output: str | Path, opset: int = 17, over
             "format": EXPORT_FORMAT, "tailtune_version": __version__, "labels": model.labels, "inputs": names,
             "input_format": model.config.input_format, "max_length": model.config.max_length,
             "template": getattr(fmt, "full_template", None), "preset": meta.get("preset"),
-            "backbone": meta["backbone"]["name"], "source": str(directory)})
+            "backbone": meta["backbone"]["name"], "source": str(directory),
+            **({"early_exit": "not in the graph: it answers at full depth, through the last layer's classifier"}
+               if model.head.layers == "all" else {})})
     return Path(output)
 
 
@@ -100,3 +99,6 @@ def main_export(directory: str, output: str, opset: int = 17, overwrite: bool = 
     diff = check_export(directory, out, ["a short check", "another sentence to compare the two runtimes on"])
     log(f"exported {directory} to {out / 'model.onnx'} ({len(info['labels'])} labels); ONNX Runtime vs PyTorch: "
         f"largest score difference {diff:.2e}")
+    if "early_exit" in info:
+        log("early exit is not exported: ONNX Runtime answers at full depth, through the last layer's classifier "
+            "(`tailtune predict --early-exit` and `tailtune serve --early-exit` leave early)")
