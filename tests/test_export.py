@@ -27,16 +27,46 @@ def test_onnx_runtime_gives_the_same_scores(preset, options, tiny_bert, toy, tmp
     assert onnx.predict(TEXTS) == clf.predict(TEXTS)
 
 
-def test_an_early_exit_classifier_exports_at_full_depth(tiny_bert, toy, tmp_path, capsys):
+@pytest.mark.parametrize("trains", ["all", "adapter", "lora", "prefix", "prompt"])
+def test_early_exit_through_onnx_runtime_leaves_where_pytorch_does(trains, tiny_bert, toy, tmp_path, capsys):
+    """model.onnx answers at full depth; exits/ runs layer by layer with the same rule, so every row leaves at the
+    same layer with the same scores as `tailtune predict --early-exit`; with every task-module kind."""
     texts, labels = toy
-    clf = tt.TailtuneClassifier("pabee", tiny_bert, train_config=tt.TrainConfig(epochs=1, progress=False, seed=1),
-                                exit_threshold=0.5).fit(texts, labels)
+    extra = {"input_format": "template", "soft_tokens": 2, "template": "{text} it is {mask} ."} \
+        if trains == "prompt" else {}
+    clf = tt.TailtuneClassifier("pabee", tiny_bert, train_config=tt.TrainConfig(epochs=2, progress=False, seed=1),
+                                trains=trains, **extra).fit(texts, labels)
     clf.save(tmp_path / "m")
     assert main(["export", str(tmp_path / "m"), "--output", str(tmp_path / "onnx")]) == 0
-    assert "early exit is not exported: ONNX Runtime answers at full depth" in capsys.readouterr().out
-    onnx = OnnxClassifier(tmp_path / "onnx")
-    full = tt.TailtuneClassifier.load(tmp_path / "m")  # full depth unless early exit is asked for
-    np.testing.assert_allclose(onnx.decision_function(TEXTS), full.decision_function(TEXTS), atol=1e-4, rtol=1e-4)
+    assert "exits/ holds the embeddings and each of the 2 layers" in capsys.readouterr().out
+    onnx, ours = OnnxClassifier(tmp_path / "onnx"), tt.TailtuneClassifier.load(tmp_path / "m")
+    probe = TEXTS * 3 + texts
+    np.testing.assert_allclose(onnx.decision_function(probe), ours.decision_function(probe), atol=1e-4, rtol=1e-4)
+    assert onnx.layers_used_ is None
+    early = False
+    for rule, threshold, patience in [("normalized-entropy", 0.9, None), ("confidence", 0.4, None),
+                                      ("patience", None, 1), ("entropy", 0.0, None)]:
+        ours.set_early_exit(rule, threshold, patience)
+        onnx.set_early_exit(rule, threshold, patience)
+        np.testing.assert_allclose(onnx.decision_function(probe, batch_size=7), ours.decision_function(probe),
+                                   atol=1e-4, rtol=1e-4)
+        np.testing.assert_array_equal(onnx.layers_used_, ours.layers_used_.numpy())
+        if rule == "entropy":  # threshold 0: no row leaves early, the full depth's scores
+            assert (onnx.layers_used_ == 2).all()
+        early |= bool((onnx.layers_used_ == 1).any())
+    assert early  # some rule let rows leave after the first layer: the loop's row bookkeeping was exercised
+    with pytest.raises(tt.errors.ConfigError, match="rule='often' is not one of"):
+        onnx.set_early_exit("often")
+
+
+def test_early_exit_needs_exits_in_the_export(tiny_bert, toy, tmp_path):
+    texts, labels = toy
+    tt.TailtuneClassifier("cls", tiny_bert, train_config=tt.TrainConfig(epochs=1, progress=False)).fit(
+        texts, labels).save(tmp_path / "m")
+    from tailtune.export import export_onnx
+    export_onnx(tmp_path / "m", tmp_path / "onnx")
+    with pytest.raises(tt.errors.ConfigError, match="has no exit classifiers: export a classifier trained with"):
+        OnnxClassifier(tmp_path / "onnx").set_early_exit()
 
 
 @pytest.mark.parametrize("preset,options", [("lora", {}), ("prefix", {}), ("prefix", {"prefix_reparam": 8})])

@@ -34,6 +34,68 @@ class _Graph(nn.Module):
         return self.model.calibrate(self.model(**batch).float())
 
 
+class _Embeddings(nn.Module):
+    """Early exit, first graph: token ids (and segment ids, soft-token positions) -> the embeddings' output."""
+
+    def __init__(self, model: Any, names: list[str]) -> None:
+        super().__init__()
+        from .early_exit import _encoder_parts
+        self.model, self.names, self.embeddings = model, names, _encoder_parts(model.encoder)[0]
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        from .tuning.routing import Route
+        batch = dict(zip(self.names, tensors))
+        kwargs = {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
+        with self.model.router.route([Route(self.model.task, None, batch.get("soft_positions"))]):
+            return self.embeddings(input_ids=batch["input_ids"], **kwargs)
+
+
+class _Layer(nn.Module):
+    """Early exit, one graph per layer: (hidden states, mask, read position) -> (the layer's hidden states, its
+    exit classifier's calibrated scores)."""
+
+    def __init__(self, model: Any, k: int) -> None:
+        super().__init__()
+        from .early_exit import _encoder_parts
+        self.model, self.k, self.layer = model, k, _encoder_parts(model.encoder)[1][k]
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from transformers.masking_utils import create_bidirectional_mask
+        from .tuning.routing import Route
+        mask = create_bidirectional_mask(config=self.model.encoder.config, inputs_embeds=hidden,
+                                         attention_mask=attention_mask)
+        with self.model.router.route([Route(self.model.task, None, None)]):
+            hidden = self.layer(hidden, mask)
+            x, _ = self.model.readout(hidden, attention_mask, position)
+        return hidden, self.model.calibrate(self.model.head.exits[self.k](x).float())
+
+
+def _export_exits(model: Any, batch: dict, names: list[str], folder: Path, opset: int) -> dict:
+    """The embeddings and every layer with its exit classifier as graphs of their own (``exits/``), so that
+    ``OnnxClassifier.set_early_exit`` runs layer by layer and rows leave as in ``tailtune predict --early-exit``."""
+    folder.mkdir()
+    seq = {0: "batch", 1: "seq"}
+    names = [n for n in names if n in ("input_ids", "token_type_ids", "soft_positions")]
+    torch.onnx.export(_Embeddings(model, names), tuple(batch[n] for n in names), str(folder / "embeddings.onnx"),
+                      input_names=names, output_names=["hidden"], opset_version=opset, dynamo=False,
+                      dynamic_axes={**{n: ({0: "batch", 1: "soft"} if n == "soft_positions" else seq) for n in names},
+                                    "hidden": seq})
+    with torch.no_grad():
+        hidden = _Embeddings(model, names)(*(batch[n] for n in names))
+    head = model.head
+    for k in range(len(head.exits)):
+        layer = _Layer(model, k)
+        torch.onnx.export(layer, (hidden, batch["attention_mask"], batch["position"]), str(folder / f"layer{k + 1}.onnx"),
+                          input_names=["hidden", "attention_mask", "position"], output_names=["hidden_out", "scores"],
+                          dynamic_axes={"hidden": seq, "attention_mask": seq, "position": {0: "batch"},
+                                        "hidden_out": seq, "scores": {0: "batch"}},
+                          opset_version=opset, dynamo=False)
+        with torch.no_grad():
+            hidden = layer(hidden, batch["attention_mask"], batch["position"])[0]
+    return {"layers": len(head.exits), "rule": head.rule, "threshold": head.threshold, "patience": head.patience}
+
+
 def require_onnx(modules: tuple[str, ...]) -> None:
     """A clear error, before any work, when the ONNX packages are missing."""
     import importlib.util
@@ -67,6 +129,7 @@ def export_onnx(directory: str | Path, output: str | Path, opset: int = 17, over
         torch.onnx.export(_Graph(model, names), tuple(batch[n] for n in names), str(tmp / "model.onnx"),
                           input_names=names, output_names=["scores"], dynamic_axes={**dynamic, "scores": {0: "batch"}},
                           opset_version=opset, dynamo=False)
+        exits = _export_exits(model, batch, names, tmp / "exits", opset) if model.head.layers == "all" else None
         model.tokenizer.save_pretrained(tmp / "tokenizer")
         fmt = model.config.of("input_format")
         write_json(tmp / "export.json", {
@@ -74,8 +137,7 @@ def export_onnx(directory: str | Path, output: str | Path, opset: int = 17, over
             "input_format": model.config.input_format, "max_length": model.config.max_length,
             "template": getattr(fmt, "full_template", None), "preset": meta.get("preset"),
             "backbone": meta["backbone"]["name"], "source": str(directory),
-            **({"early_exit": "not in the graph: it answers at full depth, through the last layer's classifier"}
-               if model.head.layers == "all" else {})})
+            **({"early_exit": exits} if exits else {})})
     return Path(output)
 
 
@@ -100,5 +162,5 @@ def main_export(directory: str, output: str, opset: int = 17, overwrite: bool = 
     log(f"exported {directory} to {out / 'model.onnx'} ({len(info['labels'])} labels); ONNX Runtime vs PyTorch: "
         f"largest score difference {diff:.2e}")
     if "early_exit" in info:
-        log("early exit is not exported: ONNX Runtime answers at full depth, through the last layer's classifier "
-            "(`tailtune predict --early-exit` and `tailtune serve --early-exit` leave early)")
+        log(f"early exit: model.onnx answers at full depth; exits/ holds the embeddings and each of the "
+            f"{info['early_exit']['layers']} layers with its exit classifier, for OnnxClassifier.set_early_exit()")
