@@ -57,8 +57,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime row (needs tailtune[onnx])")
     p.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU table (int8 and ONNX Runtime: CPU only)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for PyTorch and ONNX Runtime alike (default: each library's own)")
     p.add_argument("--out", default="benchmarks/results/serving/throughput.json")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     full = tt.read_dataset(a.data)
     gpu = a.device.startswith("cuda")
     base = tt.TailtuneClassifier.load(a.model, a.device)
@@ -83,7 +87,7 @@ def main() -> None:
         from tailtune.export import export_onnx
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            onnx = OnnxClassifier(export_onnx(a.model, Path(tmp) / "onnx"))
+            onnx = OnnxClassifier(export_onnx(a.model, Path(tmp) / "onnx"), threads=a.threads)
             seconds = best_of(lambda: onnx.decision_function(ds.texts, batch_size=a.batch), a.repeats)
             report = long_tail_report(full.labels, onnx.predict(full.texts))
         rows["ONNX Runtime fp32"] = {"seconds": seconds, "tokens_per_second": tokens / seconds,
