@@ -67,6 +67,9 @@ def test_early_exit_needs_exits_in_the_export(tiny_bert, toy, tmp_path):
     export_onnx(tmp_path / "m", tmp_path / "onnx")
     with pytest.raises(tt.errors.ConfigError, match="has no exit classifiers: export a classifier trained with"):
         OnnxClassifier(tmp_path / "onnx").set_early_exit()
+    from tailtune import deploy
+    from tailtune.heads.early_exit import EXIT_RULES
+    assert deploy.EXIT_RULES == EXIT_RULES  # the runtime's copy (it imports no torch) names the same rules
 
 
 @pytest.mark.parametrize("preset,options", [("lora", {}), ("prefix", {}), ("prefix", {"prefix_reparam": 8})])
