@@ -44,6 +44,7 @@ class OnnxClassifier:
         self.session = ort.InferenceSession(str(directory / "model.onnx"), options, providers=self._providers)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self._exit_sessions: list[Any] = []
+        self._declared: dict[Any, frozenset] = {}  # session -> the input names its graph declares
         self.early_exit_: tuple[str, float, int] | None = None  # set_early_exit: (rule, threshold, patience)
         self.layers_used_: np.ndarray | None = None
 
@@ -100,23 +101,31 @@ class OnnxClassifier:
             idx = order[s:s + batch_size]
             feeds = self._feeds([encoded[i] for i in idx])
             if self.early_exit_ is None:
-                out[idx] = self.session.run(["scores"], _only(self.session, feeds))[0]
+                out[idx] = self.session.run(["scores"], self._only(self.session, feeds))[0]
             else:
                 out[idx], used[idx] = self._exit_pass(feeds)
         self.layers_used_ = used if self.early_exit_ is not None else None
         return out
 
+    def _only(self, session: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The feeds a graph declares (an input the trace found unused, e.g. the read position of mean pooling, is
+        not one); each session's names are read once."""
+        names = self._declared.get(session)
+        if names is None:
+            names = self._declared[session] = frozenset(i.name for i in session.get_inputs())
+        return {k: v for k, v in feeds.items() if k in names}
+
     def _exit_pass(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """One batch layer by layer; rows leave at their first exit whose rule fires (``tailtune.early_exit``)."""
         rule, threshold, patience = self.early_exit_
         embeddings, *layers = self._exit_sessions
-        hidden = embeddings.run(["hidden"], _only(embeddings, feeds))[0]
+        hidden = embeddings.run(["hidden"], self._only(embeddings, feeds))[0]
         rows = {"attention_mask": feeds["attention_mask"], "position": feeds["position"]}
         n = len(hidden)
         active, out, used = np.arange(n), np.zeros((n, len(self.labels)), np.float32), np.zeros(n, np.int64)
         streak, previous = np.zeros(n, np.int64), np.full(n, -1)
         for k, layer in enumerate(layers, 1):
-            hidden, scores = layer.run(["hidden_out", "scores"], _only(layer, {"hidden": hidden, **rows}))
+            hidden, scores = layer.run(["hidden_out", "scores"], self._only(layer, {"hidden": hidden, **rows}))
             e = np.exp(scores - scores.max(-1, keepdims=True))
             probs = e / e.sum(-1, keepdims=True)
             answer = probs.argmax(-1)
@@ -147,13 +156,6 @@ class OnnxClassifier:
 
     def __repr__(self) -> str:
         return f"OnnxClassifier({len(self.labels)} labels, inputs {self.inputs})"
-
-
-def _only(session: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The feeds a graph declares (an input the trace found unused, e.g. the read position of mean pooling, is
-    not one)."""
-    names = {i.name for i in session.get_inputs()}
-    return {k: v for k, v in feeds.items() if k in names}
 
 
 def info(directory: str | Path) -> dict[str, Any]:
