@@ -8,7 +8,9 @@ MODEL_DIR is a classifier trained on the data's labels. Speed is timed on the fi
 quality (macro-F1, accuracy) on every text of the file, since 1,024 texts hold too few of a long tail's
 rare classes for a one-point comparison. The pipeline runs
 `AutoModelForSequenceClassification` on the same backbone (its head is new: speed only). The classifier
-is also exported (`tailtune export`) and run by ONNX Runtime in fp32 (``--no-onnx`` skips it). Timings:
+is also exported (`tailtune export`) and run by ONNX Runtime in fp32 (``--no-onnx`` skips it), and run compiled
+(`--compile`: torch.compile, fp32 and bf16; ``--no-compile`` skips it), whose first call, which compiles, is timed
+apart (``first_call_seconds``; ``break_even_texts``: how many texts repay it). Timings:
 best of ``--repeats`` runs, the same process, nothing else of this benchmark running beside them.
 """
 from __future__ import annotations
@@ -36,6 +38,19 @@ def matmul_gflops(dtype_name: str = "float32", device: str = "cpu", repeats: int
     return 2 * n ** 3 / best / 1e9
 
 
+def onednn_linear_gflops(repeats: int = 5) -> float:
+    """fp32 rate of oneDNN's linear (the kernel compiled inference packs weights for): the best over MiniLM's three
+    linear shapes at 8,192 tokens (attention 384->384, feed-forward 384->1536 and 1536->384)."""
+    import torch
+    best = 0.0
+    for k, n in ((384, 384), (384, 1536), (1536, 384)):
+        x, w = torch.randn(8192, k), torch.randn(n, k).to_mkldnn()
+        run = lambda: torch._C._nn.mkldnn_linear(x.to_mkldnn(), w, None).to_dense()  # noqa: E731
+        run()
+        best = max(best, 2 * 8192 * k * n / best_of(run, repeats) / 1e9)
+    return best
+
+
 def best_of(fn, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -56,6 +71,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime row (needs tailtune[onnx])")
+    p.add_argument("--no-compile", action="store_true", help="skip the rows of compiled inference (--compile)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU table (int8 and ONNX Runtime: CPU only)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for PyTorch and ONNX Runtime alike (default: each library's own)")
@@ -72,6 +88,8 @@ def main() -> None:
     ds = full.subset(range(min(a.limit, len(full))))
     tokens = sum(len(e.input_ids) for e in base.model_.encode(ds.texts))
     rates = {"fp32": matmul_gflops("float32", a.device), "bf16": matmul_gflops("bfloat16", a.device)}
+    if not gpu:  # PyTorch's CPU matmul is MKL's, below the machine's rate on some CPUs (e.g. AMD); oneDNN's beside it
+        rates["fp32_onednn_linear"] = onednn_linear_gflops()
     flops_per_token = 2 * sum(p.numel() for n, p in base.model_.encoder.named_parameters() if "embeddings" not in n)
     rows = {}
     for precision in ("fp32", "bf16") if gpu else ("fp32", "bf16", "int8"):
@@ -81,6 +99,20 @@ def main() -> None:
         report = long_tail_report(full.labels, clf.predict(full.texts))
         rows[f"tailtune {precision}"] = {"seconds": seconds, "tokens_per_second": tokens / seconds,
                                          "macro_f1": report["macro_f1"], "accuracy": report["accuracy"]}
+    for precision in () if a.no_compile else ("fp32", "bf16"):  # `--compile`: the first call compiles, timed apart
+        torch._dynamo.reset()
+        clf = tt.TailtuneClassifier.load(a.model, a.device).set_precision(precision).set_compile()
+        clf.train_config.eval_batch_size = a.batch
+        start = time.perf_counter()
+        clf.decision_function(ds.texts)
+        first = time.perf_counter() - start
+        seconds = best_of(lambda: clf.decision_function(ds.texts), a.repeats)
+        report = long_tail_report(full.labels, clf.predict(full.texts))
+        eager = rows[f"tailtune {precision}"]["seconds"]
+        rows[f"tailtune {precision} compiled"] = {
+            "seconds": seconds, "tokens_per_second": tokens / seconds, "macro_f1": report["macro_f1"],
+            "accuracy": report["accuracy"], "first_call_seconds": first,
+            "break_even_texts": (first - seconds) / max((eager - seconds) / len(ds), 1e-9)}
     if not a.no_onnx and not gpu:  # the same classifier exported (`tailtune export`) and run by ONNX Runtime, fp32
         import tempfile
         from tailtune.deploy import OnnxClassifier
@@ -106,6 +138,9 @@ def main() -> None:
         rows[f"HF pipeline {precision}"] = {"seconds": seconds, "tokens_per_second": tokens / seconds}
     for row in rows.values():
         row["share_of_fp32_matmul_rate"] = row["tokens_per_second"] * flops_per_token / (rates["fp32"] * 1e9)
+        if "fp32_onednn_linear" in rates:  # against the faster of the two fp32 kernels
+            best = max(rates["fp32"], rates["fp32_onednn_linear"])
+            row["share_of_best_fp32_rate"] = row["tokens_per_second"] * flops_per_token / (best * 1e9)
     ref = rows["HF pipeline fp32"]["tokens_per_second"]
     for name, row in rows.items():
         row["vs_pipeline_fp32"] = row["tokens_per_second"] / ref

@@ -16,10 +16,9 @@ from typing import Any, Callable
 
 from .config import AXIS_NAMES, PRESETS, ClassifierConfig, all_options, axes_table, preset_table, preset_train_config
 from .errors import TailtuneError
-from .heads.early_exit import EXIT_RULES
 from .loop import TrainConfig
 from .registry import field_docs
-from .cli_predict import _read, cmd_evaluate, cmd_predict, number_list
+from .cli_predict import _read, add_loading_args, cmd_evaluate, cmd_predict, number_list
 from .cli_tools import add_tool_parsers
 from .stages.lm import AdaptConfig
 
@@ -106,22 +105,6 @@ def _add_data_args(p: argparse.ArgumentParser, split_flags: list[tuple[str, bool
     p.add_argument("--text-col", default="text", help="column holding the text (default: text)")
     p.add_argument("--text-b-col", default=None, help="column holding a second text, e.g. an entity (default: none)")
     p.add_argument("--label-col", default="label", help="column holding the label (default: label)")
-
-
-def _add_loading_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "auto"],
-                   help="fp32, bf16 autocast, int8 (dynamic quantisation of the linear layers, CPU) or auto (fp32 or "
-                        "bf16, whichever a short probe finds faster here) (default: fp32)")
-    p.add_argument("--early-exit", action="store_true", help="an early-exit classifier leaves at the first layer "
-                   "whose exit rule fires (the rule saved with it, or the --exit-* options below)")
-    p.add_argument("--exit-rule", default=None, choices=EXIT_RULES,
-                   help="early exit: the rule (default: the classifier's)")
-    p.add_argument("--exit-threshold", type=float, default=None,
-                   help="early exit: entropy, normalized-entropy (entropy / ln(classes), 0 to 1) or confidence "
-                        "threshold")
-    p.add_argument("--exit-patience", type=int, default=None, help="early exit: layers in a row that must agree")
-    p.add_argument("--backbone", default=None, help="base backbone for a saved task module (default: its own)")
 
 
 def _add_test_prior_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -353,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="early exit: print macro-F1, mean layers and speed at these thresholds, e.g. 0.1,0.3,0.6")
     e.add_argument("--exit-batch-sizes", type=number_list(int, "whole numbers"), default=[1, 64],
                    help="batch sizes of the --exit-curve timings (default: 1,64)")
-    _add_loading_args(e)
+    add_loading_args(e)
     _add_test_prior_arg(e, "--data")
     e.set_defaults(func=cmd_evaluate)
 
@@ -370,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--id-col", default=None, help="column passed through as each output's id (default: 'id' when "
                    "the file has one, else the row number from 0)")
     r.add_argument("--output", default=None, help="write JSON lines here (default: stdout)")
-    _add_loading_args(r)
+    add_loading_args(r)
     _add_test_prior_arg(r, "the texts given (a single classifier)")
     r.set_defaults(func=cmd_predict)
 

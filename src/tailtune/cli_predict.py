@@ -26,6 +26,26 @@ def number_list(kind: Callable[[str], Any], what: str) -> Callable[[str], list]:
     return parse
 
 
+def add_loading_args(p: argparse.ArgumentParser) -> None:
+    from .heads.early_exit import EXIT_RULES
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "auto"],
+                   help="fp32, bf16 autocast, int8 (dynamic quantisation of the linear layers, CPU) or auto (fp32 or "
+                        "bf16, whichever a short probe finds faster here) (default: fp32)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the encoder through torch.compile: the first batch compiles (tens of seconds on a small "
+                        "CPU), the rest run faster, so it pays on many texts (README: fast inference)")
+    p.add_argument("--early-exit", action="store_true", help="an early-exit classifier leaves at the first layer "
+                   "whose exit rule fires (the rule saved with it, or the --exit-* options below)")
+    p.add_argument("--exit-rule", default=None, choices=EXIT_RULES,
+                   help="early exit: the rule (default: the classifier's)")
+    p.add_argument("--exit-threshold", type=float, default=None,
+                   help="early exit: entropy, normalized-entropy (entropy / ln(classes), 0 to 1) or confidence "
+                        "threshold")
+    p.add_argument("--exit-patience", type=int, default=None, help="early exit: layers in a row that must agree")
+    p.add_argument("--backbone", default=None, help="base backbone for a saved task module (default: its own)")
+
+
 def _read(args: argparse.Namespace, path: str | None) -> Any:
     from .data import read_dataset
     return read_dataset(path, args.text_col, args.label_col, args.text_b_col) if path else None
@@ -42,7 +62,7 @@ def _load_for_prediction(args: argparse.Namespace) -> Any:
     clf = TailtuneClassifier.load(args.model, args.device, args.backbone).set_precision(args.precision)
     if args.early_exit or args.exit_rule or args.exit_threshold is not None or args.exit_patience is not None:
         clf.set_early_exit(args.exit_rule, args.exit_threshold, args.exit_patience)
-    return clf
+    return clf.set_compile() if args.compile else clf
 
 
 def test_prior_line(clf: Any) -> str:
@@ -130,7 +150,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown task(s) {unknown} in {args.model}; it holds: {', '.join(dirs)}")
     from .device import resolve_device
     from .multitask import TaskSet
-    task_set = TaskSet(args.backbone, str(resolve_device(args.device)), args.precision)
+    task_set = TaskSet(args.backbone, str(resolve_device(args.device)), args.precision, compile=args.compile)
     for name in dict.fromkeys(tasks):
         task_set.add(dirs[name], name)
     probs = [s.softmax(-1).numpy() for s in task_set.logits(texts, tasks, texts_b)]

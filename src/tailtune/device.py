@@ -107,3 +107,25 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+
+
+def compile_encoder(encoder: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` of an encoder for inference, shapes dynamic (any batch size and length).
+
+    The compiled module is called under ``frozen_weights()``: inductor then folds the weights into the graph
+    as constants (on the CPU it packs them for oneDNN), which is most of the speed-up, so the compiled
+    encoder answers for the weights it first ran with. The C++ compiler that inductor needs on the CPU is
+    checked here, before any work."""
+    import shutil
+    if next(encoder.parameters()).device.type == "cpu":
+        names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+        if not any(shutil.which(n) for n in names):
+            raise ConfigError(f"compiled inference needs a C++ compiler for torch.compile on the CPU ({' or '.join(names)} "
+                              f"not found): install one (e.g. apt install g++) or predict without --compile")
+    return torch.compile(encoder, dynamic=True)
+
+
+def frozen_weights() -> ContextManager:
+    """Inductor's freezing for the compilations made in this block (weights as constants; inference only)."""
+    import torch._inductor.config as inductor_config
+    return inductor_config.patch(freezing=True)

@@ -41,13 +41,14 @@ class TaskSet:
     and each row passes only through its own task's modules."""
 
     def __init__(self, backbone: str | Backbone | None = None, device: str = "cpu", precision: str = "fp32",
-                 early_exit: bool = False) -> None:
+                 early_exit: bool = False, compile: bool = False) -> None:
         from .device import resolve_precision
         self.device = torch.device(device)
         self.early_exit = early_exit  # early-exit tasks leave at their saved exit rule, in mixed batches too
         self.backbone = backbone
         self.tasks: dict[str, Classifier] = {}
         self.precision = resolve_precision(precision, self.device)  # fp32, bf16 or int8
+        self.compile = compile  # the shared encoder through torch.compile (batches with early-exit tasks: eager)
 
     def add(self, directory: str | Path, name: str | None = None) -> Classifier:
         directory = Path(directory)
@@ -74,6 +75,9 @@ class TaskSet:
                 self.backbone._int8 = True
             quantize_int8(model.head)
             quantize_int8(model.tuning)
+        router = TaskRouter.of(self.backbone.encoder)
+        if self.compile and router.compiled is None:
+            router.compile()
         self.tasks[name] = model
         return model
 

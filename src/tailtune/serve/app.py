@@ -54,6 +54,9 @@ class ServeConfig:
     early_exit: bool = False
     """early-exit classifiers (full models and task modules, in mixed batches too) leave at the first layer whose
     saved exit rule fires"""
+    compile: bool = False
+    """run the encoders through torch.compile (the first requests of each shape compile, tens of seconds on a small
+    CPU; early-exit batches run eagerly)"""
 
     def __post_init__(self) -> None:
         for name in ("port", "max_batch", "max_texts", "max_chars"):
@@ -71,7 +74,7 @@ def create_app(root: str, cfg: ServeConfig | None = None, host: ModelHost | None
     from starlette.exceptions import HTTPException
 
     cfg = cfg or ServeConfig()
-    host = host or ModelHost(root, cfg.device, cfg.backbone, cfg.precision, cfg.early_exit)
+    host = host or ModelHost(root, cfg.device, cfg.backbone, cfg.precision, cfg.early_exit, cfg.compile)
     metrics = Metrics()
     batcher = Batcher(host, metrics, cfg.max_batch, cfg.max_wait_ms)
 

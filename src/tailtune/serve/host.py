@@ -22,9 +22,9 @@ class ModelHost:
     """
 
     def __init__(self, root: str | Path, device: str = "cpu", backbone: str | None = None,
-                 precision: str = "fp32", early_exit: bool = False) -> None:
-        self.root, self.device, self.early_exit = Path(root), device, early_exit
-        self.modules = TaskSet(backbone, device, precision, early_exit)
+                 precision: str = "fp32", early_exit: bool = False, compile: bool = False) -> None:
+        self.root, self.device, self.early_exit, self.compile = Path(root), device, early_exit, compile
+        self.modules = TaskSet(backbone, device, precision, early_exit, compile)
         self.precision = self.modules.precision
         self.full: dict[str, Any] = {}
         self.info: dict[str, dict] = {}
@@ -49,6 +49,8 @@ class ModelHost:
             clf = TailtuneClassifier.load(path, self.device).set_precision(self.precision)
             if self.early_exit and hasattr(clf.model_.head, "exits"):
                 clf.set_early_exit()
+            elif self.compile:
+                clf.set_compile()
             self.full[name] = clf
             model = clf.model_
         self.info[name] = {"name": name, "labels": list(model.labels), "preset": meta.get("preset"),

@@ -70,6 +70,7 @@ class TaskRouter:
         self.tasks: set[str] = set()
         self.hooked: set[Any] = set()  # which hooks are installed
         self.state: dict[str, Any] = {}  # mechanisms' own per-encoder bookkeeping
+        self.compiled: tuple[nn.Module, tuple] | None = None  # (compiled encoder, the weights' versions it holds)
         self._pass: contextvars.ContextVar[Pass | None] = contextvars.ContextVar(f"tailtune_route_{next(_ids)}",
                                                                               default=None)
 
@@ -92,10 +93,27 @@ class TaskRouter:
         """The encoder's last hidden states ``(batch, seq, hidden)``, each row through its task; with
         ``all_layers`` every layer's, ``(batch, seq, layers + 1, hidden)`` (embeddings first)."""
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        with self.route(routes):
-            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                               output_hidden_states=all_layers, **kwargs)
+        run, frozen = self.encoder, contextlib.nullcontext()
+        if self.compiled is not None and not torch.is_grad_enabled():  # (training always runs the eager encoder)
+            from ..device import frozen_weights
+            if self.compiled[1] != self._versions():  # a weight changed since: the cached graphs hold the old one, and
+                torch._dynamo.reset()  # a new torch.compile would find them; dropped (every compiled graph recompiles)
+                self.compile()
+            run, frozen = self.compiled[0], frozen_weights()
+        with self.route(routes), frozen:
+            out = run(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=all_layers, **kwargs)
         return torch.stack(out.hidden_states, 2) if all_layers else out.last_hidden_state
+
+    def compile(self, on: bool = True) -> None:
+        """Inference through ``torch.compile`` (``device.compile_encoder``) from the next forward pass without
+        gradients; ``on=False`` goes back to the eager encoder. Compile once the weights are final: the compiled
+        graphs hold the weights they were first run with, so a change to any encoder weight (in place: training,
+        loading; or a new task's LoRA) compiles afresh at the next pass."""
+        from ..device import compile_encoder
+        self.compiled = (compile_encoder(self.encoder), self._versions()) if on else None
+
+    def _versions(self) -> tuple:
+        return tuple((id(p), p._version) for p in self.encoder.parameters())
 
     # -- registration ------------------------------------------------------------------
     def add_adapters(self, task: str, sites: dict[str, nn.Module], adapters: nn.ModuleDict) -> None:
