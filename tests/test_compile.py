@@ -91,3 +91,17 @@ def test_compile_refusals_speak_to_the_user(tiny_bert, toy, monkeypatch, capsys,
     assert main(["predict", str(tmp_path / "m"), "a film", "--compile"]) == 2
     err = capsys.readouterr().err
     assert "needs a C++ compiler" in err and "without --compile" in err and "Traceback" not in err
+
+
+def test_served_tasks_compile_with_the_server_option(tiny_bert, tmp_path):
+    """`serve --compile`: task modules on the shared backbone and full models beside them answer as without it."""
+    from tailtune.serve.host import ModelHost
+    perturbed_module("lora", tiny_bert, tmp_path / "mood", labels=("good", "bad"), seed=2)
+    perturbed_module("cls", tiny_bert, tmp_path / "full", labels=("x", "y", "z"), seed=3)
+    eager, compiled = ModelHost(tmp_path), ModelHost(tmp_path, compile=True)
+    for host in (eager, compiled):
+        assert host.load_all() == ["full", "mood"]
+    tasks = ["mood", "full"] * len(TEXTS)
+    for a, b in zip(compiled.predict(TEXTS * 2, tasks), eager.predict(TEXTS * 2, tasks)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert compiled.full["full"].model_.router.compiled is not None and compiled_graphs() >= 2
