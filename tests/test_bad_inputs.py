@@ -215,7 +215,7 @@ def test_predict_options_after_texts_and_ids(model_dir, files, capsys):
     rc, out, err = cli(capsys, "predict", model_dir, "--data", files / "in.tsv")
     rows = [json.loads(x) for x in out.splitlines()]
     assert rc == 0 and [r["id"] for r in rows] == ["q7", "q8", "q9", "q10"]  # blank rows still come out
-    assert "2 row(s)" in err and "empty text" in err
+    assert "2 row(s)" in err and "empty text" in err and "predicted as an empty input" in err
     (files / "plain.tsv").write_text("text\nthe film was bad\n\noil price\n")
     rc, out, _ = cli(capsys, "predict", model_dir, "--data", files / "plain.tsv")
     assert rc == 0 and [json.loads(x)["id"] for x in out.splitlines()] == [0, 1, 2]  # the row number

@@ -34,7 +34,7 @@ def add_loading_args(p: argparse.ArgumentParser) -> None:
                         "bf16, whichever a short probe finds faster here) (default: fp32)")
     p.add_argument("--compile", action="store_true",
                    help="run the encoder through torch.compile: the first batch compiles (tens of seconds on a small "
-                        "CPU), the rest run faster, so it pays on many texts (README: fast inference)")
+                        "CPU), the rest run faster, so it pays on many texts (README: Compiled inference)")
     p.add_argument("--early-exit", action="store_true", help="an early-exit classifier leaves at the first layer "
                    "whose exit rule fires (the rule saved with it, or the --exit-* options below)")
     p.add_argument("--exit-rule", default=None, choices=EXIT_RULES,
@@ -122,7 +122,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         empty = [str(ids[i]) for i, t in enumerate(texts) if not t.strip()]
         if empty:
             warnings.warn(f"{len(empty)} row(s) of {args.data} have an empty text (id {', '.join(empty[:8])}"
-                          f"{' ...' if len(empty) > 8 else ''}); their predictions come from the template alone")
+                          f"{' ...' if len(empty) > 8 else ''}); each is predicted as an empty input (with the "
+                          f"template, if the classifier has one), not skipped")
     else:
         texts, texts_b, row_tasks, ids = list(args.text), None, None, list(range(len(args.text)))
     _resolve_model(args)
