@@ -91,6 +91,8 @@ def test_compile_refusals_speak_to_the_user(tiny_bert, toy, monkeypatch, capsys,
     assert main(["predict", str(tmp_path / "m"), "a film", "--compile"]) == 2
     err = capsys.readouterr().err
     assert "needs a C++ compiler" in err and "without --compile" in err and "Traceback" not in err
+    with pytest.raises(tt.errors.ConfigError, match="needs a C...compiler"):  # a task set: before any task loads
+        TaskSet(tiny_bert, compile=True)
 
 
 def test_served_tasks_compile_with_the_server_option(tiny_bert, tmp_path):

@@ -59,6 +59,9 @@ def _resolve_model(args: argparse.Namespace) -> None:
 
 def _load_for_prediction(args: argparse.Namespace) -> Any:
     from .api import TailtuneClassifier
+    if args.compile:
+        from .device import check_compiler, resolve_device
+        check_compiler(resolve_device(args.device))  # before loading
     clf = TailtuneClassifier.load(args.model, args.device, args.backbone).set_precision(args.precision)
     if args.early_exit or args.exit_rule or args.exit_threshold is not None or args.exit_patience is not None:
         clf.set_early_exit(args.exit_rule, args.exit_threshold, args.exit_patience)

@@ -109,19 +109,25 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
         return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
 
 
+def check_compiler(device: torch.device | str) -> None:
+    """The C++ compiler that inductor needs to compile for the CPU is there (callers check before loading)."""
+    import shutil
+    if torch.device(device).type != "cpu":
+        return
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    if not any(shutil.which(n) for n in names):
+        raise ConfigError(f"compiled inference needs a C++ compiler for torch.compile on the CPU "
+                          f"({' or '.join(names)} not found): install one (e.g. apt install g++) or predict "
+                          f"without --compile")
+
+
 def compile_encoder(encoder: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile`` of an encoder for inference, shapes dynamic (any batch size and length).
 
     The compiled module is called under ``frozen_weights()``: inductor then folds the weights into the graph
     as constants (on the CPU it packs them for oneDNN), which is most of the speed-up, so the compiled
-    encoder answers for the weights it first ran with. The C++ compiler that inductor needs on the CPU is
-    checked here, before any work."""
-    import shutil
-    if next(encoder.parameters()).device.type == "cpu":
-        names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
-        if not any(shutil.which(n) for n in names):
-            raise ConfigError(f"compiled inference needs a C++ compiler for torch.compile on the CPU ({' or '.join(names)} "
-                              f"not found): install one (e.g. apt install g++) or predict without --compile")
+    encoder answers for the weights it first ran with."""
+    check_compiler(next(encoder.parameters()).device)
     return torch.compile(encoder, dynamic=True)
 
 

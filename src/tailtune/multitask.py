@@ -49,6 +49,9 @@ class TaskSet:
         self.tasks: dict[str, Classifier] = {}
         self.precision = resolve_precision(precision, self.device)  # fp32, bf16 or int8
         self.compile = compile  # the shared encoder through torch.compile (batches with early-exit tasks: eager)
+        if compile:
+            from .device import check_compiler
+            check_compiler(self.device)  # before any task is loaded
 
     def add(self, directory: str | Path, name: str | None = None) -> Classifier:
         directory = Path(directory)
