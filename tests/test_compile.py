@@ -103,6 +103,7 @@ def test_served_tasks_compile_with_the_server_option(tiny_bert, tmp_path):
     eager, compiled = ModelHost(tmp_path), ModelHost(tmp_path, compile=True)
     for host in (eager, compiled):
         assert host.load_all() == ["full", "mood"]
+    assert compiled_graphs() >= 2 and compiled.warm_seconds > eager.warm_seconds  # compiled at start-up, not later
     tasks = ["mood", "full"] * len(TEXTS)
     for a, b in zip(compiled.predict(TEXTS * 2, tasks), eager.predict(TEXTS * 2, tasks)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -55,8 +55,9 @@ class ServeConfig:
     """early-exit classifiers (full models and task modules, in mixed batches too) leave at the first layer whose
     saved exit rule fires"""
     compile: bool = False
-    """run the encoders through torch.compile (the first requests of each shape compile, tens of seconds on a small
-    CPU; early-exit batches run eagerly)"""
+    """run the encoders through torch.compile: it compiles at start-up and when a task is added (a warm-up
+    prediction per task; tens of seconds on a small CPU), so requests do not wait for it; early-exit batches run
+    eagerly"""
 
     def __post_init__(self) -> None:
         for name in ("port", "max_batch", "max_texts", "max_chars"):
@@ -82,6 +83,8 @@ def create_app(root: str, cfg: ServeConfig | None = None, host: ModelHost | None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not host.info:
             await batcher.run(host.load_all)  # in the model thread, like every later model call
+            if host.compile:
+                print(f"compiled for {len(host.info)} task(s) in {host.warm_seconds:.0f} s", flush=True)
         await batcher.start()
         yield
         await batcher.stop()  # graceful: requests already queued are answered

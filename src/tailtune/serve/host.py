@@ -1,6 +1,7 @@
 """The classifiers a server hosts: task modules on one shared backbone, full models beside them."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +9,7 @@ import torch
 
 from ..artefacts import read_classifier
 from ..config import ClassifierConfig
-from ..errors import ArtefactError, ConfigError
+from ..errors import ArtefactError, ConfigError, TailtuneError
 from ..multitask import TaskSet, task_dirs
 
 
@@ -31,11 +32,27 @@ class ModelHost:
 
     def load_all(self) -> list[str]:
         for name, path in task_dirs(self.root).items():
-            self.add(name, path)
+            self.add(name, path, warm=False)
+        self.warm_seconds = self.warm_up()
         return sorted(self.info)
 
-    def add(self, name: str, path: str | Path | None = None) -> dict:
-        """Load a classifier as task ``name`` (default: the subdirectory of that name)."""
+    def warm_up(self) -> float:
+        """With ``compile``: predict one text and two texts for every task, so that compiling happens now (at
+        start-up, or when a task is added) and not in the first requests; returns the seconds it took. A task that
+        cannot take the warm-up texts (e.g. it needs a second text) compiles at its first request instead."""
+        start = time.perf_counter()
+        if self.compile:
+            for name in sorted(self.info):
+                for texts in (["warm up"], ["warm up", "warm up the compiled encoder, a second text"]):
+                    try:
+                        self.predict(texts, [name] * len(texts))
+                    except TailtuneError:
+                        break
+        return time.perf_counter() - start
+
+    def add(self, name: str, path: str | Path | None = None, warm: bool = True) -> dict:
+        """Load a classifier as task ``name`` (default: the subdirectory of that name); with ``compile``, then warm
+        every task up (a task whose weights live inside the encoder, LoRA, makes every graph compile again)."""
         from ..api import TailtuneClassifier
         if name in self.info:
             raise ConfigError(f"task {name!r} is already served; remove it first")
@@ -56,6 +73,8 @@ class ModelHost:
         self.info[name] = {"name": name, "labels": list(model.labels), "preset": meta.get("preset"),
                            "backbone": meta["backbone"]["name"], "artefact": meta["artefact"],
                            "shares_backbone": shares, "path": str(path)}
+        if warm:
+            self.warm_up()
         return self.info[name]
 
     def remove(self, name: str) -> None:
