@@ -61,8 +61,15 @@ def _env(**extra):
 
 def _run(cmd, **env):
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(**env), timeout=300)
+    if done.returncode != 0 and "Signal 6 (SIGABRT)" in done.stderr:
+        # a launched process aborted inside the launch (about 1 full suite run in 4, on a loaded 2-core machine;
+        # cause unconfirmed: gloo's TCP transport has open abort bugs): one more try, with a fresh port
+        import shutil
+        cmd = [str(_free_port()) if i and cmd[i - 1] == "--main_process_port" else c for i, c in enumerate(cmd)]
+        shutil.rmtree(cmd[cmd.index("--output") + 1], ignore_errors=True)  # whatever the aborted run left
+        done = subprocess.run(cmd, capture_output=True, text=True, env=_env(**env), timeout=300)
     said = [x for x in done.stderr.splitlines() if x.startswith("tailtune")]
-    assert done.returncode == 0, "\n".join(said) or done.stderr[-2000:]
+    assert done.returncode == 0, "\n".join(said) + "\n--- stderr, last lines ---\n" + done.stderr[-4000:]
     return done.stdout
 
 
