@@ -134,6 +134,55 @@ def test_self_distillation_teaches_the_inner_classifiers_the_last_ones_distribut
     assert float(head.loss(logits, x, None, torch.zeros(4, dtype=torch.long), None)) > 0
 
 
+def test_self_distillation_also_learns_from_unlabelled_texts_and_other_classifiers_refuse_them(tiny_bert, toy, tmp_path,
+                                                                                                capsys):
+    texts, labels = toy
+    unlabeled = [f"{a} and {b}" for a, b in zip(texts, texts[5:] + texts[:5])]  # texts the training set lacks
+    dev = tt.TextDataset(texts[:12], labels[:12])
+    import tailtune.stages.exit_heads as stage
+    sizes, real = [], stage.train
+
+    def record(model, examples, *a, **k):
+        sizes.append(len(examples))
+        return real(model, examples, *a, **k)
+
+    def fit(extra=None, **options):
+        clf = tt.TailtuneClassifier("cls", tiny_bert, head="early-exit", **options, train_config=tt.TrainConfig(
+            epochs=4, batch_size=8, lr=1e-3, head_lr=1e-2, seed=1, progress=False))
+        return clf.fit(texts, labels, dev=dev, **({"unlabeled": extra} if extra is not None else {}))
+    distil = {"exit_training": "self-distill", "stages": ["exit-heads"], "exit_heads_epochs": 4, "exit_heads_lr": 1e-2}
+    stage.train = record
+    try:
+        plain, taught = fit(**distil), fit(unlabeled, **distil)
+    finally:
+        stage.train = real
+    assert sizes == [len(texts), len(texts) + len(unlabeled)]  # the stage read the unlabelled texts too
+    enc = plain.model_.encode(unlabeled)
+    p_plain, p_taught = _layer_probs(plain.model_, enc), _layer_probs(taught.model_, enc)
+    torch.testing.assert_close(p_plain[:, -1], p_taught[:, -1])  # the last classifier is the same run's
+
+    def kl(p):  # KL(last || first) per row on the unlabelled texts: what the first exit learnt to imitate there
+        return float((p[:, -1] * (p[:, -1].log() - p[:, 0].log())).sum(-1).mean())
+    assert kl(p_taught) < 0.5 * kl(p_plain)
+    # no use for them (DeeBERT's stage trains on labels; no exits, no MLM head): refused before training
+    for options in ({"head": "early-exit", "exit_training": "two-stage", "stages": ["exit-heads"]}, {"head": "mlp"}):
+        clf = tt.TailtuneClassifier("cls", tiny_bert, **options, train_config=tt.TrainConfig(epochs=1, progress=False))
+        with pytest.raises(tt.ConfigError, match="no use for unlabelled texts"):
+            clf.fit(texts, labels, dev=dev, unlabeled=unlabeled)
+        assert not hasattr(clf, "model_")
+    pairs = tt.TextDataset(texts, labels, texts_b=texts)
+    with pytest.raises(tt.ConfigError, match="pairs two texts"):
+        tt.TailtuneClassifier("cls", tiny_bert, head="early-exit", **distil).fit(pairs, dev=pairs, unlabeled=unlabeled)
+    # the command line: --unlabeled FILE (one text per line)
+    from tailtune.cli import main
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in zip(texts, labels)))
+    (tmp_path / "unlabeled.txt").write_text("\n".join(unlabeled) + "\n")
+    assert main(["train", "--train", str(tmp_path / "train.tsv"), "--backbone", tiny_bert, "--preset", "cls",
+                 "--head", "early-exit", "--exit-training", "self-distill", "--stages", "exit-heads", "--epochs", "1",
+                 "--unlabeled", str(tmp_path / "unlabeled.txt"), "--no-progress", "--output", str(tmp_path / "ee")]) == 0
+    assert f"over {len(texts) - 3} training + {len(unlabeled)} unlabelled texts" in capsys.readouterr().out
+
+
 def test_the_contrastive_stage_can_tune_every_joint_exit_weighted_by_depth(tiny_bert, toy):
     import random
 

@@ -130,7 +130,7 @@ def test_the_auxiliary_mlm_loss_is_mixed_in_and_teaches_the_mlm_head(tiny_bert):
 
 def test_the_auxiliary_mlm_loss_is_refused_before_training_where_it_cannot_work(tiny_bert):
     for preset, weight, match in (("cls", 1e-4, "MLM head"), ("prompt", 1.0, "between 0 and 1"),
-                                  ("prompt", 0.0, "between 0 and 1")):
+                                  ("prompt", 0.0, "no use for unlabelled texts")):
         clf = tt.TailtuneClassifier(preset, tiny_bert, max_length=64, train_config=FAST)
         with pytest.raises(tt.ConfigError, match=match):
             clf.fit(TOY_TEXTS, TOY_LABELS, dev=tt.TextDataset(TOY_TEXTS, TOY_LABELS), unlabeled=["a text"],

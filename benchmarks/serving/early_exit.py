@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peers"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "prompting"))
 
 # entropy thresholds as fractions of the largest possible entropy, ln(classes): an absolute grid is too coarse
 # for 2 classes (max 0.69) and too fine for 50 (max 3.9); then PABEE's patience rule
@@ -53,6 +54,9 @@ def main() -> None:
                    help="override the contrastive stage's pair loss with joint exits: 1 at every exit's layer, weighted "
                         "by depth, 0 the last layer only (the default); results keyed "
                         "SET/.../pairs-every-exit or SET/.../pairs-last-layer")
+    p.add_argument("--unlabeled", type=int, default=0, help="with --exit-training self-distill: this many unlabelled "
+                   "texts join the self-distillation (FastBERT's), drawn from the set's classic training texts "
+                   "minus its test set, as the prompting benchmark's PET pool (16-shot sets only)")
     p.add_argument("--note", default=None, help="what else ran beside this run (stored with its results)")
     p.add_argument("--batch1-texts", type=int, default=None,
                    help="time batch 1 on the first N test texts only (default: all; macro-F1 then on those N)")
@@ -65,7 +69,8 @@ def main() -> None:
                + ("" if a.seed == 13 else f"/seed{a.seed}")
                + ("" if a.contrastive_head_only_below is None else f"/head-only-below-{a.contrastive_head_only_below}")
                + ("" if a.contrastive_every_exit is None
-                  else f"/pairs-{'every-exit' if a.contrastive_every_exit else 'last-layer'}"))
+                  else f"/pairs-{'every-exit' if a.contrastive_every_exit else 'last-layer'}")
+               + (f"/unlabeled-{a.unlabeled}" if a.unlabeled else ""))
         if key in results:
             continue
         train, dev, test, max_length, theta, few = load(Path(a.data_dir), name, a.seed)
@@ -77,10 +82,14 @@ def main() -> None:
             staged["contrastive_every_exit"] = bool(a.contrastive_every_exit)
         clf = tt.TailtuneClassifier("auto", head="early-exit", exit_head="cosine", max_length=max_length, theta=theta,
                                     exit_training=a.exit_training, train_config=recipe, **staged)
+        pool = None
+        if a.unlabeled:
+            from fewshot import unlabeled_pool
+            pool = unlabeled_pool(Path(a.data_dir), name, train, dev, test, a.unlabeled, a.seed) or None
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            clf.fit(train, dev=dev if len(dev) else None)
+            clf.fit(train, dev=dev if len(dev) else None, **({"unlabeled": pool} if pool else {}))
         train_seconds = time.perf_counter() - t0
         model, enc = clf.model_, clf.model_.encode(test.texts)
         device = next(clf.model_.parameters()).device
@@ -88,6 +97,7 @@ def main() -> None:
                **({} if a.contrastive_head_only_below is None
                   else {"contrastive_head_only_below": a.contrastive_head_only_below}),
                **({} if a.contrastive_every_exit is None else {"contrastive_every_exit": bool(a.contrastive_every_exit)}),
+               **({"unlabeled": len(pool)} if pool else {}),
                "n_test": len(test), "max_length": max_length, "train_seconds": train_seconds, "curve": {},
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
         predict_logits(model, enc[:64], 64)  # warm-up (a GPU's first calls set up kernels): not timed

@@ -92,7 +92,8 @@ class TailtuneClassifier:
         ``soft_labels`` (texts, classes; columns in sorted label order, as ``labels_``) distils them instead of
         learning ``y`` (KL at ``temperature``; PET's final classifier); it needs ``dev``. ``unlabeled`` texts add
         PET's auxiliary masked-LM loss through the classifier's MLM head (prompt presets), weighted
-        ``mlm_weight`` against the task loss (PET: 1e-4).
+        ``mlm_weight`` against the task loss (PET: 1e-4), and join the training texts of FastBERT's
+        self-distillation of early exits (preset ``fastbert``); a classifier with neither refuses them.
         """
         if y is None and not isinstance(X, TextDataset):
             raise DataError("fit needs labels: fit(texts, labels) or fit(TextDataset)")
@@ -123,11 +124,8 @@ class TailtuneClassifier:
                                  class_counts=stats["counts"])
         model.to(resolve_device(self.train_config.device))
         model.input_format.set_pool(train_ds)  # (formats that draw demonstrations from the training set)
-        aux = None
-        if unlabeled is not None:
-            from .stages.lm import MaskedLMAux
-            aux = MaskedLMAux(model, list(unlabeled), mlm_weight, int(self.train_config.batch_size),
-                              self.train_config.seed, self.config.max_length)
+        stages = [entry.build(self.config.of(f"stage:{entry.name}")) for entry in self.config.stage_entries()]
+        aux = None if unlabeled is None else self._use_unlabeled(model, stages, list(unlabeled), mlm_weight, train_ds)
         if log is not None:
             c = model.parameter_counts()
             log(f"trainable parameters: {c['trainable']:,} ({c['pct_of_backbone']:.3f}% of the backbone; "
@@ -148,7 +146,6 @@ class TailtuneClassifier:
 
         # a run that stops (diverged, interrupted) leaves no half-trained model behind
         self.__dict__.pop("model_", None)
-        stages = [entry.build(self.config.of(f"stage:{entry.name}")) for entry in self.config.stage_entries()]
         stage_seconds = 0.0
         for stage in stages:  # a resumed run's checkpoint already holds what the stages before it did
             if stage.when == "before" and not resume:
@@ -183,6 +180,27 @@ class TailtuneClassifier:
         self.model_, self.labels_, self.class_stats_, self.train_result_ = model, labels, stats, result
         self.train_labels_ = list(train_ds.labels)
         return self
+
+    def _use_unlabeled(self, model: Classifier, stages: list, texts: list[str], mlm_weight: float,
+                       train_ds: TextDataset) -> Any:
+        """Unlabelled texts go to every use this classifier has for them, checked before training: the stages
+        that take them (FastBERT's self-distillation of early exits) and PET's auxiliary masked-LM loss (a
+        classifier that reads through the backbone's MLM head, ``mlm_weight`` > 0); returns that loss or None."""
+        from .stages.lm import MaskedLMAux
+        if train_ds.texts_b is not None:
+            raise ConfigError("unlabelled texts are single texts, but this training data pairs two texts per "
+                              "example; train without unlabelled texts")
+        takers = [s for s in stages if hasattr(s, "take_unlabeled") and s.take_unlabeled(model, texts)]
+        if hasattr(model.head, "vocab_logits") and mlm_weight:
+            return MaskedLMAux(model, texts, mlm_weight, int(self.train_config.batch_size), self.train_config.seed,
+                               self.config.max_length)
+        if not takers:
+            raise ConfigError(f"this classifier has no use for unlabelled texts (head={self.config.head!r}"
+                              f"{', MLM weight 0' if hasattr(model.head, 'vocab_logits') else ''}). They feed PET's "
+                              f"auxiliary MLM loss (a classifier on the backbone's MLM head, e.g. preset 'prompt', "
+                              f"with an MLM weight above 0) and FastBERT's self-distillation of early exits "
+                              f"(preset 'fastbert'); train without them or with one of those")
+        return None
 
     # ------------------------------------------------------------------ predict
     def _check_fitted(self) -> None:

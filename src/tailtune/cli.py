@@ -121,13 +121,14 @@ def _add_test_prior_arg(p: argparse.ArgumentParser, what: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import TailtuneClassifier
     from .artefacts import read_json, staged_dir, write_classifier, write_json
-    from .data import check_labels, class_stats, label_space
+    from .data import check_labels, class_stats, label_space, read_dataset
     from .metrics import export_weight_norms, format_report
     from .processes import is_main_process, prepare_output_once
     from .cli_predict import test_prior_line
     out = Path(args.output)
     checkpoint = prepare_output_once(out, args.overwrite, args.resume, args.device or "auto")
     train_ds, dev_ds, test_ds = _read(args, args.train), _read(args, args.dev), _read(args, args.test)
+    unlabeled = list(read_dataset(args.unlabeled, args.text_col, None).texts) if args.unlabeled else None
     labels = label_space(train_ds.labels)
     for split, ds in (("dev", dev_ds), ("test", test_ds)):
         if ds is not None:
@@ -156,7 +157,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         for row in Verbalizer(labels, verbalizer, warn_missing=False).describe(load_tokenizer(args.backbone)):
             print(f"  verbalizer {row['label']!r} -> {row['word']!r} -> {row['tokens']}"
                   + ("  (contains an unknown token!)" if row["unknown"] else ""))
-    clf.fit(train_ds, dev=dev_ds, checkpoint_dir=checkpoint, resume=args.resume, log=print)
+    clf.fit(train_ds, dev=dev_ds, checkpoint_dir=checkpoint, resume=args.resume, log=print, unlabeled=unlabeled,
+            mlm_weight=args.mlm_weight)
     r = clf.train_result_
     print(f"best dev macro-F1 {r.best_dev_macro_f1:.4f} at step {r.best_step} of {r.steps} ({r.seconds:.0f} s)"
           if r.best_dev_macro_f1 is not None else f"no dev set: the last step kept ({r.steps}; {r.seconds:.0f} s)")
@@ -303,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dev-fraction", type=float, default=0.1, help="dev share carved from train without --dev "
                    "(default: 0.1)")
     t.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub")
+    t.add_argument("--unlabeled", default=None, help="unlabelled texts (.txt, one per line, or a data file's "
+                   "--text-col): early exits' self-distillation (--preset fastbert) learns from them too, and a prompt "
+                   "classifier adds PET's auxiliary MLM loss on them (--mlm-weight); others refuse them")
+    t.add_argument("--mlm-weight", type=float, default=1e-4, help="PET's auxiliary MLM loss on --unlabeled against "
+                   "the task loss (default: 1e-4, PET's)")
     _add_test_prior_arg(t, "--test (its report only; the saved classifier is the same)")
     _add_classifier_args(t)
     _add_config_args(t.add_argument_group("training (unset options come from the preset's recipe)"), TrainConfig,

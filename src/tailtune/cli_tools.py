@@ -204,9 +204,7 @@ def cmd_pet(args: argparse.Namespace) -> int:
     check_writable(Path(args.output), args.overwrite)  # before any training
     train = read_dataset(args.train, args.text_col, args.label_col)
     dev = read_dataset(args.dev, args.text_col, args.label_col)
-    path = Path(args.unlabeled)
-    unlabeled = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
-        if path.suffix == ".txt" else list(read_dataset(path, args.text_col, None).texts)
+    unlabeled = list(read_dataset(args.unlabeled, args.text_col, None).texts)
     words = [read_json(v, "verbalizer") for v in args.verbalizer or []]
     if len(words) not in (0, 1, len(args.pattern)):
         raise ConfigError(f"give one --verbalizer for all patterns or one per --pattern ({len(args.pattern)}), "

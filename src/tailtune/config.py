@@ -256,7 +256,8 @@ PRESETS: dict[str, Preset] = {
     "fastbert": Preset({**_EXIT_TWO_STAGE, "exit_training": "self-distill", "exit_rule": "normalized-entropy",
                         "exit_threshold": 0.15},
                        "early exit (FastBERT) on `auto`: the last classifier trains as in `auto`, then the inner ones "
-                       "learn its class distribution (self-distillation) with everything else frozen; a row leaves "
+                       "learn its class distribution (self-distillation; unlabelled texts too, --unlabeled) with "
+                       "everything else frozen; a row leaves "
                        "once its entropy is below 0.15 of ln(classes)", AUTO_TRAIN),
     "soft-prompt": Preset({**_PROMPT, "trains": "prompt", "soft_tokens": 20},
                           "20 soft tokens before the template, MLM head + verbalizer; backbone frozen "
