@@ -157,6 +157,7 @@ def test_self_distillation_also_learns_from_unlabelled_texts_and_other_classifie
     finally:
         stage.train = real
     assert sizes == [len(texts), len(texts) + len(unlabeled)]  # the stage read the unlabelled texts too
+    assert taught.save_metadata()["unlabeled_texts"] == len(unlabeled) and "unlabeled_texts" not in plain.save_metadata()
     enc = plain.model_.encode(unlabeled)
     p_plain, p_taught = _layer_probs(plain.model_, enc), _layer_probs(taught.model_, enc)
     torch.testing.assert_close(p_plain[:, -1], p_taught[:, -1])  # the last classifier is the same run's

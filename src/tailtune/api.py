@@ -125,7 +125,8 @@ class TailtuneClassifier:
         model.to(resolve_device(self.train_config.device))
         model.input_format.set_pool(train_ds)  # (formats that draw demonstrations from the training set)
         stages = [entry.build(self.config.of(f"stage:{entry.name}")) for entry in self.config.stage_entries()]
-        aux = None if unlabeled is None else self._use_unlabeled(model, stages, list(unlabeled), mlm_weight, train_ds)
+        unlabeled = None if unlabeled is None else list(unlabeled)
+        aux = None if unlabeled is None else self._use_unlabeled(model, stages, unlabeled, mlm_weight, train_ds)
         if log is not None:
             c = model.parameter_counts()
             log(f"trainable parameters: {c['trainable']:,} ({c['pct_of_backbone']:.3f}% of the backbone; "
@@ -179,6 +180,7 @@ class TailtuneClassifier:
                     log(fitted[1])
         self.model_, self.labels_, self.class_stats_, self.train_result_ = model, labels, stats, result
         self.train_labels_ = list(train_ds.labels)
+        self.unlabeled_texts_ = 0 if unlabeled is None else len(unlabeled)  # (a save records how many)
         return self
 
     def _use_unlabeled(self, model: Classifier, stages: list, texts: list[str], mlm_weight: float,
@@ -332,7 +334,8 @@ class TailtuneClassifier:
         metrics = {k: v for k, v in (report or {}).items() if not isinstance(v, (dict, list))} or None
         return {"preset": self.preset, "theta": self.theta, "train_config": self.train_config.to_dict(),
                 "class_stats": self.class_stats_, "train_result": result, "test_metrics": metrics,
-                **({"prior_state": self.prior_state_} if getattr(self, "prior_state_", None) else {})}
+                **({"prior_state": self.prior_state_} if getattr(self, "prior_state_", None) else {}),
+                **({"unlabeled_texts": self.unlabeled_texts_} if getattr(self, "unlabeled_texts_", 0) else {})}
 
     def save(self, directory: str | Path, overwrite: bool = False, report: Mapping[str, Any] | None = None) -> Path:
         """Save atomically (safetensors + JSON + a model card, README.md); an existing non-empty directory
