@@ -57,6 +57,8 @@ def main() -> None:
     p.add_argument("--unlabeled", type=int, default=0, help="with --exit-training self-distill: this many unlabelled "
                    "texts join the self-distillation (FastBERT's), drawn from the set's classic training texts "
                    "minus its test set, as the prompting benchmark's PET pool (16-shot sets only)")
+    p.add_argument("--exit-heads-epochs", type=float, default=None, help="epochs of the exit-heads stage (default: "
+                   "the stage's, 3)")
     p.add_argument("--note", default=None, help="what else ran beside this run (stored with its results)")
     p.add_argument("--batch1-texts", type=int, default=None,
                    help="time batch 1 on the first N test texts only (default: all; macro-F1 then on those N)")
@@ -70,7 +72,8 @@ def main() -> None:
                + ("" if a.contrastive_head_only_below is None else f"/head-only-below-{a.contrastive_head_only_below}")
                + ("" if a.contrastive_every_exit is None
                   else f"/pairs-{'every-exit' if a.contrastive_every_exit else 'last-layer'}")
-               + (f"/unlabeled-{a.unlabeled}" if a.unlabeled else ""))
+               + (f"/unlabeled-{a.unlabeled}" if a.unlabeled else "")
+               + ("" if a.exit_heads_epochs is None else f"/exit-epochs-{a.exit_heads_epochs:g}"))
         if key in results:
             continue
         train, dev, test, max_length, theta, few = load(Path(a.data_dir), name, a.seed)
@@ -80,6 +83,8 @@ def main() -> None:
             staged["contrastive_head_only_below"] = a.contrastive_head_only_below
         if a.contrastive_every_exit is not None:
             staged["contrastive_every_exit"] = bool(a.contrastive_every_exit)
+        if a.exit_heads_epochs is not None:
+            staged["exit_heads_epochs"] = a.exit_heads_epochs
         clf = tt.TailtuneClassifier("auto", head="early-exit", exit_head="cosine", max_length=max_length, theta=theta,
                                     exit_training=a.exit_training, train_config=recipe, **staged)
         pool = None
