@@ -9,6 +9,7 @@ model is `auto` with head `early-exit` over its cosine head (`exit_head: cosine`
 last classifier; "speed-up" is full-depth wall time over early-exit wall time on the test set. The curve
 comes from ``tailtune.early_exit.exit_curve`` (normalized entropy, then patience). ``--contrastive-head-only-below
 0`` fine-tunes the body with the exits where `auto` would train only the head (16 per class or fewer).
+``--exit-training self-distill --unlabeled N`` adds N unlabelled texts of the set to the self-distillation (FastBERT's).
 """
 from __future__ import annotations
 
