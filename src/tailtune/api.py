@@ -193,12 +193,13 @@ class TailtuneClassifier:
             raise ConfigError("unlabelled texts are single texts, but this training data pairs two texts per "
                               "example; train without unlabelled texts")
         takers = [s for s in stages if hasattr(s, "take_unlabeled") and s.take_unlabeled(model, texts)]
-        if hasattr(model.head, "vocab_logits") and mlm_weight:
+        mlm_head = hasattr(model.head, "vocab_logits")
+        if mlm_head and mlm_weight:
             return MaskedLMAux(model, texts, mlm_weight, int(self.train_config.batch_size), self.train_config.seed,
                                self.config.max_length)
         if not takers:
             raise ConfigError(f"this classifier has no use for unlabelled texts (head={self.config.head!r}"
-                              f"{', MLM weight 0' if hasattr(model.head, 'vocab_logits') else ''}). They feed PET's "
+                              f"{', MLM weight 0' if mlm_head else ''}). They feed PET's "
                               f"auxiliary MLM loss (a classifier on the backbone's MLM head, e.g. preset 'prompt', "
                               f"with an MLM weight above 0) and FastBERT's self-distillation of early exits "
                               f"(preset 'fastbert'); train without them or with one of those")
