@@ -79,10 +79,14 @@ def test_evaluate_prints_the_early_exit_curve_against_full_depth(tiny_bert, toy_
     capsys.readouterr()
     report = toy_files / "report.json"
     assert main(["evaluate", str(out), "--data", str(toy_files / "test.tsv"), "--exit-curve", "0,0.5",
-                 "--exit-batch-sizes", "1,8", "--output", str(report)]) == 0
+                 "--exit-batch-sizes", "1,8", "--exit-repeats", "2", "--output", str(report)]) == 0
     text = capsys.readouterr().out
     assert "speed / quality of early exit (normalized-entropy)" in text and "speed-up" in text
     rows = [line.split() for line in text.splitlines() if line.strip().split(" ")[0] in ("full", "0", "0.5")]
     assert [r[0] for r in rows] == ["full", "0", "0.5"] and rows[0][2] == rows[1][2] == "100.0%"
     curves = json.loads(report.read_text())["exit_curve"]
     assert set(curves) == {"1", "8"} and [c["threshold"] for c in curves["8"]] == [None, 0.0, 0.5]
+    assert all(len(c["all_seconds"]) == 2 and c["seconds"] == min(c["all_seconds"]) for c in curves["8"])
+    with pytest.raises(SystemExit):  # refused by the parser, before the model loads
+        main(["evaluate", str(out), "--data", str(toy_files / "test.tsv"), "--exit-curve", "0.5", "--exit-repeats", "0"])
+    assert "--exit-repeats: '0': give a whole number of at least 1" in capsys.readouterr().err

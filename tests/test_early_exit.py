@@ -67,6 +67,11 @@ def test_rules_and_the_api(tiny_bert, toy):
     assert all(c["speedup"] > 0 for c in curve)
     again = exit_curve(clf.model_, enc, labels, [0.5], reference=full)  # a second rule's curve: no second full pass
     assert again[0] is full and again[1]["speedup"] == full["seconds"] / again[1]["seconds"]
+    best = exit_curve(clf.model_, enc, labels, [0.5], repeats=3)  # best of 3: every run kept, the fastest timed
+    assert all(len(c["all_seconds"]) == 3 and c["seconds"] == min(c["all_seconds"]) for c in best)
+    assert [c["macro_f1"] for c in best] == [full["macro_f1"], curve[2]["macro_f1"]]
+    with pytest.raises(tt.ConfigError, match="repeats=0"):
+        exit_curve(clf.model_, enc, labels, [0.5], repeats=0)
     # normalized-entropy: the entropy threshold as a share of ln(classes), the same layers as the absolute rule
     import math
     classes = len(clf.labels_)

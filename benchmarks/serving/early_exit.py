@@ -6,7 +6,8 @@ ln(classes), and PABEE's patience.
 
 Each set: its split and max length of the peer benchmark (benchmarks/peers/quality.py), seed 13; the
 model is `auto` with head `early-exit` over its cosine head (`exit_head: cosine`). Full depth is the
-last classifier; "speed-up" is full-depth wall time over early-exit wall time on the test set. The curve
+last classifier; "speed-up" is full-depth wall time over early-exit wall time on the test set, each the fastest of
+``--repeats`` runs (default 3). The curve
 comes from ``tailtune.early_exit.exit_curve`` (normalized entropy, then patience). ``--contrastive-head-only-below
 0`` fine-tunes the body with the exits where `auto` would train only the head (16 per class or fewer).
 ``--exit-training self-distill --unlabeled N`` adds N unlabelled texts of the set to the self-distillation (FastBERT's).
@@ -60,6 +61,8 @@ def main() -> None:
                    "minus its test set, as the prompting benchmark's PET pool (16-shot sets only)")
     p.add_argument("--exit-heads-epochs", type=float, default=None, help="epochs of the exit-heads stage (default: "
                    "the stage's, 3)")
+    p.add_argument("--repeats", type=int, default=3, help="time each curve point (and full depth) this many times "
+                   "and keep the fastest (best of N; before this option, one run each)")
     p.add_argument("--note", default=None, help="what else ran beside this run (stored with its results)")
     p.add_argument("--batch1-texts", type=int, default=None,
                    help="time batch 1 on the first N test texts only (default: all; macro-F1 then on those N)")
@@ -104,7 +107,8 @@ def main() -> None:
                   else {"contrastive_head_only_below": a.contrastive_head_only_below}),
                **({} if a.contrastive_every_exit is None else {"contrastive_every_exit": bool(a.contrastive_every_exit)}),
                **({"unlabeled": len(pool)} if pool else {}),
-               "n_test": len(test), "max_length": max_length, "train_seconds": train_seconds, "curve": {},
+               "n_test": len(test), "max_length": max_length, "train_seconds": train_seconds, "repeats": a.repeats,
+               "curve": {},
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
         predict_logits(model, enc[:64], 64)  # warm-up (a GPU's first calls set up kernels): not timed
         predict_early_exit(model, enc[:64], "patience", None, 1, batch_size=64)
@@ -113,9 +117,10 @@ def main() -> None:
             timed, gold = enc[:n], test.labels[:n]  # batch 1 on the first n texts (--batch1-texts): the same
             # predictions as batch 64 (tested), so only the timing needs it. One full-depth pass, the reference of
             # both rules
-            by_entropy = exit_curve(model, timed, gold, RELATIVE, "normalized-entropy", batch, theta)
+            by_entropy = exit_curve(model, timed, gold, RELATIVE, "normalized-entropy", batch, theta, repeats=a.repeats)
             full, top = by_entropy[0], math.log(len(model.labels))
-            by_patience = exit_curve(model, timed, gold, PATIENCE, "patience", batch, theta, reference=full)[1:]
+            by_patience = exit_curve(model, timed, gold, PATIENCE, "patience", batch, theta, reference=full,
+                                     repeats=a.repeats)[1:]
             curve = [{**c, "rule": "entropy", "threshold": c["threshold"] * top, "relative_threshold": c["threshold"]}
                      for c in by_entropy[1:]] + [{**c, "relative_threshold": None} for c in by_patience]
             row["curve"][str(batch)] = {"texts": n, "full_depth_seconds": full["seconds"],

@@ -18,7 +18,7 @@ from .config import AXIS_NAMES, PRESETS, ClassifierConfig, all_options, axes_tab
 from .errors import TailtuneError
 from .loop import TrainConfig
 from .registry import field_docs
-from .cli_predict import _read, add_loading_args, cmd_evaluate, cmd_predict, number_list
+from .cli_predict import _read, add_loading_args, cmd_evaluate, cmd_predict, count_type, number_list
 from .cli_tools import add_tool_parsers
 from .stages.lm import AdaptConfig
 
@@ -343,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="early exit: print macro-F1, mean layers and speed at these thresholds, e.g. 0.1,0.3,0.6")
     e.add_argument("--exit-batch-sizes", type=number_list(int, "whole numbers"), default=[1, 64],
                    help="batch sizes of the --exit-curve timings (default: 1,64)")
+    e.add_argument("--exit-repeats", type=count_type, default=1, help="time each --exit-curve point this many "
+                   "times and keep the fastest (best of N: steadier speed-ups on a busy machine) (default: 1)")
     add_loading_args(e)
     _add_test_prior_arg(e, "--data")
     e.set_defaults(func=cmd_evaluate)

@@ -26,6 +26,17 @@ def number_list(kind: Callable[[str], Any], what: str) -> Callable[[str], list]:
     return parse
 
 
+def count_type(text: str) -> int:
+    """An argparse type for a whole number of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return n
+
+
 def add_loading_args(p: argparse.ArgumentParser) -> None:
     from .heads.early_exit import EXIT_RULES
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -94,7 +105,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"speed / quality of early exit ({rule}):")
         print(f"{'threshold':>10}{'macro-F1':>10}{'share':>8}{'accuracy':>10}{'layers':>8}" +
               "".join(f"{f'texts/s @{b}':>14}{'speed-up':>10}" for b in args.exit_batch_sizes))
-        curves = {b: exit_curve(clf.model_, enc, data.labels, args.exit_curve, rule, b, clf.theta)
+        curves = {b: exit_curve(clf.model_, enc, data.labels, args.exit_curve, rule, b, clf.theta,
+                                repeats=args.exit_repeats)
                   for b in args.exit_batch_sizes}
         for k, row in enumerate(curves[args.exit_batch_sizes[0]]):
             t = "full" if row["threshold"] is None else f"{row['threshold']:g}"
