@@ -1,4 +1,6 @@
 """Early exit: one classifier per layer, exits that leave the batch, the DeeBERT second stage."""
+import json
+
 import pytest
 import torch
 
@@ -187,6 +189,10 @@ def test_self_distillation_also_learns_from_unlabelled_texts_and_other_classifie
                  "--head", "early-exit", "--exit-training", "self-distill", "--stages", "exit-heads", "--epochs", "1",
                  "--unlabeled", str(tmp_path / "unlabeled.txt"), "--no-progress", "--output", str(tmp_path / "ee")]) == 0
     assert f"over {len(texts) - 3} training + {len(unlabeled)} unlabelled texts" in capsys.readouterr().out
+    loaded = tt.TailtuneClassifier.load(tmp_path / "ee")  # saved again, it keeps what its training recorded
+    saved = json.loads((tmp_path / "ee" / "tailtune.json").read_text())
+    again = loaded.save_metadata()
+    assert again["unlabeled_texts"] == len(unlabeled) and again["train_result"] == saved["train_result"] is not None
 
 
 def test_the_contrastive_stage_can_tune_every_joint_exit_weighted_by_depth(tiny_bert, toy):

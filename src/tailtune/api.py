@@ -331,7 +331,8 @@ class TailtuneClassifier:
     def save_metadata(self, report: Mapping[str, Any] | None = None) -> dict:
         """What a save records beside the weights (``report``: a test report for the model card)."""
         r = getattr(self, "train_result_", None)
-        result = {k: getattr(r, k) for k in ("best_dev_macro_f1", "best_step", "steps", "seconds")} if r else None
+        result = {k: getattr(r, k) for k in ("best_dev_macro_f1", "best_step", "steps", "seconds")} if r else \
+            getattr(self, "saved_train_result_", None)  # (a loaded classifier saved again keeps its training's)
         metrics = {k: v for k, v in (report or {}).items() if not isinstance(v, (dict, list))} or None
         return {"preset": self.preset, "theta": self.theta, "train_config": self.train_config.to_dict(),
                 "class_stats": self.class_stats_, "train_result": result, "test_metrics": metrics,
@@ -363,6 +364,7 @@ class TailtuneClassifier:
         clf.theta, clf.dev_fraction, clf.trust_remote_code = meta.get("theta", 0.65), 0.1, False
         clf.model_, clf.labels_ = model, model.labels
         clf.class_stats_ = meta.get("class_stats") or {}
+        clf.saved_train_result_, clf.unlabeled_texts_ = meta.get("train_result"), meta.get("unlabeled_texts", 0)
         if meta.get("prior_state") is not None:
             clf.prior_state_ = meta["prior_state"]
         return clf
