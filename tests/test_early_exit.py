@@ -273,3 +273,52 @@ def test_mixed_task_batches_exit_row_by_row_as_each_task_alone(tiny_bert, toy, t
         torch.testing.assert_close(got[i], want[0], atol=1e-5, rtol=1e-4)
     early = [i for i, t in enumerate(tasks) if t != "plain"]
     assert any(not torch.allclose(got[i], full.logits([texts[i]], [tasks[i]])[0], atol=1e-4) for i in early)
+
+
+def test_inner_exits_can_be_another_head_than_the_last_one(tiny_bert, toy, tmp_path):
+    from tailtune.heads.cosine import CosineHead
+    from tailtune.heads.mlp import MLPHead
+    texts, _ = toy
+    for bad, match in (("label-decoder", "exit_inner_head='label-decoder': .* reads one vector"),
+                       ("nope", "nope")):
+        with pytest.raises(tt.ConfigError, match=match):
+            tt.config_from_preset("cls", head="early-exit", exit_inner_head=bad)
+    with pytest.raises(tt.ConfigError, match="exit_inner_head='verbalizer' needs readout 'mask'"):
+        tt.config_from_preset("auto", head="early-exit", exit_inner_head="verbalizer", input_format="template", readout="mean",
+                              template="{text} {mask} .")
+    options = {"readout": "mean", "exit_head": "cosine", "exit_inner_head": "mlp", "exit_training": "self-distill",
+               "stages": ["exit-heads"], "exit_heads_lr": 1e-2}
+    started = []
+    real = CosineHead.init_from_prototypes
+
+    def record(self, prototypes):
+        started.append(self)
+        return real(self, prototypes)
+    CosineHead.init_from_prototypes = record
+    try:
+        clf = _fit(tiny_bert, toy, **options)
+    finally:
+        CosineHead.init_from_prototypes = real
+    exits = clf.model_.head.exits
+    assert [type(h) for h in exits] == [MLPHead] * (len(exits) - 1) + [CosineHead]
+    assert started == [exits[-1]]  # the cosine classifier still starts from its layer's class prototypes
+    enc = clf.model_.encode(texts)
+    scores, used = predict_early_exit(clf.model_, enc, "normalized-entropy", 0.9)
+    assert used.min() == 1  # the MLP exits answer (and, at so high a threshold, let rows leave)
+    clf.save(tmp_path / "m")
+    again = tt.TailtuneClassifier.load(tmp_path / "m")
+    assert again.config.of("head").exit_inner_head == "mlp"
+    torch.testing.assert_close(predict_early_exit(again.model_, enc, "normalized-entropy", 0.9)[0], scores)
+    # auto (the fastbert preset's): MLPs where self-distillation has unlabelled texts, else the exit head; the
+    # choice is what a save records
+    assert tt.config_from_preset("fastbert").of("head").exit_inner_head == "auto"
+    auto = {**options, "exit_inner_head": "auto", "exit_heads_epochs": 1}
+    for extra, inner in ((None, CosineHead), ([t + " again" for t in texts], MLPHead)):
+        clf = tt.TailtuneClassifier("cls", tiny_bert, head="early-exit", **auto, train_config=tt.TrainConfig(
+            epochs=1, batch_size=8, seed=1, progress=False))
+        clf.fit(texts, toy[1], **({"unlabeled": extra} if extra else {}))
+        assert type(clf.model_.head.exits[0]) is inner and type(clf.model_.head.exits[-1]) is CosineHead
+        assert clf.config.of("head").exit_inner_head == "auto"  # (a refit on other data chooses again)
+        clf.save(tmp_path / inner.__name__)
+        saved = tt.TailtuneClassifier.load(tmp_path / inner.__name__).config.of("head").exit_inner_head
+        assert saved == ("same" if inner is CosineHead else "mlp")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "prompting"))
 
 # entropy thresholds as fractions of the largest possible entropy, ln(classes): an absolute grid is too coarse
 # for 2 classes (max 0.69) and too fine for 50 (max 3.9); then PABEE's patience rule
-RELATIVE = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+RELATIVE = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 PATIENCE = [1, 2, 3, 4]
 
 
@@ -61,6 +61,8 @@ def main() -> None:
                    "minus its test set, as the prompting benchmark's PET pool (16-shot sets only)")
     p.add_argument("--exit-heads-epochs", type=float, default=None, help="epochs of the exit-heads stage (default: "
                    "the stage's, 3)")
+    p.add_argument("--exit-inner-head", default=None, help="the classifier after each inner layer (default: the "
+                   "classifier's own, e.g. the fastbert preset's)")
     p.add_argument("--repeats", type=int, default=3, help="time each curve point (and full depth) this many times "
                    "and keep the fastest (best of N; before this option, one run each)")
     p.add_argument("--note", default=None, help="what else ran beside this run (stored with its results)")
@@ -77,7 +79,8 @@ def main() -> None:
                + ("" if a.contrastive_every_exit is None
                   else f"/pairs-{'every-exit' if a.contrastive_every_exit else 'last-layer'}")
                + (f"/unlabeled-{a.unlabeled}" if a.unlabeled else "")
-               + ("" if a.exit_heads_epochs is None else f"/exit-epochs-{a.exit_heads_epochs:g}"))
+               + ("" if a.exit_heads_epochs is None else f"/exit-epochs-{a.exit_heads_epochs:g}")
+               + ("" if a.exit_inner_head is None else f"/inner-{a.exit_inner_head}"))
         if key in results:
             continue
         train, dev, test, max_length, theta, few = load(Path(a.data_dir), name, a.seed)
@@ -89,6 +92,8 @@ def main() -> None:
             staged["contrastive_every_exit"] = bool(a.contrastive_every_exit)
         if a.exit_heads_epochs is not None:
             staged["exit_heads_epochs"] = a.exit_heads_epochs
+        if a.exit_inner_head is not None:
+            staged["exit_inner_head"] = a.exit_inner_head
         clf = tt.TailtuneClassifier("auto", head="early-exit", exit_head="cosine", max_length=max_length, theta=theta,
                                     exit_training=a.exit_training, train_config=recipe, **staged)
         pool = None
@@ -106,7 +111,7 @@ def main() -> None:
                **({} if a.contrastive_head_only_below is None
                   else {"contrastive_head_only_below": a.contrastive_head_only_below}),
                **({} if a.contrastive_every_exit is None else {"contrastive_every_exit": bool(a.contrastive_every_exit)}),
-               **({"unlabeled": len(pool)} if pool else {}),
+               **({"unlabeled": len(pool)} if pool else {}), "exit_inner_head": clf.config.of("head").exit_inner_head,
                "n_test": len(test), "max_length": max_length, "train_seconds": train_seconds, "repeats": a.repeats,
                "curve": {},
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}

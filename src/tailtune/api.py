@@ -120,12 +120,13 @@ class TailtuneClassifier:
         stats = class_stats(train_ds.labels, self.theta)
         procs = Processes(resolve_device(self.train_config.device))  # under `accelerate launch`: a share each
         set_seed(self.train_config.seed)
-        model = build_classifier(self.config, labels, self.backbone, self.verbalizer, self.trust_remote_code,
+        unlabeled = None if unlabeled is None else list(unlabeled)
+        config = self.config.fitted(unlabeled=0 if unlabeled is None else len(unlabeled))  # ("auto" options)
+        model = build_classifier(config, labels, self.backbone, self.verbalizer, self.trust_remote_code,
                                  class_counts=stats["counts"])
         model.to(resolve_device(self.train_config.device))
         model.input_format.set_pool(train_ds)  # (formats that draw demonstrations from the training set)
-        stages = [entry.build(self.config.of(f"stage:{entry.name}")) for entry in self.config.stage_entries()]
-        unlabeled = None if unlabeled is None else list(unlabeled)
+        stages = [entry.build(config.of(f"stage:{entry.name}")) for entry in config.stage_entries()]
         aux = None if unlabeled is None else self._use_unlabeled(model, stages, unlabeled, mlm_weight, train_ds)
         if log is not None:
             c = model.parameter_counts()

@@ -96,6 +96,18 @@ class ClassifierConfig:
                 config = dataclasses.replace(config, **{axis: resolve(config, backbone)})
         return config
 
+    def fitted(self, **facts: Any) -> "ClassifierConfig":
+        """This configuration with the options that are chosen from the training data (``auto`` values whose entry
+        has a ``fit_options(options, facts)`` trait) replaced by what ``facts`` (e.g. ``unlabeled``: how many
+        unlabelled texts come with the training data) choose."""
+        updates: dict[str, Any] = {}
+        for key, entry in [*((axis, self.entry(axis)) for axis in AXIS_NAMES),
+                           *((f"stage:{e.name}", e) for e in self.stage_entries())]:
+            choose = entry.trait("fit_options")
+            if choose is not None:
+                updates.update(choose(self.of(key), facts))
+        return self.with_options(**updates) if updates else self
+
     def with_options(self, **updates: Any) -> "ClassifierConfig":
         """This configuration with some options changed (checked again)."""
         return dataclasses.replace(self, options={**self.options, **updates})
@@ -254,10 +266,10 @@ PRESETS: dict[str, Preset] = {
                       "early exit (DeeBERT) on `auto`: the last classifier trains as in `auto`, then the inner ones "
                       "with everything else frozen; a row leaves once its entropy is below 0.1", AUTO_TRAIN),
     "fastbert": Preset({**_EXIT_TWO_STAGE, "exit_training": "self-distill", "exit_rule": "normalized-entropy",
-                        "exit_threshold": 0.15},
+                        "exit_threshold": 0.15, "exit_inner_head": "auto"},
                        "early exit (FastBERT) on `auto`: the last classifier trains as in `auto`, then the inner ones "
-                       "learn its class distribution (self-distillation; unlabelled texts too, --unlabeled) with "
-                       "everything else frozen; a row leaves "
+                       "learn its class distribution (self-distillation; unlabelled texts too, --unlabeled, and then "
+                       "the inner ones are MLPs) with everything else frozen; a row leaves "
                        "once its entropy is below 0.15 of ln(classes)", AUTO_TRAIN),
     "soft-prompt": Preset({**_PROMPT, "trains": "prompt", "soft_tokens": 20},
                           "20 soft tokens before the template, MLM head + verbalizer; backbone frozen "
