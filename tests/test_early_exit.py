@@ -39,6 +39,12 @@ def test_exit_at_its_limit_equals_the_full_model_and_batches_equal_one_by_one(ti
     model = clf.model_
     enc = model.encode(texts)
     full = predict_logits(model, enc)
+    from tailtune.batch import collate
+    b = collate(enc[:4], model.tokenizer.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():  # every layer's states (embeddings + 2 layers) where the exits read them; scoring at full
+        every, scored = (model.features(b["input_ids"], b["attention_mask"], scoring=s) for s in (False, True))
+    assert every.shape[2] == 3 and scored.shape[2] == 1  # depth reads the last one alone
+    torch.testing.assert_close(scored[:, :, 0], every[:, :, -1])
     never, used = predict_early_exit(model, enc, "entropy", 0.0)  # the threshold at its limit: nobody leaves early
     torch.testing.assert_close(never, full, atol=1e-5, rtol=1e-4)
     assert used.tolist() == [2] * len(texts)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "prompting"))
 
 # entropy thresholds as fractions of the largest possible entropy, ln(classes): an absolute grid is too coarse
 # for 2 classes (max 0.69) and too fine for 50 (max 3.9); then PABEE's patience rule
-RELATIVE = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+RELATIVE = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
 PATIENCE = [1, 2, 3, 4]
 
 

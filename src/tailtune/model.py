@@ -136,18 +136,23 @@ class Classifier(nn.Module):
 
     # -- forward ---------------------------------------------------------------------
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 token_type_ids: torch.Tensor | None = None, soft_positions: torch.Tensor | None = None) -> torch.Tensor:
+                 token_type_ids: torch.Tensor | None = None, soft_positions: torch.Tensor | None = None,
+                 scoring: bool = False) -> torch.Tensor:
         """The encoder's token features ``(batch, seq, hidden)`` through this task's modules;
-        ``(batch, seq, layers + 1, hidden)`` when the head reads every layer."""
-        return self.router.encode([Route(self.task, None, soft_positions)], input_ids, attention_mask,
-                                  token_type_ids, all_layers=self.head.layers == "all")
+        ``(batch, seq, layers + 1, hidden)`` when the head reads every layer. ``scoring``: only what the head's
+        scores read: the last layer alone, as ``(batch, seq, 1, hidden)``, for a head that reads every layer in
+        training but scores from the last (early exit at full depth: no copy of every layer's states)."""
+        last = scoring and self.head.layers == "all" and getattr(self.head, "scores_from_last_layer", False)
+        hidden = self.router.encode([Route(self.task, None, soft_positions)], input_ids, attention_mask,
+                                    token_type_ids, all_layers=self.head.layers == "all" and not last)
+        return hidden.unsqueeze(2) if last else hidden
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, soft_positions: torch.Tensor | None = None,
                 features: torch.Tensor | None = None) -> torch.Tensor:
         """Class scores ``(batch, classes)``; ``features`` (cached token features) skips the encoder."""
-        hidden = self.features(input_ids, attention_mask, token_type_ids, soft_positions) if features is None \
-            else features
+        hidden = self.features(input_ids, attention_mask, token_type_ids, soft_positions, scoring=True) \
+            if features is None else features
         return self.scores(hidden, attention_mask, position)
 
     def scores(self, hidden: torch.Tensor, attention_mask: torch.Tensor, position: torch.Tensor) -> torch.Tensor:

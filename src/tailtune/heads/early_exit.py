@@ -27,6 +27,7 @@ EXIT_TRAINING = ("joint", "two-stage", "self-distill")
 
 class EarlyExitHead(Head):
     layers = "all"
+    scores_from_last_layer = True  # forward (full depth) reads the last layer only: Classifier.forward reads no other
 
     def __init__(self, exits: list[Head], training: str, rule: str, threshold: float, patience: int) -> None:
         super().__init__()
