@@ -142,10 +142,25 @@ class Classifier(nn.Module):
         ``(batch, seq, layers + 1, hidden)`` when the head reads every layer. ``scoring``: only what the head's
         scores read: the last layer alone, as ``(batch, seq, 1, hidden)``, for a head that reads every layer in
         training but scores from the last (early exit at full depth: no copy of every layer's states)."""
-        last = scoring and self.head.layers == "all" and getattr(self.head, "scores_from_last_layer", False)
+        every = self.scores_every_layer if scoring else self.head.layers == "all"
         hidden = self.router.encode([Route(self.task, None, soft_positions)], input_ids, attention_mask,
-                                    token_type_ids, all_layers=self.head.layers == "all" and not last)
-        return hidden.unsqueeze(2) if last else hidden
+                                    token_type_ids, all_layers=every)
+        return self.scoring_view(hidden, every) if scoring else hidden
+
+    @property
+    def scores_every_layer(self) -> bool:
+        """Do the head's scores read every layer's states? (An early-exit head reads them in training only: at full
+        depth it scores from the last layer.)"""
+        return self.head.layers == "all" and not getattr(self.head, "scores_from_last_layer", False)
+
+    def scoring_view(self, hidden: torch.Tensor, every: bool) -> torch.Tensor:
+        """What ``scores`` reads, from an encoder pass that gave every layer's states (``every``: (batch, seq,
+        layers + 1, hidden), e.g. a mixed-task batch where another task needs them) or the last layer's."""
+        if self.head.layers != "all":
+            return hidden[:, :, -1] if every else hidden
+        if self.scores_every_layer:
+            return hidden
+        return hidden[:, :, -1:] if every else hidden.unsqueeze(2)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, soft_positions: torch.Tensor | None = None,

@@ -131,16 +131,14 @@ class TaskSet:
             from .early_exit import exit_group, exit_pass
             groups = [exit_group(self.tasks[r.task], r.rows, r.soft_positions) for r in routes]
             return exit_pass(self.backbone.encoder, TaskRouter.of(self.backbone.encoder), batch, groups, bf16)[0]
-        all_layers = any(self.tasks[r.task].head.layers == "all" for r in routes)
+        all_layers = any(self.tasks[r.task].scores_every_layer for r in routes)
         with autocast(self.device, bf16):
             hidden = TaskRouter.of(self.backbone.encoder).encode(
                 routes, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), all_layers)
             out: list[torch.Tensor | None] = [None] * len(tasks)
             for r in routes:
                 model = self.tasks[r.task]
-                h = hidden[r.rows]
-                if all_layers and model.head.layers != "all":  # (batch, seq, layers, hidden): the last layer
-                    h = h[:, :, -1]
+                h = model.scoring_view(hidden[r.rows], all_layers)
                 logits = model.scores(h, batch["attention_mask"][r.rows], batch["position"][r.rows])
                 for i, scores in zip(r.rows.tolist(), model.calibrate(logits.float()).cpu()):
                     out[i] = scores
