@@ -128,17 +128,17 @@ def test_the_auxiliary_mlm_loss_is_mixed_in_and_teaches_the_mlm_head(tiny_bert):
     assert float(trained.loss(idx, 4)) < float(untaught.loss(idx, 4)) - 0.5
 
 
-def test_the_auxiliary_mlm_loss_is_refused_before_training_where_it_cannot_work(tiny_bert):
+def test_the_auxiliary_mlm_loss_is_refused_before_training_where_it_cannot_work(tmp_path):
     for preset, weight, match in (("cls", 1e-4, "MLM head"), ("prompt", 1.0, "between 0 and 1"),
-                                  ("prompt", 0.0, "no use for unlabelled texts")):
-        clf = tt.TailtuneClassifier(preset, tiny_bert, max_length=64, train_config=FAST)
+                                  ("prompt", 0.0, "no use for unlabelled texts")):  # before the backbone loads:
+        clf = tt.TailtuneClassifier(preset, str(tmp_path / "none"), max_length=64, train_config=FAST)  # (none here)
         with pytest.raises(tt.ConfigError, match=match):
             clf.fit(TOY_TEXTS, TOY_LABELS, dev=tt.TextDataset(TOY_TEXTS, TOY_LABELS), unlabeled=["a text"],
                     mlm_weight=weight)
         assert not hasattr(clf, "model_")
     with pytest.raises(tt.ConfigError, match="mlm_weight"):
         run_pet(tt.TextDataset(TOY_TEXTS, TOY_LABELS), tt.TextDataset(TOY_TEXTS, TOY_LABELS), ["u"],
-                [Pattern("{text} it is {mask} .", WORDS)], tiny_bert, mlm_weight=1.0, log=lambda s: None)
+                [Pattern("{text} it is {mask} .", WORDS)], str(tmp_path / "none"), mlm_weight=1.0, log=lambda s: None)
 
 
 def test_the_final_classifier_can_sit_on_another_backbone(tiny_bert, tiny_roberta):

@@ -82,7 +82,8 @@ def _needs_template(config: Any) -> None:
 
 @HEADS.register("verbalizer", VerbalizerOptions, description="pretrained MLM head + verbalizer: label-word logits at "
                 "[MASK]", reads="vector", requires={"readout": ("mask",)}, check=_needs_template,
-                uses_label_words=True, needs_mlm_head=True)
+                uses_label_words=True, needs_mlm_head=True,
+                takes_unlabeled=lambda config, mlm_weight: bool(mlm_weight))  # (PET's auxiliary MLM loss)
 def build_verbalizer(opts: VerbalizerOptions, ctx: BuildContext) -> VerbalizerHead:
     verbalizer = ctx.verbalizer or Verbalizer(ctx.labels)
     if verbalizer.labels != ctx.labels:
