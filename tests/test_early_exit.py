@@ -178,15 +178,18 @@ def test_self_distillation_also_learns_from_unlabelled_texts_and_other_classifie
     def kl(p):  # KL(last || first) per row on the unlabelled texts: what the first exit learnt to imitate there
         return float((p[:, -1] * (p[:, -1].log() - p[:, 0].log())).sum(-1).mean())
     assert kl(p_taught) < 0.5 * kl(p_plain)
-    # no use for them (DeeBERT's stage trains on labels; no exits, no MLM head): refused before training
+    # no use for them (DeeBERT's stage trains on labels; no exits, no MLM head): refused before the backbone loads
+    # (here a path that does not exist, which would fail to load), so before a download or any training
     for options in ({"head": "early-exit", "exit_training": "two-stage", "stages": ["exit-heads"]}, {"head": "mlp"}):
-        clf = tt.TailtuneClassifier("cls", tiny_bert, **options, train_config=tt.TrainConfig(epochs=1, progress=False))
+        clf = tt.TailtuneClassifier("cls", str(tmp_path / "no-such-backbone"), **options,
+                                    train_config=tt.TrainConfig(epochs=1, progress=False))
         with pytest.raises(tt.ConfigError, match="no use for unlabelled texts"):
             clf.fit(texts, labels, dev=dev, unlabeled=unlabeled)
         assert not hasattr(clf, "model_")
     pairs = tt.TextDataset(texts, labels, texts_b=texts)
     with pytest.raises(tt.ConfigError, match="pairs two texts"):
-        tt.TailtuneClassifier("cls", tiny_bert, head="early-exit", **distil).fit(pairs, dev=pairs, unlabeled=unlabeled)
+        tt.TailtuneClassifier("cls", str(tmp_path / "no-such-backbone"), head="early-exit", **distil).fit(
+            pairs, dev=pairs, unlabeled=unlabeled)
     # the command line: --unlabeled FILE (one text per line)
     from tailtune.cli import main
     (tmp_path / "train.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in zip(texts, labels)))
@@ -328,3 +331,68 @@ def test_inner_exits_can_be_another_head_than_the_last_one(tiny_bert, toy, tmp_p
         clf.save(tmp_path / inner.__name__)
         saved = tt.TailtuneClassifier.load(tmp_path / inner.__name__).config.of("head").exit_inner_head
         assert saved == ("same" if inner is CosineHead else "mlp")
+
+
+def test_a_simulated_rule_gives_the_exit_pass_answers_and_an_agreement_target_chooses_the_threshold(
+        tiny_bert, toy, tmp_path):
+    import itertools
+
+    from tailtune.early_exit import candidate_thresholds, choose_by_agreement, layer_probs, simulate_exits
+    texts, labels = toy
+    clf = _fit(tiny_bert, toy)
+    model, enc = clf.model_, clf.model_.encode(texts)
+    probs, mixed = layer_probs(model, enc, batch_size=16), False
+    assert probs.shape == (len(texts), 2, len(model.labels))
+    torch.testing.assert_close(probs[:, -1], predict_logits(model, enc).softmax(-1), atol=1e-5, rtol=1e-4)
+    for rule, threshold, patience in [("entropy", _median_first_entropy(model, enc), 0), ("normalized-entropy", 0.9, 0),
+                                      ("confidence", float(probs[:, 0].amax(-1).median()), 0), ("patience", 0.0, 1)]:
+        scores, used = predict_early_exit(model, enc, rule, threshold, patience)
+        answers, simulated = simulate_exits(probs, rule, threshold, patience)
+        assert simulated.tolist() == used.tolist() and answers.tolist() == scores.argmax(-1).tolist()
+        mixed = mixed or 1 < float(used.float().mean()) < 2  # (some rows leave early, some do not)
+    assert mixed
+    # the most eager setting that keeps the target: every more eager candidate falls short of it
+    full = probs[:, -1].argmax(-1)
+    for rule, target in itertools.product(("normalized-entropy", "confidence", "patience"), (0.5, 0.9, 1.0)):
+        options, agreement, layers = choose_by_agreement(probs, rule, target)
+        candidates = candidate_thresholds(rule, len(model.labels), 2)
+        assert agreement >= target
+        eager = candidates[candidates.index(options) + 1:] if options else candidates
+        for later in eager:
+            answers, _ = simulate_exits(probs, rule, later.get("exit_threshold", 0.0), later.get("exit_patience", 0))
+            assert float((answers == full).float().mean()) < target
+    # the stage: a tenth of the unlabelled texts held out of its training, the threshold chosen on them and saved
+    import tailtune.stages.exit_heads as stage
+    sizes, real = [], stage.train
+
+    def record(model, examples, *a, **k):
+        sizes.append(len(examples))
+        return real(model, examples, *a, **k)
+    unlabeled = [f"{a} {b} {c}" for a, b, c in itertools.islice(itertools.product(texts[:12], texts[5:17], texts[:9]), 1000)]
+    options = {"exit_training": "self-distill", "stages": ["exit-heads"], "exit_heads_epochs": 1,
+               "exit_rule": "normalized-entropy", "exit_threshold": 0.33, "exit_agreement": 0.9}
+    lines: list[str] = []
+    stage.train = record
+    try:
+        chosen = tt.TailtuneClassifier("cls", tiny_bert, head="early-exit", **options, train_config=tt.TrainConfig(
+            epochs=2, batch_size=8, lr=1e-3, head_lr=1e-2, seed=1, progress=False)).fit(
+            texts, labels, dev=tt.TextDataset(texts[:12], labels[:12]), unlabeled=unlabeled, log=lines.append)
+    finally:
+        stage.train = real
+    assert sizes[-1] == len(texts) + 900  # 100 held out
+    said = next(line for line in lines if line.startswith("exit threshold chosen"))
+    assert "of 100 held-out unlabelled texts" in said and "(target 90 %)" in said
+    head = chosen.model_.head
+    assert head.threshold == chosen.model_.config.of("head").exit_threshold != 0.33
+    assert chosen.config.of("head").exit_threshold == 0.33  # (what was asked; the model holds the choice)
+    chosen.save(tmp_path / "chosen")
+    again = tt.TailtuneClassifier.load(tmp_path / "chosen")
+    assert again.model_.head.threshold == head.threshold
+    # too few unlabelled texts to hold a hundred out: the threshold stays as given, and the log says why
+    lines.clear()
+    kept = tt.TailtuneClassifier("cls", tiny_bert, head="early-exit", **options, train_config=tt.TrainConfig(
+        epochs=1, batch_size=8, seed=1, progress=False)).fit(texts, labels, dev=tt.TextDataset(texts[:12], labels[:12]),
+                                                             unlabeled=unlabeled[:500], log=lines.append)
+    assert kept.model_.head.threshold == 0.33 and any("kept as given" in line for line in lines)
+    with pytest.raises(tt.ConfigError, match="between 0 and 1"):
+        tt.config_from_preset("fastbert", exit_agreement=99)

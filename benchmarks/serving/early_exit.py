@@ -65,6 +65,10 @@ def main() -> None:
                    "classifier's own, e.g. the fastbert preset's)")
     p.add_argument("--repeats", type=int, default=3, help="time each curve point (and full depth) this many times "
                    "and keep the fastest (best of N; before this option, one run each)")
+    p.add_argument("--exit-agreement", type=float, default=None, help="choose the exit threshold after training: "
+                   "the largest normalized entropy whose answers agree with full depth on this share of a tenth of "
+                   "the unlabelled texts, held out of the exit-heads stage (the fastbert preset's 0.99); the row then "
+                   "holds the test point at that threshold beside the curve; results keyed SET/.../agreement-X")
     p.add_argument("--note", default=None, help="what else ran beside this run (stored with its results)")
     p.add_argument("--batch1-texts", type=int, default=None,
                    help="time batch 1 on the first N test texts only (default: all; macro-F1 then on those N)")
@@ -80,7 +84,8 @@ def main() -> None:
                   else f"/pairs-{'every-exit' if a.contrastive_every_exit else 'last-layer'}")
                + (f"/unlabeled-{a.unlabeled}" if a.unlabeled else "")
                + ("" if a.exit_heads_epochs is None else f"/exit-epochs-{a.exit_heads_epochs:g}")
-               + ("" if a.exit_inner_head is None else f"/inner-{a.exit_inner_head}"))
+               + ("" if a.exit_inner_head is None else f"/inner-{a.exit_inner_head}")
+               + ("" if a.exit_agreement is None else f"/agreement-{a.exit_agreement:g}"))
         if key in results:
             continue
         train, dev, test, max_length, theta, few = load(Path(a.data_dir), name, a.seed)
@@ -94,6 +99,8 @@ def main() -> None:
             staged["exit_heads_epochs"] = a.exit_heads_epochs
         if a.exit_inner_head is not None:
             staged["exit_inner_head"] = a.exit_inner_head
+        if a.exit_agreement is not None:
+            staged.update(exit_agreement=a.exit_agreement, exit_rule="normalized-entropy")
         clf = tt.TailtuneClassifier("auto", head="early-exit", exit_head="cosine", max_length=max_length, theta=theta,
                                     exit_training=a.exit_training, train_config=recipe, **staged)
         pool = None
@@ -130,6 +137,14 @@ def main() -> None:
                      for c in by_entropy[1:]] + [{**c, "relative_threshold": None} for c in by_patience]
             row["curve"][str(batch)] = {"texts": n, "full_depth_seconds": full["seconds"],
                                         "full_depth_macro_f1": full["macro_f1"], "points": curve}
+            if a.exit_agreement is not None:  # the threshold training chose, without the test labels
+                head = model.head
+                chosen = exit_curve(model, timed, gold, [head.threshold], head.rule, batch, theta, reference=full,
+                                    repeats=a.repeats)[1]
+                row["curve"][str(batch)]["chosen"] = {**chosen, "relative_threshold": head.threshold}
+                print(f"   chosen (agreement {a.exit_agreement:g} on held-out unlabelled texts): normalized entropy "
+                      f"{head.threshold:.3f}, macro-F1 {chosen['macro_f1']:.4f} ({100 * chosen['f1_share']:.1f} %) "
+                      f"layers {chosen['mean_layers']:.2f} ({chosen['speedup']:.2f}x)", flush=True)
             print(f"{key} batch {batch}: full depth {full['macro_f1']:.4f} in {full['seconds']:.1f} s", flush=True)
             for c in curve:
                 print(f"   {c['rule']} {c['threshold']:<6.3f} macro-F1 {c['macro_f1']:.4f} ({100 * (c['f1_share'] or 0):.1f} %) "

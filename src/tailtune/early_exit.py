@@ -241,3 +241,72 @@ def exit_curve(model: Any, encoded: list[Encoded], gold: list[str], thresholds: 
         row["f1_share"] = row["macro_f1"] / full["macro_f1"] if full["macro_f1"] else None
         row["speedup"] = full["seconds"] / row["seconds"] if row["seconds"] > 0 else math.inf
     return rows
+
+
+@torch.no_grad()
+def layer_probs(model: Any, encoded: list[Encoded], batch_size: int = 64) -> torch.Tensor:
+    """Every exit's calibrated class probabilities ``(n, layers, classes)``, from one pass that keeps every layer:
+    what ``exit_pass`` reads at each layer, for every row (none leaves), to simulate any exit rule at once."""
+    _check_exits(model, encoded)
+    device = next(model.parameters()).device
+    was_training = model.training
+    if was_training:
+        model.eval()
+    exits = model.head.exits
+    out = torch.empty(len(encoded), len(exits), len(model.labels))
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        batch = collate([encoded[i] for i in idx], model.tokenizer.pad_token_id, device)
+        hidden = model.features(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                                batch.get("soft_positions"))  # (rows, seq, layers + 1, hidden)
+        for k, head in enumerate(exits):
+            x, _ = model.readout(hidden[:, :, k + 1], batch["attention_mask"], batch["position"])
+            out[idx, k] = model.calibrate(head(x).float()).softmax(-1).cpu()
+    if was_training:
+        model.train()
+    return out
+
+
+def simulate_exits(probs: torch.Tensor, rule: str, threshold: float = 0.0,
+                   patience: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(answers (n,), layers used (n,)) that ``exit_pass`` gives under a rule, from ``layer_probs``'s output."""
+    check_rule(rule)
+    n, depth, _ = probs.shape
+    answers, used = torch.full((n,), -1, dtype=torch.long), torch.full((n,), depth, dtype=torch.long)
+    done, streak, previous = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.long), \
+        torch.full((n,), -1, dtype=torch.long)
+    for k in range(depth):
+        leave, streak, previous = _exits(rule, probs[:, k], threshold, patience, streak, previous)
+        new = (leave | (k == depth - 1)) & ~done
+        answers[new], used[new] = previous[new], k + 1
+        done |= new
+    return answers, used
+
+
+def candidate_thresholds(rule: str, classes: int, depth: int) -> list[dict]:
+    """The settings an agreement target chooses among, from the most cautious to the most eager: ``{option:
+    value}`` of ``exit_threshold`` (entropy rules: 0.05 to 0.95 of ln(classes) in steps of 0.05; confidence: the
+    same steps from 1 down towards 1/classes) or ``exit_patience`` (depth - 1 down to 1)."""
+    check_rule(rule)
+    if rule == "patience":
+        return [{"exit_patience": p} for p in range(depth - 1, 0, -1)]
+    steps = [round(0.05 * i, 2) for i in range(1, 20)]
+    if rule == "confidence":
+        return [{"exit_threshold": 1.0 - s * (1.0 - 1.0 / classes)} for s in steps]
+    top = math.log(classes) if rule == "entropy" else 1.0
+    return [{"exit_threshold": s * top} for s in steps]
+
+
+def choose_by_agreement(probs: torch.Tensor, rule: str, target: float) -> tuple[dict, float, float]:
+    """The most eager setting of ``rule`` whose answers agree with full depth's on at least ``target`` of the rows
+    of ``probs`` (``layer_probs`` of texts the exits did not train on): (options, agreement, mean layers); the
+    options are ``{}`` (never leave early) when none reaches it."""
+    full = probs[:, -1].argmax(-1)
+    best: tuple[dict, float, float] = ({}, 1.0, float(probs.shape[1]))
+    for options in candidate_thresholds(rule, probs.shape[-1], probs.shape[1]):
+        answers, used = simulate_exits(probs, rule, options.get("exit_threshold", 0.0), options.get("exit_patience", 0))
+        agreement = float((answers == full).float().mean())
+        if agreement >= target:
+            best = (options, agreement, float(used.float().mean()))
+    return best

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from ..data import TextDataset
+from ..errors import ConfigError
 from ..loop import TrainConfig
 from ..registry import STAGES, check_min
 from ..training import train
@@ -20,10 +21,17 @@ class ExitHeadsOptions:
     """exit-heads stage: epochs over the training data"""
     exit_heads_lr: float = 1e-3
     """exit-heads stage: learning rate of the inner classifiers"""
+    exit_agreement: float = 0.0
+    """exit-heads stage: above 0, a tenth of the unlabelled texts is held out of the stage and the exit threshold
+    (or patience) becomes the most eager whose answers agree with full depth's on at least this share of them
+    (0.99: at most 1 in 100 answers differs); 0, or fewer than 100 held-out texts: the threshold stays as given"""
 
     def __post_init__(self) -> None:
         check_min(self, "exit_heads_epochs", 0.0, strict=True)
         check_min(self, "exit_heads_lr", 0.0, strict=True)
+        check_min(self, "exit_agreement", 0.0)
+        if self.exit_agreement > 1:
+            raise ConfigError(f"exit_agreement={self.exit_agreement} is a share of texts: between 0 and 1 (e.g. 0.99)")
 
 
 class ExitHeadsStage:
@@ -47,6 +55,7 @@ class ExitHeadsStage:
         tc = replace(cfg, epochs=self.opts.exit_heads_epochs, steps=None, min_steps=None, lr=self.opts.exit_heads_lr,
                      head_lr=self.opts.exit_heads_lr, save_every=None)
         mode = model.head.training_mode
+        held = self._hold_out(cfg.seed) if self.opts.exit_agreement > 0 else []
         if self.unlabeled:  # (the distillation loss reads the last classifier, not these rows' labels)
             examples = TextDataset(list(examples.texts) + self.unlabeled,
                                    list(examples.labels) + [examples.labels[0]] * len(self.unlabeled))
@@ -64,10 +73,50 @@ class ExitHeadsStage:
         finally:
             model.head.training_mode = mode
             model.set_trainable()
+        if self.opts.exit_agreement > 0:
+            self._choose_threshold(model, held, log)
         return result.seconds
+
+    def _hold_out(self, seed: int) -> list[str]:
+        """A tenth of the unlabelled texts (drawn with the run's seed), kept out of the stage to choose the threshold
+        on; none if that is fewer than ``MIN_HELD_OUT``."""
+        import random
+        if len(self.unlabeled) // 10 < MIN_HELD_OUT:
+            return []
+        order = list(range(len(self.unlabeled)))
+        random.Random(seed).shuffle(order)
+        cut = len(order) // 10
+        held, self.unlabeled = [self.unlabeled[i] for i in order[:cut]], [self.unlabeled[i] for i in order[cut:]]
+        return held
+
+    def _choose_threshold(self, model: Any, held: list[str], log: Callable[[str], None] | None) -> None:
+        from ..early_exit import choose_by_agreement, layer_probs
+        head, target = model.head, self.opts.exit_agreement
+        if not held:
+            if log:
+                log(f"exit threshold: kept as given ({head.rule} {head.threshold:g}): choosing it for "
+                    f"{100 * target:g} % agreement needs {MIN_HELD_OUT} held-out texts, a tenth of at least "
+                    f"{10 * MIN_HELD_OUT} unlabelled ones (--unlabeled), and {len(self.unlabeled)} were given")
+            return
+        probs = layer_probs(model, model.encode(held))
+        options, agreement, layers = choose_by_agreement(probs, head.rule, target)
+        options = options or {"exit_patience" if head.rule == "patience" else "exit_threshold": 0}
+        head.threshold = float(options.get("exit_threshold", head.threshold))
+        head.patience = int(options.get("exit_patience", head.patience))
+        model.config = model.config.with_options(**options)  # what a save records
+        if log:
+            value = f"patience {head.patience}" if head.rule == "patience" else f"{head.rule} {head.threshold:.4g}"
+            log(f"exit threshold chosen: {value}: {100 * agreement:.1f} % of {len(held)} held-out unlabelled texts "
+                f"get full depth's answer (target {100 * target:g} %), at {layers:.2f} of {probs.shape[1]} layers on "
+                f"average")
+
+
+MIN_HELD_OUT = 100
 
 
 @STAGES.register("exit-heads", ExitHeadsOptions, description="the second stage of two-stage early exit (DeeBERT, "
-                 "FastBERT): the inner classifiers of an early-exit head train with everything else frozen", requires={"head": ("early-exit",)}, when="after")
+                 "FastBERT): the inner classifiers of an early-exit head train with everything else frozen",
+                 requires={"head": ("early-exit",)}, when="after",
+                 takes_unlabeled=lambda config, mlm_weight: config.of("head").exit_training == "self-distill")
 def build_exit_heads(opts: ExitHeadsOptions) -> ExitHeadsStage:
     return ExitHeadsStage(opts)
