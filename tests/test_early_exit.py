@@ -354,7 +354,8 @@ def test_a_simulated_rule_gives_the_exit_pass_answers_and_an_agreement_target_ch
     # the most eager setting that keeps the target: every more eager candidate falls short of it
     full = probs[:, -1].argmax(-1)
     for rule, target in itertools.product(("normalized-entropy", "confidence", "patience"), (0.5, 0.9, 1.0)):
-        options, agreement, layers = choose_by_agreement(probs, rule, target)
+        options, agreement, layers, curve = choose_by_agreement(probs, rule, target)
+        assert [c[0] for c in curve] == candidate_thresholds(rule, len(model.labels), 2)
         candidates = candidate_thresholds(rule, len(model.labels), 2)
         assert agreement >= target
         eager = candidates[candidates.index(options) + 1:] if options else candidates
@@ -382,6 +383,8 @@ def test_a_simulated_rule_gives_the_exit_pass_answers_and_an_agreement_target_ch
     assert sizes[-1] == len(texts) + 900  # 100 held out
     said = next(line for line in lines if line.startswith("exit threshold chosen"))
     assert "of 100 held-out unlabelled texts" in said and "(target 90 %)" in said
+    assert lines[lines.index(said) + 1].startswith("  agreement with full depth / mean layers, by normalized-entropy "
+                                                   "threshold: 0.05: ")  # (every candidate, for a user to choose by)
     head = chosen.model_.head
     assert head.threshold == chosen.model_.config.of("head").exit_threshold != 0.33
     assert chosen.config.of("head").exit_threshold == 0.33  # (what was asked; the model holds the choice)

@@ -28,8 +28,9 @@ Methods (the issue-4 few-shot recipe for every fine-tuning: lr 1e-4, batch 8, 20
 - ``pet`` / ``ipet``: three patterns (the manual one and two more), one prompt model each, weighted by
   zero-shot dev accuracy, distilled into the default classifier (``auto`` on the embedded MiniLM, which
   needs no MLM head; ``--pet-final-backbone`` changes it) on unlabelled texts of the set's classic
-  training data (minus anything in its test set; ``--unlabeled N`` of them; TREC has none here and
-  is skipped); ``pet-mlm`` adds PET's auxiliary masked-LM loss on the same unlabelled texts (``--mlm-weight``,
+  training data (minus anything in its test set; ``--unlabeled N`` of them; for TREC, which has no classic
+  folder here, the TREC-50 training questions: the same 5,452 questions, whose labels are not read);
+  ``pet-mlm`` adds PET's auxiliary masked-LM loss on the same unlabelled texts (``--mlm-weight``,
   PET's 1e-4); ``ipet`` adds ``--generations`` iPET generations;
 - ``zero-shot`` / ``zero-shot-cal``: the manual prompt with no training, without and with contextual
   calibration (a content-free input).
@@ -57,7 +58,10 @@ TREC = ("{mask} : {text}", {"0": "Description", "1": "Entity", "2": "Expression"
 LONGTAIL_TEMPLATES = {"r52": "{text} This is {mask} news .", "trec50": "{text} The question is about {mask} ."}
 # PET's two further patterns per source (the 16-shot sets use multitask_zeroshot.EXTRA_TEMPLATES)
 PET_EXTRA = {"r52": ["{mask} news : {text}", "{text} The topic is {mask} ."],
-             "trec50": ["{mask} : {text}", "{text} This question asks for {mask} ."]}
+             "trec50": ["{mask} : {text}", "{text} This question asks for {mask} ."],
+             "trec": ["{text} The question asks for {mask} .", "{text} The answer is {mask} ."]}
+# 16-shot sets without a classic folder: where their unlabelled pool comes from (a long-tail set's training texts)
+POOL_FROM = {"trec": "trec50"}
 PROMPTS = {**{t: (TASKS[t][3], TASKS[t][4]) for t in TASKS}, "trec": TREC,
            **{k: (LONGTAIL_TEMPLATES[src], None) for k, (src, _) in KSHOT.items()}}
 METHODS = ["zero-shot", "zero-shot-cal", "prompt", "demo-random", "demo-similar", "auto-template", "auto-labelwords",
@@ -80,6 +84,8 @@ def unlabeled_pool(data_dir: Path, name: str, train, dev, test, n: int, seed: in
     elif name in TASKS:
         folder, file = TASKS[name][0], TASKS[name][1]
         source = list(tt.read_dataset(data_dir / "classic" / folder / file).texts)
+    elif name in POOL_FROM:
+        source = list(tt.read_dataset(data_dir / "longtail" / POOL_FROM[name] / "train.tsv").texts)
     else:
         return []
     texts = [t for t in dict.fromkeys(source) if t not in seen]
@@ -116,7 +122,7 @@ def run(method: str, name: str, train, dev, test, seed: int, backbone: str, a) -
         pool = unlabeled_pool(Path(a.data_dir), name, train, dev, test, a.unlabeled, seed)
         if not pool:
             return None
-        extra = PET_EXTRA[KSHOT[name][0]] if name in KSHOT else EXTRA_TEMPLATES
+        extra = PET_EXTRA[KSHOT[name][0]] if name in KSHOT else PET_EXTRA.get(name, EXTRA_TEMPLATES)
         patterns = [Pattern(t, words) for t in (template, *extra)]
         out = run_pet(train, dev, pool, patterns, backbone, train_config=train_config(seed, a.epochs),
                       max_length=a.max_length, generations=a.generations if method == "ipet" else 0,

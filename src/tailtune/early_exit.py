@@ -298,15 +298,18 @@ def candidate_thresholds(rule: str, classes: int, depth: int) -> list[dict]:
     return [{"exit_threshold": s * top} for s in steps]
 
 
-def choose_by_agreement(probs: torch.Tensor, rule: str, target: float) -> tuple[dict, float, float]:
+def choose_by_agreement(probs: torch.Tensor, rule: str, target: float) -> tuple[dict, float, float, list]:
     """The most eager setting of ``rule`` whose answers agree with full depth's on at least ``target`` of the rows
-    of ``probs`` (``layer_probs`` of texts the exits did not train on): (options, agreement, mean layers); the
-    options are ``{}`` (never leave early) when none reaches it."""
+    of ``probs`` (``layer_probs`` of texts the exits did not train on): (options, agreement, mean layers, and
+    every candidate's (options, agreement, mean layers)); the options are ``{}`` (never leave early) when none
+    reaches it."""
     full = probs[:, -1].argmax(-1)
     best: tuple[dict, float, float] = ({}, 1.0, float(probs.shape[1]))
+    curve = []
     for options in candidate_thresholds(rule, probs.shape[-1], probs.shape[1]):
         answers, used = simulate_exits(probs, rule, options.get("exit_threshold", 0.0), options.get("exit_patience", 0))
-        agreement = float((answers == full).float().mean())
-        if agreement >= target:
-            best = (options, agreement, float(used.float().mean()))
-    return best
+        point = (options, float((answers == full).float().mean()), float(used.float().mean()))
+        curve.append(point)
+        if point[1] >= target:
+            best = point
+    return (*best, curve)

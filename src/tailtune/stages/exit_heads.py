@@ -5,6 +5,8 @@ also learns from unlabelled texts (``fit(unlabeled=...)``, ``train --unlabeled``
 imitate the last one on many more texts than a few-shot training set holds."""
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -74,7 +76,9 @@ class ExitHeadsStage:
             model.head.training_mode = mode
             model.set_trainable()
         if self.opts.exit_agreement > 0:
+            start = time.perf_counter()
             self._choose_threshold(model, held, log)
+            return result.seconds + time.perf_counter() - start  # (the choice is part of training's time)
         return result.seconds
 
     def _hold_out(self, seed: int) -> list[str]:
@@ -99,7 +103,7 @@ class ExitHeadsStage:
                     f"{10 * MIN_HELD_OUT} unlabelled ones (--unlabeled), and {len(self.unlabeled)} were given")
             return
         probs = layer_probs(model, model.encode(held))
-        options, agreement, layers = choose_by_agreement(probs, head.rule, target)
+        options, agreement, layers, curve = choose_by_agreement(probs, head.rule, target)
         options = options or {"exit_patience" if head.rule == "patience" else "exit_threshold": 0}
         head.threshold = float(options.get("exit_threshold", head.threshold))
         head.patience = int(options.get("exit_patience", head.patience))
@@ -109,6 +113,11 @@ class ExitHeadsStage:
             log(f"exit threshold chosen: {value}: {100 * agreement:.1f} % of {len(held)} held-out unlabelled texts "
                 f"get full depth's answer (target {100 * target:g} %), at {layers:.2f} of {probs.shape[1]} layers on "
                 f"average")
+            top = math.log(probs.shape[-1]) if head.rule == "entropy" else 1.0
+            log("  agreement with full depth / mean layers, by " + ("patience" if head.rule == "patience" else
+                f"{head.rule} threshold" + (" / ln(classes)" if top != 1.0 else "")) + ": " + ", ".join(
+                f"{o.get('exit_patience', o.get('exit_threshold', 0) / top):.3g}: {100 * a:.1f} % / {n:.2f}"
+                for o, a, n in curve))
 
 
 MIN_HELD_OUT = 100
