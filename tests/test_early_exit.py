@@ -399,3 +399,5 @@ def test_a_simulated_rule_gives_the_exit_pass_answers_and_an_agreement_target_ch
     assert kept.model_.head.threshold == 0.33 and any("kept as given" in line for line in lines)
     with pytest.raises(tt.ConfigError, match="between 0 and 1"):
         tt.config_from_preset("fastbert", exit_agreement=99)
+    with pytest.raises(tt.ConfigError, match="only self-distillation takes unlabelled texts"):
+        tt.config_from_preset("deebert", exit_agreement=0.99)

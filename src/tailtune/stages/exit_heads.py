@@ -98,7 +98,8 @@ class ExitHeadsStage:
         head, target = model.head, self.opts.exit_agreement
         if not held:
             if log:
-                log(f"exit threshold: kept as given ({head.rule} {head.threshold:g}): choosing it for "
+                value = f"patience {head.patience}" if head.rule == "patience" else f"{head.rule} {head.threshold:g}"
+                log(f"exit threshold: kept as given ({value}): choosing it for "
                     f"{100 * target:g} % agreement needs {MIN_HELD_OUT} held-out texts, a tenth of at least "
                     f"{10 * MIN_HELD_OUT} unlabelled ones (--unlabeled), and {len(self.unlabeled)} were given")
             return
@@ -123,9 +124,18 @@ class ExitHeadsStage:
 MIN_HELD_OUT = 100
 
 
+def _check(config: Any) -> None:
+    if not hasattr(config, "of"):  # (a probe of the axes alone, before any option is set: nothing to check)
+        return
+    if config.of("stage:exit-heads").exit_agreement > 0 and config.of("head").exit_training != "self-distill":
+        raise ConfigError("exit_agreement chooses the exit threshold on held-out unlabelled texts, and only "
+                          "self-distillation takes unlabelled texts: use exit_training='self-distill' (the fastbert "
+                          "preset) or leave exit_agreement at 0")
+
+
 @STAGES.register("exit-heads", ExitHeadsOptions, description="the second stage of two-stage early exit (DeeBERT, "
                  "FastBERT): the inner classifiers of an early-exit head train with everything else frozen",
-                 requires={"head": ("early-exit",)}, when="after",
+                 requires={"head": ("early-exit",)}, when="after", check=_check,
                  takes_unlabeled=lambda config, mlm_weight: config.of("head").exit_training == "self-distill")
 def build_exit_heads(opts: ExitHeadsOptions) -> ExitHeadsStage:
     return ExitHeadsStage(opts)
