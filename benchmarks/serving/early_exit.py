@@ -110,7 +110,8 @@ def main() -> None:
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            clf.fit(train, dev=dev if len(dev) else None, **({"unlabeled": pool} if pool else {}))
+            said: list[str] = []  # (what training printed of the threshold it chose, and the held-out curve)
+            clf.fit(train, dev=dev if len(dev) else None, log=said.append, **({"unlabeled": pool} if pool else {}))
         train_seconds = time.perf_counter() - t0
         model, enc = clf.model_, clf.model_.encode(test.texts)
         device = next(clf.model_.parameters()).device
@@ -119,6 +120,8 @@ def main() -> None:
                   else {"contrastive_head_only_below": a.contrastive_head_only_below}),
                **({} if a.contrastive_every_exit is None else {"contrastive_every_exit": bool(a.contrastive_every_exit)}),
                **({"unlabeled": len(pool)} if pool else {}), "exit_inner_head": clf.config.of("head").exit_inner_head,
+               **({"threshold_choice": [line.strip() for line in said if "threshold" in line]}
+                  if a.exit_agreement is not None else {}),
                "n_test": len(test), "max_length": max_length, "train_seconds": train_seconds, "repeats": a.repeats,
                "curve": {},
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
@@ -137,6 +140,10 @@ def main() -> None:
                      for c in by_entropy[1:]] + [{**c, "relative_threshold": None} for c in by_patience]
             row["curve"][str(batch)] = {"texts": n, "full_depth_seconds": full["seconds"],
                                         "full_depth_macro_f1": full["macro_f1"], "points": curve}
+            print(f"{key} batch {batch}: full depth {full['macro_f1']:.4f} in {full['seconds']:.1f} s", flush=True)
+            for c in curve:
+                print(f"   {c['rule']} {c['threshold']:<6.3f} macro-F1 {c['macro_f1']:.4f} ({100 * (c['f1_share'] or 0):.1f} %) "
+                      f"layers {c['mean_layers']:.2f} {c['seconds']:.1f} s ({c['speedup']:.2f}x)", flush=True)
             if a.exit_agreement is not None:  # the threshold training chose, without the test labels
                 head = model.head
                 chosen = exit_curve(model, timed, gold, [head.threshold], head.rule, batch, theta, reference=full,
@@ -145,10 +152,6 @@ def main() -> None:
                 print(f"   chosen (agreement {a.exit_agreement:g} on held-out unlabelled texts): normalized entropy "
                       f"{head.threshold:.3f}, macro-F1 {chosen['macro_f1']:.4f} ({100 * chosen['f1_share']:.1f} %) "
                       f"layers {chosen['mean_layers']:.2f} ({chosen['speedup']:.2f}x)", flush=True)
-            print(f"{key} batch {batch}: full depth {full['macro_f1']:.4f} in {full['seconds']:.1f} s", flush=True)
-            for c in curve:
-                print(f"   {c['rule']} {c['threshold']:<6.3f} macro-F1 {c['macro_f1']:.4f} ({100 * (c['f1_share'] or 0):.1f} %) "
-                      f"layers {c['mean_layers']:.2f} {c['seconds']:.1f} s ({c['speedup']:.2f}x)", flush=True)
         results[key] = row
         out.write_text(json.dumps(results, indent=2))
 
