@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtefactError, ConfigError
-from .text import Encoded, Template, encode_plain
+from .text import Encoded, Template, encode_plain, sorted_batches
 
 
 EXIT_RULES = ("entropy", "normalized-entropy", "confidence", "patience")  # tailtune.heads.early_exit's (no torch here)
@@ -94,11 +94,9 @@ class OnnxClassifier:
     def decision_function(self, texts: list[str], texts_b: list[str] | None = None, batch_size: int = 64) -> np.ndarray:
         """Calibrated class scores (n, classes), columns in ``labels`` order."""
         encoded = self._encode(list(texts), list(texts_b) if texts_b is not None else None)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
         out = np.zeros((len(encoded), len(self.labels)), dtype=np.float32)
         used = np.zeros(len(encoded), dtype=np.int64)
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
+        for idx in sorted_batches(encoded, batch_size):
             feeds = self._feeds([encoded[i] for i in idx])
             if self.early_exit_ is None:
                 out[idx] = self.session.run(["scores"], self._only(self.session, feeds))[0]

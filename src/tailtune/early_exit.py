@@ -22,6 +22,7 @@ from .device import autocast
 from .errors import ConfigError
 from .batch import collate
 from .inputs import Encoded
+from .text import sorted_batches
 from .tuning.routing import Route
 
 
@@ -186,9 +187,7 @@ def predict_early_exit(model: Any, encoded: list[Encoded], rule: str | None = No
         model.eval()
     scores = torch.empty(len(encoded), len(model.labels))
     used = torch.zeros(len(encoded), dtype=torch.long)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+    for idx in sorted_batches(encoded, batch_size):
         batch = collate([encoded[i] for i in idx], model.tokenizer.pad_token_id, device)
         group = exit_group(model, torch.arange(len(idx), device=device), batch.get("soft_positions"), rule,
                            threshold, patience)
@@ -252,17 +251,14 @@ def layer_probs(model: Any, encoded: list[Encoded], batch_size: int = 64) -> tor
     was_training = model.training
     if was_training:
         model.eval()
-    exits = model.head.exits
-    out = torch.empty(len(encoded), len(exits), len(model.labels))
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+    out = torch.empty(len(encoded), len(model.head.exits), len(model.labels))
+    for idx in sorted_batches(encoded, batch_size):
         batch = collate([encoded[i] for i in idx], model.tokenizer.pad_token_id, device)
         hidden = model.features(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
                                 batch.get("soft_positions"))  # (rows, seq, layers + 1, hidden)
-        for k, head in enumerate(exits):
-            x, _ = model.readout(hidden[:, :, k + 1], batch["attention_mask"], batch["position"])
-            out[idx, k] = model.calibrate(head(x).float()).softmax(-1).cpu()
+        x, _ = model.readout(hidden, batch["attention_mask"], batch["position"])  # (rows, layers + 1, hidden)
+        logits = model.head.layer_logits(x).float()  # (rows, layers, classes): every exit on its own layer
+        out[idx] = torch.stack([model.calibrate(logits[:, k]) for k in range(logits.shape[1])], 1).softmax(-1).cpu()
     if was_training:
         model.train()
     return out

@@ -9,7 +9,7 @@ import dataclasses
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import ConfigError
 
@@ -42,6 +42,13 @@ class Encoded:
     token_type_ids: list[int] | None = None
     soft_positions: list[int] | None = None  # where the soft prompt tokens sit, in order
     views: list["Encoded"] | None = None  # more encodings of the same text whose scores are averaged with this one's
+
+
+def sorted_batches(encoded: list[Encoded], batch_size: int) -> Iterator[list[int]]:
+    """Positions of ``encoded`` in batches of ``batch_size``, by token count (batches of similar lengths pad less)."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    for s in range(0, len(order), batch_size):
+        yield order[s:s + batch_size]
 
 
 def expand_views(encoded: list[Encoded]) -> tuple[list[Encoded], list[int]]:

@@ -17,7 +17,7 @@ from .device import autocast, resolve_device
 from .errors import DataError
 from .batch import collate
 from .inputs import Encoded
-from .text import expand_views
+from .text import expand_views, sorted_batches
 from .loop import NOT_RESULT_SETTINGS, TrainConfig, TrainResult, run
 
 Encode = Callable[[TextDataset, int], list[Encoded]]
@@ -49,9 +49,7 @@ def encode_features(model: Any, encoded: list[Encoded], batch_size: int = 64, bf
     was_training = model.training
     model.eval()
     out: list[torch.Tensor | None] = [None] * len(encoded)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+    for idx in sorted_batches(encoded, batch_size):
         batch = collate([encoded[i] for i in idx], model.tokenizer.pad_token_id, device)
         batch.pop("position")
         with autocast(device, bf16):
@@ -92,11 +90,10 @@ def predict_logits(model: Any, encoded: list[Encoded], batch_size: int = 64, bf1
     was_training = model.training
     if was_training:  # (a model in eval mode is never switched: predictions may run in many threads)
         model.eval()
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     out = torch.empty(len(encoded), len(model.labels))
     pad = model.tokenizer.pad_token_id
-    for s in tqdm(range(0, len(order), batch_size), disable=not progress, desc="predict", leave=False):
-        idx = order[s:s + batch_size]
+    for idx in tqdm(sorted_batches(encoded, batch_size), total=-(-len(encoded) // batch_size), disable=not progress,
+                    desc="predict", leave=False):
         batch = collate([encoded[i] for i in idx], pad, device)
         if features is not None:
             batch["features"] = pad_features([features[i] for i in idx]).to(device)
