@@ -213,7 +213,8 @@ class TailtuneClassifier:
         for stage in stages:
             if hasattr(stage, "take_unlabeled"):
                 stage.take_unlabeled(model, texts)
-        if hasattr(model.head, "vocab_logits") and mlm_weight:
+        takes = model.config.entry("head").trait("takes_unlabeled")  # (the trait _check_unlabeled read)
+        if takes is not None and takes(model.config, mlm_weight):
             return MaskedLMAux(model, texts, mlm_weight, int(self.train_config.batch_size), self.train_config.seed,
                                self.config.max_length)
         return None

@@ -57,17 +57,15 @@ class ExitHeadsStage:
         tc = replace(cfg, epochs=self.opts.exit_heads_epochs, steps=None, min_steps=None, lr=self.opts.exit_heads_lr,
                      head_lr=self.opts.exit_heads_lr, save_every=None)
         mode = model.head.training_mode
-        held = self._hold_out(cfg.seed) if self.opts.exit_agreement > 0 else []
-        if self.unlabeled:  # (the distillation loss reads the last classifier, not these rows' labels)
-            examples = TextDataset(list(examples.texts) + self.unlabeled,
-                                   list(examples.labels) + [examples.labels[0]] * len(self.unlabeled))
+        held, texts = self._hold_out(cfg.seed) if self.opts.exit_agreement > 0 else ([], self.unlabeled)
+        if texts:  # (the distillation loss reads the last classifier, not these rows' labels)
+            examples = TextDataset(list(examples.texts) + texts, list(examples.labels) + [examples.labels[0]] * len(texts))
         # every inner layer's loss: on the labels (DeeBERT), or KL to the last classifier (FastBERT)
         model.head.training_mode = "distill" if mode == "self-distill" else "joint"
         try:
             if log:
                 what = "the last classifier's distribution" if mode == "self-distill" else "the labels"
-                on = f" over {len(examples) - len(self.unlabeled)} training + {len(self.unlabeled)} unlabelled texts" \
-                    if self.unlabeled else ""
+                on = f" over {len(examples) - len(texts)} training + {len(texts)} unlabelled texts" if texts else ""
                 log(f"exit-heads stage: the {len(model.head.exits) - 1} inner classifiers train on {what}{on}, "
                     f"{self.opts.exit_heads_epochs:g} epochs, lr {self.opts.exit_heads_lr:g}")
             result = train(model, examples, tc, None, roles=("head",), prototypes=False,
@@ -81,17 +79,17 @@ class ExitHeadsStage:
             return result.seconds + time.perf_counter() - start  # (the choice is part of training's time)
         return result.seconds
 
-    def _hold_out(self, seed: int) -> list[str]:
-        """A tenth of the unlabelled texts (drawn with the run's seed), kept out of the stage to choose the threshold
-        on; none if that is fewer than ``MIN_HELD_OUT``."""
+    def _hold_out(self, seed: int) -> tuple[list[str], list[str]]:
+        """(held out, the rest): a tenth of the unlabelled texts (drawn with the run's seed), kept out of the stage to
+        choose the threshold on; none if that is fewer than ``MIN_HELD_OUT``. The stage's own list stays whole, so a
+        second run holds out the same tenth."""
         import random
         if len(self.unlabeled) // 10 < MIN_HELD_OUT:
-            return []
+            return [], self.unlabeled
         order = list(range(len(self.unlabeled)))
         random.Random(seed).shuffle(order)
         cut = len(order) // 10
-        held, self.unlabeled = [self.unlabeled[i] for i in order[:cut]], [self.unlabeled[i] for i in order[cut:]]
-        return held
+        return [self.unlabeled[i] for i in order[:cut]], [self.unlabeled[i] for i in order[cut:]]
 
     def _choose_threshold(self, model: Any, held: list[str], log: Callable[[str], None] | None) -> None:
         from ..early_exit import choose_by_agreement, layer_probs
