@@ -151,3 +151,32 @@ def test_a_ray_backed_run_gives_the_plain_runners_results(tiny_bert, tmp_path):
         assert a["settings_hash"] == b["settings_hash"]
         for metric in ("accuracy", "macro_f1", "best_step", "steps"):
             assert a[metric] == pytest.approx(b[metric], abs=1e-6), (key, metric)
+
+
+def test_a_datasets_unlabeled_texts_reach_only_the_runs_that_learn_from_them(tiny_bert, tmp_path):
+    from tailtune.experiment import resolve
+    _write_data(tmp_path / "data" / "toy")
+    unlabeled = [f"{a} {b}" for a, b in zip(TOY_TEXTS, reversed(TOY_TEXTS))]
+    (tmp_path / "data" / "toy" / "more.txt").write_text("\n".join(unlabeled) + "\n")
+    dataset = {"train": "toy/train.tsv", "test": "toy/test.tsv", "theta": 0.5, "template": "{text} it is {mask} .",
+               "verbalizer": {"good": "good", "bad": "bad", "money": "price"}}
+    cfg = {"backbone": tiny_bert, "data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "out"),
+           "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "progress": False},
+           "datasets": {"toy": {**dataset, "unlabeled": "toy/more.txt"}},
+           "presets": {"pet-mlm": {"preset": "prompt", "mlm_weight": 0.5},
+                       "prompt-no-mlm": {"preset": "prompt", "mlm_weight": 0.0}},
+           "runs": [{"presets": ["cls", "pet-mlm", "prompt-no-mlm"], "seeds": [1]}]}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    loaded = load_experiment(path)
+    plans = {p: resolve(loaded, "toy", p, 1) for p in ("cls", "pet-mlm", "prompt-no-mlm")}
+    assert plans["pet-mlm"][1]["unlabeled"].texts == unlabeled and plans["pet-mlm"][0].mlm_weight == 0.5
+    assert plans["cls"][1]["unlabeled"] is None and plans["prompt-no-mlm"][1]["unlabeled"] is None
+    # the runs that do not read the file keep the identity they had without it (finished runs stay finished)
+    without = {**cfg, "datasets": {"toy": dataset}, "_source": "x"}
+    for p, same in (("cls", True), ("prompt-no-mlm", True), ("pet-mlm", False)):
+        assert (resolve(without, "toy", p, 1)[0].settings_hash == plans[p][0].settings_hash) is same
+    out = run_experiment(loaded, log=lambda *_: None)
+    rows = {r["preset"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert {p: r["unlabeled_texts"] for p, r in rows.items()} == {"cls": 0, "pet-mlm": len(unlabeled),
+                                                                  "prompt-no-mlm": 0}

@@ -63,3 +63,24 @@ def test_the_same_search_on_ray_tune_finds_the_same_learning_rate(tiny_bert, tmp
     trials = json.loads((tmp_path / "t.json").read_text())
     assert trials["backend"] == "ray" and sorted(t["params"]["lr"] for t in trials["trials"]) == [1e-7, 3e-3]
     assert yaml.safe_load(out.read_text())["presets"]["tuned"]["train"]["lr"] == 3e-3
+
+
+def test_unlabeled_texts_reach_every_trial_and_a_preset_without_a_use_for_them_is_refused_first(
+        tiny_bert, tmp_path, capsys, monkeypatch):
+    import tailtune.api
+    _write_data(tmp_path / "data")
+    (tmp_path / "more.txt").write_text("a new text\nanother one here\n")
+    base = ["tune", "--train", str(tmp_path / "data" / "train.tsv"), "--dev", str(tmp_path / "data" / "test.tsv"),
+            "--backbone", tiny_bert, "--epochs", "1", "--batch-size", "8", "--no-progress", "--search", "lr=1e-3",
+            "--unlabeled", str(tmp_path / "more.txt"), "--output", str(tmp_path / "best.yaml")]
+    assert main([*base, "--preset", "cls"]) == 2
+    said = capsys.readouterr()
+    assert "no use for unlabelled texts" in said.err and "trial" not in said.out
+    seen, fit = [], tailtune.api.TailtuneClassifier.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs.get("unlabeled"), kwargs.get("mlm_weight")))
+        return fit(self, *args, **kwargs)
+    monkeypatch.setattr(tailtune.api.TailtuneClassifier, "fit", spy)
+    assert main([*base, "--preset", "prompt", "--mlm-weight", "0.5"]) == 0
+    assert seen == [(["a new text", "another one here"], 0.5)]

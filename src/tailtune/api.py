@@ -197,8 +197,7 @@ class TailtuneClassifier:
         mlm_head = config.entry("head").trait("takes_unlabeled") is not None
         if mlm_head and mlm_weight and not 0 < mlm_weight < 1:
             raise ConfigError(f"the auxiliary MLM weight must be between 0 and 1 (PET: 1e-4), got {mlm_weight}")
-        if not any((takes := entry.trait("takes_unlabeled")) and takes(config, mlm_weight)
-                   for entry in [config.entry("head"), *config.stage_entries()]):
+        if not config.takes_unlabeled(mlm_weight):
             raise ConfigError(f"this classifier has no use for unlabelled texts (head={config.head!r}"
                               f"{', MLM weight 0' if mlm_head else ''}). They feed PET's "
                               f"auxiliary MLM loss (a classifier on the backbone's MLM head, e.g. preset 'prompt', "

@@ -233,6 +233,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_unlabeled_args(u: argparse.ArgumentParser) -> None:
+    u.add_argument("--unlabeled", default=None, help="unlabelled texts (.txt, one per line, or a data file's "
+                   "--text-col): early exits' self-distillation (--preset fastbert) learns from them too, and a prompt "
+                   "classifier adds PET's auxiliary MLM loss on them (--mlm-weight); others refuse them")
+    u.add_argument("--mlm-weight", type=float, default=1e-4, help="PET's auxiliary MLM loss on --unlabeled against "
+                   "the task loss (default: 1e-4, PET's)")
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from .cli_tools import run_tune
     return run_tune(args, _collect(args, [f.name for f in dataclasses.fields(TrainConfig)]),
@@ -305,11 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dev-fraction", type=float, default=0.1, help="dev share carved from train without --dev "
                    "(default: 0.1)")
     t.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub")
-    t.add_argument("--unlabeled", default=None, help="unlabelled texts (.txt, one per line, or a data file's "
-                   "--text-col): early exits' self-distillation (--preset fastbert) learns from them too, and a prompt "
-                   "classifier adds PET's auxiliary MLM loss on them (--mlm-weight); others refuse them")
-    t.add_argument("--mlm-weight", type=float, default=1e-4, help="PET's auxiliary MLM loss on --unlabeled against "
-                   "the task loss (default: 1e-4, PET's)")
+    _add_unlabeled_args(t)
     _add_test_prior_arg(t, "--test (its report only; the saved classifier is the same)")
     _add_classifier_args(t)
     _add_config_args(t.add_argument_group("training (unset options come from the preset's recipe)"), TrainConfig,
@@ -320,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_data_args(u, [("--train", True), ("--dev", True)])
         u.add_argument("--preset", default="auto", choices=list(PRESETS), help="method searched (default: auto)")
         u.add_argument("--backbone", default=None, help="Hugging Face name or local path (default: embedded MiniLM)")
+        _add_unlabeled_args(u)
         _add_classifier_args(u)
         _add_config_args(u.add_argument_group("training settings every trial shares (unset: the preset's recipe)"),
                          TrainConfig, recipe=PRESETS["auto"].train)

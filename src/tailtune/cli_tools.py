@@ -130,12 +130,14 @@ def run_tune(args: argparse.Namespace, base: dict, overrides: dict) -> int:
     """``base``: the training settings given on the command line; ``overrides``: axes and options."""
     from .artefacts import atomic_write_text
     from .cli_predict import _read
+    from .data import read_dataset
     from .hparams import parse_dimension, search, write_best
     space = [parse_dimension(text) for text in args.search]
     train, dev = _read(args, args.train), _read(args, args.dev)
+    unlabeled = list(read_dataset(args.unlabeled, args.text_col, None).texts) if args.unlabeled else None
     base = dict(base)
     result = search(train, dev, space, args.preset, args.backbone, args.trials, base.pop("seed", 0), base,
-                    overrides, args.prune, ray=args.ray)
+                    overrides, args.prune, ray=args.ray, unlabeled=unlabeled, mlm_weight=args.mlm_weight)
     path = write_best(result, args.output, args.name)
     if args.trials_json:
         atomic_write_text(args.trials_json, json.dumps(result, indent=2, default=str) + "\n")

@@ -131,6 +131,12 @@ class ClassifierConfig:
                 return True
         return False
 
+    def takes_unlabeled(self, mlm_weight: float = 1e-4) -> bool:
+        """Does any chosen entry learn from unlabelled texts (its ``takes_unlabeled(config, mlm_weight)`` trait:
+        PET's auxiliary MLM loss on the verbalizer head, FastBERT's self-distillation of early exits)?"""
+        return any((takes := entry.trait("takes_unlabeled")) and takes(self, mlm_weight)
+                   for entry in [self.entry("head"), *self.stage_entries()])
+
     @property
     def uses_label_words(self) -> bool:
         return bool(self.entry("head").trait("uses_label_words", False))

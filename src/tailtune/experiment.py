@@ -31,7 +31,7 @@ from .training import data_hash
 
 _DATASET_KEYS = {"train", "dev", "test", "theta", "template", "vanilla_template", "verbalizer", "max_length",
                  "text_col", "text_b_col", "label_col", "columns", "dev_fraction", "train_overrides",
-                 "allow_empty_text"}
+                 "allow_empty_text", "unlabeled"}
 _TOP_KEYS = {"backbone", "data_dir", "output_dir", "train", "datasets", "presets", "runs", "weight_norms",
              "save_models", "ray"}
 _RUN_KEYS = {"presets", "seeds", "datasets"}
@@ -122,12 +122,14 @@ def planned_runs(cfg: dict) -> list[tuple[str, str, int]]:
 
 def _read_split(cfg: dict, ds_cfg: dict, split: str, seed: int) -> TextDataset | None:
     """One split; ``{seed}`` in its path picks per-seed files (e.g. the 16-shot splits);
-    ``columns`` names the columns of a file without a header row."""
+    ``columns`` names the columns of a file without a header row. ``unlabeled`` is read without labels (a .txt
+    file is one text per line)."""
     if ds_cfg.get(split) is None:
         return None
     columns = ds_cfg.get("columns")
+    label_col = None if split == "unlabeled" else ds_cfg.get("label_col", "label")
     return read_dataset(Path(cfg["data_dir"]) / str(ds_cfg[split]).format(seed=seed),
-                        text_col=ds_cfg.get("text_col", "text"), label_col=ds_cfg.get("label_col", "label"),
+                        text_col=ds_cfg.get("text_col", "text"), label_col=label_col,
                         text_b_col=ds_cfg.get("text_b_col"), header=columns is None, columns=columns,
                         allow_empty=ds_cfg.get("allow_empty_text", False))
 
@@ -160,6 +162,7 @@ class Plan:
     verbalizer: dict | None
     train_config: TrainConfig
     settings_hash: str
+    mlm_weight: float = 1e-4  # (with unlabelled texts: PET's auxiliary MLM loss)
 
 
 def resolve(cfg: dict, dataset: str, preset: str, seed: int) -> tuple[Plan, dict[str, TextDataset | None]]:
@@ -175,6 +178,7 @@ def resolve(cfg: dict, dataset: str, preset: str, seed: int) -> tuple[Plan, dict
     base = options.pop("preset", preset)
     backbone = options.pop("backbone", cfg.get("backbone"))
     train_options = options.pop("train", {}) or {}
+    mlm_weight = float(options.pop("mlm_weight", 1e-4))
     template, words = prompt_format(ds_cfg, options.pop("template_style", "hybrid"), labels)
     context = {k: v for k, v in (("template", template),) if v is not None}
     try:
@@ -186,15 +190,21 @@ def resolve(cfg: dict, dataset: str, preset: str, seed: int) -> tuple[Plan, dict
             tc = dataclasses.replace(tc, run_name=f"{dataset}/{preset}/seed{seed}")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+    # unlabelled texts reach the runs whose classifier learns from them (PET's MLM loss, FastBERT's exits); the
+    # other presets of the grid train as if the dataset gave none, and their identity leaves the file out
+    data["unlabeled"] = _read_split(cfg, ds_cfg, "unlabeled", seed) if config.takes_unlabeled(mlm_weight) else None
     verbalizer = {str(k): v for k, v in words.items()} if words and config.uses_label_words else None
-    identity = {"dataset": {k: v for k, v in ds_cfg.items() if k != "train_overrides"},
+    identity = {"dataset": {k: v for k, v in ds_cfg.items() if k not in ("train_overrides", "unlabeled")},
                 "files": {s: str(ds_cfg.get(s, "")).format(seed=seed) for s in ("train", "dev", "test")},
                 "data": {s: data_hash(d) for s, d in data.items()}, "preset": base, "backbone": backbone or "default",
                 "config": config.to_dict(), "verbalizer": verbalizer,
                 "train": {k: v for k, v in tc.to_dict().items()
                           if k not in NOT_RESULT_SETTINGS and NEUTRAL_SETTINGS.get(k, ...) != v}}
+    if data["unlabeled"] is not None:
+        identity["unlabeled"] = {"file": str(ds_cfg["unlabeled"]).format(seed=seed),
+                                 "data": data_hash(data["unlabeled"]), "mlm_weight": mlm_weight}
     digest = hashlib.sha256(json.dumps(jsonable(identity), sort_keys=True).encode()).hexdigest()[:16]
-    return Plan(dataset, preset, seed, base, backbone, config, verbalizer, tc, digest), data
+    return Plan(dataset, preset, seed, base, backbone, config, verbalizer, tc, digest, mlm_weight), data
 
 
 def check_plan(cfg: dict, plan: list[tuple[str, str, int]]) -> dict[tuple[str, str, int], str]:
@@ -209,8 +219,8 @@ def check_plan(cfg: dict, plan: list[tuple[str, str, int]]) -> dict[tuple[str, s
 
 
 def run_one(cfg: dict, dataset: str, preset: str, seed: int, out_dir: Path) -> dict:
-    """One (dataset, preset, seed). A preset entry of the YAML may rename a base preset (``preset:``)
-    and set axis entries and options, ``train:`` options, a ``backbone:`` and a ``template_style:``."""
+    """One (dataset, preset, seed). A preset entry of the YAML may rename a base preset (``preset:``) and
+    set axis entries and options, ``mlm_weight`` (with a dataset's ``unlabeled`` texts), ``train:`` options, a ``backbone:`` and a ``template_style:``."""
     plan, data = resolve(cfg, dataset, preset, seed)
     ds_cfg = cfg["datasets"][dataset]
     clf = TailtuneClassifier(plan.base, plan.backbone, config=plan.config, verbalizer=plan.verbalizer,
@@ -218,7 +228,8 @@ def run_one(cfg: dict, dataset: str, preset: str, seed: int, out_dir: Path) -> d
                              dev_fraction=ds_cfg.get("dev_fraction", 0.1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        clf.fit(data["train"], dev=data["dev"])
+        clf.fit(data["train"], dev=data["dev"], **({} if data["unlabeled"] is None else
+                                                   {"unlabeled": data["unlabeled"].texts, "mlm_weight": plan.mlm_weight}))
     t0 = time.perf_counter()
     report = clf.evaluate(data["test"])
     eval_seconds = time.perf_counter() - t0
@@ -241,6 +252,7 @@ def run_one(cfg: dict, dataset: str, preset: str, seed: int, out_dir: Path) -> d
         "epochs_run": round(r.epochs_run, 3), "train_seconds": round(r.seconds, 1),
         "seconds_per_epoch": round(r.seconds / max(r.epochs_run, 1e-9), 1),
         "eval_seconds": round(eval_seconds, 1), "n_trainable": clf.n_trainable_,
+        "unlabeled_texts": clf.unlabeled_texts_,
         "peak_memory_mb": r.peak_memory_mb and round(r.peak_memory_mb),
         "parameters": clf.model_.parameter_counts(),
         "config": clf.config.to_dict(), "train_config": plan.train_config.to_dict(),

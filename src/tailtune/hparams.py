@@ -14,6 +14,7 @@ reused as it is by ``tailtune run`` (and its values map one to one onto ``tailtu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,22 +80,25 @@ def _split(params: dict) -> tuple[dict, dict]:
 
 
 def run_trial(train: Any, dev: Any, preset: str, backbone: str | None, seed: int, base: dict, options: dict,
-              params: dict, report: Callable[[int, dict], None] | None) -> float:
-    """Train one trial's classifier; ``report(step, dev_metrics)`` at each evaluation; its best dev macro-F1."""
+              params: dict, report: Callable[[int, dict], None] | None, fit_kw: dict | None = None) -> float:
+    """Train one trial's classifier; ``report(step, dev_metrics)`` at each evaluation; its best dev macro-F1.
+    ``fit_kw``: what every trial's ``fit`` also takes (unlabelled texts and the MLM weight)."""
     from .api import TailtuneClassifier
     from .config import preset_train_config
     train_kw, clf_kw = _split(params)
     tc = preset_train_config(preset, **{"progress": False, "seed": seed, **base, **train_kw})
     clf = TailtuneClassifier(preset, backbone, train_config=tc, **{**options, **clf_kw})
-    clf.fit(train, dev=dev, on_evaluate=report)
+    clf.fit(train, dev=dev, on_evaluate=report, **(fit_kw or {}))
     return float(clf.train_result_.best_dev_macro_f1)
 
 
 def search(train: Any, dev: Any, space: list[Dimension], preset: str = "auto", backbone: str | None = None,
            trials: int = 20, seed: int = 0, base: dict | None = None, options: dict | None = None,
-           prune: bool = True, log: Callable[[str], None] = print, ray: str | None = None) -> dict:
+           prune: bool = True, log: Callable[[str], None] = print, ray: str | None = None,
+           unlabeled: list[str] | None = None, mlm_weight: float = 1e-4) -> dict:
     """Run the search; returns the best parameters, its dev macro-F1 and every trial. ``ray`` (``local``,
-    ``auto`` or a cluster address) runs the trials as Ray Tune trials instead of in this process."""
+    ``auto`` or a cluster address) runs the trials as Ray Tune trials instead of in this process. ``unlabeled``
+    texts (and ``mlm_weight``) go to every trial's ``fit``, as in ``train --unlabeled``."""
     try:
         import optuna
     except ImportError:
@@ -111,12 +115,16 @@ def search(train: Any, dev: Any, space: list[Dimension], preset: str = "auto", b
         sample = d.choices[0] if d.choices else (int(d.low) if d.integer else d.low)
         train_kw, clf_kw = _split({d.name: sample})
         preset_train_config(preset, **{**base, **train_kw})
-        TailtuneClassifier(preset, backbone, **{**options, **clf_kw})
+        probe = TailtuneClassifier(preset, backbone, **{**options, **clf_kw})
+        if unlabeled is not None:  # (a classifier with no use for them is refused now, not in the first trial)
+            probe._check_unlabeled(train, mlm_weight)
+    fit_kw = {} if unlabeled is None else {"unlabeled": list(unlabeled), "mlm_weight": mlm_weight}
+    trial_run = functools.partial(run_trial, fit_kw=fit_kw)
     grid = all(d.choices for d in space)
     if ray is not None:
         from .hparams_ray import search_ray
         return search_ray(train, dev, space, preset, backbone, trials, seed, base, options, prune, grid, ray, log,
-                          run_trial)
+                          trial_run)
     sampler = optuna.samplers.GridSampler({d.name: list(d.choices) for d in space}, seed=seed) if grid \
         else optuna.samplers.TPESampler(seed=seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if prune else optuna.pruners.NopPruner()
@@ -130,7 +138,7 @@ def search(train: Any, dev: Any, space: list[Dimension], preset: str = "auto", b
             trial.report(metrics["macro_f1"], step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"dev macro-F1 {metrics['macro_f1']:.4f} at step {step}")
-        value = run_trial(train, dev, preset, backbone, seed, base, options, params, report)
+        value = trial_run(train, dev, preset, backbone, seed, base, options, params, report)
         log(f"trial {trial.number}: {params} -> dev macro-F1 {value:.4f}")
         return value
 
