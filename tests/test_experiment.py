@@ -1,7 +1,9 @@
 import json
 
+import pytest
 import yaml
 
+from tailtune.errors import ConfigError
 from tailtune.experiment import load_experiment, results_table, run_experiment
 from conftest import TOY_LABELS, TOY_TEXTS
 
@@ -176,6 +178,10 @@ def test_a_datasets_unlabeled_texts_reach_only_the_runs_that_learn_from_them(tin
     without = {**cfg, "datasets": {"toy": dataset}, "_source": "x"}
     for p, same in (("cls", True), ("prompt-no-mlm", True), ("pet-mlm", False)):
         assert (resolve(without, "toy", p, 1)[0].settings_hash == plans[p][0].settings_hash) is same
+    # what training would refuse is refused when the plan is checked, before any run trains
+    bad = {**loaded, "presets": {**cfg["presets"], "pet-mlm": {"preset": "prompt", "mlm_weight": 2.0}}}
+    with pytest.raises(ConfigError, match="pet-mlm / seed 1: the auxiliary MLM weight must be between 0 and 1"):
+        resolve(bad, "toy", "pet-mlm", 1)
     out = run_experiment(loaded, log=lambda *_: None)
     rows = {r["preset"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
     assert {p: r["unlabeled_texts"] for p, r in rows.items()} == {"cls": 0, "pet-mlm": len(unlabeled),

@@ -39,6 +39,24 @@ COMPILE_AND_EXIT = ("compiled inference and early exit do not combine (early exi
                     "use one or the other")
 
 
+def check_unlabeled(config: ClassifierConfig, train_ds: TextDataset, mlm_weight: float) -> None:
+    """Refuse (before anything loads) unlabelled texts this configuration has no use for: an entry takes them when its
+    ``takes_unlabeled(config, mlm_weight)`` trait says so (FastBERT's self-distillation of early exits; PET's
+    auxiliary masked-LM loss through a verbalizer on the MLM head, ``mlm_weight`` > 0)."""
+    if train_ds.texts_b is not None:
+        raise ConfigError("unlabelled texts are single texts, but this training data pairs two texts per "
+                          "example; train without unlabelled texts")
+    mlm_head = config.entry("head").trait("takes_unlabeled") is not None
+    if mlm_head and mlm_weight and not 0 < mlm_weight < 1:
+        raise ConfigError(f"the auxiliary MLM weight must be between 0 and 1 (PET: 1e-4), got {mlm_weight}")
+    if not config.takes_unlabeled(mlm_weight):
+        raise ConfigError(f"this classifier has no use for unlabelled texts (head={config.head!r}"
+                          f"{', MLM weight 0' if mlm_head else ''}). They feed PET's "
+                          f"auxiliary MLM loss (a classifier on the backbone's MLM head, e.g. preset 'prompt', "
+                          f"with an MLM weight above 0) and FastBERT's self-distillation of early exits "
+                          f"(preset 'fastbert'); train without them or with one of those")
+
+
 class TailtuneClassifier:
     """Tune a BERT-family encoder into a classifier with one of the named presets.
 
@@ -120,7 +138,7 @@ class TailtuneClassifier:
         stats = class_stats(train_ds.labels, self.theta)
         unlabeled = None if unlabeled is None else list(unlabeled)
         if unlabeled is not None:  # (refused before the backbone loads, which may mean a download)
-            self._check_unlabeled(train_ds, mlm_weight)
+            check_unlabeled(self.config, train_ds, mlm_weight)
         procs = Processes(resolve_device(self.train_config.device))  # under `accelerate launch`: a share each
         set_seed(self.train_config.seed)
         config = self.config.fitted(unlabeled=0 if unlabeled is None else len(unlabeled))  # ("auto" options)
@@ -186,33 +204,15 @@ class TailtuneClassifier:
         self.unlabeled_texts_ = 0 if unlabeled is None else len(unlabeled)  # (a save records how many)
         return self
 
-    def _check_unlabeled(self, train_ds: TextDataset, mlm_weight: float) -> None:
-        """Refuse unlabelled texts this configuration has no use for: an entry takes them when its
-        ``takes_unlabeled(config, mlm_weight)`` trait says so (FastBERT's self-distillation of early exits; PET's
-        auxiliary masked-LM loss through a verbalizer on the MLM head, ``mlm_weight`` > 0)."""
-        if train_ds.texts_b is not None:
-            raise ConfigError("unlabelled texts are single texts, but this training data pairs two texts per "
-                              "example; train without unlabelled texts")
-        config = self.config
-        mlm_head = config.entry("head").trait("takes_unlabeled") is not None
-        if mlm_head and mlm_weight and not 0 < mlm_weight < 1:
-            raise ConfigError(f"the auxiliary MLM weight must be between 0 and 1 (PET: 1e-4), got {mlm_weight}")
-        if not config.takes_unlabeled(mlm_weight):
-            raise ConfigError(f"this classifier has no use for unlabelled texts (head={config.head!r}"
-                              f"{', MLM weight 0' if mlm_head else ''}). They feed PET's "
-                              f"auxiliary MLM loss (a classifier on the backbone's MLM head, e.g. preset 'prompt', "
-                              f"with an MLM weight above 0) and FastBERT's self-distillation of early exits "
-                              f"(preset 'fastbert'); train without them or with one of those")
-
     def _use_unlabeled(self, model: Classifier, stages: list, texts: list[str], mlm_weight: float,
                        train_ds: TextDataset) -> Any:
-        """Unlabelled texts go to every use this classifier has for them (``_check_unlabeled`` made sure there is
+        """Unlabelled texts go to every use this classifier has for them (``check_unlabeled`` made sure there is
         one): the stages that take them and PET's auxiliary masked-LM loss; returns that loss or None."""
         from .stages.lm import MaskedLMAux
         for stage in stages:
             if hasattr(stage, "take_unlabeled"):
                 stage.take_unlabeled(model, texts)
-        takes = model.config.entry("head").trait("takes_unlabeled")  # (the trait _check_unlabeled read)
+        takes = model.config.entry("head").trait("takes_unlabeled")  # (the trait check_unlabeled read)
         if takes is not None and takes(model.config, mlm_weight):
             return MaskedLMAux(model, texts, mlm_weight, int(self.train_config.batch_size), self.train_config.seed,
                                self.config.max_length)

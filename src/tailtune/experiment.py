@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from .api import TailtuneClassifier
+from .api import TailtuneClassifier, check_unlabeled
 from .artefacts import check_writable, jsonable, write_json
 from .config import PRESETS, ClassifierConfig, config_from_preset
 from .data import TextDataset, check_labels, label_space, read_dataset
@@ -193,6 +193,11 @@ def resolve(cfg: dict, dataset: str, preset: str, seed: int) -> tuple[Plan, dict
     # unlabelled texts reach the runs whose classifier learns from them (PET's MLM loss, FastBERT's exits); the
     # other presets of the grid train as if the dataset gave none, and their identity leaves the file out
     data["unlabeled"] = _read_split(cfg, ds_cfg, "unlabeled", seed) if config.takes_unlabeled(mlm_weight) else None
+    if data["unlabeled"] is not None:
+        try:
+            check_unlabeled(config, data["train"], mlm_weight)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
     verbalizer = {str(k): v for k, v in words.items()} if words and config.uses_label_words else None
     identity = {"dataset": {k: v for k, v in ds_cfg.items() if k not in ("train_overrides", "unlabeled")},
                 "files": {s: str(ds_cfg.get(s, "")).format(seed=seed) for s in ("train", "dev", "test")},

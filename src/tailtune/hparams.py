@@ -103,7 +103,7 @@ def search(train: Any, dev: Any, space: list[Dimension], preset: str = "auto", b
         import optuna
     except ImportError:
         raise ConfigError("tailtune tune needs Optuna: pip install 'tailtune[tune]'") from None
-    from .api import TailtuneClassifier
+    from .api import TailtuneClassifier, check_unlabeled
     from .config import preset_train_config
     if dev is None or not len(dev):
         raise ConfigError("tailtune tune ranks trials on dev macro-F1: give a dev split (--dev)")
@@ -117,7 +117,7 @@ def search(train: Any, dev: Any, space: list[Dimension], preset: str = "auto", b
         preset_train_config(preset, **{**base, **train_kw})
         probe = TailtuneClassifier(preset, backbone, **{**options, **clf_kw})
         if unlabeled is not None:  # (a classifier with no use for them is refused now, not in the first trial)
-            probe._check_unlabeled(train, mlm_weight)
+            check_unlabeled(probe.config, train, mlm_weight)
     fit_kw = {} if unlabeled is None else {"unlabeled": list(unlabeled), "mlm_weight": mlm_weight}
     trial_run = functools.partial(run_trial, fit_kw=fit_kw)
     grid = all(d.choices for d in space)
