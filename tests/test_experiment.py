@@ -182,7 +182,11 @@ def test_a_datasets_unlabeled_texts_reach_only_the_runs_that_learn_from_them(tin
     bad = {**loaded, "presets": {**cfg["presets"], "pet-mlm": {"preset": "prompt", "mlm_weight": 2.0}}}
     with pytest.raises(ConfigError, match="pet-mlm / seed 1: the auxiliary MLM weight must be between 0 and 1"):
         resolve(bad, "toy", "pet-mlm", 1)
-    out = run_experiment(loaded, log=lambda *_: None)
+    said: list[str] = []
+    out = run_experiment(loaded, log=said.append)
     rows = {r["preset"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    # what training prints reaches the experiment's log, under each run's "running" line
+    start = said.index("[2/3] toy pet-mlm seed=1: running")
+    assert said[start + 1].startswith("  trainable parameters: ")
     assert {p: r["unlabeled_texts"] for p, r in rows.items()} == {"cls": 0, "pet-mlm": len(unlabeled),
                                                                   "prompt-no-mlm": 0}

@@ -223,9 +223,12 @@ def check_plan(cfg: dict, plan: list[tuple[str, str, int]]) -> dict[tuple[str, s
     return hashes
 
 
-def run_one(cfg: dict, dataset: str, preset: str, seed: int, out_dir: Path) -> dict:
+def run_one(cfg: dict, dataset: str, preset: str, seed: int, out_dir: Path,
+            log: Callable[[str], None] | None = None) -> dict:
     """One (dataset, preset, seed). A preset entry of the YAML may rename a base preset (``preset:``) and
-    set axis entries and options, ``mlm_weight`` (with a dataset's ``unlabeled`` texts), ``train:`` options, a ``backbone:`` and a ``template_style:``."""
+    set axis entries and options, ``mlm_weight`` (with a dataset's ``unlabeled`` texts), ``train:`` options, a
+    ``backbone:`` and a ``template_style:``. ``log`` receives what training prints (the trainable parameters, a
+    line per dev evaluation, what each stage does)."""
     plan, data = resolve(cfg, dataset, preset, seed)
     ds_cfg = cfg["datasets"][dataset]
     clf = TailtuneClassifier(plan.base, plan.backbone, config=plan.config, verbalizer=plan.verbalizer,
@@ -233,7 +236,7 @@ def run_one(cfg: dict, dataset: str, preset: str, seed: int, out_dir: Path) -> d
                              dev_fraction=ds_cfg.get("dev_fraction", 0.1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        clf.fit(data["train"], dev=data["dev"], **({} if data["unlabeled"] is None else
+        clf.fit(data["train"], dev=data["dev"], log=log, **({} if data["unlabeled"] is None else
                                                    {"unlabeled": data["unlabeled"].texts, "mlm_weight": plan.mlm_weight}))
     t0 = time.perf_counter()
     report = clf.evaluate(data["test"])
@@ -306,7 +309,7 @@ def run_experiment(cfg: dict, only: list[str] | None = None, log: Callable[[str]
         run_on_ray(cfg, todo, out_dir, ray, run_one, finished, log)
     for name, (dataset, preset, seed) in todo if ray is None else ():
         log(f"{name}: running")
-        finished(name, run_one(cfg, dataset, preset, seed, out_dir))
+        finished(name, run_one(cfg, dataset, preset, seed, out_dir, log=lambda line: log(f"  {line}")))
     table = results_table(read_results(results_path), cfg)
     (out_dir / "results.md").write_text(table)
     log(table)
