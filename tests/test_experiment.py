@@ -190,3 +190,16 @@ def test_a_datasets_unlabeled_texts_reach_only_the_runs_that_learn_from_them(tin
     assert said[start + 1].startswith("  trainable parameters: ")
     assert {p: r["unlabeled_texts"] for p, r in rows.items()} == {"cls": 0, "pet-mlm": len(unlabeled),
                                                                   "prompt-no-mlm": 0}
+
+
+def test_a_runs_identity_does_not_move_between_versions(tmp_path):
+    # finished runs stay finished: a new setting enters a run's identity only where it changes what the run computes
+    # (NEUTRAL_SETTINGS), so these hashes, computed by the version before unlabelled texts reached experiments, hold
+    from tailtune.experiment import resolve
+    _write_data(tmp_path / "toy")
+    cfg = {"backbone": "org/encoder", "data_dir": str(tmp_path), "output_dir": "unused",
+           "train": {"epochs": 1, "batch_size": 8},
+           "datasets": {"toy": {"train": "toy/train.tsv", "test": "toy/test.tsv"}},
+           "runs": [{"presets": ["cls", "auto", "fastbert"], "seeds": [1]}]}
+    assert {p: resolve(cfg, "toy", p, 1)[0].settings_hash for p in ("cls", "auto", "fastbert")} == \
+        {"cls": "4be39397e5e59320", "auto": "b8363e77f1ffa9c4", "fastbert": "6e369617dfe377b9"}
