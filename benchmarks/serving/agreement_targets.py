@@ -22,18 +22,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "prompting"))
 
 TARGETS = [0.95, 0.96, 0.97, 0.98, 0.99, 0.995]
 OUT = "benchmarks/results/serving/agreement_targets.jsonl"
+RULE = "normalized-entropy"
 
 
 def run(name: str, seed: int, data_dir: Path) -> dict:
     import tailtune as tt
     from fewshot import unlabeled_pool
     from quality import load
-    from tailtune.early_exit import candidate_thresholds, layer_probs, simulate_exits
+    from tailtune.early_exit import choose_by_agreement, layer_probs, simulate_exits
     from tailtune.metrics import long_tail_report
-    from tailtune.stages.exit_heads import ExitHeadsOptions, ExitHeadsStage
+    from tailtune.stages.exit_heads import hold_out
     train, dev, test, max_length, theta, _ = load(data_dir, name, seed)
     staged = {"stages": (*tt.config_from_preset("auto").stages, "exit-heads"), "exit_inner_head": "mlp",
-              "exit_agreement": 0.99, "exit_rule": "normalized-entropy"}
+              "exit_agreement": 0.99, "exit_rule": RULE}
     clf = tt.TailtuneClassifier("auto", head="early-exit", exit_head="cosine", max_length=max_length, theta=theta,
                                 exit_training="self-distill",
                                 train_config=tt.preset_train_config("auto", seed=seed, progress=False), **staged)
@@ -41,30 +42,24 @@ def run(name: str, seed: int, data_dir: Path) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clf.fit(train, dev=dev if len(dev) else None, unlabeled=pool)
-    stage = ExitHeadsStage(ExitHeadsOptions(exit_agreement=0.99))
-    stage.unlabeled = list(pool)
-    held, _ = stage._hold_out(seed)  # (the texts the stage held out of its training)
+    held, _ = hold_out(list(pool), seed)  # (the texts the stage held out of its training: its own split)
     model = clf.model_
     on_held, on_test = layer_probs(model, model.encode(held)), layer_probs(model, model.encode(test.texts))
-    full_held, full_test = on_held[:, -1].argmax(-1), on_test[:, -1].argmax(-1)
+    full_test = on_test[:, -1].argmax(-1)
 
     def macro_f1(answers) -> float:
         return long_tail_report(test.labels, [model.labels[i] for i in answers.tolist()], theta)["macro_f1"]
     reference = macro_f1(full_test)
-    points = []
-    for options in candidate_thresholds("normalized-entropy", len(model.labels), on_held.shape[1]):
-        t = options["exit_threshold"]
-        held_answers, held_used = simulate_exits(on_held, "normalized-entropy", t)
-        answers, used = simulate_exits(on_test, "normalized-entropy", t)
-        points.append({"threshold": t, "held_agreement": float((held_answers == full_held).float().mean()),
-                       "held_layers": float(held_used.float().mean()), "test_f1_share": macro_f1(answers) / reference,
-                       "test_layers": float(used.float().mean()),
-                       "test_agreement": float((answers == full_test).float().mean())})
-    chosen = {}
-    for target in TARGETS:  # the most eager threshold that reaches the target (choose_by_agreement's rule)
-        ok = [p for p in points if p["held_agreement"] >= target]
-        chosen[str(target)] = ok[-1] if ok else {"threshold": 0.0, "test_f1_share": 1.0,
-                                                 "test_layers": float(on_test.shape[1])}
+
+    def on_test_at(options: dict, agreement: float, layers: float) -> dict:
+        t = options.get("exit_threshold", 0.0)
+        answers, used = simulate_exits(on_test, RULE, t)
+        return {"threshold": t, "held_agreement": agreement, "held_layers": layers,
+                "test_f1_share": macro_f1(answers) / reference, "test_layers": float(used.float().mean()),
+                "test_agreement": float((answers == full_test).float().mean())}
+    # every candidate on the held-out texts, then the setting each target picks there (the stage's own rule)
+    points = [on_test_at(*point) for point in choose_by_agreement(on_held, RULE, 0.0)[3]]
+    chosen = {str(target): on_test_at(*choose_by_agreement(on_held, RULE, target)[:3]) for target in TARGETS}
     # the stage's own choice is the 0.99 column's threshold: the same texts, the same rule
     assert abs(chosen["0.99"]["threshold"] - model.head.threshold) < 1e-9, (chosen["0.99"], model.head.threshold)
     return {"set": name, "seed": seed, "held_out": len(held), "n_test": len(test), "full_depth_macro_f1": reference,

@@ -57,9 +57,10 @@ class ExitHeadsStage:
         tc = replace(cfg, epochs=self.opts.exit_heads_epochs, steps=None, min_steps=None, lr=self.opts.exit_heads_lr,
                      head_lr=self.opts.exit_heads_lr, save_every=None)
         mode = model.head.training_mode
-        held, texts = self._hold_out(cfg.seed) if self.opts.exit_agreement > 0 else ([], self.unlabeled)
+        held, texts = hold_out(self.unlabeled, cfg.seed) if self.opts.exit_agreement > 0 else ([], self.unlabeled)
         if texts:  # (the distillation loss reads the last classifier, not these rows' labels)
-            examples = TextDataset(list(examples.texts) + texts, list(examples.labels) + [examples.labels[0]] * len(texts))
+            examples = TextDataset(list(examples.texts) + texts,
+                                   list(examples.labels) + [examples.labels[0]] * len(texts))
         # every inner layer's loss: on the labels (DeeBERT), or KL to the last classifier (FastBERT)
         model.head.training_mode = "distill" if mode == "self-distill" else "joint"
         try:
@@ -78,18 +79,6 @@ class ExitHeadsStage:
             self._choose_threshold(model, held, log)
             return result.seconds + time.perf_counter() - start  # (the choice is part of training's time)
         return result.seconds
-
-    def _hold_out(self, seed: int) -> tuple[list[str], list[str]]:
-        """(held out, the rest): a tenth of the unlabelled texts (drawn with the run's seed), kept out of the stage to
-        choose the threshold on; none if that is fewer than ``MIN_HELD_OUT``. The stage's own list stays whole, so a
-        second run holds out the same tenth."""
-        import random
-        if len(self.unlabeled) // 10 < MIN_HELD_OUT:
-            return [], self.unlabeled
-        order = list(range(len(self.unlabeled)))
-        random.Random(seed).shuffle(order)
-        cut = len(order) // 10
-        return [self.unlabeled[i] for i in order[:cut]], [self.unlabeled[i] for i in order[cut:]]
 
     def _choose_threshold(self, model: Any, held: list[str], log: Callable[[str], None] | None) -> None:
         from ..early_exit import choose_by_agreement, layer_probs
@@ -120,6 +109,18 @@ class ExitHeadsStage:
 
 
 MIN_HELD_OUT = 100
+
+
+def hold_out(texts: list[str], seed: int) -> tuple[list[str], list[str]]:
+    """(held out, the rest): a tenth of ``texts`` (drawn with the run's seed), kept out of the exit-heads stage to
+    choose the threshold on; none held out if that is fewer than ``MIN_HELD_OUT``."""
+    import random
+    if len(texts) // 10 < MIN_HELD_OUT:
+        return [], texts
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    cut = len(order) // 10
+    return [texts[i] for i in order[:cut]], [texts[i] for i in order[cut:]]
 
 
 def _check(config: Any) -> None:
