@@ -64,7 +64,15 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
                        "(--adjust-tau 1)",
             "auto-nola": "`auto` until this version: no post-hoc logit adjustment (--calibration none)",
             "auto-5ep": "the 5-epoch recipe (`auto` two versions ago): early stopping from the first evaluation",
-            "prompt": "tailtune `prompt` (long-tail protocol)", "cls": "tailtune `cls` (few-shot protocol)"}
+            "auto-paper": "`auto` with the long-tail paper's schedule: body lr 1e-4, batch 16, all 10 epochs "
+                          "(--lr 1e-4 --batch-size 16 --patience none)",
+            "auto-lr": "`auto` with body lr 1e-4 (--lr 1e-4)",
+            "auto-b16": "`auto` with the long-tail paper's lr and batch: body lr 1e-4, batch 16, early stopping as "
+                        "`auto`'s (--lr 1e-4 --batch-size 16)",
+            "auto-b16-nola": "auto-b16 without the post-hoc logit adjustment (--lr 1e-4 --batch-size 16 --calibration "
+                             "none)",
+            "prompt": "tailtune `prompt` (long-tail protocol)",
+            "prompt-10ep": "tailtune `prompt` with the paper's 10 epochs (lr 1e-4, batch 16) at the set's length", "cls": "tailtune `cls` (few-shot protocol)"}
 AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-contrastive": {"contrastive_below": 0, "contrastive_head_only_below": 0},
                  "auto-long": {"contrastive_head_only_below": 0}, "auto-5ep": {"contrastive_head_only_below": 0},
@@ -72,7 +80,8 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-read-once": {"contrastive_read_once": True, "contrastive_head_only_below": 0},
                  "auto-nostop": {}, "auto-finetune": {"contrastive_head_only_below": 0},
                  "auto-head-only": {"contrastive_head_only_below": 64}, "auto-la": {"adjust_tau": 1.0, "adjust_tau_from_dev": False},
-                 "auto-nola": {"calibration": "none"}}
+                 "auto-nola": {"calibration": "none"}, "auto-paper": {}, "auto-lr": {}, "auto-b16": {},
+                 "auto-b16-nola": {"calibration": "none"}}
 # TrainConfig overrides of a variant. Rows of auto-plain, auto-contrastive, auto-long and auto-distinct were
 # measured with the 5-epoch recipe (auto-5ep, the default until 10 epochs with a stopping floor replaced it).
 # Every variant measured before `auto` trained only the head after its contrastive stage (auto-finetune: the
@@ -80,7 +89,9 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
 # head wherever the stage runs (its rows were measured with the flag contrastive_head_only, since replaced by the
 # threshold)
 AUTO_TRAIN = {"auto-long": {"epochs": 5.0, "patience": None, "patience_from": 0.0},
-              "auto-5ep": {"epochs": 5.0, "patience_from": 0.0}, "auto-nostop": {"patience": None}}
+              "auto-5ep": {"epochs": 5.0, "patience_from": 0.0}, "auto-nostop": {"patience": None},
+              "auto-paper": {"lr": 1e-4, "batch_size": 16, "patience": None}, "auto-lr": {"lr": 1e-4},
+              "auto-b16": {"lr": 1e-4, "batch_size": 16}, "auto-b16-nola": {"lr": 1e-4, "batch_size": 16}}
 PEER_NAMES = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 
@@ -169,9 +180,9 @@ def run_tailtune(method: str, train, dev, test, seed: int, max_length: int, thet
                                     train_config=tt.preset_train_config("auto", seed=seed, progress=False, bf16=bf16,
                                                                         **AUTO_TRAIN.get(method, {})))
     else:  # the best preset of the earlier tables, with its protocol (few-shot: lr 1e-4, 20 epochs, batch 8)
-        long = not few and method == "prompt"
-        epochs = (2 if max_length == 48 else 3) if long else 20
-        clf = tt.TailtuneClassifier(method, max_length=max_length, theta=theta, train_config=tt.TrainConfig(
+        long = not few and method.startswith("prompt")
+        epochs = 10 if method == "prompt-10ep" else (2 if max_length == 48 else 3) if long else 20
+        clf = tt.TailtuneClassifier(method.removesuffix("-10ep"), max_length=max_length, theta=theta, train_config=tt.TrainConfig(
             epochs=epochs, batch_size=16 if long else 8, lr=1e-4, seed=seed, progress=False, eval_batch_size=128,
             bf16=bf16))
     t0 = time.perf_counter()

@@ -11,7 +11,9 @@ from pathlib import Path
 from posthoc import picked
 from quality import FEWSHOT, HELDOUT, KSHOT, LONGTAIL, read_jsonl
 
-NAMES = {"auto": "**tailtune default (`auto`)**", "auto-plain": "`auto` without its contrastive stage (`--stages none`)",
+NAMES = {"auto": "**tailtune default (`auto`)**",
+         "auto-b16": "`auto` with the long-tail paper's body lr 1e-4 and batch 16 (`--lr 1e-4 --batch-size 16`; "
+                     "not adopted)", "auto-plain": "`auto` without its contrastive stage (`--stages none`)",
          "auto-contrastive": "the fine-tuning recipe with the contrastive stage forced (`--contrastive-below 0`)",
          "auto-long": "the 5-epoch recipe without early stopping (`--patience none`)",
          "auto-distinct": "the fine-tuning recipe with pairs capped at the distinct pairs (`--contrastive-distinct`)",
@@ -123,9 +125,11 @@ def main() -> None:
 
     def mark(method: str, ds: str) -> str:
         mine = [r for r in rows if r["dataset"] == ds and r["method"] == row_method(method, ds)]
-        return (" †" if any(r.get("carried") for r in mine) else "") + (" ‡" if any(r.get("grid") for r in mine) else "")
+        fewer = method not in ("auto", *PEERS) and 0 < len(mine) < len(values("auto", ds))
+        return (" †" if any(r.get("carried") for r in mine) else "") + (" ‡" if any(r.get("grid") for r in mine) else "") \
+            + (f" [{len(mine)}]" if fewer else "")
 
-    methods = ["auto", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct", "auto-read-once",
+    methods = ["auto", "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct", "auto-read-once",
                "auto-nostop", "auto-finetune", "auto-head-only", "auto-nola", "auto-la", BEST_PRESET, *PEERS]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
@@ -172,6 +176,7 @@ def main() -> None:
     if any(r.get("carried") for r in rows):
         lines += ["", f"† includes seeds not yet re-run with the current `auto` recipe: their row of the previous "
                   f"recipe (`{PREVIOUS}`, or the earlier rule for τ on a carved dev set) stands in."]
+    lines += ["", "[n]: on that set the row has run n seeds, fewer than the default's row (mean and std over those)."]
     shared = sorted({(r["dataset"], r["shared_from"]) for r in rows if r.get("shared_from")})
     if shared:
         lines += ["", "; ".join(f"{a}'s peer rows are {b}'s" for a, b in shared) + ": the same training and test "
