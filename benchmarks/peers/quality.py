@@ -92,10 +92,11 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
 # recipe until then) sets contrastive_head_only_below=0, so it re-runs as measured; auto-head-only trains only the
 # head wherever the stage runs (its rows were measured with the flag contrastive_head_only, since replaced by the
 # threshold)
+PAPER_LR_BATCH = {"lr": 1e-4, "batch_size": 16}  # the long-tail paper's body lr and batch
 AUTO_TRAIN = {"auto-long": {"epochs": 5.0, "patience": None, "patience_from": 0.0},
               "auto-5ep": {"epochs": 5.0, "patience_from": 0.0}, "auto-nostop": {"patience": None},
-              "auto-paper": {"lr": 1e-4, "batch_size": 16, "patience": None}, "auto-lr": {"lr": 1e-4},
-              "auto-b16": {"lr": 1e-4, "batch_size": 16}, "auto-b16-nola": {"lr": 1e-4, "batch_size": 16}}
+              "auto-paper": {**PAPER_LR_BATCH, "patience": None}, "auto-lr": {"lr": 1e-4},
+              "auto-b16": PAPER_LR_BATCH, "auto-b16-nola": PAPER_LR_BATCH}
 PEER_NAMES = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 

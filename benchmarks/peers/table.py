@@ -126,11 +126,11 @@ def main() -> None:
     def mark(method: str, ds: str) -> str:
         mine = [r for r in rows if r["dataset"] == ds and r["method"] == row_method(method, ds)]
         fewer = method not in ("auto", *PEERS) and 0 < len(mine) < len(values("auto", ds))
-        return (" †" if any(r.get("carried") for r in mine) else "") + (" ‡" if any(r.get("grid") for r in mine) else "") \
-            + (f" [{len(mine)}]" if fewer else "")
+        return ((" †" if any(r.get("carried") for r in mine) else "") + (" ‡" if any(r.get("grid") for r in mine) else "")
+                + (f" [{len(mine)}]" if fewer else ""))
 
-    methods = ["auto", "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct", "auto-read-once",
-               "auto-nostop", "auto-finetune", "auto-head-only", "auto-nola", "auto-la", BEST_PRESET, *PEERS]
+    methods = ["auto", "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct",
+               "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-nola", "auto-la", BEST_PRESET, *PEERS]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
         means = [statistics.mean(values(m, s)) if values(m, s) else None for s in sets]

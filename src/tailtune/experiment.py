@@ -201,7 +201,8 @@ def resolve(cfg: dict, dataset: str, preset: str, seed: int) -> tuple[Plan, dict
     verbalizer = {str(k): v for k, v in words.items()} if words and config.uses_label_words else None
     identity = {"dataset": {k: v for k, v in ds_cfg.items() if k not in ("train_overrides", "unlabeled")},
                 "files": {s: str(ds_cfg.get(s, "")).format(seed=seed) for s in ("train", "dev", "test")},
-                "data": {s: data_hash(data[s]) for s in ("train", "dev", "test")}, "preset": base, "backbone": backbone or "default",
+                "data": {s: data_hash(data[s]) for s in ("train", "dev", "test")},
+                "preset": base, "backbone": backbone or "default",
                 "config": config.to_dict(), "verbalizer": verbalizer,
                 "train": {k: v for k, v in tc.to_dict().items()
                           if k not in NOT_RESULT_SETTINGS and NEUTRAL_SETTINGS.get(k, ...) != v}}
