@@ -66,9 +66,11 @@ def _run(cmd, **env):
         # cause unconfirmed: gloo's TCP transport has open abort bugs): one more try, with a fresh port
         import shutil
         cmd = [str(_free_port()) if i and cmd[i - 1] == "--main_process_port" else c for i, c in enumerate(cmd)]
-        shutil.rmtree(cmd[cmd.index("--output") + 1], ignore_errors=True)  # whatever the aborted run left
+        if "--resume" not in cmd:  # a fresh run starts over; a resumed one keeps the checkpoint it continues
+            shutil.rmtree(cmd[cmd.index("--output") + 1], ignore_errors=True)  # whatever the aborted run left
         done = subprocess.run(cmd, capture_output=True, text=True, env=_env(**env), timeout=300)
-    said = [x for x in done.stderr.splitlines() if x.startswith("tailtune")]
+        done.stderr = "(a second try: the first aborted with SIGABRT)\n" + done.stderr
+    said = [x for x in done.stderr.splitlines() if x.startswith("tailtune") or x.startswith("(a second try")]
     assert done.returncode == 0, "\n".join(said) + "\n--- stderr, last lines ---\n" + done.stderr[-4000:]
     return done.stdout
 
