@@ -73,6 +73,38 @@ def test_pet_weights_patterns_grows_ipet_sets_and_distils(tiny_bert, monkeypatch
     assert out["classifier"].predict(TOY_TEXTS[:3])
 
 
+@pytest.mark.parametrize("budget", ["steps", "epochs"])
+def test_ipet_generations_train_generation_0s_steps_or_its_epochs(tiny_bert, monkeypatch, budget):
+    """PET's reference gives every generation the same optimisation steps; "epochs" passes over the grown sets."""
+    runs = []
+    real_fit = api.TailtuneClassifier.fit
+
+    def record(self, *a, **kw):
+        out = real_fit(self, *a, **kw)
+        if self.preset == "prompt":
+            r = self.train_result_
+            runs.append((len(a[0].texts), r.steps, r.planned_steps, [h["step"] for h in r.history if "dev_macro_f1" in h]))
+        return out
+
+    monkeypatch.setattr(api.TailtuneClassifier, "fit", record)
+    train = tt.TextDataset(TOY_TEXTS[::2], TOY_LABELS[::2])  # 6 texts: one batch of 8 a step
+    unlabeled = [t + " again" for t in TOY_TEXTS] * 4
+    patterns = [Pattern("{text} it is {mask} .", WORDS), Pattern("{mask} : {text}", WORDS)]
+    out = run_pet(train, tt.TextDataset(TOY_TEXTS, TOY_LABELS), unlabeled, patterns, tiny_bert, train_config=FAST,
+                  final_preset="cls", final_train_config=FAST, max_length=64, generations=1,
+                  generation_budget=budget, log=lambda s: None)
+    assert out["generation_budget"] == budget and out["generations"] == 1
+    first, grown = runs[:2], runs[2:]
+    assert [r[:3] for r in first] == [(6, 2, 2)] * 2  # 2 epochs of one step
+    assert all(n > 8 for n, *_ in grown)  # more than one batch: more steps per epoch
+    if budget == "steps":
+        assert all(r[1:] == first[0][1:] for r in grown)  # the same steps, evaluated at the same steps
+    else:
+        assert all(steps == planned == 2 * -(-n // 8) for n, steps, planned, _ in grown)
+    with pytest.raises(tt.ConfigError, match="generation_budget"):
+        run_pet(train, train, unlabeled, patterns, tiny_bert, generations=1, generation_budget="time")
+
+
 def test_pet_command_saves_the_final_classifier(tiny_bert, tmp_path, capsys):
     rows = "\n".join(f"{t}\t{y}" for t, y in zip(TOY_TEXTS, TOY_LABELS))
     (tmp_path / "train.tsv").write_text("text\tlabel\n" + rows + "\n")

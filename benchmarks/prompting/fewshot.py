@@ -31,7 +31,9 @@ Methods (the issue-4 few-shot recipe for every fine-tuning: lr 1e-4, batch 8, 20
   training data (minus anything in its test set; ``--unlabeled N`` of them; for TREC, which has no classic
   folder here, the TREC-50 training questions: the same 5,452 questions, whose labels are not read);
   ``pet-mlm`` adds PET's auxiliary masked-LM loss on the same unlabelled texts (``--mlm-weight``,
-  PET's 1e-4); ``ipet`` adds ``--generations`` iPET generations;
+  PET's 1e-4); ``ipet`` adds ``--generations`` iPET generations, each pattern model trained for generation 0's
+  steps (PET's reference); ``ipet-epochs`` trains them for generation 0's epochs over the grown sets instead (the
+  earlier iPET, whose rows carry this name);
 - ``zero-shot`` / ``zero-shot-cal``: the manual prompt with no training, without and with contextual
   calibration (a content-free input).
 """
@@ -65,7 +67,7 @@ POOL_FROM = {"trec": "trec50"}
 PROMPTS = {**{t: (TASKS[t][3], TASKS[t][4]) for t in TASKS}, "trec": TREC,
            **{k: (LONGTAIL_TEMPLATES[src], None) for k, (src, _) in KSHOT.items()}}
 METHODS = ["zero-shot", "zero-shot-cal", "prompt", "demo-random", "demo-similar", "auto-template", "auto-labelwords",
-           "pet", "pet-mlm", "ipet"]
+           "pet", "pet-mlm", "ipet", "ipet-epochs"]
 
 
 def train_config(seed: int, epochs: float = 20.0):
@@ -117,7 +119,7 @@ def run(method: str, name: str, train, dev, test, seed: int, backbone: str, a) -
         from tailtune.labelwords import search_label_words
         result = search_label_words(train, dev, backbone, template=template, max_length=a.max_length)
         kw["verbalizer"] = found["verbalizer"] = result["verbalizer"]
-    elif method in ("pet", "pet-mlm", "ipet"):
+    elif method in ("pet", "pet-mlm", "ipet", "ipet-epochs"):
         from tailtune.pet import Pattern, run_pet
         pool = unlabeled_pool(Path(a.data_dir), name, train, dev, test, a.unlabeled, seed)
         if not pool:
@@ -125,12 +127,14 @@ def run(method: str, name: str, train, dev, test, seed: int, backbone: str, a) -
         extra = PET_EXTRA[KSHOT[name][0]] if name in KSHOT else PET_EXTRA.get(name, EXTRA_TEMPLATES)
         patterns = [Pattern(t, words) for t in (template, *extra)]
         out = run_pet(train, dev, pool, patterns, backbone, train_config=train_config(seed, a.epochs),
-                      max_length=a.max_length, generations=a.generations if method == "ipet" else 0,
+                      max_length=a.max_length, generations=a.generations if method.startswith("ipet") else 0,
+                      generation_budget="epochs" if method == "ipet-epochs" else "steps",
                       mlm_weight=a.mlm_weight if method == "pet-mlm" else 0.0, final_backbone=a.pet_final_backbone,
                       final_train_config=tt.preset_train_config("auto", seed=seed, progress=False), log=lambda s: None)
         seconds = time.perf_counter() - t0
         found = {"patterns": out["patterns"], "ensemble_dev_accuracy": out["ensemble_dev_accuracy"],
-                 "unlabeled": len(pool), "final_backbone": a.pet_final_backbone, "mlm_weight": out["mlm_weight"]}
+                 "unlabeled": len(pool), "final_backbone": a.pet_final_backbone, "mlm_weight": out["mlm_weight"],
+                 **{k: out[k] for k in ("generations", "generation_budget") if k in out}}
         return {"predictions": predict(out["classifier"], test, a), "train_seconds": seconds, "found": found}
     clf = tt.TailtuneClassifier("prompt", backbone, train_config=train_config(seed, a.epochs), **kw)
     clf.fit(train, dev=dev)

@@ -94,6 +94,10 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     e.add_argument("--verbalizer", action="append", default=None, metavar="JSON",
                    help="label -> word(s): one for every pattern, or one per --pattern in order (default: label names)")
     e.add_argument("--generations", type=int, default=0, help="iPET generations (default: 0, plain PET)")
+    e.add_argument("--generation-budget", default="steps",
+                   help="how long each iPET generation's models train: 'steps', the optimisation steps of generation "
+                   "0 (PET's reference), or 'epochs', the same epochs over the grown set (5x and 25x the labelled "
+                   "set, so 5x and 25x the steps) (default: steps)")
     e.add_argument("--mlm-weight", type=float, default=0.0,
                    help="PET's auxiliary masked-LM loss on the unlabelled texts, weighted against the task loss "
                    "(PET: 1e-4; default: 0, off)")
@@ -216,7 +220,8 @@ def cmd_pet(args: argparse.Namespace) -> int:
     member_cfg = preset_train_config(args.preset, **({"epochs": args.epochs} if args.epochs else {}))
     found = run_pet(train, dev, unlabeled, patterns, args.backbone, preset=args.preset, train_config=member_cfg,
                     final_preset=args.final_preset, final_backbone=args.final_backbone, max_length=args.max_length,
-                    generations=args.generations, mlm_weight=args.mlm_weight)
+                    generations=args.generations, mlm_weight=args.mlm_weight,
+                    generation_budget=args.generation_budget)
     found["classifier"].save(args.output, overwrite=args.overwrite)
     summary = {k: v for k, v in found.items() if k != "classifier"}
     write_json(Path(args.output) / "pet.json", summary)

@@ -133,6 +133,8 @@ class TrainResult:
     seconds: float
     history: list = field(default_factory=list)
     peak_memory_mb: float | None = None  # peak resident memory (CPU) or allocated memory (CUDA)
+    planned_steps: int = 0  # the steps the run was set to take (``steps`` is fewer when it stopped early)
+    steps_per_epoch: int = 0
 
 
 class Job(Protocol):
@@ -443,7 +445,7 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
         tracker.end({"time/seconds": elapsed(), "memory/peak_mb": memory.peak_mb, "dev/best_macro_f1": state["best"]},
                     step)
     return TrainResult(state["best"], state["best_step"], step, step / steps_per_epoch, elapsed(),
-                       state["history"], memory.peak_mb)
+                       state["history"], memory.peak_mb, total, steps_per_epoch)
 
 
 def _diverged(step: int, total: int, what: str, cfg: TrainConfig, checkpoints: _Checkpoints) -> TrainingError:
