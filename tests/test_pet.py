@@ -126,6 +126,9 @@ def test_pet_command_saves_the_final_classifier(tiny_bert, tmp_path, capsys):
     three = ["--verbalizer", str(tmp_path / "w.json")] * 2  # 3 verbalizers for 2 patterns
     assert main([*args[:-2], *three, "--output", str(tmp_path / "o2")]) == 2
     assert "one per --pattern" in capsys.readouterr().err
+    assert main([*args[:-2], "--generations", "1", "--generation-budget", "time", "--output", str(tmp_path / "o3")]) == 2
+    assert "generation_budget='time': choose one of steps, epochs" in capsys.readouterr().err
+    assert not (tmp_path / "o3").exists()
 
 
 def test_the_auxiliary_mlm_loss_is_mixed_in_and_teaches_the_mlm_head(tiny_bert):
