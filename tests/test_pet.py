@@ -83,7 +83,8 @@ def test_ipet_generations_train_generation_0s_steps_or_its_epochs(tiny_bert, mon
         out = real_fit(self, *a, **kw)
         if self.preset == "prompt":
             r = self.train_result_
-            runs.append((len(a[0].texts), r.steps, r.planned_steps, [h["step"] for h in r.history if "dev_macro_f1" in h]))
+            evaluated = [h["step"] for h in r.history if "dev_macro_f1" in h]
+            runs.append((len(a[0].texts), r.steps, r.planned_steps, evaluated))
         return out
 
     monkeypatch.setattr(api.TailtuneClassifier, "fit", record)
@@ -126,7 +127,8 @@ def test_pet_command_saves_the_final_classifier(tiny_bert, tmp_path, capsys):
     three = ["--verbalizer", str(tmp_path / "w.json")] * 2  # 3 verbalizers for 2 patterns
     assert main([*args[:-2], *three, "--output", str(tmp_path / "o2")]) == 2
     assert "one per --pattern" in capsys.readouterr().err
-    assert main([*args[:-2], "--generations", "1", "--generation-budget", "time", "--output", str(tmp_path / "o3")]) == 2
+    budget = ["--generations", "1", "--generation-budget", "time"]
+    assert main([*args[:-2], *budget, "--output", str(tmp_path / "o3")]) == 2
     assert "generation_budget='time': choose one of steps, epochs" in capsys.readouterr().err
     assert not (tmp_path / "o3").exists()
 

@@ -23,7 +23,8 @@ NAMES = {"zero-shot": "zero-shot, manual prompt (no training)", "zero-shot-cal":
          "auto-labelwords": "automatic label words, then fine-tuning", "pet": "PET (3 patterns, distilled into `auto`)",
          "pet-mlm": "PET + auxiliary MLM loss (weight 1e-4)",
          "ipet": "iPET (each generation: generation 0's steps)",
-         "ipet-epochs": "iPET (each generation: generation 0's epochs)", "auto": "**tailtune default (`auto`)**, default MiniLM", "cls": "`cls`, default MiniLM",
+         "ipet-epochs": "iPET (each generation: generation 0's epochs)",
+         "auto": "**tailtune default (`auto`)**, default MiniLM", "cls": "`cls`, default MiniLM",
          "setfit": "SetFit, default MiniLM", "lr-balanced": "embeddings + balanced LR, default MiniLM"}
 PEERS = ["auto", "cls", "setfit", "lr-balanced"]
 
