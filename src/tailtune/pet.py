@@ -18,7 +18,8 @@ paper). Every generation's models take the optimisation steps of generation 0's,
 the grown sets (5x and 25x the labelled set) are sampled, not passed over 5x and 25x as often.
 ``generation_budget="epochs"`` trains the same epochs over the grown set instead (tailtune's earlier iPET: 8 to
 27x PET's time on the 16-shot sets). With ``mlm_weight`` > 0 every pattern's model also learns PET's auxiliary
-masked-LM task on the unlabelled texts (``(1 - w) · task loss + w · MLM loss``, PET: w = 1e-4; ``stages.lm.MaskedLMAux``).
+masked-LM task on the unlabelled texts (``(1 - w) · task loss + w · MLM loss``, PET: w = 1e-4;
+``stages.lm.MaskedLMAux``).
 ``tailtune adapt-lm`` adapts the backbone on unlabelled text beforehand, a complement.
 """
 from __future__ import annotations
