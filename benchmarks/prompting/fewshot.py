@@ -68,6 +68,8 @@ PROMPTS = {**{t: (TASKS[t][3], TASKS[t][4]) for t in TASKS}, "trec": TREC,
            **{k: (LONGTAIL_TEMPLATES[src], None) for k, (src, _) in KSHOT.items()}}
 METHODS = ["zero-shot", "zero-shot-cal", "prompt", "demo-random", "demo-similar", "auto-template", "auto-labelwords",
            "pet", "pet-mlm", "ipet", "ipet-epochs"]
+# the iPET methods -> how long each generation trains (run_pet's generation_budget)
+IPET_BUDGET = {"ipet": "steps", "ipet-epochs": "epochs"}
 
 
 def train_config(seed: int, epochs: float = 20.0):
@@ -119,7 +121,7 @@ def run(method: str, name: str, train, dev, test, seed: int, backbone: str, a) -
         from tailtune.labelwords import search_label_words
         result = search_label_words(train, dev, backbone, template=template, max_length=a.max_length)
         kw["verbalizer"] = found["verbalizer"] = result["verbalizer"]
-    elif method in ("pet", "pet-mlm", "ipet", "ipet-epochs"):
+    elif method in ("pet", "pet-mlm", *IPET_BUDGET):
         from tailtune.pet import Pattern, run_pet
         pool = unlabeled_pool(Path(a.data_dir), name, train, dev, test, a.unlabeled, seed)
         if not pool:
@@ -127,8 +129,8 @@ def run(method: str, name: str, train, dev, test, seed: int, backbone: str, a) -
         extra = PET_EXTRA[KSHOT[name][0]] if name in KSHOT else PET_EXTRA.get(name, EXTRA_TEMPLATES)
         patterns = [Pattern(t, words) for t in (template, *extra)]
         out = run_pet(train, dev, pool, patterns, backbone, train_config=train_config(seed, a.epochs),
-                      max_length=a.max_length, generations=a.generations if method.startswith("ipet") else 0,
-                      generation_budget="epochs" if method == "ipet-epochs" else "steps",
+                      max_length=a.max_length, generations=a.generations if method in IPET_BUDGET else 0,
+                      generation_budget=IPET_BUDGET.get(method, "steps"),
                       mlm_weight=a.mlm_weight if method == "pet-mlm" else 0.0, final_backbone=a.pet_final_backbone,
                       final_train_config=tt.preset_train_config("auto", seed=seed, progress=False), log=lambda s: None)
         seconds = time.perf_counter() - t0
