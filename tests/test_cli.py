@@ -90,3 +90,31 @@ def test_evaluate_prints_the_early_exit_curve_against_full_depth(tiny_bert, toy_
     with pytest.raises(SystemExit):  # refused by the parser, before the model loads
         main(["evaluate", str(out), "--data", str(toy_files / "test.tsv"), "--exit-curve", "0.5", "--exit-repeats", "0"])
     assert "--exit-repeats: '0': give a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_prediction_reads_more_of_each_text_with_max_length(tiny_bert, toy_files, capsys):
+    import tailtune as tt
+    from tailtune.errors import ConfigError
+    clf = tt.TailtuneClassifier("cls", tiny_bert, max_length=8, train_config=tt.TrainConfig(epochs=1, progress=False))
+    clf.fit(TOY_TEXTS * 3, TOY_LABELS * 3, dev=tt.TextDataset(TOY_TEXTS, TOY_LABELS))
+    long = " ".join(TOY_TEXTS)  # longer than 8 tokens
+    short_scores = clf.decision_function([long])
+    assert len(clf.model_.encode([long])[0].input_ids) == 8
+    clf.set_max_length(64)
+    assert 8 < len(clf.model_.encode([long])[0].input_ids) <= 64
+    assert not (clf.decision_function([long]) == short_scores).all()  # it read more of the text
+    assert (clf.set_max_length(None).decision_function([long]) == short_scores).all()  # back to the trained length
+    with pytest.raises(ConfigError, match="can read \\(128 positions\\)"):
+        clf.set_max_length(1000)
+    with pytest.raises(ConfigError, match="8 or more"):
+        clf.set_max_length(4)
+    out = toy_files / "model"
+    clf.save(out)
+    assert main(["evaluate", str(out), "--data", str(toy_files / "test.tsv"), "--max-length", "64"]) == 0
+    assert "macro-F1" in capsys.readouterr().out
+    assert main(["predict", str(out), long, "--max-length", "1000"]) == 2
+    assert "--max-length 128 or less" in capsys.readouterr().err
+    assert main(["predict", str(out), long, "--max-length", "64"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    probs = tt.TailtuneClassifier.load(out, "cpu").set_max_length(64).predict_proba([long])[0]
+    assert row["score"] == pytest.approx(float(probs.max()), abs=1e-5)

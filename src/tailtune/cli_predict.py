@@ -55,6 +55,10 @@ def add_loading_args(p: argparse.ArgumentParser) -> None:
                         "threshold")
     p.add_argument("--exit-patience", type=int, default=None, help="early exit: layers in a row that must agree")
     p.add_argument("--backbone", default=None, help="base backbone for a saved task module (default: its own)")
+    p.add_argument("--max-length", type=count_type, default=None,
+                   help="read up to this many tokens of each text (default: the length the classifier was trained "
+                        "at); training may cut long texts short for cost, prediction can read more (README: Reading "
+                        "more of each text at prediction)")
 
 
 def _read(args: argparse.Namespace, path: str | None) -> Any:
@@ -74,6 +78,7 @@ def _load_for_prediction(args: argparse.Namespace) -> Any:
         from .device import check_compiler, resolve_device
         check_compiler(resolve_device(args.device))  # before loading
     clf = TailtuneClassifier.load(args.model, args.device, args.backbone).set_precision(args.precision)
+    clf.set_max_length(args.max_length)
     if args.early_exit or args.exit_rule or args.exit_threshold is not None or args.exit_patience is not None:
         clf.set_early_exit(args.exit_rule, args.exit_threshold, args.exit_patience)
     return clf.set_compile() if args.compile else clf
@@ -155,6 +160,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0
     if args.test_prior != "train":
         raise ConfigError("--test-prior em applies to a single classifier, not to a directory of task modules")
+    if args.max_length is not None:
+        raise ConfigError("--max-length applies to a single classifier, not to a directory of task modules (each "
+                          "task reads the length it was trained at)")
     tasks = row_tasks or ([args.task] * len(texts) if args.task else None)
     if tasks is None:
         if len(dirs) > 1:
