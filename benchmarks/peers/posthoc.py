@@ -16,13 +16,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import HELDOUT, LONGTAIL, load, read_jsonl  # noqa: E402
+from quality import HELDOUT, LONGTAIL, auto_classifier, fit_timed, load, read_jsonl  # noqa: E402
 from tailtune.objectives import ADJUST_TAUS, choose_tau  # noqa: E402  (what `--adjust-tau-from-dev` chooses)
 
 TAUS = ADJUST_TAUS
@@ -51,15 +49,9 @@ def sweep(clf, ds, theta: float, prior, logits=None) -> dict:
 
 def run(data_dir: Path, name: str, seed: int, save_scores: Path | None = None) -> dict:
     import torch
-    import tailtune as tt
     train, dev, test, max_length, theta, _ = load(data_dir, name, seed)
-    clf = tt.TailtuneClassifier("auto", max_length=max_length, theta=theta,
-                                train_config=tt.preset_train_config("auto", seed=seed, progress=False))
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        clf.fit(train, dev=dev if len(dev) else None)
-    seconds = time.perf_counter() - t0
+    clf = auto_classifier(seed, max_length, theta)
+    seconds = fit_timed(clf, train, dev)
     counts = clf.class_stats_["counts"]
     n = torch.tensor([float(counts[y]) for y in clf.labels_])
     prior = (n / n.sum()).log()

@@ -31,19 +31,14 @@ OUT = Path("benchmarks/results/quality/predict_length.jsonl")
 def trained_auto(name: str, seed: int, data_dir: Path, keep: Path | None):
     """(classifier, training seconds, set splits): `auto` as the peer benchmark trains it, or the one kept."""
     import tailtune as tt
-    from quality import load
+    from quality import auto_classifier, fit_timed, load
     train, dev, test, max_length, theta, _ = load(data_dir, name, seed)
     where = keep / f"{name}-{seed}" if keep else None
     if where is not None and (where / "tailtune.json").is_file():
         clf = tt.TailtuneClassifier.load(where, device="cpu")
         return clf, clf.saved_train_result_["seconds"], (train, dev, test, max_length, theta)
-    clf = tt.TailtuneClassifier("auto", max_length=max_length, theta=theta,
-                                train_config=tt.preset_train_config("auto", seed=seed, progress=False))
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        clf.fit(train, dev=dev if len(dev) else None)
-    seconds = time.perf_counter() - t0
+    clf = auto_classifier(seed, max_length, theta)
+    seconds = fit_timed(clf, train, dev)
     if where is not None:
         clf.save(where, overwrite=True)
     return clf, seconds, (train, dev, test, max_length, theta)

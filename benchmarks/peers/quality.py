@@ -177,13 +177,28 @@ def load(data_dir: Path, name: str, seed: int, carve: bool = True):
     return pool.subset(sorted(tr)), pool.subset(sorted(dv)), test, max_length, theta, True
 
 
+def fit_timed(clf, train, dev):
+    """Fit ``clf`` (dev: None when empty, so a carved set is carved by ``fit``) and return the training seconds."""
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf.fit(train, dev=dev if len(dev) else None)
+    return time.perf_counter() - t0
+
+
+def auto_classifier(seed: int, max_length: int, theta: float, method: str = "auto", bf16: bool = False):
+    """`auto` (or one of its AUTO_VARIANTS) as this benchmark configures it, not yet trained."""
+    import tailtune as tt
+    return tt.TailtuneClassifier("auto", max_length=max_length, theta=theta, **AUTO_VARIANTS[method],
+                                 train_config=tt.preset_train_config("auto", seed=seed, progress=False, bf16=bf16,
+                                                                     **AUTO_TRAIN.get(method, {})))
+
+
 def run_tailtune(method: str, train, dev, test, seed: int, max_length: int, theta: float, few: bool,
                  bf16: bool = False) -> dict:
     import tailtune as tt
     if method in AUTO_VARIANTS:
-        clf = tt.TailtuneClassifier("auto", max_length=max_length, theta=theta, **AUTO_VARIANTS[method],
-                                    train_config=tt.preset_train_config("auto", seed=seed, progress=False, bf16=bf16,
-                                                                        **AUTO_TRAIN.get(method, {})))
+        clf = auto_classifier(seed, max_length, theta, method, bf16)
     else:  # the best preset of the earlier tables, with its protocol (few-shot: lr 1e-4, 20 epochs, batch 8)
         preset, paper = PAPER_SCHEDULE.get(method, method), method in PAPER_SCHEDULE
         long = paper or (not few and preset == "prompt")
@@ -191,11 +206,7 @@ def run_tailtune(method: str, train, dev, test, seed: int, max_length: int, thet
         clf = tt.TailtuneClassifier(preset, max_length=max_length, theta=theta, train_config=tt.TrainConfig(
             epochs=epochs, batch_size=16 if long else 8, lr=1e-4, seed=seed, progress=False, eval_batch_size=128,
             bf16=bf16))
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        clf.fit(train, dev=dev if len(dev) else None)
-    seconds = time.perf_counter() - t0
+    seconds = fit_timed(clf, train, dev)
     report = clf.evaluate(test)
     return {"report": report, "train_seconds": seconds, "epochs_run": clf.train_result_.epochs_run,
             "best_step": clf.train_result_.best_step, "steps": clf.train_result_.steps,
