@@ -34,6 +34,7 @@ class InputFormat:
 
     has_mask = False
     resamples = False  # True: inputs are drawn anew each epoch (train() re-encodes)
+    max_length: int  # tokens per encoded input; prediction may raise it (TailtuneClassifier.set_max_length)
 
     def encode(self, texts: list[str], texts_b: list[str] | None = None, epoch: int | None = None,
                pool_index: list[int | None] | None = None) -> list[Encoded]:
