@@ -24,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from quality import LONGTAIL, auto_classifier, dev_carved, fit_timed, load, read_jsonl  # noqa: E402
+
 LENGTHS = (48, 64, 96, 128, 192, 256)
 OUT = Path("benchmarks/results/quality/predict_length.jsonl")
 
@@ -31,7 +33,6 @@ OUT = Path("benchmarks/results/quality/predict_length.jsonl")
 def trained_auto(name: str, seed: int, data_dir: Path, keep: Path | None):
     """(classifier, training seconds, set splits): `auto` as the peer benchmark trains it, or the one kept."""
     import tailtune as tt
-    from quality import auto_classifier, fit_timed, load
     train, dev, test, max_length, theta, _ = load(data_dir, name, seed)
     where = keep / f"{name}-{seed}" if keep else None
     if where is not None and (where / "tailtune.json").is_file():
@@ -42,6 +43,13 @@ def trained_auto(name: str, seed: int, data_dir: Path, keep: Path | None):
     if where is not None:
         clf.save(where, overwrite=True)
     return clf, seconds, (train, dev, test, max_length, theta)
+
+
+def emit(row: dict, out: Path) -> None:
+    """Print a result row and append it to the results file."""
+    print(json.dumps(row), flush=True)
+    with out.open("a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def run(name: str, seed: int, data_dir: Path, keep: Path | None, peers: bool, out: Path) -> None:
@@ -56,9 +64,7 @@ def run(name: str, seed: int, data_dir: Path, keep: Path | None, peers: bool, ou
                "macro_f1": report["macro_f1"], "tail_f1": report["tail_f1"], "accuracy": report["accuracy"],
                "dev_macro_f1": dev_report["macro_f1"], "n_dev": len(dev), "train_seconds": seconds,
                "test_predict_seconds": predict_seconds}
-        print(json.dumps(row), flush=True)
-        with out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        emit(row, out)
     if not peers:
         return
     from peers import PEERS
@@ -71,14 +77,12 @@ def run(name: str, seed: int, data_dir: Path, keep: Path | None, peers: bool, ou
         row = {"dataset": name, "method": "lr-balanced", "seed": seed, "train_length": n, "predict_length": n,
                "macro_f1": report["macro_f1"], "tail_f1": report["tail_f1"], "accuracy": report["accuracy"],
                "train_seconds": res["train_seconds"]}
-        print(json.dumps(row), flush=True)
-        with out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        emit(row, out)
 
 
 def summary(out: Path) -> None:
     """Mean test (and dev) macro-F1 per method and prediction length, over the seeds in the file."""
-    rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    rows = read_jsonl(out)
     for name in sorted({r["dataset"] for r in rows}):
         print(f"{name}: test macro-F1 (dev macro-F1) by prediction length, mean over seeds")
         for method in ("auto", "lr-balanced"):
@@ -107,7 +111,6 @@ def main() -> None:
     args = p.parse_args()
     if args.summary:
         return summary(args.out)
-    from quality import LONGTAIL, dev_carved
     for name in args.only:
         fixed_split = name in LONGTAIL and not dev_carved(Path(args.data_dir), name)  # the same training split
         for k, seed in enumerate(args.seeds):
