@@ -160,3 +160,27 @@ def test_precisions_of_prediction(tiny_bert, toy, tmp_path):
     ref.add(tmp_path / "ad")
     for a, b in zip(int8.logits(texts[:4], ["ad"] * 4), ref.logits(texts[:4], ["ad"] * 4)):
         torch.testing.assert_close(a, b, atol=0.15, rtol=0.1)
+
+
+def test_max_length_reaches_every_served_task_and_predict_on_a_directory(tiny_bert, tmp_path, capsys):
+    """`serve --max-length` / `predict DIR --max-length`: task modules and full models alike read more of a text."""
+    from tailtune.cli import main
+    from tailtune.serve.host import ModelHost
+    root = tmp_path / "served"
+    perturbed_module("adapter", tiny_bert, root / "topic", labels=("news", "sports", "money"), seed=1, max_length=8)
+    perturbed_module("cls", tiny_bert, root / "full", labels=("x", "y"), seed=3, max_length=8)
+    long = " ".join(TEXTS)  # longer than 8 tokens
+    trained, longer = ModelHost(root), ModelHost(root, max_length=64)
+    trained.load_all(), longer.load_all()
+    for task in ("topic", "full"):
+        assert (trained.info[task]["max_length"], longer.info[task]["max_length"]) == (8, 64)
+        assert not np.allclose(trained.predict([long], [task])[0], longer.predict([long], [task])[0], atol=1e-4)
+        assert np.allclose(trained.predict(TEXTS[:1], [task])[0], longer.predict(TEXTS[:1], [task])[0], atol=1e-6)
+    assert main(["predict", str(root), long, "--task", "topic", "--max-length", "64"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["score"] == pytest.approx(float(longer.predict([long], ["topic"])[0].max()), abs=1e-5)
+    # more than the backbone can read: refused with the limit, before the port opens
+    assert main(["serve", str(root), "--max-length", "1000", "--port", str(_free_port())]) == 2
+    assert "--max-length 128 or less" in capsys.readouterr().err
+    with pytest.raises(tt.ConfigError, match="8 or more"):
+        ServeConfig(max_length=4)

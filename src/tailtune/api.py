@@ -274,13 +274,8 @@ class TailtuneClassifier:
         """Read up to ``max_length`` tokens of each text at prediction (``None``: the length it was trained at, the
         default). Training may cut long texts short for cost; prediction can afford to read more of them (README:
         "Reading more of each text at prediction"). Not saved: a saved classifier predicts at its training length."""
-        from .backbone import check_max_length
         self._check_fitted()
-        n = self.model_.config.max_length if max_length is None else max_length
-        if isinstance(n, bool) or not isinstance(n, int) or n < 8:
-            raise ConfigError(f"max_length={max_length!r} at prediction: give a whole number of tokens, 8 or more")
-        check_max_length(n, self.model_.encoder, self.model_.tokenizer, self.model_.backbone_name)
-        self.model_.input_format.max_length = n
+        self.model_.set_max_length(max_length)
         return self
 
     def set_compile(self, on: bool = True) -> "TailtuneClassifier":

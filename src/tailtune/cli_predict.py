@@ -56,7 +56,7 @@ def add_loading_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exit-patience", type=int, default=None, help="early exit: layers in a row that must agree")
     p.add_argument("--backbone", default=None, help="base backbone for a saved task module (default: its own)")
     p.add_argument("--max-length", type=count_type, default=None,
-                   help="read up to this many tokens of each text (default: the length the classifier was trained "
+                   help="read up to this many tokens of each text (default: the length each classifier was trained "
                         "at); training may cut long texts short for cost, prediction can read more (README: Reading "
                         "more of each text at prediction)")
 
@@ -160,9 +160,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0
     if args.test_prior != "train":
         raise ConfigError("--test-prior em applies to a single classifier, not to a directory of task modules")
-    if args.max_length is not None:
-        raise ConfigError("--max-length applies to a single classifier, not to a directory of task modules (each "
-                          "task reads the length it was trained at)")
     tasks = row_tasks or ([args.task] * len(texts) if args.task else None)
     if tasks is None:
         if len(dirs) > 1:
@@ -174,7 +171,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown task(s) {unknown} in {args.model}; it holds: {', '.join(dirs)}")
     from .device import resolve_device
     from .multitask import TaskSet
-    task_set = TaskSet(args.backbone, str(resolve_device(args.device)), args.precision, compile=args.compile)
+    task_set = TaskSet(args.backbone, str(resolve_device(args.device)), args.precision, compile=args.compile,
+                       max_length=args.max_length)
     for name in dict.fromkeys(tasks):
         task_set.add(dirs[name], name)
     probs = [s.softmax(-1).numpy() for s in task_set.logits(texts, tasks, texts_b)]

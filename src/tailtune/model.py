@@ -130,6 +130,15 @@ class Classifier(nn.Module):
         """Model inputs for texts; ``epoch`` and ``pool_index`` matter to formats that draw on a pool."""
         return self.input_format.encode(texts, texts_b, epoch, pool_index)
 
+    def set_max_length(self, max_length: int | None) -> None:
+        """Read up to ``max_length`` tokens of each text from now on (``None``: the length it was trained at).
+        Checked against the backbone's positions; not saved (README: "Reading more of each text at prediction")."""
+        n = self.config.max_length if max_length is None else max_length
+        if isinstance(n, bool) or not isinstance(n, int) or n < 8:
+            raise ConfigError(f"max_length={max_length!r} at prediction: give a whole number of tokens, 8 or more")
+        check_max_length(n, self.encoder, self.tokenizer, self.backbone_name)
+        self.input_format.max_length = n
+
     def encode_training(self, examples: Any, epoch: int) -> list[Encoded]:
         """The inputs of training examples in one epoch: the examples are the pool's own rows."""
         return self.encode(examples.texts, examples.texts_b, epoch, list(range(len(examples))))

@@ -41,7 +41,7 @@ class TaskSet:
     and each row passes only through its own task's modules."""
 
     def __init__(self, backbone: str | Backbone | None = None, device: str = "cpu", precision: str = "fp32",
-                 early_exit: bool = False, compile: bool = False) -> None:
+                 early_exit: bool = False, compile: bool = False, max_length: int | None = None) -> None:
         from .device import resolve_precision
         self.device = torch.device(device)
         self.early_exit = early_exit  # early-exit tasks leave at their saved exit rule, in mixed batches too
@@ -49,6 +49,7 @@ class TaskSet:
         self.tasks: dict[str, Classifier] = {}
         self.precision = resolve_precision(precision, self.device)  # fp32, bf16 or int8
         self.compile = compile  # the shared encoder through torch.compile (batches with early-exit tasks: eager)
+        self.max_length = max_length  # every task reads up to this many tokens of a text (None: its training length)
         if compile:
             from .device import check_compiler
             check_compiler(self.device)  # before any task is loaded
@@ -71,6 +72,8 @@ class TaskSet:
             self.backbone = load_backbone(self.backbone or meta["backbone"]["name"])
             self.backbone.encoder.to(self.device).eval()
         model = Classifier.load(directory, self.device, backbone=self.backbone, task=name)
+        if self.max_length is not None:
+            model.set_max_length(self.max_length)
         if self.precision == "int8":  # the shared encoder once, then each task's own layers
             from .device import quantize_int8
             if not getattr(self.backbone, "_int8", False):

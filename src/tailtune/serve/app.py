@@ -54,6 +54,9 @@ class ServeConfig:
     early_exit: bool = False
     """early-exit classifiers (full models and task modules, in mixed batches too) leave at the first layer whose
     saved exit rule fires"""
+    max_length: int | None = None
+    """read up to this many tokens of each text, in every task (none: each task's training length; README: Reading
+    more of each text at prediction)"""
     compile: bool = False
     """run the encoders through torch.compile: it compiles at start-up and when a task is added (a warm-up
     prediction per task; tens of seconds on a small CPU), so requests do not wait for it; early-exit batches run
@@ -63,6 +66,8 @@ class ServeConfig:
         for name in ("port", "max_batch", "max_texts", "max_chars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be 1 or more")
+        if self.max_length is not None and self.max_length < 8:
+            raise ConfigError(f"max_length={self.max_length!r}: give a whole number of tokens, 8 or more")
         if self.max_wait_ms < 0:
             raise ConfigError(f"max_wait_ms={self.max_wait_ms!r}: must be 0 or more")
 
@@ -75,7 +80,8 @@ def create_app(root: str, cfg: ServeConfig | None = None, host: ModelHost | None
     from starlette.exceptions import HTTPException
 
     cfg = cfg or ServeConfig()
-    host = host or ModelHost(root, cfg.device, cfg.backbone, cfg.precision, cfg.early_exit, cfg.compile)
+    host = host or ModelHost(root, cfg.device, cfg.backbone, cfg.precision, cfg.early_exit, cfg.compile,
+                             cfg.max_length)
     metrics = Metrics()
     batcher = Batcher(host, metrics, cfg.max_batch, cfg.max_wait_ms)
 
@@ -195,6 +201,12 @@ def serve(root: str, cfg: ServeConfig, log: Any = print) -> None:
     """Run the server until interrupted; SIGINT / SIGTERM finish the requests in flight first."""
     import uvicorn
     app = create_app(root, cfg)
+    host = app.state.host
+    # load every classifier now, in the model thread, so that a classifier the options do not fit (e.g. a
+    # --max-length past the backbone's positions, int8 with LoRA) is refused with its message before the port opens
+    app.state.batcher.worker.submit(host.load_all).result()
+    if host.compile:
+        log(f"compiled for {len(host.info)} task(s) in {host.warm_seconds:.0f} s")
     where = f"http://{cfg.host}:{cfg.port}"
     log(f"serving {root} on {where} (POST {where}/v1/<task>/predict; GET {where}/v1/tasks)")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=30)

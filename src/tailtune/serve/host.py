@@ -23,9 +23,11 @@ class ModelHost:
     """
 
     def __init__(self, root: str | Path, device: str = "cpu", backbone: str | None = None,
-                 precision: str = "fp32", early_exit: bool = False, compile: bool = False) -> None:
+                 precision: str = "fp32", early_exit: bool = False, compile: bool = False,
+                 max_length: int | None = None) -> None:
         self.root, self.device, self.early_exit, self.compile = Path(root), device, early_exit, compile
-        self.modules = TaskSet(backbone, device, precision, early_exit, compile)
+        self.max_length = max_length
+        self.modules = TaskSet(backbone, device, precision, early_exit, compile, max_length)
         self.precision = self.modules.precision
         self.full: dict[str, Any] = {}
         self.info: dict[str, dict] = {}
@@ -63,7 +65,8 @@ class ModelHost:
         if shares:
             model = self.modules.add(path, name)
         else:
-            clf = TailtuneClassifier.load(path, self.device).set_precision(self.precision)
+            clf = TailtuneClassifier.load(path, self.device).set_precision(self.precision).set_max_length(
+                self.max_length)
             if self.early_exit and hasattr(clf.model_.head, "exits"):
                 clf.set_early_exit()
             elif self.compile:
@@ -72,7 +75,7 @@ class ModelHost:
             model = clf.model_
         self.info[name] = {"name": name, "labels": list(model.labels), "preset": meta.get("preset"),
                            "backbone": meta["backbone"]["name"], "artefact": meta["artefact"],
-                           "shares_backbone": shares, "path": str(path)}
+                           "shares_backbone": shares, "max_length": model.input_format.max_length, "path": str(path)}
         if warm:
             self.warm_up()
         return self.info[name]
