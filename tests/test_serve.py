@@ -184,3 +184,15 @@ def test_max_length_reaches_every_served_task_and_predict_on_a_directory(tiny_be
     assert "--max-length 128 or less" in capsys.readouterr().err
     with pytest.raises(tt.ConfigError, match="8 or more"):
         ServeConfig(max_length=4)
+
+
+def test_serve_refuses_a_port_in_use_before_loading(tiny_bert, tmp_path, capsys):
+    from tailtune.cli import main
+    perturbed_module("adapter", tiny_bert, tmp_path / "topic", seed=1)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert main(["serve", str(tmp_path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port N" in err

@@ -197,9 +197,23 @@ def create_app(root: str, cfg: ServeConfig | None = None, host: ModelHost | None
     return app
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse an address the server could not listen on (a port in use, a host not of this machine) with a message."""
+    import socket
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
+            s.bind((host, port))
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}): pick a free port with --port N, or stop "
+                          f"what holds this one") from None
+
+
 def serve(root: str, cfg: ServeConfig, log: Any = print) -> None:
     """Run the server until interrupted; SIGINT / SIGTERM finish the requests in flight first."""
     import uvicorn
+    check_port(cfg.host, cfg.port)  # before the classifiers load
     app = create_app(root, cfg)
     host = app.state.host
     # load every classifier now, in the model thread, so that a classifier the options do not fit (e.g. a
