@@ -5,6 +5,7 @@ regression on frozen embeddings, which reads the same number of tokens for train
 
     python benchmarks/peers/predict_length.py --only r52 --seeds 13 21 42 --keep /tmp/r52-models
     python benchmarks/peers/predict_length.py --summary
+    python benchmarks/peers/predict_length.py --only r52 --seeds 13 --method auto-b16 --no-peers   # a variant of `auto`
 
 One JSON line per (set, method, seed, length) in ``benchmarks/results/quality/predict_length.jsonl``. With ``--keep
 DIR`` each trained classifier is saved there and a later run scores the saved one instead of training again (its
@@ -24,21 +25,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import LONGTAIL, auto_classifier, dev_carved, fit_timed, load, read_jsonl  # noqa: E402
+from quality import AUTO_VARIANTS, LONGTAIL, auto_classifier, dev_carved, fit_timed, load, read_jsonl  # noqa: E402
 
 LENGTHS = (48, 64, 96, 128, 192, 256)
 OUT = Path("benchmarks/results/quality/predict_length.jsonl")
 
 
-def trained_auto(name: str, seed: int, data_dir: Path, keep: Path | None):
-    """(classifier, training seconds, set splits): `auto` as the peer benchmark trains it, or the one kept."""
+def trained_auto(name: str, seed: int, data_dir: Path, keep: Path | None, method: str = "auto"):
+    """(classifier, training seconds, set splits): `auto` (or a variant of it) as the peer benchmark trains it, or
+    the one kept."""
     import tailtune as tt
     train, dev, test, max_length, theta, _ = load(data_dir, name, seed)
-    where = keep / f"{name}-{seed}" if keep else None
+    where = keep / (f"{name}-{seed}" if method == "auto" else f"{name}-{seed}-{method}") if keep else None
     if where is not None and (where / "tailtune.json").is_file():
         clf = tt.TailtuneClassifier.load(where, device="cpu")
         return clf, clf.saved_train_result_["seconds"], (train, dev, test, max_length, theta)
-    clf = auto_classifier(seed, max_length, theta)
+    clf = auto_classifier(seed, max_length, theta, method)
     seconds = fit_timed(clf, train, dev)
     if where is not None:
         clf.save(where, overwrite=True)
@@ -52,15 +54,15 @@ def emit(row: dict, out: Path) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def run(name: str, seed: int, data_dir: Path, keep: Path | None, peers: bool, out: Path) -> None:
-    clf, seconds, (train, dev, test, max_length, theta) = trained_auto(name, seed, data_dir, keep)
+def run(name: str, seed: int, data_dir: Path, keep: Path | None, peers: bool, out: Path, method: str = "auto") -> None:
+    clf, seconds, (train, dev, test, max_length, theta) = trained_auto(name, seed, data_dir, keep, method)
     for n in LENGTHS:
         clf.set_max_length(n)
         t0 = time.perf_counter()
         report = clf.evaluate(test)
         predict_seconds = time.perf_counter() - t0
         dev_report = clf.evaluate(dev)
-        row = {"dataset": name, "method": "auto", "seed": seed, "train_length": max_length, "predict_length": n,
+        row = {"dataset": name, "method": method, "seed": seed, "train_length": max_length, "predict_length": n,
                "macro_f1": report["macro_f1"], "tail_f1": report["tail_f1"], "accuracy": report["accuracy"],
                "dev_macro_f1": dev_report["macro_f1"], "n_dev": len(dev), "train_seconds": seconds,
                "test_predict_seconds": predict_seconds}
@@ -85,7 +87,7 @@ def summary(out: Path) -> None:
     rows = read_jsonl(out)
     for name in sorted({r["dataset"] for r in rows}):
         print(f"{name}: test macro-F1 (dev macro-F1) by prediction length, mean over seeds")
-        for method in ("auto", "lr-balanced"):
+        for method in dict.fromkeys(r["method"] for r in rows if r["dataset"] == name):
             cells = []
             for n in LENGTHS:
                 rs = [r for r in rows if r["dataset"] == name and r["method"] == method and r["predict_length"] == n]
@@ -106,6 +108,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="*", type=int, default=[13, 21, 42])
     p.add_argument("--keep", type=Path, default=None, help="save each trained classifier here (and reuse it)")
     p.add_argument("--no-peers", action="store_true", help="only tailtune's rows")
+    p.add_argument("--method", default="auto", choices=sorted(AUTO_VARIANTS),
+                   help="`auto` or one of the peer benchmark's variants of it (e.g. auto-b16)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--summary", action="store_true", help="print the table of the results file and stop")
     args = p.parse_args()
@@ -114,7 +118,8 @@ def main() -> None:
     for name in args.only:
         fixed_split = name in LONGTAIL and not dev_carved(Path(args.data_dir), name)  # the same training split
         for k, seed in enumerate(args.seeds):
-            run(name, seed, Path(args.data_dir), args.keep, not args.no_peers and not (fixed_split and k), args.out)
+            run(name, seed, Path(args.data_dir), args.keep, not args.no_peers and not (fixed_split and k), args.out,
+                args.method)
 
 
 if __name__ == "__main__":
