@@ -114,6 +114,12 @@ def max_positions(encoder: nn.Module, tokenizer: Any) -> int | None:
     return n
 
 
+def check_prediction_length(max_length: Any) -> None:
+    """A length to read at prediction (``--max-length N`` of predict, evaluate and serve): a whole number, 8 or more."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 8:
+        raise ConfigError(f"max_length={max_length!r} at prediction: give a whole number of tokens, 8 or more")
+
+
 def check_max_length(max_length: int, encoder: nn.Module, tokenizer: Any, name: str) -> None:
     limit = max_positions(encoder, tokenizer)
     if limit is not None and max_length > limit:

@@ -13,7 +13,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .backbone import FINGERPRINT_VERSION, Backbone, check_max_length, drop_pooler, fingerprint, load_backbone
+from .backbone import (FINGERPRINT_VERSION, Backbone, check_max_length, check_prediction_length, drop_pooler,
+                       fingerprint, load_backbone)
 from .artefacts import FORMAT_VERSION
 from .config import ClassifierConfig
 from .device import autocast
@@ -134,8 +135,7 @@ class Classifier(nn.Module):
         """Read up to ``max_length`` tokens of each text from now on (``None``: the length it was trained at).
         Checked against the backbone's positions; not saved (README: "Reading more of each text at prediction")."""
         n = self.config.max_length if max_length is None else max_length
-        if isinstance(n, bool) or not isinstance(n, int) or n < 8:
-            raise ConfigError(f"max_length={max_length!r} at prediction: give a whole number of tokens, 8 or more")
+        check_prediction_length(n)
         check_max_length(n, self.encoder, self.tokenizer, self.backbone_name)
         self.input_format.max_length = n
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .artefacts import read_classifier
-from .backbone import Backbone, load_backbone
+from .backbone import Backbone, check_max_length, check_prediction_length, load_backbone
 from .config import ClassifierConfig
 from .device import autocast
 from .errors import ArtefactError, ConfigError
@@ -50,6 +50,8 @@ class TaskSet:
         self.precision = resolve_precision(precision, self.device)  # fp32, bf16 or int8
         self.compile = compile  # the shared encoder through torch.compile (batches with early-exit tasks: eager)
         self.max_length = max_length  # every task reads up to this many tokens of a text (None: its training length)
+        if max_length is not None:
+            check_prediction_length(max_length)
         if compile:
             from .device import check_compiler
             check_compiler(self.device)  # before any task is loaded
@@ -71,6 +73,8 @@ class TaskSet:
         if not isinstance(self.backbone, Backbone):
             self.backbone = load_backbone(self.backbone or meta["backbone"]["name"])
             self.backbone.encoder.to(self.device).eval()
+        if self.max_length is not None:  # before the task's modules reach the shared encoder
+            check_max_length(self.max_length, self.backbone.encoder, self.backbone.tokenizer, self.backbone.name)
         model = Classifier.load(directory, self.device, backbone=self.backbone, task=name)
         if self.max_length is not None:
             model.set_max_length(self.max_length)

@@ -66,8 +66,9 @@ class ServeConfig:
         for name in ("port", "max_batch", "max_texts", "max_chars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be 1 or more")
-        if self.max_length is not None and self.max_length < 8:
-            raise ConfigError(f"max_length={self.max_length!r}: give a whole number of tokens, 8 or more")
+        if self.max_length is not None:
+            from ..backbone import check_prediction_length
+            check_prediction_length(self.max_length)
         if self.max_wait_ms < 0:
             raise ConfigError(f"max_wait_ms={self.max_wait_ms!r}: must be 0 or more")
 
@@ -206,8 +207,8 @@ def check_port(host: str, port: int) -> None:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
             s.bind((host, port))
     except OSError as e:
-        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}): pick a free port with --port N, or stop "
-                          f"what holds this one") from None
+        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}): pick a free port with --port N, "
+                          f"or stop what holds this one") from None
 
 
 def serve(root: str, cfg: ServeConfig, log: Any = print) -> None:
