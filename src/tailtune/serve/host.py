@@ -26,7 +26,6 @@ class ModelHost:
                  precision: str = "fp32", early_exit: bool = False, compile: bool = False,
                  max_length: int | None = None) -> None:
         self.root, self.device, self.early_exit, self.compile = Path(root), device, early_exit, compile
-        self.max_length = max_length
         self.modules = TaskSet(backbone, device, precision, early_exit, compile, max_length)
         self.precision = self.modules.precision
         self.full: dict[str, Any] = {}
@@ -66,7 +65,7 @@ class ModelHost:
             model = self.modules.add(path, name)
         else:
             clf = TailtuneClassifier.load(path, self.device).set_precision(self.precision).set_max_length(
-                self.max_length)
+                self.modules.max_length)
             if self.early_exit and hasattr(clf.model_.head, "exits"):
                 clf.set_early_exit()
             elif self.compile:
