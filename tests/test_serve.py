@@ -196,3 +196,35 @@ def test_serve_refuses_a_port_in_use_before_loading(tiny_bert, tmp_path, capsys)
         assert main(["serve", str(tmp_path), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err and "--port N" in err
+
+
+def test_serve_command_on_any_free_port_holds_it_and_stops_on_a_signal(tiny_bert, tmp_path):
+    """`tailtune serve --port 0` binds before loading, prints the port it got, keeps it (nothing else can take it
+    between the check and the server) and finishes on SIGINT / SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    perturbed_module("adapter", tiny_bert, tmp_path / "topic", labels=("news", "sports", "money"), seed=1)
+    code = "import sys; from tailtune.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(tmp_path), "--port", "0"], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        try:
+            line = proc.stdout.readline()  # printed once every classifier has loaded
+            assert line.startswith(f"serving {tmp_path} on http://127.0.0.1:"), (line, proc.stderr.read())
+            port = int(line.split("http://127.0.0.1:")[1].split()[0])
+            assert port > 0
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as r:
+                assert json.loads(r.read()) == {"status": "ok", "tasks": 1}
+            with socket.socket() as other, pytest.raises(OSError):  # the port stays the server's
+                other.bind(("127.0.0.1", port))
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+        assert "Traceback" not in proc.stderr.read()
+    with socket.socket() as other:  # released on exit
+        other.bind(("127.0.0.1", port))

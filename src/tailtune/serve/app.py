@@ -33,7 +33,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     """address to bind (127.0.0.1: this machine only; 0.0.0.0 exposes the server to the network)"""
     port: int = 8000
-    """port to listen on"""
+    """port to listen on (0: any free port; the one chosen is printed)"""
     token: str | None = None
     """bearer token every /v1 and /metrics request must carry (none: no authentication)"""
     max_batch: int = 64
@@ -63,9 +63,11 @@ class ServeConfig:
     eagerly"""
 
     def __post_init__(self) -> None:
-        for name in ("port", "max_batch", "max_texts", "max_chars"):
+        for name in ("max_batch", "max_texts", "max_chars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be 1 or more")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port={self.port!r}: must be 0 to 65535 (0: any free port)")
         if self.max_length is not None:
             from ..backbone import check_prediction_length
             check_prediction_length(self.max_length)
@@ -198,30 +200,44 @@ def create_app(root: str, cfg: ServeConfig | None = None, host: ModelHost | None
     return app
 
 
-def check_port(host: str, port: int) -> None:
-    """Refuse an address the server could not listen on (a port in use, a host not of this machine) with a message."""
+def listen_socket(host: str, port: int) -> Any:
+    """The socket the server will accept on, bound now, or a message saying why it cannot be (a port in use, a host
+    not of this machine). ``serve`` binds it before the classifiers load and hands this very socket to uvicorn, so
+    no other process can take the port in between."""
     import socket
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
-            s.bind((host, port))
+        sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}): give --host an address of this "
+                          f"machine (127.0.0.1 by default)") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
         raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}): pick a free port with --port N, "
                           f"or stop what holds this one") from None
+    return sock
 
 
 def serve(root: str, cfg: ServeConfig, log: Any = print) -> None:
     """Run the server until interrupted; SIGINT / SIGTERM finish the requests in flight first."""
     import uvicorn
-    check_port(cfg.host, cfg.port)  # before the classifiers load
-    app = create_app(root, cfg)
-    host = app.state.host
-    # load every classifier now, in the model thread, so that a classifier the options do not fit (e.g. a
-    # --max-length past the backbone's positions, int8 with LoRA) is refused with its message before the port opens
-    app.state.batcher.worker.submit(host.load_all).result()
-    if host.compile:
-        log(f"compiled for {len(host.info)} task(s) in {host.warm_seconds:.0f} s")
-    where = f"http://{cfg.host}:{cfg.port}"
-    log(f"serving {root} on {where} (POST {where}/v1/<task>/predict; GET {where}/v1/tasks)")
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=30)
+    sock = listen_socket(cfg.host, cfg.port)  # before the classifiers load; held until the server stops
+    try:
+        app = create_app(root, cfg)
+        host = app.state.host
+        # load every classifier now, in the model thread, so that a classifier the options do not fit (e.g. a
+        # --max-length past the backbone's positions, int8 with LoRA) is refused with its message before any
+        # request is accepted
+        app.state.batcher.worker.submit(host.load_all).result()
+        if host.compile:
+            log(f"compiled for {len(host.info)} task(s) in {host.warm_seconds:.0f} s")
+        sock.listen(2048)  # from here connections wait in the backlog until uvicorn accepts them (its backlog)
+        where = f"http://{f'[{cfg.host}]' if ':' in cfg.host else cfg.host}:{sock.getsockname()[1]}"  # IPv6 in []
+        log(f"serving {root} on {where} (POST {where}/v1/<task>/predict; GET {where}/v1/tasks)")
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
