@@ -104,9 +104,11 @@ def test_ipet_generations_train_generation_0s_steps_or_its_epochs(tiny_bert, mon
         assert all(steps == planned == 2 * -(-n // 8) for n, steps, planned, _ in grown)
     with pytest.raises(tt.ConfigError, match="generation_budget"):
         run_pet(train, train, unlabeled, patterns, tiny_bert, generations=1, generation_budget="time")
+    with pytest.raises(tt.ConfigError, match="pattern_weights='dev': choose one of zero-shot, uniform"):
+        run_pet(train, train, unlabeled, patterns, tiny_bert, pattern_weights="dev")
 
 
-def test_pet_command_saves_the_final_classifier(tiny_bert, tmp_path, capsys):
+def test_pet_command_saves_the_final_classifier(tiny_bert, tmp_path, capsys, monkeypatch):
     rows = "\n".join(f"{t}\t{y}" for t, y in zip(TOY_TEXTS, TOY_LABELS))
     (tmp_path / "train.tsv").write_text("text\tlabel\n" + rows + "\n")
     (tmp_path / "dev.tsv").write_text("text\tlabel\n" + rows + "\n")
@@ -116,10 +118,16 @@ def test_pet_command_saves_the_final_classifier(tiny_bert, tmp_path, capsys):
             str(tmp_path / "u.txt"), "--pattern", "{text} it is {mask} .", "--pattern", "{mask} : {text}",
             "--verbalizer", str(tmp_path / "w.json"), "--backbone", tiny_bert, "--max-length", "64",
             "--epochs", "1", "--final-preset", "cls", "--final-backbone", tiny_bert, "--mlm-weight", "0.01",
-            "--output", str(tmp_path / "out")]
+            "--pattern-weights", "uniform", "--output", str(tmp_path / "out")]
+
+    def no_zero_shot(*a):
+        raise AssertionError("uniform pattern weights read no zero-shot accuracy")
+
+    monkeypatch.setattr("tailtune.pet._zero_shot_accuracy", no_zero_shot)
     assert main(args) == 0
     summary = json.loads((tmp_path / "out" / "pet.json").read_text())
     assert len(summary["patterns"]) == 2 and "ensemble_dev_accuracy" in summary and summary["mlm_weight"] == 0.01
+    assert summary["pattern_weights"] == "uniform" and [p["weight"] for p in summary["patterns"]] == [1.0, 1.0]
     assert summary["final_backbone"] == tiny_bert
     assert tt.TailtuneClassifier.load(tmp_path / "out").predict(["good game"])
     assert "final classifier saved" in capsys.readouterr().out

@@ -31,7 +31,8 @@ Methods (the issue-4 few-shot recipe for every fine-tuning: lr 1e-4, batch 8, 20
   training data (minus anything in its test set; ``--unlabeled N`` of them; for TREC, which has no classic
   folder here, the TREC-50 training questions: the same 5,452 questions, whose labels are not read);
   ``pet-mlm`` adds PET's auxiliary masked-LM loss on the same unlabelled texts (``--mlm-weight``,
-  PET's 1e-4); ``ipet`` adds ``--generations`` iPET generations, each pattern model trained for generation 0's
+  PET's 1e-4); ``pet-uniform`` averages the pattern models' scores with equal weights (PET's plain mean);
+  ``ipet`` adds ``--generations`` iPET generations, each pattern model trained for generation 0's
   steps (PET's reference); ``ipet-epochs`` trains them for generation 0's epochs over the grown sets instead (the
   earlier iPET, whose rows carry this name);
 - ``zero-shot`` / ``zero-shot-cal``: the manual prompt with no training, without and with contextual
@@ -67,7 +68,7 @@ POOL_FROM = {"trec": "trec50"}
 PROMPTS = {**{t: (TASKS[t][3], TASKS[t][4]) for t in TASKS}, "trec": TREC,
            **{k: (LONGTAIL_TEMPLATES[src], None) for k, (src, _) in KSHOT.items()}}
 METHODS = ["zero-shot", "zero-shot-cal", "prompt", "demo-random", "demo-similar", "auto-template", "auto-labelwords",
-           "pet", "pet-mlm", "ipet", "ipet-epochs"]
+           "pet", "pet-mlm", "pet-uniform", "ipet", "ipet-epochs"]
 # the iPET methods -> how long each generation trains (run_pet's generation_budget)
 IPET_BUDGET = {"ipet": "steps", "ipet-epochs": "epochs"}
 
@@ -121,7 +122,7 @@ def run(method: str, name: str, train, dev, test, seed: int, backbone: str, a) -
         from tailtune.labelwords import search_label_words
         result = search_label_words(train, dev, backbone, template=template, max_length=a.max_length)
         kw["verbalizer"] = found["verbalizer"] = result["verbalizer"]
-    elif method in ("pet", "pet-mlm", *IPET_BUDGET):
+    elif method in ("pet", "pet-mlm", "pet-uniform", *IPET_BUDGET):
         from tailtune.pet import Pattern, run_pet
         pool = unlabeled_pool(Path(a.data_dir), name, train, dev, test, a.unlabeled, seed)
         if not pool:
@@ -132,10 +133,12 @@ def run(method: str, name: str, train, dev, test, seed: int, backbone: str, a) -
                       max_length=a.max_length, generations=a.generations if method in IPET_BUDGET else 0,
                       generation_budget=IPET_BUDGET.get(method, "steps"),
                       mlm_weight=a.mlm_weight if method == "pet-mlm" else 0.0, final_backbone=a.pet_final_backbone,
+                      pattern_weights="uniform" if method == "pet-uniform" else "zero-shot",
                       final_train_config=tt.preset_train_config("auto", seed=seed, progress=False), log=lambda s: None)
         seconds = time.perf_counter() - t0
         found = {"patterns": out["patterns"], "ensemble_dev_accuracy": out["ensemble_dev_accuracy"],
                  "unlabeled": len(pool), "final_backbone": a.pet_final_backbone, "mlm_weight": out["mlm_weight"],
+                 "pattern_weights": out["pattern_weights"],
                  **{k: out[k] for k in ("generations", "generation_budget") if k in out}}
         return {"predictions": predict(out["classifier"], test, a), "train_seconds": seconds, "found": found}
     clf = tt.TailtuneClassifier("prompt", backbone, train_config=train_config(seed, a.epochs), **kw)

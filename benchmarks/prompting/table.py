@@ -22,6 +22,7 @@ NAMES = {"zero-shot": "zero-shot, manual prompt (no training)", "zero-shot-cal":
          "demo-similar": "+ demonstrations, similar", "auto-template": "automatic template, then fine-tuning",
          "auto-labelwords": "automatic label words, then fine-tuning", "pet": "PET (3 patterns, distilled into `auto`)",
          "pet-mlm": "PET + auxiliary MLM loss (weight 1e-4)",
+         "pet-uniform": "PET, patterns weighted alike (`--pattern-weights uniform`)",
          "ipet": "iPET (each generation: generation 0's steps)",
          "ipet-epochs": "iPET (each generation: generation 0's epochs)",
          "auto": "**tailtune default (`auto`)**, default MiniLM", "cls": "`cls`, default MiniLM",

@@ -98,6 +98,10 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
                    help="how long each iPET generation's models train: 'steps', the optimisation steps of generation "
                    "0 (PET's reference), or 'epochs', the same epochs over the grown set (5x and 25x the labelled "
                    "set, so 5x and 25x the steps) (default: steps)")
+    e.add_argument("--pattern-weights", default="zero-shot", choices=("zero-shot", "uniform"),
+                   help="how the pattern models' scores are combined: 'zero-shot', each weighted by its pattern's "
+                   "dev accuracy before training (PET's weighted mean), or 'uniform' (PET's plain mean; near-chance "
+                   "zero-shot accuracies, e.g. with many classes, weigh by noise) (default: zero-shot)")
     e.add_argument("--mlm-weight", type=float, default=0.0,
                    help="PET's auxiliary masked-LM loss on the unlabelled texts, weighted against the task loss "
                    "(PET: 1e-4; default: 0, off)")
@@ -221,7 +225,7 @@ def cmd_pet(args: argparse.Namespace) -> int:
     found = run_pet(train, dev, unlabeled, patterns, args.backbone, preset=args.preset, train_config=member_cfg,
                     final_preset=args.final_preset, final_backbone=args.final_backbone, max_length=args.max_length,
                     generations=args.generations, mlm_weight=args.mlm_weight,
-                    generation_budget=args.generation_budget)
+                    generation_budget=args.generation_budget, pattern_weights=args.pattern_weights)
     found["classifier"].save(args.output, overwrite=args.overwrite)
     summary = {k: v for k, v in found.items() if k != "classifier"}
     write_json(Path(args.output) / "pet.json", summary)

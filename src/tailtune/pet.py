@@ -34,6 +34,7 @@ from .errors import ConfigError
 
 
 GENERATION_BUDGETS = ("steps", "epochs")
+PATTERN_WEIGHTS = ("zero-shot", "uniform")  # how the pattern models' scores are combined (run_pet)
 
 
 @dataclass
@@ -70,9 +71,13 @@ def run_pet(train: Any, dev: Any, unlabeled: list[str], patterns: list[Pattern],
             final_train_config: Any = None, final_backbone: str | None = None, max_length: int = 128,
             temperature: float = 2.0,
             generations: int = 0, growth: float = 5.0, mlm_weight: float = 0.0, generation_budget: str = "steps",
-            log: Callable[[str], None] = print) -> dict:
+            pattern_weights: str = "zero-shot", log: Callable[[str], None] = print) -> dict:
     """PET (``generations=0``) or iPET; returns {"classifier": the distilled TailtuneClassifier, "patterns":
     per-PVP weight (zero-shot dev accuracy) and dev accuracy after training, "ensemble_dev_accuracy": ...}.
+
+    ``pattern_weights``: how the models' scores are combined, as PET's reference code offers: ``zero-shot`` (its
+    weighted mean: each model by its pattern's dev accuracy before training) or ``uniform`` (its plain mean; where the
+    zero-shot accuracies are all near chance, e.g. with many classes, they weigh the models by noise).
 
     The pattern models need ``backbone``'s masked-LM head; the final classifier can sit on another backbone
     (``final_backbone``, default: the same), e.g. a sentence encoder without an MLM head."""
@@ -88,6 +93,8 @@ def run_pet(train: Any, dev: Any, unlabeled: list[str], patterns: list[Pattern],
     if temperature <= 0 or generations < 0 or growth <= 1 or not 0 <= mlm_weight < 1:
         raise ConfigError(f"need temperature > 0, generations >= 0, growth > 1 and 0 <= mlm_weight < 1; got "
                           f"{temperature}, {generations}, {growth}, {mlm_weight}")
+    if pattern_weights not in PATTERN_WEIGHTS:
+        raise ConfigError(f"pattern_weights={pattern_weights!r}: choose one of {', '.join(PATTERN_WEIGHTS)}")
     if generation_budget not in GENERATION_BUDGETS:
         raise ConfigError(f"generation_budget={generation_budget!r}: choose one of {', '.join(GENERATION_BUDGETS)}")
     labels = label_space(train.labels)
@@ -106,8 +113,11 @@ def run_pet(train: Any, dev: Any, unlabeled: list[str], patterns: list[Pattern],
         load_tokenizer(final_backbone)
     final = TailtuneClassifier(final_preset, backbone if final_backbone is None else final_backbone,
                                max_length=max_length, train_config=final_train_config or preset_train_config(final_preset))
-    weights = [_zero_shot_accuracy(m, labels, dev) for m in members]
-    log("PET: pattern weights (zero-shot dev accuracy) " + ", ".join(f"{w:.3f}" for w in weights))
+    if pattern_weights == "uniform":
+        weights = [1.0] * len(members)
+    else:
+        weights = [_zero_shot_accuracy(m, labels, dev) for m in members]
+        log("PET: pattern weights (zero-shot dev accuracy) " + ", ".join(f"{w:.3f}" for w in weights))
     if not sum(weights):  # no pattern gets anything right before training: weigh them alike
         weights = [1.0] * len(weights)
     unl = TextDataset(list(unlabeled), [labels[0]] * len(unlabeled))
@@ -152,6 +162,7 @@ def run_pet(train: Any, dev: Any, unlabeled: list[str], patterns: list[Pattern],
     final.fit(texts, hard, dev=dev, soft_labels=np.concatenate([soft, onehot]), temperature=temperature)
     log(f"PET: final {final_preset} classifier distilled on {len(unlabeled)} unlabelled + {len(train)} labelled texts")
     return {"classifier": final, "labels": labels, "ensemble_dev_accuracy": ensemble_acc, "mlm_weight": mlm_weight,
+            "pattern_weights": pattern_weights,
             **({"generations": generations, "generation_budget": generation_budget} if generations else {}),
             "final_backbone": final.model_.backbone_name,
             "patterns": [{"template": p.template, "weight": w, "dev_accuracy": a}
