@@ -198,9 +198,21 @@ def test_serve_refuses_a_port_in_use_before_loading(tiny_bert, tmp_path, capsys)
     assert f"cannot listen on 127.0.0.1:{port}" in err and "--port N" in err
 
 
+def test_the_listening_socket_holds_its_port_from_the_check_on():
+    from tailtune.serve.app import listen_socket
+    sock = listen_socket("127.0.0.1", 0)  # what serve binds before the classifiers load
+    port = sock.getsockname()[1]
+    with _reusing_socket() as other, pytest.raises(OSError):  # nobody else's, even with SO_REUSEADDR
+        other.bind(("127.0.0.1", port))
+    sock.close()
+    with _reusing_socket() as other:
+        other.bind(("127.0.0.1", port))
+
+
 def test_serve_command_on_any_free_port_holds_it_and_stops_on_a_signal(tiny_bert, tmp_path):
-    """`tailtune serve --port 0` binds before loading, prints the port it got, keeps it (nothing else can take it
-    between the check and the server) and finishes on SIGINT / SIGTERM."""
+    """`tailtune serve --port 0` prints the port it got once its classifiers have loaded, keeps it while it runs,
+    and finishes on SIGINT (exit 130, as any interrupted command) and SIGTERM (uvicorn re-raises it after its
+    graceful shutdown)."""
     import os
     import signal
     import subprocess
@@ -212,6 +224,8 @@ def test_serve_command_on_any_free_port_holds_it_and_stops_on_a_signal(tiny_bert
     for sig in (signal.SIGINT, signal.SIGTERM):
         proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(tmp_path), "--port", "0"], text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        watchdog = threading.Timer(180, proc.kill)  # a server that never prints fails the test, not the suite
+        watchdog.start()
         try:
             line = proc.stdout.readline()  # printed once every classifier has loaded
             assert line.startswith(f"serving {tmp_path} on http://127.0.0.1:"), (line, proc.stderr.read())
@@ -224,7 +238,9 @@ def test_serve_command_on_any_free_port_holds_it_and_stops_on_a_signal(tiny_bert
             proc.send_signal(sig)
             proc.wait(timeout=60)
         finally:
+            watchdog.cancel()
             proc.kill()
+        assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGTERM)
         assert "Traceback" not in proc.stderr.read()
     with _reusing_socket() as other:  # released on exit (closed connections may sit in TIME_WAIT, as uvicorn allows)
         other.bind(("127.0.0.1", port))

@@ -201,9 +201,11 @@ def create_app(root: str, cfg: ServeConfig | None = None, host: ModelHost | None
 
 
 def listen_socket(host: str, port: int) -> Any:
-    """The socket the server will accept on, bound now, or a message saying why it cannot be (a port in use, a host
-    not of this machine). ``serve`` binds it before the classifiers load and hands this very socket to uvicorn, so
-    no other process can take the port in between."""
+    """The socket the server will accept on, bound and listening now, or a message saying why it cannot be (a port
+    in use, a host not of this machine). ``serve`` opens it before the classifiers load and hands this very socket to
+    uvicorn, so no other process can take the port in between: a bound socket that does not listen yet would not
+    stop another SO_REUSEADDR bind (uvicorn's own). Connections made while the classifiers load wait in the backlog
+    and are answered once they have loaded."""
     import socket
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
@@ -214,6 +216,7 @@ def listen_socket(host: str, port: int) -> Any:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
         sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's default backlog
     except OSError as e:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}): pick a free port with --port N, "
@@ -230,11 +233,10 @@ def serve(root: str, cfg: ServeConfig, log: Any = print) -> None:
         host = app.state.host
         # load every classifier now, in the model thread, so that a classifier the options do not fit (e.g. a
         # --max-length past the backbone's positions, int8 with LoRA) is refused with its message before any
-        # request is accepted
+        # request is answered
         app.state.batcher.worker.submit(host.load_all).result()
         if host.compile:
             log(f"compiled for {len(host.info)} task(s) in {host.warm_seconds:.0f} s")
-        sock.listen(2048)  # from here connections wait in the backlog until uvicorn accepts them (its backlog)
         where = f"http://{f'[{cfg.host}]' if ':' in cfg.host else cfg.host}:{sock.getsockname()[1]}"  # IPv6 in []
         log(f"serving {root} on {where} (POST {where}/v1/<task>/predict; GET {where}/v1/tasks)")
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
