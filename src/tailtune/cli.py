@@ -455,9 +455,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     args = parse(argv)
     command = args.command
-    from .processes import is_main_process
+    from .processes import end_processes, is_main_process
     if not is_main_process():  # under `accelerate launch` only the main process prints results
         sys.stdout = open(os.devnull, "w")
+    code = 1
+    try:
+        code = _run_command(args, command, debug)
+    finally:
+        end_processes(finished=code == 0)
+    return code
+
+
+def _run_command(args: argparse.Namespace, command: str, debug: bool) -> int:
+    """The command, with its errors told to the user (a traceback only with --debug)."""
     with warnings.catch_warnings():
         warnings.simplefilter("default", UserWarning)
         if not debug:

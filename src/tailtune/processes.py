@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -242,6 +243,26 @@ def prepare_output_once(target: str | Path, overwrite: bool, resume: bool, devic
     ckpt = prepare_output(target, overwrite, resume) if is_main_process() else Path(target) / "checkpoint"
     wait_for_everyone(device)
     return ckpt
+
+
+def end_processes(finished: bool) -> None:
+    """End a launch's process group in order, at the end of a command, on every process (nothing without one).
+
+    Left to the interpreter's exit, the group's threads are torn down while the peers' may still be running: under
+    ``accelerate launch`` a process then sometimes aborted at its exit (SIGABRT, "terminate called without an active
+    exception"), failing a run that had finished. When the command ``finished`` on this process, every process
+    waits for the others first (they all finish the same collectives); after an error it leaves at once, since the
+    others may never arrive."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if finished:
+        try:
+            dist.barrier()
+        except RuntimeError as e:  # another process left without finishing: what this one saved stays
+            print(f"tailtune: warning: another process of the launch ended before this one ({str(e).strip()[:200]})",
+                  file=sys.stderr)
+    dist.destroy_process_group()
 
 
 def wait_for_everyone(device: str = "auto") -> None:
