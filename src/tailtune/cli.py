@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import AXIS_NAMES, PRESETS, ClassifierConfig, all_options, axes_table, preset_table, preset_train_config
-from .errors import TailtuneError
 from .loop import TrainConfig
 from .registry import field_docs
 from .cli_predict import _read, add_loading_args, cmd_evaluate, cmd_predict, count_type, number_list
@@ -444,63 +443,22 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _show_warning(message: Warning | str, category: type, filename: str, lineno: int, file: Any = None,
-                  line: str | None = None) -> None:
-    print(f"tailtune: warning: {message}", file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     args = parse(argv)
     command = args.command
+    from .cli_errors import run_command
     from .processes import end_processes, is_main_process
     if not is_main_process():  # under `accelerate launch` only the main process prints results
         sys.stdout = open(os.devnull, "w")
     code = 1
     try:
-        code = _run_command(args, command, debug)
+        code = run_command(args, command, debug)
     finally:
         end_processes(finished=code == 0)
     return code
-
-
-def _run_command(args: argparse.Namespace, command: str, debug: bool) -> int:
-    """The command, with its errors told to the user (a traceback only with --debug)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("default", UserWarning)
-        if not debug:
-            warnings.showwarning = _show_warning
-        try:
-            return args.func(args)
-        except KeyboardInterrupt:
-            if debug:
-                raise
-            hint = " (continue with --resume)" if command in ("train", "adapt-lm", "pretrain-prompt") else ""
-            print(f"tailtune {command}: interrupted{hint}", file=sys.stderr)
-            return 130
-        except BrokenPipeError:  # e.g. `tailtune stats ... | head`
-            sys.stdout = open(os.devnull, "w")
-            return 0
-        except TailtuneError as e:
-            if debug:
-                raise
-            print(f"tailtune {command}: error: {e}", file=sys.stderr)
-            return 2
-        except OSError as e:
-            if debug:
-                raise
-            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            print(f"tailtune {command}: error: {where}{e.strerror or e}", file=sys.stderr)
-            return 2
-        except Exception as e:  # a bug or an environment problem: one line, the traceback with --debug
-            if debug:
-                raise
-            first = (str(e).strip().splitlines() or [""])[0]
-            print(f"tailtune {command}: unexpected error: {type(e).__name__}: {first} (run again with --debug for "
-                  f"the traceback; if it looks like a bug in tailtune, please report it)", file=sys.stderr)
-            return 1
 
 
 if __name__ == "__main__":
