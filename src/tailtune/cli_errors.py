@@ -51,4 +51,3 @@ def run_command(args: argparse.Namespace, command: str, debug: bool) -> int:
             print(f"tailtune {command}: unexpected error: {type(e).__name__}: {first} (run again with --debug for "
                   f"the traceback; if it looks like a bug in tailtune, please report it)", file=sys.stderr)
             return 1
-
