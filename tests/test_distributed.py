@@ -185,6 +185,53 @@ def test_a_command_ends_its_process_group_in_order(monkeypatch, capsys):
     assert not dist.is_initialized() and "another process of the launch ended before this one" in capsys.readouterr().err
 
 
+_API_SCRIPT = """
+import atexit, sys
+import torch.distributed as dist
+rank = __import__("os").environ["RANK"]
+# registered before tailtune's handler, so it runs after it (last in, first out): what the group looks like then
+atexit.register(lambda: open(sys.argv[2] + "." + rank, "w").write(str(dist.is_initialized())))
+from tailtune import TailtuneClassifier, TrainConfig, read_dataset
+clf = TailtuneClassifier("cls", backbone=sys.argv[1] + "/bb", train_config=TrainConfig(epochs=1, batch_size=4,
+                         device="cpu", seed=1))
+clf.fit(read_dataset(sys.argv[1] + "/train.tsv"), dev=read_dataset(sys.argv[1] + "/dev.tsv"))
+assert dist.is_initialized() and dist.get_world_size() == 2
+"""
+
+
+def test_a_script_that_calls_the_api_under_a_launch_ends_its_process_group_at_exit(setup):
+    """No `cli.main` there: the group the loop set up ends in order at the interpreter's exit, on every process."""
+    script, seen = setup / "api_script.py", setup / "api_seen"
+    script.write_text(_API_SCRIPT)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--main_process_port", str(_free_port()), str(script), str(setup), str(seen)]
+    _run(launch)
+    assert [(setup / f"api_seen.{r}").read_text() for r in "01"] == ["False", "False"]
+
+
+def test_the_exit_handler_waits_for_the_others_only_after_a_clean_run(monkeypatch, capsys):
+    import torch.distributed as dist
+    from tailtune import processes
+    monkeypatch.setattr(processes, "_exit_watch", {"registered": False, "uncaught": False})
+    monkeypatch.setattr(sys, "excepthook", lambda *a: print("shown", file=sys.stderr))
+    registered = []
+    monkeypatch.setattr(processes.atexit, "register", registered.append)
+    processes.end_processes_at_exit()
+    processes.end_processes_at_exit()  # once per process
+    assert registered == [processes._end_at_exit]
+    calls = []
+    real_barrier = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: (calls.append("barrier"), real_barrier(*a, **k))[1])
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    processes._end_at_exit()  # a clean exit: everyone waits for everyone, then the group ends
+    assert calls == ["barrier"] and not dist.is_initialized()
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    sys.excepthook(ValueError, ValueError("boom"), None)  # an uncaught exception on its way out: still shown
+    assert "shown" in capsys.readouterr().err
+    processes._end_at_exit()  # then no waiting for processes that may never arrive
+    assert calls == ["barrier"] and not dist.is_initialized()
+
+
 @pytest.mark.parametrize("env,said", [
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"}, "launched with FSDP and --fsdp_offload_params"),
     ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"},

@@ -22,6 +22,7 @@ tunes fit one device; such a launch runs with the optimiser state sharded and sa
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -122,6 +123,7 @@ class Processes:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             from accelerate import PartialState
             self.state = PartialState(cpu=device.type == "cpu")
+            end_processes_at_exit()
             self.world, self.rank = self.state.num_processes, self.state.process_index
             if device.type != "cpu":
                 self.device = self.state.device
@@ -263,6 +265,33 @@ def end_processes(finished: bool) -> None:
             print(f"tailtune: warning: another process of the launch ended before this one ({str(e).strip()[:200]})",
                   file=sys.stderr)
     dist.destroy_process_group()
+
+
+_exit_watch = {"registered": False, "uncaught": False}
+
+
+def _note_uncaught(previous):
+    def hook(kind, value, tb):
+        _exit_watch["uncaught"] = True
+        previous(kind, value, tb)
+    return hook
+
+
+def _end_at_exit() -> None:
+    end_processes(finished=not _exit_watch["uncaught"])
+
+
+def end_processes_at_exit() -> None:
+    """Have ``end_processes`` run at the interpreter's exit too, once per process: a user's script that calls the
+    Python API under ``accelerate launch`` has no ``cli.main`` to end the group. At exit a finished run cannot be told
+    from a crashed one by itself, so an uncaught exception is noted on its way out (``sys.excepthook``, which runs
+    before the exit handlers) and the process then leaves without waiting for the others. A command of the CLI has
+    ended the group already, and the handler finds nothing to do."""
+    if _exit_watch["registered"]:
+        return
+    _exit_watch["registered"] = True
+    sys.excepthook = _note_uncaught(sys.excepthook)
+    atexit.register(_end_at_exit)
 
 
 def wait_for_everyone(device: str = "auto") -> None:
