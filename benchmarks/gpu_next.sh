@@ -11,17 +11,12 @@
 # (no wheels: nothing here needs a package that machine lacks). SCALE=smoke: a few minutes on a CPU, to check it.
 set -uo pipefail
 CARRY=$1 OUT=$2 DEADLINE=${3:-570} QCAP=${4:-420} SCALE=${5:-full}
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-t0=$(date +%s)
-left() { echo $(( DEADLINE - ($(date +%s) - t0) )); }
-R=runs/gpu_next L=runs/gpu_next/logs D=runs/data && mkdir -p $L $D "$OUT" && tar xzf "$CARRY/data.tgz" -C $D
-[ -d runs/minilm ] || python3 benchmarks/device_prep.py "$CARRY/minilm" runs/minilm || exit 1
-export TAILTUNE_DEFAULT_BACKBONE=$PWD/runs/minilm
+R=runs/gpu_next L=runs/gpu_next/logs
+. benchmarks/gpu_common.sh
 DEVICE=cuda SEEDS="13 21 42 87 100" Q="--only r52 --max-length ${LENGTH:-256}" EPOCHS="" R52_EPOCHS="--epochs 2" B1=100
 if [ "$SCALE" = smoke ]; then
   DEVICE=cpu SEEDS="13" Q="--only r52-k8 --max-length 32" EPOCHS="--epochs 0.05" R52_EPOCHS="--epochs 0.02" B1=8
 fi
-python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
 copy() { cp $R/*.json $R/*.jsonl "$OUT"/ 2>/dev/null; tar czf "$OUT/logs.tgz" $L 2>/dev/null; }
 for m in ${METHODS:-auto-nostop auto-b16}; do
   for s in $SEEDS; do

@@ -11,17 +11,9 @@
 # max length 32 (a CPU check of this script, a few minutes).
 set -uo pipefail
 CARRY=$1 OUT=$2 SHARDS=${3:-6} SCALE=${4:-full} DEADLINE=${5:-480}
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=2
-t0=$(date +%s)
-L=runs/logs D=runs/data && mkdir -p $L $D "$OUT" && tar xzf "$CARRY/data.tgz" -C $D
-if [ -d "$CARRY/whl" ] && ! python3 -c "import datasets, setfit" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$CARRY"/whl/*.whl \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
-[ -d runs/minilm ] || python3 benchmarks/device_prep.py "$CARRY/minilm" runs/minilm || exit 1
-export TAILTUNE_DEFAULT_BACKBONE=$PWD/runs/minilm
-python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
-left() { echo $(( DEADLINE - ($(date +%s) - t0) )); }
+export OMP_NUM_THREADS=2
+L=runs/logs NEED="datasets, setfit"
+. benchmarks/gpu_common.sh
 Q="python3 benchmarks/peers/quality.py --data-dir $D --only r52 --max-length 256"
 SEEDS="13 21 42 87 100" GRID=benchmarks/longtail_full.yaml
 if [ "$SCALE" = smoke ]; then

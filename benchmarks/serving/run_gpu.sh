@@ -19,21 +19,12 @@
 #     fastapi starlette uvicorn pydantic pydantic-core annotated-types typing-inspection opentelemetry-api
 set -uo pipefail
 CARRY=$1 OUT=$2 DEADLINE=${3:-540} SCALE=${4:-full}
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-t0=$(date +%s)
-left() { echo $(( DEADLINE - ($(date +%s) - t0) )); }
-R=runs/gpu L=runs/gpu/logs D=runs/data && mkdir -p $L $D "$OUT" && tar xzf "$CARRY/data.tgz" -C $D
-if ! python3 -c "import fastapi, uvicorn" 2>/dev/null && [ -d "$CARRY/whl" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$CARRY"/whl/*.whl \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
-[ -d runs/minilm ] || python3 benchmarks/device_prep.py "$CARRY/minilm" runs/minilm || exit 1
-export TAILTUNE_DEFAULT_BACKBONE=$PWD/runs/minilm
+R=runs/gpu L=runs/gpu/logs NEED="fastapi, uvicorn"
+. benchmarks/gpu_common.sh
 DEVICE=cuda EPOCHS="" SEEDS="13 21 42 87 100" Q="--only r52 --max-length 256" LIMIT=100000 REQUESTS=1000 SHORT="0.3 128" QCAP=240
 if [ "$SCALE" = smoke ]; then
   DEVICE=cpu EPOCHS="--epochs 0.05" SEEDS="13" Q="--only r52-k8 --max-length 32" LIMIT=64 REQUESTS=40 SHORT="0.02 32" QCAP=60
 fi
-python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
 copy() { cp $R/*.json $R/*.jsonl "$OUT"/ 2>/dev/null; tar czf "$OUT/logs.tgz" $L 2>/dev/null; }
 M=$R/r52-short && read -r E N <<< "$SHORT"
 if [ ! -f $M/tailtune.json ]; then  # as in run_idle.sh: 0.3 epoch at length 128, seed 13
