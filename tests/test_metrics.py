@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from tailtune.metrics import export_weight_norms, long_tail_report, weight_norms
+from tailtune.metrics import export_weight_norms, format_report, long_tail_report, weight_norms
 
 
 def test_long_tail_report():
@@ -43,6 +43,8 @@ def test_head_tail_from_training_counts_when_the_test_split_is_balanced():
     assert r["few_f1"] == pytest.approx((r["per_class"]["c"]["f1"] + r["per_class"]["d"]["f1"]) / 2)
     split = long_tail_report(y_true, y_pred, theta=0.65, train_counts=train, groups="split")
     assert split["group_rule"] == "split" and split["n_head"] == 2  # equal counts: head by name alone (a, b)
+    assert split["groups_by_name"] and not r["groups_by_name"]  # ... and the report says so
+    assert "split by class name, not size" in format_report(split) and "by class name" not in format_report(r)
     imbalanced = long_tail_report(["a"] * 9 + ["b"], ["a"] * 10, 0.5, train_counts={"a": 5, "b": 50})
     assert imbalanced["group_rule"] == "split"  # an imbalanced split keeps the paper's rule
     assert math.isnan(long_tail_report(y_true, y_pred)["many_f1"])  # no training counts: no shot bands

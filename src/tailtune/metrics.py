@@ -34,7 +34,8 @@ def long_tail_report(y_true: Sequence[str], y_pred: Sequence[str], theta: float 
       (``groups="split"``) or of the training data (``"train"``); ``"auto"`` uses the training counts
       when they are given and the evaluated split is (near) balanced (largest class at most 1.5x the
       smallest), where the split's own counts say nothing about head and tail. ``group_rule`` says
-      which rule ran;
+      which rule ran; ``groups_by_name`` is True when every class of that basis has the same count (balanced
+      training data), where the rule can only order the classes by name and head/tail F1 mean nothing;
     - ``many_f1`` / ``medium_f1`` / ``few_f1``: per-class F1 averaged over classes with more than 100,
       20 to 100, and fewer than 20 training examples (with ``train_counts``; NaN for an empty band);
     - ``per_class``: precision, recall, F1, support, group (and training count and band) of every gold class;
@@ -72,6 +73,7 @@ def long_tail_report(y_true: Sequence[str], y_pred: Sequence[str], theta: float 
         "n": len(y_true),
         "theta": theta,
         "group_rule": rule,
+        "groups_by_name": len(set(Counter(basis).values())) == 1,
         "n_head": len(heads),
         "n_tail": len(tails),
         "n_many": len(bands["many"]), "n_medium": len(bands["medium"]), "n_few": len(bands["few"]),
@@ -85,7 +87,8 @@ def format_report(report: dict) -> str:
     rule = {"split": "class counts of this split", "train": "training class counts"}[report.get("group_rule", "split")]
     lines = [f"accuracy {report['accuracy']:.4f}   macro-F1 {report['macro_f1']:.4f}   "
              f"head-F1 {report['head_f1']:.4f} ({report['n_head']} classes)   "
-             f"tail-F1 {report['tail_f1']:.4f} ({report['n_tail']} classes)   θ={report['theta']} on the {rule}"]
+             f"tail-F1 {report['tail_f1']:.4f} ({report['n_tail']} classes)   θ={report['theta']} on the {rule}"
+             + (" (all equal: head and tail are split by class name, not size)" if report.get("groups_by_name") else "")]
     if report.get("n_many", 0) + report.get("n_medium", 0) + report.get("n_few", 0):
         lines.append("   ".join(f"{band}-shot F1 {report[f'{band}_f1']:.4f} ({report[f'n_{band}']} classes)"
                                for band, _, _ in SHOT_BANDS) + "   (>100 / 20-100 / <20 training examples)")
