@@ -1,7 +1,7 @@
 # Sourced by the GPU scripts (benchmarks/gpu_next.sh, benchmarks/serving/run_gpu.sh, benchmarks/longtail_gpu.sh) after
 # they set CARRY (the carried folder), OUT (where results go), DEADLINE (seconds from now), L (their log folder) and,
 # optionally, NEED (modules to import, e.g. "fastapi, uvicorn": when that fails and CARRY/whl exists, its wheels are
-# installed into /tmp/site). It sets the offline environment, the clock (t0, `left` = seconds to the deadline),
+# installed into /tmp/site). It sets the offline environment, the clock (t0; `left`: seconds to the deadline, 1 at least),
 # D (the carried data, unpacked from CARRY/data.tgz) and the default backbone (the MiniLM rebuilt from the carried
 # fp16 copy by benchmarks/device_prep.py, kept in runs/minilm on a warm machine), and prints torch and the device.
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
