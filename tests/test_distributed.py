@@ -71,7 +71,7 @@ def _run(cmd, tries=3, **env):
         import shutil
         aborts += 1
         cmd = [str(_free_port()) if i and cmd[i - 1] == "--main_process_port" else c for i, c in enumerate(cmd)]
-        if "--resume" not in cmd:  # a fresh run starts over; a resumed one keeps the checkpoint it continues
+        if "--output" in cmd and "--resume" not in cmd:  # a fresh run starts over; a resumed one keeps its checkpoint
             shutil.rmtree(cmd[cmd.index("--output") + 1], ignore_errors=True)  # whatever the aborted run left
         first = done.stderr
         done = subprocess.run(cmd, capture_output=True, text=True, env=_env(**env), timeout=300)
