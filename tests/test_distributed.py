@@ -161,25 +161,31 @@ def test_a_killed_two_process_run_resumes_to_the_same_end(launch_as, setup):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _one_process_group() -> None:
+    """A real gloo group of this one process, on a free port."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+
+
 def test_a_command_ends_its_process_group_in_order(monkeypatch, capsys):
     """At the end of a command every process leaves the group together (barrier, then destroy), instead of leaving its
     threads to the interpreter's exit; nothing happens without a group."""
     import torch.distributed as dist
     from tailtune.processes import end_processes
     end_processes(finished=True)  # no group: nothing to do
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    _one_process_group()
     calls = []
     real_barrier = dist.barrier
     monkeypatch.setattr(dist, "barrier", lambda *a, **k: (calls.append("barrier"), real_barrier(*a, **k))[1])
     end_processes(finished=True)
     assert calls == ["barrier"] and not dist.is_initialized()
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    _one_process_group()
     end_processes(finished=False)  # after an error: no waiting for processes that may never arrive
     assert calls == ["barrier"] and not dist.is_initialized()
 
     def broken(*a, **k):
         raise RuntimeError("Connection closed by peer")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    _one_process_group()
     monkeypatch.setattr(dist, "barrier", broken)
     end_processes(finished=True)  # a peer that left early: a warning, and the group still ends
     assert not dist.is_initialized() and "another process of the launch ended before this one" in capsys.readouterr().err
@@ -222,10 +228,10 @@ def test_the_exit_handler_waits_for_the_others_only_after_a_clean_run(monkeypatc
     calls = []
     real_barrier = dist.barrier
     monkeypatch.setattr(dist, "barrier", lambda *a, **k: (calls.append("barrier"), real_barrier(*a, **k))[1])
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    _one_process_group()
     processes._end_at_exit()  # a clean exit: everyone waits for everyone, then the group ends
     assert calls == ["barrier"] and not dist.is_initialized()
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    _one_process_group()
     sys.excepthook(ValueError, ValueError("boom"), None)  # an uncaught exception on its way out: still shown
     assert "shown" in capsys.readouterr().err
     processes._end_at_exit()  # then no waiting for processes that may never arrive
