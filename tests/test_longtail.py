@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import tailtune as tt
 from tailtune.batch import collate
+from tailtune.errors import ConfigError
 from tailtune.objectives import effective_number_weights
 from tailtune.registry import BuildContext
 
@@ -195,6 +196,46 @@ def test_cosine_head_starts_from_class_prototypes(tiny_bert, toy):
     fresh = tt.build_classifier(tt.config_from_preset("cls", readout="mean", head="cosine"), LABELS, tiny_bert)
     tt.train(fresh, tt.TextDataset(texts, labels), tt.TrainConfig(steps=1, lr=1e-12, head_lr=1e-12, progress=False))
     torch.testing.assert_close(F.normalize(fresh.head.weight, dim=-1), F.normalize(protos, dim=-1), atol=1e-4, rtol=0)
+
+
+def test_cosine_head_with_a_layer_norm_scores_and_starts_in_its_space(tiny_bert, toy):
+    texts, labels = toy
+    cfg = tt.config_from_preset("auto", layer_norm="fresh")
+    model = tt.build_classifier(cfg, LABELS, tiny_bert)
+    assert isinstance(model.head.layer_norm, torch.nn.LayerNorm)
+    targets = torch.tensor([LABELS.index(y) for y in labels])
+    protos = model.class_prototypes(model.encode(texts), targets)
+    model.head.init_from_prototypes(protos)
+    with torch.no_grad():  # a learnt gain and shift that are not the identity, to check where they apply
+        model.head.layer_norm.weight.uniform_(0.5, 1.5)
+        model.head.layer_norm.bias.uniform_(-0.5, 0.5)
+    ln = model.head.layer_norm
+    x = torch.randn(5, protos.shape[1]) + 3.0  # a shared offset: the LayerNorm takes each vector's mean out
+    with torch.no_grad():
+        scores = model.head(x)
+    by_hand = 16 * F.normalize(ln(x), dim=-1) @ F.normalize(model.head.weight, dim=-1).T
+    torch.testing.assert_close(scores, by_hand, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(scores, 16 * F.normalize(x, dim=-1) @ F.normalize(model.head.weight, dim=-1).T,
+                              atol=1e-2)
+    # the class weights started as the prototypes through the LayerNorm as it was then (γ = 1, β = 0)
+    fresh = torch.nn.functional.layer_norm(protos, protos.shape[1:], eps=ln.eps)
+    torch.testing.assert_close(F.normalize(model.head.weight, dim=-1), F.normalize(fresh, dim=-1), atol=1e-5, rtol=0)
+    # bf16 weights (a classifier cast for prediction) still score in float32
+    with torch.no_grad():
+        half = model.head.to(torch.bfloat16)(x.bfloat16())
+    assert half.dtype == torch.float32 and torch.allclose(half, scores, atol=0.5)
+    with pytest.raises(ConfigError, match="layer_norm='sometimes'"):
+        tt.config_from_preset("auto", layer_norm="sometimes")
+
+
+def test_cosine_head_copies_a_pretrained_layer_norm(tiny_bert):
+    from transformers import AutoModelForMaskedLM
+    ref = AutoModelForMaskedLM.from_pretrained(tiny_bert).cls.predictions.transform.LayerNorm
+    cfg = tt.config_from_preset("auto", layer_norm="pretrained")
+    assert cfg.needs_mlm_head and not tt.config_from_preset("auto", layer_norm="fresh").needs_mlm_head
+    model = tt.build_classifier(cfg, LABELS, tiny_bert)
+    torch.testing.assert_close(model.head.layer_norm.weight, ref.weight)
+    torch.testing.assert_close(model.head.layer_norm.bias, ref.bias)
 
 
 def test_contrastive_pairs_are_balanced_over_classes():

@@ -50,6 +50,8 @@ def entry_configs() -> dict:
 
 
 CONFIGS = entry_configs()
+# options that add parameters to an entry the presets already cover
+CONFIGS["auto+layer_norm"] = tt.config_from_preset("auto", defaults=CONTEXT, layer_norm="fresh")
 
 
 def test_every_registry_entry_is_covered():
@@ -152,9 +154,10 @@ def test_every_preset_and_entry(preset, tiny_model, toy, tmp_path, other_tasks):
         assert {"head.labels", "head.task"} <= names and any(n.startswith("head.decoder.") for n in names)
     elif cfg.head == "mlp":
         assert {"head.dense.weight", "head.out.weight"} <= names
-        assert ("head.layer_norm.weight" in head_names) == (cfg.options["layer_norm"] != "none")
     else:
         assert head_names <= names  # every parameter of the head trains
+    if "layer_norm" in cfg.options:  # (mlp, cosine)
+        assert ("head.layer_norm.weight" in head_names) == (cfg.options["layer_norm"] != "none")
 
     # 3. save -> load gives the same predictions; a task module holds only what trained
     clf.save(tmp_path / "m")
@@ -219,7 +222,7 @@ def test_presets_are_composable():
     assert auto.readout == "auto" and auto.resolved(None).readout == "mask"
     assert tt.ClassifierConfig(head="label-decoder").resolved(None).readout == "tokens"
     assert tt.ClassifierConfig().resolved(None).readout == "cls"
-    with pytest.raises(ConfigError, match="'layer_norm' belongs to head='mlp'"):
+    with pytest.raises(ConfigError, match="'layer_norm' belongs to head='cosine' or head='mlp'"):
         tt.config_from_preset("prompt", layer_norm="fresh")
     with pytest.raises(ConfigError, match="'lora_r' belongs to trains='lora'.*trains='adapter'"):
         tt.config_from_preset("adapter", lora_r=4)

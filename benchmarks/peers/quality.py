@@ -71,6 +71,7 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
                         "`auto`'s (--lr 1e-4 --batch-size 16)",
             "auto-b16-nola": "auto-b16 without the post-hoc logit adjustment (--lr 1e-4 --batch-size 16 --calibration "
                              "none)",
+            "auto-ln": "`auto` with a fresh LayerNorm before its cosine head (--layer-norm fresh)",
             "prompt": "tailtune `prompt` (long-tail protocol)",
             "prompt-10ep": "tailtune `prompt` with the paper's 10 epochs (lr 1e-4, batch 16) at the set's length",
             "cls": "tailtune `cls` (few-shot protocol)"}
@@ -85,7 +86,7 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-nostop": {}, "auto-finetune": {"contrastive_head_only_below": 0},
                  "auto-head-only": {"contrastive_head_only_below": 64}, "auto-la": {"adjust_tau": 1.0, "adjust_tau_from_dev": False},
                  "auto-nola": {"calibration": "none"}, "auto-paper": {}, "auto-lr": {}, "auto-b16": {},
-                 "auto-b16-nola": {"calibration": "none"}}
+                 "auto-b16-nola": {"calibration": "none"}, "auto-ln": {"layer_norm": "fresh"}}
 # TrainConfig overrides of a variant. Rows of auto-plain, auto-contrastive, auto-long and auto-distinct were
 # measured with the 5-epoch recipe (auto-5ep, the default until 10 epochs with a stopping floor replaced it).
 # Every variant measured before `auto` trained only the head after its contrastive stage (auto-finetune: the

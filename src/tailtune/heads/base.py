@@ -1,7 +1,8 @@
 """What every head offers the classifier and the training loop."""
 from __future__ import annotations
 
-from typing import Callable
+import warnings
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -39,3 +40,23 @@ class Head(nn.Module):
         """For a head that reads every layer: how much each layer's read vector (layers 1..L) counts in a
         loss on the representation, such as the contrastive stage's pair loss; None: the last layer only."""
         return None
+
+
+LAYER_NORMS = ("none", "fresh", "pretrained")
+
+
+def build_layer_norm(choice: str, ctx: Any) -> nn.LayerNorm | None:
+    """A head's LayerNorm over the hidden size: ``none``, ``fresh`` (γ = 1, β = 0) or ``pretrained`` (copied from
+    the backbone's MLM-head transform, as the long-tail paper's "w/ pretrained LN" ablation does; fresh, with a
+    warning, where the checkpoint has none)."""
+    if choice == "none":
+        return None
+    layer_norm = nn.LayerNorm(ctx.hidden, eps=ctx.ln_eps)
+    if choice == "pretrained" and ctx.mlm is not None:
+        if "LayerNorm" in ctx.mlm.missing:
+            warnings.warn(f"backbone {ctx.backbone_name!r} has no pretrained MLM-head LayerNorm: the head's "
+                          f"LayerNorm is initialised fresh (as layer_norm='fresh')", stacklevel=5)
+        else:
+            with torch.no_grad():
+                layer_norm.load_state_dict(ctx.mlm.layer_norm.state_dict())
+    return layer_norm

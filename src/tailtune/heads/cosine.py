@@ -1,4 +1,5 @@
-"""A cosine (normalised) classifier: ``s · cos(w_c, h)``, optionally started from class prototypes."""
+"""A cosine (normalised) classifier: ``s · cos(w_c, h)``, optionally started from class prototypes and optionally
+after a LayerNorm."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import HEADS, BuildContext, check_choice, check_min
-from .base import Head
+from .base import LAYER_NORMS, Head, build_layer_norm
 
 
 class CosineHead(Head):
@@ -17,11 +18,16 @@ class CosineHead(Head):
     cannot win by a larger weight, and the scale ``s`` (the inverse temperature) sets how peaked the
     softmax is. With ``init_from = prototypes`` each ``w_c`` starts as the mean read vector of class
     ``c``'s training texts: before the first step the head is the nearest-class-mean classifier of
-    what the backbone already says."""
+    what the backbone already says.
+
+    With a ``layer_norm``, ``h`` is ``LayerNorm(h)`` (and so are the prototypes): cosine similarity ignores the
+    scale it sets, so what it adds is centring each vector and a learnt per-dimension gain and shift, which can
+    take out the direction every sentence vector shares."""
 
     def __init__(self, hidden: int, n_classes: int, scale: float = 16.0, learn_scale: bool = False,
-                 dropout: float = 0.0, prototypes: bool = True) -> None:
+                 dropout: float = 0.0, prototypes: bool = True, layer_norm: nn.LayerNorm | None = None) -> None:
         super().__init__()
+        self.layer_norm = layer_norm
         self.weight = nn.Parameter(torch.randn(n_classes, hidden) * 0.02)
         log_scale = torch.tensor(float(scale)).log()
         if learn_scale:
@@ -34,14 +40,21 @@ class CosineHead(Head):
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, hidden) -> (batch, classes), computed in float32."""
         with torch.autocast(h.device.type, enabled=False):
-            z = F.normalize(self.dropout(h.float()), dim=-1)
+            z = F.normalize(self._features(self.dropout(h.float())), dim=-1)
             return self.log_scale.exp() * z @ F.normalize(self.weight.float(), dim=-1).T
 
+    def _features(self, h: torch.Tensor) -> torch.Tensor:
+        """``h`` in float32, through the LayerNorm if there is one (its weights in float32 too, as the class weights)."""
+        ln = self.layer_norm
+        return h if ln is None else F.layer_norm(h, ln.normalized_shape, ln.weight.float(), ln.bias.float(), ln.eps)
+
     def init_from_prototypes(self, prototypes: torch.Tensor) -> None:
-        """``prototypes``: (classes, hidden) mean read vectors; a class without any keeps its random start."""
+        """``prototypes``: (classes, hidden) mean read vectors; a class without any keeps its random start. With a
+        LayerNorm, each is passed through it (the mean of a class's normalised vectors, so nearly the mean of their
+        LayerNorm'd directions)."""
         with torch.no_grad():
             found = prototypes.norm(dim=-1) > 0
-            self.weight[found] = prototypes[found].to(self.weight.dtype)
+            self.weight[found] = self._features(prototypes[found].float()).to(self.weight.dtype)
 
     def class_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         w = F.normalize(self.weight, dim=-1) * self.log_scale.exp()
@@ -59,15 +72,18 @@ class CosineOptions:
     init_from: str = "prototypes"
     """cosine head: class weights start from the class prototypes (mean read vector of each class's training
     texts) or random"""
+    layer_norm: str = "none"
+    """LayerNorm before the output layer: none, fresh, or pretrained (copied from the MLM head's)"""
 
     def __post_init__(self) -> None:
+        check_choice(self, "layer_norm", LAYER_NORMS)
         check_min(self, "scale", 0.0, strict=True)
         check_min(self, "head_dropout", 0.0)
         check_choice(self, "init_from", ("prototypes", "random"))
 
 
 @HEADS.register("cosine", CosineOptions, description="cosine classifier s·cos(w_c, h), started from class "
-                "prototypes", reads="vector")
+                "prototypes", reads="vector", needs_mlm_head=lambda o: o.layer_norm == "pretrained")
 def build_cosine(opts: CosineOptions, ctx: BuildContext) -> CosineHead:
     return CosineHead(ctx.hidden, len(ctx.labels), opts.scale, opts.learn_scale, opts.head_dropout,
-                      opts.init_from == "prototypes")
+                      opts.init_from == "prototypes", build_layer_norm(opts.layer_norm, ctx))

@@ -1,27 +1,25 @@
 """The MLP head of CLS-tuning: ``Linear -> act -> Dropout [-> LayerNorm] -> Linear``."""
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
 from ..registry import HEADS, BuildContext, check_choice, check_min
-from .base import Head
+from .base import LAYER_NORMS, Head, build_layer_norm
 
 
 class MLPHead(Head):
     """``Linear -> act -> Dropout [-> LayerNorm] -> Linear`` (CLS-tuning; "w/ LN" adds the LayerNorm)."""
 
     def __init__(self, hidden: int, n_classes: int, activation: str = "tanh",
-                 dropout: float = 0.1, layer_norm: bool = False, ln_eps: float = 1e-12) -> None:
+                 dropout: float = 0.1, layer_norm: nn.LayerNorm | None = None) -> None:
         super().__init__()
         self.dense = nn.Linear(hidden, hidden)
         self.act = ACT2FN[activation]
         self.dropout = nn.Dropout(dropout)
-        self.layer_norm = nn.LayerNorm(hidden, eps=ln_eps) if layer_norm else None
+        self.layer_norm = layer_norm
         self.out = nn.Linear(hidden, n_classes)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -45,20 +43,12 @@ class MLPOptions:
 
     def __post_init__(self) -> None:
         check_choice(self, "activation", ("tanh", "relu", "gelu"))
-        check_choice(self, "layer_norm", ("none", "fresh", "pretrained"))
+        check_choice(self, "layer_norm", LAYER_NORMS)
         check_min(self, "dropout", 0.0)
 
 
 @HEADS.register("mlp", MLPOptions, description="Linear -> act -> Dropout [-> LayerNorm] -> Linear on the read vector",
                 reads="vector", needs_mlm_head=lambda o: o.layer_norm == "pretrained")
 def build_mlp(opts: MLPOptions, ctx: BuildContext) -> MLPHead:
-    head = MLPHead(ctx.hidden, len(ctx.labels), opts.activation, opts.dropout,
-                   layer_norm=opts.layer_norm != "none", ln_eps=ctx.ln_eps)
-    if opts.layer_norm == "pretrained" and ctx.mlm is not None:
-        if "LayerNorm" in ctx.mlm.missing:
-            warnings.warn(f"backbone {ctx.backbone_name!r} has no pretrained MLM-head LayerNorm: the head's "
-                          f"LayerNorm is initialised fresh (this equals 'cls-ln')", stacklevel=4)
-        else:
-            with torch.no_grad():
-                head.layer_norm.load_state_dict(ctx.mlm.layer_norm.state_dict())
-    return head
+    return MLPHead(ctx.hidden, len(ctx.labels), opts.activation, opts.dropout,
+                   build_layer_norm(opts.layer_norm, ctx))
