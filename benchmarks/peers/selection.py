@@ -1,0 +1,135 @@
+"""Which dev rule picks the best checkpoint? One training per (set, method, seed), every evaluation scored twice.
+
+    python benchmarks/peers/selection.py --only r52 --methods auto --seeds 13 21 42
+    python benchmarks/peers/selection.py --summary
+
+Each run trains `auto` (or one of quality.py's variants of it) as ``quality.py`` does, on the same splits, seed
+and recipe, but never stops early: every evaluation of the recipe's full schedule is kept. After each evaluation
+the classifier scores dev and test (uncalibrated: R52's and TREC-50's dev sets are given or carved from data like
+the test data, where `auto` keeps τ = 0): dev macro-F1 (what `auto` keeps today), dev accuracy and dev log-loss,
+and test macro-F1 and tail-F1. No rule sees the test figures; they only say afterwards what each rule's choice
+was worth. The training is the same as without the extra scoring (prediction neither draws random numbers nor
+leaves the model in eval mode), so the rule "best dev macro-F1, all epochs" reproduces quality.py's
+`auto-nostop` row of the same seed. Rows -> ``benchmarks/results/quality/selection.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality import AUTO_TRAIN, AUTO_VARIANTS, fit_timed, load, read_jsonl  # noqa: E402
+
+OUT = Path(__file__).resolve().parents[1] / "results" / "quality" / "selection.jsonl"
+
+
+def _scores(model, ds, theta: float, counts: dict) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from tailtune.metrics import long_tail_report
+    from tailtune.training import predict_logits
+    logits = predict_logits(model, model.encode(ds.texts, ds.texts_b), 128, calibrated=False)
+    gold = torch.tensor([model.labels.index(y) for y in ds.labels])
+    rep = long_tail_report(ds.labels, [model.labels[i] for i in logits.argmax(-1).tolist()], theta, counts)
+    return {"macro_f1": rep["macro_f1"], "tail_f1": rep["tail_f1"], "accuracy": rep["accuracy"],
+            "log_loss": F.cross_entropy(logits, gold).item()}
+
+
+def run(data_dir: Path, name: str, method: str, seed: int) -> dict:
+    import tailtune as tt
+    import tailtune.api as api
+    train, dev, test, max_length, theta, _ = load(data_dir, name, seed)
+    clf = tt.TailtuneClassifier("auto", max_length=max_length, theta=theta, **AUTO_VARIANTS[method],
+                                train_config=tt.preset_train_config("auto", seed=seed, progress=False,
+                                                                    **{**AUTO_TRAIN.get(method, {}), "patience": None}))
+    built: list = []
+    build = api.build_classifier
+
+    def capture(*args, **kwargs):  # the model fit() builds, to score it at each evaluation
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    counts = dict(Counter(train.labels))
+    evals: list[dict] = []
+
+    def on_evaluate(step: int, _metrics: dict) -> None:
+        evals.append({"step": step, **{f"{part}_{k}": v for part, ds in (("dev", dev), ("test", test))
+                                       for k, v in _scores(built[-1], ds, theta, counts).items()}})
+
+    clf_fit = clf.fit
+    clf.fit = lambda tr, dev=None: clf_fit(tr, dev=dev, on_evaluate=on_evaluate)
+    api.build_classifier = capture
+    try:
+        seconds = fit_timed(clf, train, dev)
+    finally:
+        api.build_classifier = build
+    return {"dataset": name, "method": method, "seed": seed, "max_length": max_length, "train_seconds": seconds,
+            "steps": clf.train_result_.steps, "evals": evals}
+
+
+# rule -> index of the evaluation it keeps (ties: the earliest, as the training loop does)
+def _best(evals: list[dict], key: str, sign: float = 1.0, start: int = 0) -> int:
+    return max(range(start, len(evals)), key=lambda i: (sign * evals[i][key], -i))
+
+
+RULES = {
+    "best dev macro-F1 (auto, all epochs)": lambda e: _best(e, "dev_macro_f1"),
+    "best dev accuracy": lambda e: _best(e, "dev_accuracy"),
+    "least dev log-loss": lambda e: _best(e, "dev_log_loss", -1.0),
+    "best dev macro-F1 in the second half": lambda e: _best(e, "dev_macro_f1", start=len(e) // 2),
+    "the last evaluation": lambda e: len(e) - 1,
+    "(oracle: best test macro-F1)": lambda e: _best(e, "test_macro_f1"),
+}
+
+
+def summary(rows: list[dict]) -> str:
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["method"]), []).append(r)
+    lines = ["| set | method | seeds | " + " | ".join(RULES) + " |", "|---|---|---|" + "---|" * len(RULES)]
+    for (name, method), runs in sorted(groups.items()):
+        runs = sorted(runs, key=lambda r: r["seed"])
+        cells = []
+        for rule in RULES.values():
+            picks = [(r["evals"][rule(r["evals"])]) for r in runs]
+            f1 = [100 * p["test_macro_f1"] for p in picks]
+            cells.append(f"{statistics.mean(f1):.1f} ({' / '.join(f'{v:.1f}' for v in f1)}; "
+                         f"eval {', '.join(str(r['evals'].index(p) + 1) for r, p in zip(runs, picks))})")
+        lines.append(f"| {name} | {method} | {', '.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + ("\n\nEach cell: mean test macro-F1 of the checkpoint the rule keeps (per seed; which of "
+                               "the evaluations it kept, 1-based).")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    p.add_argument("--only", nargs="+", default=["r52"])
+    p.add_argument("--methods", nargs="+", default=["auto"], choices=list(AUTO_VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[13, 21, 42])
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--summary", action="store_true", help="print the rules' table from --out and exit")
+    args = p.parse_args()
+    if args.summary:
+        print(summary(read_jsonl(args.out)))
+        return
+    done = {(r["dataset"], r["method"], r["seed"]) for r in read_jsonl(args.out)}
+    for name in args.only:
+        for method in args.methods:
+            for seed in args.seeds:
+                if (name, method, seed) in done:
+                    continue
+                row = run(args.data_dir, name, method, seed)
+                with args.out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                best = row["evals"][RULES["best dev macro-F1 (auto, all epochs)"](row["evals"])]
+                print(f"{name} {method} seed {seed}: {len(row['evals'])} evaluations, {row['train_seconds']:.0f} s; "
+                      f"best dev macro-F1 keeps test macro-F1 {best['test_macro_f1']:.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
