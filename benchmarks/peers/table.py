@@ -27,6 +27,7 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
                           "contrastive stage (`--contrastive-head-only-below 0`)",
          "auto-head-only": "`auto` training only the head after its contrastive stage at any size "
                            "(`--contrastive-head-only-below 64`)",
+         "auto-ln": "`auto` with a fresh LayerNorm before its cosine head (`--layer-norm fresh`; not adopted)",
          "prompt": "tailtune `prompt` (paper protocol)",
          "cls": "tailtune `cls` (few-shot protocol)", "lr-balanced": "embeddings + LogisticRegression (balanced)",
          "lr": "embeddings + LogisticRegression", "setfit": "SetFit", "hf-trainer": "HF Trainer + AutoModelForSequenceClassification"}
@@ -130,7 +131,7 @@ def main() -> None:
                 + (f" [{len(mine)}]" if fewer else ""))
 
     methods = ["auto", "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct",
-               "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-nola", "auto-la", BEST_PRESET, *PEERS]
+               "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-ln", "auto-nola", "auto-la", BEST_PRESET, *PEERS]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
         means = [statistics.mean(values(m, s)) if values(m, s) else None for s in sets]
