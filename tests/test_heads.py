@@ -40,14 +40,19 @@ def test_decoupled_embeddings_are_a_copy(tiny_bert):
     torch.testing.assert_close(model.head.decoder_weight, emb)
 
 
-def test_pretrained_layer_norm_is_copied(tiny_bert):
-    from transformers import AutoModelForMaskedLM
-    ln = AutoModelForMaskedLM.from_pretrained(tiny_bert).cls.predictions.transform.LayerNorm
-    with torch.no_grad():
-        ln.weight.fill_(0)
-    model = tt.build_classifier(tt.config_from_preset("cls-pt-ln"), ["a", "b"], tiny_bert)
-    ref = AutoModelForMaskedLM.from_pretrained(tiny_bert).cls.predictions.transform.LayerNorm
-    torch.testing.assert_close(model.head.layer_norm.weight, ref.weight)
+@pytest.mark.parametrize("preset, options", [("cls-pt-ln", {}), ("auto", {"layer_norm": "pretrained"})])
+def test_pretrained_layer_norm_is_copied(preset, options, tiny_bert, tmp_path):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    mlm = AutoModelForMaskedLM.from_pretrained(tiny_bert)
+    ln = mlm.cls.predictions.transform.LayerNorm
+    with torch.no_grad():  # not the fresh γ = 1, β = 0, so that a fresh LayerNorm cannot pass for a copy
+        ln.weight.uniform_(0.5, 1.5)
+        ln.bias.uniform_(-0.5, 0.5)
+    mlm.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(tmp_path)
+    model = tt.build_classifier(tt.config_from_preset(preset, **options), ["a", "b"], str(tmp_path))
+    torch.testing.assert_close(model.head.layer_norm.weight, ln.weight)
+    torch.testing.assert_close(model.head.layer_norm.bias, ln.bias)
 
 
 def test_missing_mlm_head_warns(tiny_bert, tmp_path):
