@@ -228,6 +228,16 @@ def test_presets_are_composable():
         tt.config_from_preset("adapter", lora_r=4)
 
 
+def test_an_option_added_later_leaves_what_was_recorded_unchanged():
+    # the cosine head's layer_norm came after `auto` runs were saved, checkpointed and finished: at its neutral
+    # value it stays out of the recorded configuration (run identities, resume checks, artefacts)
+    auto = tt.config_from_preset("auto")
+    assert auto.options["layer_norm"] == "none" and "layer_norm" not in auto.to_dict()["options"]
+    assert tt.ClassifierConfig.from_dict(auto.to_dict()) == auto
+    assert tt.config_from_preset("auto", layer_norm="fresh").to_dict()["options"]["layer_norm"] == "fresh"
+    assert tt.config_from_preset("cls").to_dict()["options"]["layer_norm"] == "none"  # the MLP head's, as recorded
+
+
 def test_config_round_trips_and_reads_old_flat_configs():
     for cfg in CONFIGS.values():
         assert tt.ClassifierConfig.from_dict(cfg.to_dict()) == cfg

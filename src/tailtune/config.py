@@ -142,8 +142,14 @@ class ClassifierConfig:
         return bool(self.entry("head").trait("uses_label_words", False))
 
     def to_dict(self) -> dict:
+        """The axes and options; an option an entry gained after runs were recorded (its ``neutral_options`` trait:
+        {option: the value that computes what runs did before it existed}) is left out at that value, so what was
+        saved, checkpointed or finished before reads as the same configuration (``from_dict`` restores it)."""
+        neutral = {k: v for entry in (*map(self.entry, AXIS_NAMES), *self.stage_entries())
+                   for k, v in entry.trait("neutral_options", {}).items()}
         return {**{axis: getattr(self, axis) for axis in AXIS_NAMES}, "stages": list(self.stages),
-                "max_length": self.max_length, "options": dict(self.options)}
+                "max_length": self.max_length,
+                "options": {k: v for k, v in self.options.items() if neutral.get(k, ...) != v}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ClassifierConfig":

@@ -83,7 +83,8 @@ class CosineOptions:
 
 
 @HEADS.register("cosine", CosineOptions, description="cosine classifier s·cos(w_c, h), started from class "
-                "prototypes", reads="vector", needs_mlm_head=lambda o: o.layer_norm == "pretrained")
+                "prototypes", reads="vector", needs_mlm_head=lambda o: o.layer_norm == "pretrained",
+                neutral_options={"layer_norm": "none"})  # (added after `auto` runs were recorded and saved)
 def build_cosine(opts: CosineOptions, ctx: BuildContext) -> CosineHead:
     return CosineHead(ctx.hidden, len(ctx.labels), opts.scale, opts.learn_scale, opts.head_dropout,
                       opts.init_from == "prototypes", build_layer_norm(opts.layer_norm, ctx))
