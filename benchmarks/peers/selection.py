@@ -40,12 +40,13 @@ def _scores(model, ds, theta: float, counts: dict) -> dict:
             "log_loss": F.cross_entropy(logits, gold).item()}
 
 
-def run(data_dir: Path, name: str, method: str, seed: int) -> dict:
+def run(data_dir: Path, name: str, method: str, seed: int, max_length: int | None = None, bf16: bool = False) -> dict:
     import tailtune as tt
     import tailtune.api as api
-    train, dev, test, max_length, theta, _ = load(data_dir, name, seed)
+    train, dev, test, set_length, theta, _ = load(data_dir, name, seed)
+    max_length = max_length or set_length
     clf = tt.TailtuneClassifier("auto", max_length=max_length, theta=theta, **AUTO_VARIANTS[method],
-                                train_config=tt.preset_train_config("auto", seed=seed, progress=False,
+                                train_config=tt.preset_train_config("auto", seed=seed, progress=False, bf16=bf16,
                                                                     **{**AUTO_TRAIN.get(method, {}), "patience": None}))
     built: list = []
     build = api.build_classifier
@@ -68,7 +69,8 @@ def run(data_dir: Path, name: str, method: str, seed: int) -> dict:
         seconds = fit_timed(clf, train, dev)
     finally:
         api.build_classifier = build
-    return {"dataset": name, "method": method, "seed": seed, "max_length": max_length, "train_seconds": seconds,
+    return {"dataset": name, "method": method, "seed": seed, "max_length": max_length, "bf16": bf16,
+            "train_seconds": seconds,
             "steps": clf.train_result_.steps, "evals": evals}
 
 
@@ -90,9 +92,9 @@ RULES = {
 def summary(rows: list[dict]) -> str:
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["dataset"], r["method"]), []).append(r)
-    lines = ["| set | method | seeds | " + " | ".join(RULES) + " |", "|---|---|---|" + "---|" * len(RULES)]
-    for (name, method), runs in sorted(groups.items()):
+        groups.setdefault((r["dataset"], r["method"], r["max_length"]), []).append(r)
+    lines = ["| set | method | length | seeds | " + " | ".join(RULES) + " |", "|---|---|---|---|" + "---|" * len(RULES)]
+    for (name, method, length), runs in sorted(groups.items()):
         runs = sorted(runs, key=lambda r: r["seed"])
         cells = []
         for rule in RULES.values():
@@ -100,7 +102,7 @@ def summary(rows: list[dict]) -> str:
             f1 = [100 * p["test_macro_f1"] for p in picks]
             cells.append(f"{statistics.mean(f1):.1f} ({' / '.join(f'{v:.1f}' for v in f1)}; "
                          f"eval {', '.join(str(r['evals'].index(p) + 1) for r, p in zip(runs, picks))})")
-        lines.append(f"| {name} | {method} | {', '.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {method} | {length} | {', '.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + ("\n\nEach cell: mean test macro-F1 of the checkpoint the rule keeps (per seed; which of "
                                "the evaluations it kept, 1-based).")
 
@@ -111,19 +113,23 @@ def main() -> None:
     p.add_argument("--only", nargs="+", default=["r52"])
     p.add_argument("--methods", nargs="+", default=["auto"], choices=list(AUTO_VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[13, 21, 42])
+    p.add_argument("--max-length", type=int, default=None, help="default: the set's length in quality.py (the CPU "
+                   "protocol); 256 is the long-tail paper's")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (on a GPU)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--summary", action="store_true", help="print the rules' table from --out and exit")
     args = p.parse_args()
     if args.summary:
         print(summary(read_jsonl(args.out)))
         return
-    done = {(r["dataset"], r["method"], r["seed"]) for r in read_jsonl(args.out)}
+    done = {(r["dataset"], r["method"], r["seed"], r["max_length"]) for r in read_jsonl(args.out)}
     for name in args.only:
         for method in args.methods:
             for seed in args.seeds:
-                if (name, method, seed) in done:
+                row_length = args.max_length or load(args.data_dir, name, seed)[3]
+                if (name, method, seed, row_length) in done:
                     continue
-                row = run(args.data_dir, name, method, seed)
+                row = run(args.data_dir, name, method, seed, args.max_length, args.bf16)
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 best = row["evals"][RULES["best dev macro-F1 (auto, all epochs)"](row["evals"])]
