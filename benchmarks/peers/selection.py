@@ -40,11 +40,11 @@ def _scores(model, ds, theta: float, counts: dict) -> dict:
             "log_loss": F.cross_entropy(logits, gold).item()}
 
 
-def run(data_dir: Path, name: str, method: str, seed: int, max_length: int | None = None, bf16: bool = False) -> dict:
+def run(data: tuple, name: str, method: str, seed: int, max_length: int, bf16: bool = False) -> dict:
+    """``data``: quality.load's (train, dev, test, max length, theta, few-shot?) of the set and seed."""
     import tailtune as tt
     import tailtune.api as api
-    train, dev, test, set_length, theta, _ = load(data_dir, name, seed)
-    max_length = max_length or set_length
+    train, dev, test, _, theta, _ = data
     clf = tt.TailtuneClassifier("auto", max_length=max_length, theta=theta, **AUTO_VARIANTS[method],
                                 train_config=tt.preset_train_config("auto", seed=seed, progress=False, bf16=bf16,
                                                                     **{**AUTO_TRAIN.get(method, {}), "patience": None}))
@@ -126,10 +126,11 @@ def main() -> None:
     for name in args.only:
         for method in args.methods:
             for seed in args.seeds:
-                row_length = args.max_length or load(args.data_dir, name, seed)[3]
-                if (name, method, seed, row_length) in done:
+                data = load(args.data_dir, name, seed)  # (once per run: the set's length is part of its key)
+                length = args.max_length or data[3]
+                if (name, method, seed, length) in done:
                     continue
-                row = run(args.data_dir, name, method, seed, args.max_length, args.bf16)
+                row = run(data, name, method, seed, length, args.bf16)
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 best = row["evals"][RULES["best dev macro-F1 (auto, all epochs)"](row["evals"])]
