@@ -72,6 +72,9 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
             "auto-b16-nola": "auto-b16 without the post-hoc logit adjustment (--lr 1e-4 --batch-size 16 --calibration "
                              "none)",
             "auto-ln": "`auto` with a fresh LayerNorm before its cosine head (--layer-norm fresh)",
+            "auto-ln-b16": "auto-ln with the long-tail paper's lr and batch (--layer-norm fresh --lr 1e-4 "
+                           "--batch-size 16)",
+            "auto-ln-nostop": "auto-ln without early stopping (--layer-norm fresh --patience none; all 10 epochs)",
             "prompt": "tailtune `prompt` (long-tail protocol)",
             "prompt-10ep": "tailtune `prompt` with the paper's 10 epochs (lr 1e-4, batch 16) at the set's length",
             "cls": "tailtune `cls` (few-shot protocol)"}
@@ -86,7 +89,8 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-nostop": {}, "auto-finetune": {"contrastive_head_only_below": 0},
                  "auto-head-only": {"contrastive_head_only_below": 64}, "auto-la": {"adjust_tau": 1.0, "adjust_tau_from_dev": False},
                  "auto-nola": {"calibration": "none"}, "auto-paper": {}, "auto-lr": {}, "auto-b16": {},
-                 "auto-b16-nola": {"calibration": "none"}, "auto-ln": {"layer_norm": "fresh"}}
+                 "auto-b16-nola": {"calibration": "none"}, "auto-ln": {"layer_norm": "fresh"},
+                 "auto-ln-b16": {"layer_norm": "fresh"}, "auto-ln-nostop": {"layer_norm": "fresh"}}
 # TrainConfig overrides of a variant. Rows of auto-plain, auto-contrastive, auto-long and auto-distinct were
 # measured with the 5-epoch recipe (auto-5ep, the default until 10 epochs with a stopping floor replaced it).
 # Every variant measured before `auto` trained only the head after its contrastive stage (auto-finetune: the
@@ -97,7 +101,8 @@ PAPER_LR_BATCH = {"lr": 1e-4, "batch_size": 16}  # the long-tail paper's body lr
 AUTO_TRAIN = {"auto-long": {"epochs": 5.0, "patience": None, "patience_from": 0.0},
               "auto-5ep": {"epochs": 5.0, "patience_from": 0.0}, "auto-nostop": {"patience": None},
               "auto-paper": {**PAPER_LR_BATCH, "patience": None}, "auto-lr": {"lr": 1e-4},
-              "auto-b16": PAPER_LR_BATCH, "auto-b16-nola": PAPER_LR_BATCH}
+              "auto-b16": PAPER_LR_BATCH, "auto-b16-nola": PAPER_LR_BATCH,
+              "auto-ln-b16": PAPER_LR_BATCH, "auto-ln-nostop": {"patience": None}}
 PEER_NAMES = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 
