@@ -5,15 +5,15 @@
 #      run, side by side on the GPU, for at most QCAP seconds (a run cut short leaves no row);
 #   2. issue 12, the early-exit curves on SST-2 (16-shot), TREC-50 and R52 after the exit loop was slimmed, alone on
 #      the GPU, with what time is left (each set is written as soon as it is done).
-# Usage: [LENGTH=256] [METHODS="auto-nostop auto-b16"] [NO_EXIT=1] bash benchmarks/gpu_next.sh CARRY_DIR OUT_DIR [DEADLINE_S] [QCAP_S] [SCALE]
-# (LENGTH and METHODS change step 1; NO_EXIT=1 skips step 2)
+# Usage: [SET=r52] [LENGTH=256] [METHODS="auto-nostop auto-b16"] [NO_EXIT=1] bash benchmarks/gpu_next.sh CARRY_DIR OUT_DIR [DEADLINE_S] [QCAP_S] [SCALE]
+# (SET, LENGTH and METHODS change step 1; NO_EXIT=1 skips step 2)
 # CARRY_DIR holds the MiniLM as an fp16 copy (`minilm/`) and `data.tgz`, built as benchmarks/serving/run_gpu.sh says
 # (no wheels: nothing here needs a package that machine lacks). SCALE=smoke: a few minutes on a CPU, to check it.
 set -uo pipefail
 CARRY=$1 OUT=$2 DEADLINE=${3:-570} QCAP=${4:-420} SCALE=${5:-full}
 R=runs/gpu_next L=runs/gpu_next/logs
 . benchmarks/gpu_common.sh
-DEVICE=cuda SEEDS="13 21 42 87 100" Q="--only r52 --max-length ${LENGTH:-256}" EPOCHS="" R52_EPOCHS="--epochs 2" B1=100
+DEVICE=cuda SEEDS="13 21 42 87 100" SET=${SET:-r52} && Q="--only $SET --max-length ${LENGTH:-256}" EPOCHS="" R52_EPOCHS="--epochs 2" B1=100
 if [ "$SCALE" = smoke ]; then
   DEVICE=cpu SEEDS="13" Q="--only r52-k8 --max-length 32" EPOCHS="--epochs 0.05" R52_EPOCHS="--epochs 0.02" B1=8
 fi
@@ -25,8 +25,8 @@ for m in ${METHODS:-auto-nostop auto-b16}; do
   done
 done
 wait
-cat $R/q_*/results.jsonl > $R/r52_full_protocol.jsonl 2>/dev/null
-echo "quality runs done after $(( $(date +%s) - t0 )) s: $(wc -l < $R/r52_full_protocol.jsonl) rows"; tail -qn 1 $L/q_*.log
+cat $R/q_*/results.jsonl > $R/${SET}_full_protocol.jsonl 2>/dev/null
+echo "quality runs done after $(( $(date +%s) - t0 )) s: $(wc -l < $R/${SET}_full_protocol.jsonl) rows"; tail -qn 1 $L/q_*.log
 copy
 [ -n "${NO_EXIT:-}" ] && { echo "done after $(( $(date +%s) - t0 )) s"; exit 0; }
 X="python3 benchmarks/serving/early_exit.py --data-dir $D --batches 64 1 --batch1-texts $B1 --repeats 2 --out $R/early_exit.json"
