@@ -11,7 +11,7 @@ from tailtune.training import length_grouped_batches
 
 def _clf(backbone, seed, **train):
     return tt.TailtuneClassifier("cls", backbone, train_config=tt.TrainConfig(
-        epochs=3, batch_size=4, lr=1e-3, seed=seed, progress=False, **train))
+        **{"epochs": 3, "batch_size": 4, "lr": 1e-3, "seed": seed, "progress": False, **train}))
 
 
 def test_same_seed_same_metrics(tiny_bert, toy):
@@ -63,3 +63,15 @@ def test_early_stopping_waits_for_its_share_of_the_steps(tiny_bert, toy):
     assert late.history[:free.steps] == free.history  # the same run up to where the free one stopped
     with pytest.raises(tt.ConfigError, match="patience_from"):
         tt.TrainConfig(patience_from=1.5)
+
+
+def test_min_steps_lengthens_a_short_run_and_says_so(tiny_bert, toy):
+    texts, labels = toy
+    per_epoch = math.ceil(len(texts) / 4)
+    lines = []
+    r = _clf(tiny_bert, 1, epochs=1, min_steps=per_epoch * 2 + 1).fit(texts, labels, log=lines.append).train_result_
+    assert r.steps == per_epoch * 2 + 1
+    assert any(f"training {per_epoch * 2 + 1} steps" in x and "--min-steps 0" in x for x in lines)
+    lines.clear()  # a floor below the epochs' steps changes nothing and says nothing
+    r = _clf(tiny_bert, 1, epochs=1, min_steps=1).fit(texts, labels, log=lines.append).train_result_
+    assert r.steps == per_epoch and not any("min_steps" in x for x in lines)
