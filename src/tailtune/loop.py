@@ -326,7 +326,7 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
     total = cfg.steps or max(by_epochs, cfg.min_steps or 0)
     if log and not cfg.steps and total > by_epochs:  # say so, as the user may have asked for those epochs
         log(f"training {total} steps ({total / steps_per_epoch:g} epochs of {steps_per_epoch} steps), not the "
-            f"{by_epochs} of {cfg.epochs:g} epochs: at least min_steps={cfg.min_steps} updates (--min-steps 0 keeps "
+            f"{by_epochs} of {cfg.epochs:g} epochs: at least min_steps={cfg.min_steps} updates (--min-steps 1 keeps "
             f"to --epochs)")
     warmup = int(total * cfg.warmup_ratio)
     optimizer = adamw(param_groups(model, roles, cfg), device, procs)
