@@ -325,8 +325,8 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
     by_epochs = max(1, math.ceil(steps_per_epoch * cfg.epochs))
     total = cfg.steps or max(by_epochs, cfg.min_steps or 0)
     if log and not cfg.steps and total > by_epochs:  # say so, as the user may have asked for those epochs
-        log(f"training {total} steps ({total / steps_per_epoch:g} epochs of {steps_per_epoch} steps), not the "
-            f"{by_epochs} of {cfg.epochs:g} epochs: at least min_steps={cfg.min_steps} updates (--min-steps 1 keeps "
+        log(f"training {total} steps ({total / steps_per_epoch:g} epochs of {steps_per_epoch} steps) instead of the "
+            f"{by_epochs} steps of {cfg.epochs:g} epochs: min_steps={cfg.min_steps} sets a floor (--min-steps 1 keeps "
             f"to --epochs)")
     warmup = int(total * cfg.warmup_ratio)
     optimizer = adamw(param_groups(model, roles, cfg), device, procs)
