@@ -3,6 +3,8 @@ import json
 import pytest
 import yaml
 
+import tailtune as tt
+
 from tailtune.errors import ConfigError
 from tailtune.experiment import load_experiment, results_table, run_experiment
 from conftest import TOY_LABELS, TOY_TEXTS
@@ -203,3 +205,17 @@ def test_a_runs_identity_does_not_move_between_versions(tmp_path):
            "runs": [{"presets": ["cls", "auto", "fastbert"], "seeds": [1]}]}
     assert {p: resolve(cfg, "toy", p, 1)[0].settings_hash for p in ("cls", "auto", "fastbert")} == \
         {"cls": "4be39397e5e59320", "auto": "b8363e77f1ffa9c4", "fastbert": "6e369617dfe377b9"}
+    # every other preset's identity as of tailtune 0.2 with the cosine head's LayerNorm option: an option added to an
+    # entry later must leave these alone (the `neutral_options` trait, or NEUTRAL_SETTINGS for a training setting);
+    # a new preset adds its own line
+    pinned = {"cls-relu": "fa088515563ce357", "cls-eta-norm": "320520490905ad0d", "cls-focal": "0beac361b477f866",
+              "cls-prompt": "f2e57a893a1b7ce0", "cls-ln": "c4d37a9e59651999", "cls-pt-ln": "2808e7460caf94d1",
+              "prompt": "facb27ec74a750a3", "prompt-ed": "ac92eb421b143fa6", "prompt-focal": "d473e14216290665",
+              "prompt-eta-norm": "f44f07747483bada", "linear-probe": "354d7688c97b10bd", "bitfit": "8914ca889fd09e77",
+              "adapter": "2fed659289782178", "adapter-pfeiffer": "d4a0efb7106c47d8",
+              "prompt-adapter": "a0464b16498fc624", "lora": "f14b52028e3dd149", "prompt-lora": "fd239f29296cdc6a",
+              "prefix": "59eeda88794ef1c5", "prompt-prefix": "258316e5a199f14a", "y-tuning": "d37ef9cef217379a",
+              "y-tuning-ce": "f5f0ee92aead0751", "pabee": "ab28b210770bbfa5", "deebert": "0800fb073339f315",
+              "soft-prompt": "1af957ab95a3fa1a"}
+    assert set(pinned) | {"cls", "auto", "fastbert"} == set(tt.PRESETS)
+    assert {p: resolve(cfg, "toy", p, 1)[0].settings_hash for p in pinned} == pinned
