@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The runs the README leaves to the next lent GPU, in one call of at most 10 minutes:
-#   1. issue 10, goal 2 under the long-tail paper's full protocol (R52, max length 256, bf16, 5 seeds): `auto`
-#      without early stopping (`auto-nostop`) and `auto` with the paper's lr and batch (`auto-b16`), one process per
-#      run, side by side on the GPU, for at most QCAP seconds (a run cut short leaves no row);
-#   2. issue 12, the early-exit curves on SST-2 (16-shot), TREC-50 and R52 after the exit loop was slimmed, alone on
-#      the GPU, with what time is left (each set is written as soon as it is done).
-# Usage: [SET=r52] [LENGTH=256] [METHODS="auto-nostop auto-b16"] [NO_EXIT=1] bash benchmarks/gpu_next.sh CARRY_DIR OUT_DIR [DEADLINE_S] [QCAP_S] [SCALE]
+#   1. issue 10, goal 2 under the long-tail paper's full protocol (R52, max length 256, bf16, 5 seeds): what
+#      separates `auto-ln-b16` (84.8) from `cls-ln` / `prompt` (86.9 / 86.1): the [CLS] readout (`auto-ln-b16-cls`),
+#      cls-ln's MLP head (`auto-ln-b16-mlp`) or both (`auto-ln-b16-cls-mlp`); one process per run (15), side by side
+#      on the GPU, for at most QCAP seconds (a run cut short leaves no row). Earlier sessions ran METHODS="auto-nostop
+#      auto-b16" and "auto-ln auto-ln-b16 auto-ln-nostop" (15 processes: 259 s in all);
+#   2. issue 12 (closed), the early-exit curves on SST-2 (16-shot), TREC-50 and R52, alone on the GPU, with what time
+#      is left (each set is written as soon as it is done); NO_EXIT=1 skips it.
+# Usage: [SET=r52] [LENGTH=256] [METHODS="auto-ln-b16-cls auto-ln-b16-mlp auto-ln-b16-cls-mlp"] [NO_EXIT=1] bash benchmarks/gpu_next.sh CARRY_DIR OUT_DIR [DEADLINE_S] [QCAP_S] [SCALE]
 # (SET, LENGTH and METHODS change step 1; NO_EXIT=1 skips step 2)
 # CARRY_DIR holds the MiniLM as an fp16 copy (`minilm/`) and `data.tgz`, built as benchmarks/serving/run_gpu.sh says
 # (no wheels: nothing here needs a package that machine lacks). SCALE=smoke: a few minutes on a CPU, to check it.
@@ -18,7 +20,7 @@ if [ "$SCALE" = smoke ]; then
   DEVICE=cpu SEEDS="13" Q="--only r52-k8 --max-length 32" EPOCHS="--epochs 0.05" R52_EPOCHS="--epochs 0.02" B1=8
 fi
 copy() { cp $R/*.json $R/*.jsonl "$OUT"/ 2>/dev/null; tar czf "$OUT/logs.tgz" $L 2>/dev/null; }
-for m in ${METHODS:-auto-nostop auto-b16}; do
+for m in ${METHODS:-auto-ln-b16-cls auto-ln-b16-mlp auto-ln-b16-cls-mlp}; do
   for s in $SEEDS; do
     OMP_NUM_THREADS=1 timeout $QCAP python3 benchmarks/peers/quality.py --data-dir $D $Q --methods $m --bf16 --seeds $s \
       --out $R/q_${m}_$s > $L/q_${m}_$s.log 2>&1 &

@@ -75,6 +75,12 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
             "auto-ln-b16": "auto-ln with the long-tail paper's lr and batch (--layer-norm fresh --lr 1e-4 "
                            "--batch-size 16)",
             "auto-ln-nostop": "auto-ln without early stopping (--layer-norm fresh --patience none; all 10 epochs)",
+            # what separates auto-ln-b16 (84.8 on R52 at full length) from cls-ln / prompt (86.9 / 86.1): the readout,
+            # the head, or both
+            "auto-ln-b16-cls": "auto-ln-b16 reading [CLS] instead of the backbone's pooling (--readout cls)",
+            "auto-ln-b16-mlp": "auto-ln-b16 with cls-ln's head: a tanh MLP with a LayerNorm (--head mlp)",
+            "auto-ln-b16-cls-mlp": "auto-ln-b16 with cls-ln's readout and head: cls-ln under auto's recipe (--readout cls "
+                                   "--head mlp)",
             "prompt": "tailtune `prompt` (long-tail protocol)",
             "prompt-10ep": "tailtune `prompt` with the paper's 10 epochs (lr 1e-4, batch 16) at the set's length",
             "cls": "tailtune `cls` (few-shot protocol)"}
@@ -90,7 +96,10 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-head-only": {"contrastive_head_only_below": 64}, "auto-la": {"adjust_tau": 1.0, "adjust_tau_from_dev": False},
                  "auto-nola": {"calibration": "none"}, "auto-paper": {}, "auto-lr": {}, "auto-b16": {},
                  "auto-b16-nola": {"calibration": "none"}, "auto-ln": {"layer_norm": "fresh"},
-                 "auto-ln-b16": {"layer_norm": "fresh"}, "auto-ln-nostop": {"layer_norm": "fresh"}}
+                 "auto-ln-b16": {"layer_norm": "fresh"}, "auto-ln-nostop": {"layer_norm": "fresh"},
+                 "auto-ln-b16-cls": {"layer_norm": "fresh", "readout": "cls"},
+                 "auto-ln-b16-mlp": {"layer_norm": "fresh", "head": "mlp"},
+                 "auto-ln-b16-cls-mlp": {"layer_norm": "fresh", "readout": "cls", "head": "mlp"}}
 # TrainConfig overrides of a variant. Rows of auto-plain, auto-contrastive, auto-long and auto-distinct were
 # measured with the 5-epoch recipe (auto-5ep, the default until 10 epochs with a stopping floor replaced it).
 # Every variant measured before `auto` trained only the head after its contrastive stage (auto-finetune: the
@@ -102,7 +111,8 @@ AUTO_TRAIN = {"auto-long": {"epochs": 5.0, "patience": None, "patience_from": 0.
               "auto-5ep": {"epochs": 5.0, "patience_from": 0.0}, "auto-nostop": {"patience": None},
               "auto-paper": {**PAPER_LR_BATCH, "patience": None}, "auto-lr": {"lr": 1e-4},
               "auto-b16": PAPER_LR_BATCH, "auto-b16-nola": PAPER_LR_BATCH,
-              "auto-ln-b16": PAPER_LR_BATCH, "auto-ln-nostop": {"patience": None}}
+              "auto-ln-b16": PAPER_LR_BATCH, "auto-ln-nostop": {"patience": None}, "auto-ln-b16-cls": PAPER_LR_BATCH,
+              "auto-ln-b16-mlp": PAPER_LR_BATCH, "auto-ln-b16-cls-mlp": PAPER_LR_BATCH}
 PEER_NAMES = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 
