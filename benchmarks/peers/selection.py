@@ -79,13 +79,33 @@ def _best(evals: list[dict], key: str, sign: float = 1.0, start: int = 0) -> int
     return max(range(start, len(evals)), key=lambda i: (sign * evals[i][key], -i))
 
 
+def _stopped(r: dict, from_floor: bool = False) -> int:
+    """The checkpoint `auto`'s early stopping keeps (the best dev macro-F1 so far when it stops): it stops after the
+    recipe's patience of evaluations without a better one, never before its floor share of the steps. With
+    ``from_floor``, an evaluation before the floor does not count towards the patience (a rule to test)."""
+    from tailtune.config import AUTO_TRAIN
+    patience, floor = AUTO_TRAIN["patience"], AUTO_TRAIN["patience_from"] * r["steps"]
+    best, bad = 0, 0
+    for i, e in enumerate(r["evals"]):
+        if i == 0 or e["dev_macro_f1"] > r["evals"][best]["dev_macro_f1"]:
+            best, bad = i, 0
+        elif e["step"] >= floor or not from_floor:
+            bad += 1
+        if bad >= patience and e["step"] >= floor:
+            break
+    return best
+
+
+# rule -> index of the evaluation it keeps from a run's row (ties: the earliest, as the training loop does)
 RULES = {
-    "best dev macro-F1 (auto, all epochs)": lambda e: _best(e, "dev_macro_f1"),
-    "best dev accuracy": lambda e: _best(e, "dev_accuracy"),
-    "least dev log-loss": lambda e: _best(e, "dev_log_loss", -1.0),
-    "best dev macro-F1 in the second half": lambda e: _best(e, "dev_macro_f1", start=len(e) // 2),
-    "the last evaluation": lambda e: len(e) - 1,
-    "(oracle: best test macro-F1)": lambda e: _best(e, "test_macro_f1"),
+    "best dev macro-F1 (auto, all epochs)": lambda r: _best(r["evals"], "dev_macro_f1"),
+    "auto's early stopping": _stopped,
+    "early stopping, patience counted from its floor": lambda r: _stopped(r, from_floor=True),
+    "best dev accuracy": lambda r: _best(r["evals"], "dev_accuracy"),
+    "least dev log-loss": lambda r: _best(r["evals"], "dev_log_loss", -1.0),
+    "best dev macro-F1 in the second half": lambda r: _best(r["evals"], "dev_macro_f1", start=len(r["evals"]) // 2),
+    "the last evaluation": lambda r: len(r["evals"]) - 1,
+    "(oracle: best test macro-F1)": lambda r: _best(r["evals"], "test_macro_f1"),
 }
 
 
@@ -98,7 +118,7 @@ def summary(rows: list[dict]) -> str:
         runs = sorted(runs, key=lambda r: r["seed"])
         cells = []
         for rule in RULES.values():
-            picks = [(r["evals"][rule(r["evals"])]) for r in runs]
+            picks = [r["evals"][rule(r)] for r in runs]
             f1 = [100 * p["test_macro_f1"] for p in picks]
             cells.append(f"{statistics.mean(f1):.1f} ({' / '.join(f'{v:.1f}' for v in f1)}; "
                          f"eval {', '.join(str(r['evals'].index(p) + 1) for r, p in zip(runs, picks))})")
