@@ -82,9 +82,13 @@ def _best(evals: list[dict], key: str, sign: float = 1.0, start: int = 0) -> int
 def _stopped(r: dict, from_floor: bool = False) -> int:
     """The checkpoint `auto`'s early stopping keeps (the best dev macro-F1 so far when it stops): it stops after the
     recipe's patience of evaluations without a better one, never before its floor share of the steps. With
-    ``from_floor``, an evaluation before the floor does not count towards the patience (a rule to test)."""
-    from tailtune.config import AUTO_TRAIN
-    patience, floor = AUTO_TRAIN["patience"], AUTO_TRAIN["patience_from"] * r["steps"]
+    ``from_floor``, an evaluation before the floor does not count towards the patience (a rule to test). The
+    recipe is `auto`'s with the run's variant's overrides (quality.AUTO_TRAIN); without patience it never stops."""
+    from tailtune.config import AUTO_TRAIN as RECIPE
+    recipe = {**RECIPE, **AUTO_TRAIN.get(r["method"], {})}
+    if recipe["patience"] is None:
+        return _best(r["evals"], "dev_macro_f1")
+    patience, floor = recipe["patience"], recipe["patience_from"] * r["steps"]
     best, bad = 0, 0
     for i, e in enumerate(r["evals"]):
         if i == 0 or e["dev_macro_f1"] > r["evals"][best]["dev_macro_f1"]:
