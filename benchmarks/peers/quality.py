@@ -87,6 +87,7 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
 # a paper preset run with the long-tail paper's own schedule (10 epochs, lr 1e-4, batch 16) at the set's length, where
 # its plain row runs the scaled-down CPU protocol (2 or 3 epochs) -> the preset
 PAPER_SCHEDULE = {"prompt-10ep": "prompt"}
+LN = {"layer_norm": "fresh"}  # the cosine head's LayerNorm (auto-ln and its variants)
 AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-contrastive": {"contrastive_below": 0, "contrastive_head_only_below": 0},
                  "auto-long": {"contrastive_head_only_below": 0}, "auto-5ep": {"contrastive_head_only_below": 0},
@@ -95,11 +96,9 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-nostop": {}, "auto-finetune": {"contrastive_head_only_below": 0},
                  "auto-head-only": {"contrastive_head_only_below": 64}, "auto-la": {"adjust_tau": 1.0, "adjust_tau_from_dev": False},
                  "auto-nola": {"calibration": "none"}, "auto-paper": {}, "auto-lr": {}, "auto-b16": {},
-                 "auto-b16-nola": {"calibration": "none"}, "auto-ln": {"layer_norm": "fresh"},
-                 "auto-ln-b16": {"layer_norm": "fresh"}, "auto-ln-nostop": {"layer_norm": "fresh"},
-                 "auto-ln-b16-cls": {"layer_norm": "fresh", "readout": "cls"},
-                 "auto-ln-b16-mlp": {"layer_norm": "fresh", "head": "mlp"},
-                 "auto-ln-b16-cls-mlp": {"layer_norm": "fresh", "readout": "cls", "head": "mlp"}}
+                 "auto-b16-nola": {"calibration": "none"}, "auto-ln": LN, "auto-ln-b16": LN, "auto-ln-nostop": LN,
+                 "auto-ln-b16-cls": {**LN, "readout": "cls"}, "auto-ln-b16-mlp": {**LN, "head": "mlp"},
+                 "auto-ln-b16-cls-mlp": {**LN, "readout": "cls", "head": "mlp"}}
 # TrainConfig overrides of a variant. Rows of auto-plain, auto-contrastive, auto-long and auto-distinct were
 # measured with the 5-epoch recipe (auto-5ep, the default until 10 epochs with a stopping floor replaced it).
 # Every variant measured before `auto` trained only the head after its contrastive stage (auto-finetune: the
