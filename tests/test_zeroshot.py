@@ -11,12 +11,16 @@ from tailtune.cli import main
 from conftest import TOY_LABELS, TOY_TEXTS
 
 
-def test_calibration_with_a_content_free_input_centres_its_scores(tiny_bert, monkeypatch):
+@pytest.mark.parametrize("method", ["prompt", "embedding"])
+def test_calibration_with_a_content_free_input_centres_its_scores(tiny_bert, monkeypatch, method):
     monkeypatch.setattr(zs, "CONTENT_FREE", ("N/A",))
     labels = sorted(set(TOY_LABELS))
-    raw = zs.ZeroShotClassifier(labels, tiny_bert, "prompt", calibrate=False)
-    calibrated = zs.ZeroShotClassifier(labels, tiny_bert, "prompt")
-    assert raw.method_ == calibrated.method_ == "prompt" and calibrated.content_free_log_probs is not None
+    raw = zs.ZeroShotClassifier(labels, tiny_bert, method, calibrate=False)
+    calibrated = zs.ZeroShotClassifier(labels, tiny_bert, method, calibrate=True)
+    assert raw.method_ == calibrated.method_ == method and calibrated.content_free_log_probs is not None
+    # by default only the prompt method is calibrated (the embedding method measured worse with it)
+    default = zs.ZeroShotClassifier(labels, tiny_bert, method)
+    assert (default.content_free_log_probs is not None) == (method == "prompt")
     before, after = raw.predict_proba(["N/A"])[0], calibrated.predict_proba(["N/A"])[0]
     assert before.max() - before.min() > 1e-3  # the template alone favours some label ...
     assert torch.allclose(after, torch.full_like(after, 1 / len(labels)), atol=1e-5)  # ... calibrated: none
@@ -49,6 +53,12 @@ def test_the_zero_shot_command_reports_like_evaluate(tiny_bert, tmp_path, capsys
     assert {"head_f1", "tail_f1", "per_class"} <= set(report)
     assert "zero-shot, method prompt, calibrated" in capsys.readouterr().out
     assert main([*args[:-2], "--method", "embedding", "--template", "{text} {mask}"]) == 2
+    assert main([*args[:-2], "--method", "embedding"]) == 0
+    assert "zero-shot, method embedding\n" in capsys.readouterr().out
+    assert main([*args[:-2], "--method", "embedding", "--calibrate"]) == 0
+    assert "zero-shot, method embedding, calibrated" in capsys.readouterr().out
+    assert main([*args[:-2], "--no-calibrate"]) == 0
+    assert "zero-shot, method prompt\n" in capsys.readouterr().out
 
 
 def test_label_word_search_gives_a_verbalizer_that_trains_saves_and_loads(tiny_bert, tmp_path, capsys):

@@ -1,9 +1,10 @@
 """Issue 11's 16-shot benchmark: prompt-based fine-tuning, demonstrations, automatic templates and label
 words, PET / iPET and zero-shot, on LM-BFF's splits (16 per class for train and for dev, full test sets).
 
-Zero-shot, the searches and PET's pattern weights need a backbone with a trained masked-LM head
+Prompt zero-shot, the searches and PET's pattern weights need a backbone with a trained masked-LM head
 (``--backbone``: a Hugging Face MLM checkpoint, or the embedded MiniLM after ``tailtune adapt-lm``; the
-MiniLM as shipped has none, so its zero-shot scores would say nothing). Prompt-based fine-tuning and
+MiniLM as shipped has none, so its prompt zero-shot scores would say nothing; its zero-shot is the embedding
+method, ``zero-shot-emb``). Prompt-based fine-tuning and
 demonstrations also run on ``--backbone default`` (the shipped MiniLM: the [MASK] transform starts
 random, the word embeddings are the decoder), as the issue-4 grid does.
 
@@ -36,7 +37,10 @@ Methods (the issue-4 few-shot recipe for every fine-tuning: lr 1e-4, batch 8, 20
   steps (PET's reference); ``ipet-epochs`` trains them for generation 0's epochs over the grown sets instead (the
   earlier iPET, whose rows carry this name);
 - ``zero-shot`` / ``zero-shot-cal``: the manual prompt with no training, without and with contextual
-  calibration (a content-free input).
+  calibration (a content-free input);
+- ``zero-shot-emb`` / ``zero-shot-emb-cal``: the embedding method (any encoder: run it with ``--backbone default``,
+  the shipped MiniLM, whose zero-shot this is), each label described by the same manual prompt without the text
+  ("It was great ."), without and with the same calibration.
 """
 from __future__ import annotations
 
@@ -67,7 +71,7 @@ PET_EXTRA = {"r52": ["{mask} news : {text}", "{text} The topic is {mask} ."],
 POOL_FROM = {"trec": "trec50"}
 PROMPTS = {**{t: (TASKS[t][3], TASKS[t][4]) for t in TASKS}, "trec": TREC,
            **{k: (LONGTAIL_TEMPLATES[src], None) for k, (src, _) in KSHOT.items()}}
-METHODS = ["zero-shot", "zero-shot-cal", "prompt", "demo-random", "demo-similar", "auto-template", "auto-labelwords",
+METHODS = ["zero-shot", "zero-shot-cal", "zero-shot-emb", "zero-shot-emb-cal", "prompt", "demo-random", "demo-similar", "auto-template", "auto-labelwords",
            "pet", "pet-mlm", "pet-uniform", "ipet", "ipet-epochs"]
 # the iPET methods -> how long each generation trains (run_pet's generation_budget)
 IPET_BUDGET = {"ipet": "steps", "ipet-epochs": "epochs"}
@@ -98,6 +102,14 @@ def unlabeled_pool(data_dir: Path, name: str, train, dev, test, n: int, seed: in
     return texts[:n]
 
 
+def prompt_descriptions(template: str, words: dict | None, labels: list[str]) -> dict[str, str]:
+    """The embedding method's label descriptions from the same manual prompt: the template without the text, the
+    label word at the mask ("{text} It was {mask} ." -> "It was great ."), label names where there are no words."""
+    from tailtune.zeroshot import describe
+    rendered = " ".join(template.replace("{text}", "").split()).replace("{mask}", "{label}")
+    return {y: describe((words or {}).get(y) or y, rendered) for y in labels}
+
+
 def run(method: str, name: str, train, dev, test, seed: int, backbone: str, a) -> dict | None:
     import tailtune as tt
     template, words = PROMPTS[name]
@@ -106,8 +118,10 @@ def run(method: str, name: str, train, dev, test, seed: int, backbone: str, a) -
     t0 = time.perf_counter()
     if method.startswith("zero-shot"):
         from tailtune.zeroshot import ZeroShotClassifier
-        zs = ZeroShotClassifier(labels, backbone, method="prompt", template=template, verbalizer=words,
-                                   calibrate=method == "zero-shot-cal", max_length=a.max_length)
+        how = ({"method": "embedding", "descriptions": prompt_descriptions(template, words, labels)}
+               if method.startswith("zero-shot-emb") else {"method": "prompt", "template": template, "verbalizer": words})
+        zs = ZeroShotClassifier(labels, backbone, calibrate=method.endswith("-cal"), max_length=a.max_length, **how)
+        found = {k: v for k, v in how.items() if k == "descriptions"}
         seconds = time.perf_counter() - t0
         pred = zs.predict(list(test.texts))
         return {"predictions": pred, "train_seconds": seconds, "found": found}

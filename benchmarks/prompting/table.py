@@ -18,6 +18,8 @@ from fewshot import KSHOT, METHODS
 from quality import read_jsonl
 
 NAMES = {"zero-shot": "zero-shot, manual prompt (no training)", "zero-shot-cal": "zero-shot + contextual calibration",
+         "zero-shot-emb": "zero-shot, embedding method (label = the prompt without the text; no training)",
+         "zero-shot-emb-cal": "zero-shot, embedding method + contextual calibration",
          "prompt": "prompt-based fine-tuning, manual prompt", "demo-random": "+ demonstrations, random",
          "demo-similar": "+ demonstrations, similar", "auto-template": "automatic template, then fine-tuning",
          "auto-labelwords": "automatic label words, then fine-tuning", "pet": "PET (3 patterns, distilled into `auto`)",

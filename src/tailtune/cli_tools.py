@@ -56,8 +56,9 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     z.add_argument("--template", default=None, help="prompt method: template with {text} and {mask}")
     z.add_argument("--verbalizer", default=None, help="prompt method: JSON file, label -> word(s) (default: the "
                    "label's words)")
-    z.add_argument("--no-calibrate", dest="calibrate", action="store_false",
-                   help="prompt method: skip contextual calibration")
+    z.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
+                   help="contextual calibration with content-free inputs (default: on for the prompt method, off "
+                   "for the embedding method, where it measured worse)")
     z.add_argument("--backbone", default=None, help="Hugging Face name or local path (default: embedded MiniLM)")
     z.add_argument("--max-length", type=int, default=128, help="tokens per text (default: 128)")
     z.add_argument("--theta", type=float, default=0.65, help="head/tail threshold θ (default: 0.65)")
