@@ -66,6 +66,22 @@ def test_errors_speak_to_the_user(tiny_bert, toy_files, capsys):
     assert rc == 2 and "give --test FILE" in capsys.readouterr().err and not (toy_files / "m3").exists()
 
 
+def test_train_takes_label_descriptions_as_examples(tiny_bert, toy_files, capsys):
+    (toy_files / "d.json").write_text(json.dumps({"money": "This is about prices .", "cheap": "x"}))
+    base = ["train", "--train", str(toy_files / "train.tsv"), "--backbone", tiny_bert, "--epochs", "1",
+            "--no-progress", "--stages", "none"]
+    rc = main([*base, "--descriptions", str(toy_files / "d.json"), "--output", str(toy_files / "d1")])
+    assert rc == 2 and "labels the training data does not have: ['cheap']" in capsys.readouterr().err
+    assert not (toy_files / "d1").exists()  # refused before anything was trained or written
+    (toy_files / "d.json").write_text(json.dumps({"money": "This is about prices ."}))
+    assert main([*base, "--descriptions", str(toy_files / "d.json"), "--description-template", "It was {label} .",
+                 "--description-copies", "2", "--output", str(toy_files / "d2")]) == 0
+    assert "descriptions: 3 of 3 labels, each 2 times among the training examples" in capsys.readouterr().out
+    meta = json.loads((toy_files / "d2" / "tailtune.json").read_text())
+    assert meta["descriptions"]["texts"] == {"money": ["This is about prices ."], "good": ["It was good ."],
+                                             "bad": ["It was bad ."]}
+
+
 def test_stats(toy_files, capsys):
     assert main(["stats", "--data", str(toy_files / "train.tsv"), "--theta", "0.5"]) == 0
     out = capsys.readouterr().out

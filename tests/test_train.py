@@ -75,3 +75,38 @@ def test_min_steps_lengthens_a_short_run_and_says_so(tiny_bert, toy):
     lines.clear()  # a floor below the epochs' steps changes nothing and says nothing
     r = _clf(tiny_bert, 1, epochs=1, min_steps=1).fit(texts, labels, log=lines.append).train_result_
     assert r.steps == per_epoch and not any("min_steps" in x for x in lines)
+
+
+def test_label_descriptions_join_the_training_examples_after_the_dev_split(tiny_bert, toy, tmp_path):
+    import json
+    from tailtune.data import with_descriptions
+    texts, labels = toy
+    ds = tt.TextDataset(texts, labels)
+    more = with_descriptions(ds, {"good": "It was great .", "bad": ["It was bad .", "awful"]}, copies=3)
+    assert more.texts[:len(texts)] == texts and len(more) == len(texts) + 9
+    assert more.labels[len(texts):] == ["good"] * 3 + ["bad"] * 6
+    for bad, match in (({"cheap": "x"}, "does not have"), ({"good": " "}, "non-blank")):
+        with pytest.raises(tt.ConfigError, match=match):
+            with_descriptions(ds, bad)
+    with pytest.raises(tt.ConfigError, match="integer >= 1"):
+        with_descriptions(ds, {"good": "x"}, copies=0)
+    with pytest.raises(tt.ConfigError, match="text pairs"):
+        with_descriptions(tt.TextDataset(texts, labels, texts), {"good": "x"})
+    # fit: the carved dev set holds none of them, the class statistics are the data's own, a save records them
+    seen = []
+    clf = _clf(tiny_bert, 3)
+    fit = tt.api.train
+
+    def spy(model, examples, *args, **kwargs):
+        seen.append(list(examples.texts))
+        return fit(model, examples, *args, **kwargs)
+    tt.api.train = spy
+    try:
+        clf.fit(texts * 2, labels * 2, descriptions={"money": "This is about money ."}, description_copies=2)
+    finally:
+        tt.api.train = fit
+    assert seen[0].count("This is about money .") == 2
+    assert sum(clf.class_stats_["counts"].values()) == len(seen[0]) - 2  # the training texts, without them
+    clf.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "tailtune.json").read_text())
+    assert meta["descriptions"] == {"copies": 2, "texts": {"money": ["This is about money ."]}}

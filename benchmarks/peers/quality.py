@@ -81,6 +81,8 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
             "auto-ln-b16-mlp": "auto-ln-b16 with cls-ln's head: a tanh MLP with a LayerNorm (--head mlp)",
             "auto-ln-b16-cls-mlp": "auto-ln-b16 with cls-ln's readout and head: cls-ln under auto's recipe (--readout cls "
                                    "--head mlp)",
+            "auto-desc": "`auto` + each label's description among the training examples, 4 times (--descriptions; "
+                         "the 16-shot set's manual prompt without the text, \"It was great .\")",
             "prompt": "tailtune `prompt` (long-tail protocol)",
             "prompt-10ep": "tailtune `prompt` with the paper's 10 epochs (lr 1e-4, batch 16) at the set's length",
             "cls": "tailtune `cls` (few-shot protocol)"}
@@ -98,7 +100,11 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-nola": {"calibration": "none"}, "auto-paper": {}, "auto-lr": {}, "auto-b16": {},
                  "auto-b16-nola": {"calibration": "none"}, "auto-ln": LN, "auto-ln-b16": LN, "auto-ln-nostop": LN,
                  "auto-ln-b16-cls": {**LN, "readout": "cls"}, "auto-ln-b16-mlp": {**LN, "head": "mlp"},
-                 "auto-ln-b16-cls-mlp": {**LN, "readout": "cls", "head": "mlp"}}
+                 "auto-ln-b16-cls-mlp": {**LN, "readout": "cls", "head": "mlp"}, "auto-desc": {}}
+# variants that fit with each label's description among the training examples (fit's descriptions=, 4 copies
+# each): the 16-shot sets' manual prompt without the text, "It was great ." (fewshot.prompt_descriptions)
+DESCRIBED = {"auto-desc", "lr-balanced-desc", "setfit-desc"}  # (a peer's: the same texts added to its training set)
+DESCRIPTION_COPIES = 4
 # TrainConfig overrides of a variant. Rows of auto-plain, auto-contrastive, auto-long and auto-distinct were
 # measured with the 5-epoch recipe (auto-5ep, the default until 10 epochs with a stopping floor replaced it).
 # Every variant measured before `auto` trained only the head after its contrastive stage (auto-finetune: the
@@ -192,12 +198,12 @@ def load(data_dir: Path, name: str, seed: int, carve: bool = True):
     return pool.subset(sorted(tr)), pool.subset(sorted(dv)), test, max_length, theta, True
 
 
-def fit_timed(clf, train, dev):
+def fit_timed(clf, train, dev, **fit_kw):
     """Fit ``clf`` (dev: None when empty, so a carved set is carved by ``fit``) and return the training seconds."""
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        clf.fit(train, dev=dev if len(dev) else None)
+        clf.fit(train, dev=dev if len(dev) else None, **fit_kw)
     return time.perf_counter() - t0
 
 
@@ -209,9 +215,20 @@ def auto_classifier(seed: int, max_length: int, theta: float, method: str = "aut
                                                                      **AUTO_TRAIN.get(method, {})))
 
 
+def set_descriptions(name: str, labels: list[str]) -> dict[str, str]:
+    """Each label of a 16-shot set described by its manual prompt without the text (the prompting benchmark's)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "prompting"))
+    from fewshot import PROMPTS, prompt_descriptions
+    if name not in PROMPTS:
+        raise SystemExit(f"{name}: no manual prompt to describe its labels with (sets: {', '.join(PROMPTS)})")
+    return prompt_descriptions(*PROMPTS[name], labels)
+
+
 def run_tailtune(method: str, train, dev, test, seed: int, max_length: int, theta: float, few: bool,
-                 bf16: bool = False) -> dict:
+                 bf16: bool = False, name: str | None = None) -> dict:
     import tailtune as tt
+    fit_kw = ({"descriptions": set_descriptions(name, sorted(set(train.labels))),
+               "description_copies": DESCRIPTION_COPIES} if method in DESCRIBED else {})
     if method in AUTO_VARIANTS:
         clf = auto_classifier(seed, max_length, theta, method, bf16)
     else:  # the best preset of the earlier tables, with its protocol (few-shot: lr 1e-4, 20 epochs, batch 8)
@@ -221,7 +238,7 @@ def run_tailtune(method: str, train, dev, test, seed: int, max_length: int, thet
         clf = tt.TailtuneClassifier(preset, max_length=max_length, theta=theta, train_config=tt.TrainConfig(
             epochs=epochs, batch_size=16 if long else 8, lr=1e-4, seed=seed, progress=False, eval_batch_size=128,
             bf16=bf16))
-    seconds = fit_timed(clf, train, dev)
+    seconds = fit_timed(clf, train, dev, **fit_kw)
     report = clf.evaluate(test)
     return {"report": report, "train_seconds": seconds, "epochs_run": clf.train_result_.epochs_run,
             "best_step": clf.train_result_.best_step, "steps": clf.train_result_.steps,
@@ -229,13 +246,18 @@ def run_tailtune(method: str, train, dev, test, seed: int, max_length: int, thet
 
 
 def run_peer(method: str, train, dev, test, seed: int, max_length: int, theta: float, few: bool,
-             bf16: bool = False) -> dict:
+             bf16: bool = False, name: str | None = None) -> dict:
     from peers import PEERS
     from tailtune.metrics import long_tail_report
     from collections import Counter
+    fitted_on = train
+    if method in DESCRIBED:  # the peer with the descriptions `auto-desc` gets, as training examples alike
+        from tailtune.data import with_descriptions
+        fitted_on = with_descriptions(train, set_descriptions(name, sorted(set(train.labels))), DESCRIPTION_COPIES)
+        method = method.removesuffix("-desc")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = PEERS[method](train, dev, test, seed, max_length, None, few)
+        out = PEERS[method](fitted_on, dev, test, seed, max_length, None, few)
     report = long_tail_report(test.labels, out["predictions"], theta, dict(Counter(train.labels)))
     return {"report": report, "train_seconds": out["train_seconds"], "notes": out.get("notes")}
 
@@ -277,9 +299,9 @@ def main() -> None:
                 print(f"{name} {method} seed {seed}: {len(train)} train / {len(dev)} dev / {len(test)} test", flush=True)
                 if method in TAILTUNE:  # a carved dev split: tailtune carves the same one itself
                     r = run_tailtune(method, *load(Path(a.data_dir), name, seed, carve=False)[:2], test, seed,
-                                     max_length, theta, few, a.bf16)
+                                     max_length, theta, few, a.bf16, name)
                 else:
-                    r = run_peer(method, train, dev, test, seed, max_length, theta, few, a.bf16)
+                    r = run_peer(method, train, dev, test, seed, max_length, theta, few, a.bf16, name)
                 rep = r.pop("report")
                 row = {"dataset": name, "method": method, "seed": seed,
                        **{k: rep[k] for k in ("accuracy", "macro_f1", "head_f1", "tail_f1", "many_f1", "medium_f1",

@@ -28,6 +28,11 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
          "auto-head-only": "`auto` training only the head after its contrastive stage at any size "
                            "(`--contrastive-head-only-below 64`)",
          "auto-ln": "`auto` with a fresh LayerNorm before its cosine head (`--layer-norm fresh`; not adopted)",
+         "auto-desc": "`auto` + each label's description as 4 training examples (`--descriptions`; the manual "
+                      "prompt without the text, \"It was great .\"; extra input the peers do not get)",
+         "lr-balanced-desc": "embeddings + LogisticRegression (balanced) + the same descriptions as training examples",
+         "setfit-desc": "SetFit + the same descriptions as training examples (4 copies; its `get_templated_dataset` "
+                        "makes 2)",
          "prompt": "tailtune `prompt` (paper protocol)",
          "cls": "tailtune `cls` (few-shot protocol)", "lr-balanced": "embeddings + LogisticRegression (balanced)",
          "lr": "embeddings + LogisticRegression", "setfit": "SetFit", "hf-trainer": "HF Trainer + AutoModelForSequenceClassification"}
@@ -131,7 +136,7 @@ def main() -> None:
                 + (f" [{len(mine)}]" if fewer else ""))
 
     methods = ["auto", "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct",
-               "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-ln", "auto-nola", "auto-la", BEST_PRESET, *PEERS]
+               "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-ln", "auto-desc", "lr-balanced-desc", "setfit-desc", "auto-nola", "auto-la", BEST_PRESET, *PEERS]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
         means = [statistics.mean(values(m, s)) if values(m, s) else None for s in sets]

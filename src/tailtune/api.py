@@ -11,7 +11,8 @@ import torch
 
 from .artefacts import save_classifier
 from .config import PRESETS, ClassifierConfig, config_from_preset, preset_train_config
-from .data import TextDataset, check_labels, check_trainable, class_stats, label_space, stratified_split
+from .data import (TextDataset, check_labels, check_trainable, class_stats, label_space, stratified_split,
+                   with_descriptions)
 from .device import resolve_device, set_seed
 from .errors import ConfigError, DataError
 from .loop import TrainConfig
@@ -101,7 +102,8 @@ class TailtuneClassifier:
             log: Callable[[str], None] | None = None,
             on_evaluate: Callable[[int, dict], None] | None = None, soft_labels: Any = None,
             temperature: float = 2.0, unlabeled: Iterable[str] | None = None,
-            mlm_weight: float = 1e-4) -> "TailtuneClassifier":
+            mlm_weight: float = 1e-4, descriptions: Mapping[str, Any] | None = None,
+            description_copies: int = 4) -> "TailtuneClassifier":
         """Train on texts ``X`` (or a TextDataset) and labels ``y``; dev is carved if not given.
 
         With ``checkpoint_dir`` a resumable checkpoint is written at every dev evaluation (or every
@@ -112,6 +114,9 @@ class TailtuneClassifier:
         PET's auxiliary masked-LM loss through the classifier's MLM head (prompt presets), weighted
         ``mlm_weight`` against the task loss (PET: 1e-4), and join the training texts of FastBERT's
         self-distillation of early exits (preset ``fastbert``); a classifier with neither refuses them.
+        ``descriptions`` (label -> a text or list of texts, e.g. "It was great .") join the training examples,
+        ``description_copies`` times each, after the dev split (dev keeps only real texts); the class statistics
+        (head/tail groups, the class priors of a logit adjustment) stay the data's own.
         """
         if y is None and not isinstance(X, TextDataset):
             raise DataError("fit needs labels: fit(texts, labels) or fit(TextDataset)")
@@ -136,6 +141,12 @@ class TailtuneClassifier:
                           f"--test-prior em is unavailable); give a dev set (--dev) with a few texts of every class",
                           stacklevel=2)
         stats = class_stats(train_ds.labels, self.theta)
+        self.descriptions_ = None
+        if descriptions:  # (after the dev split and the statistics: they are the data's own)
+            train_ds = with_descriptions(train_ds, descriptions, description_copies)
+            self.descriptions_ = {"copies": description_copies,
+                                  "texts": {str(y): [d] if isinstance(d, str) else list(d)
+                                            for y, d in descriptions.items()}}
         unlabeled = None if unlabeled is None else list(unlabeled)
         if unlabeled is not None:  # (refused before the backbone loads, which may mean a download)
             check_unlabeled(self.config, train_ds, mlm_weight)
@@ -358,7 +369,8 @@ class TailtuneClassifier:
         return {"preset": self.preset, "theta": self.theta, "train_config": self.train_config.to_dict(),
                 "class_stats": self.class_stats_, "train_result": result, "test_metrics": metrics,
                 **({"prior_state": self.prior_state_} if getattr(self, "prior_state_", None) else {}),
-                **({"unlabeled_texts": self.unlabeled_texts_} if getattr(self, "unlabeled_texts_", 0) else {})}
+                **({"unlabeled_texts": self.unlabeled_texts_} if getattr(self, "unlabeled_texts_", 0) else {}),
+                **({"descriptions": self.descriptions_} if getattr(self, "descriptions_", None) else {})}
 
     def save(self, directory: str | Path, overwrite: bool = False, report: Mapping[str, Any] | None = None) -> Path:
         """Save atomically (safetensors + JSON + a model card, README.md); an existing non-empty directory

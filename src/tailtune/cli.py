@@ -139,6 +139,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--test-prior em applies to the --test report: give --test FILE")
         check_size(len(test_ds), len(labels))
     verbalizer = read_json(args.verbalizer, "verbalizer file") if args.verbalizer else None
+    descriptions = _descriptions(args, labels)
+    if descriptions:  # (the labels are checked before the backbone loads)
+        from .data import with_descriptions
+        with_descriptions(train_ds, descriptions, args.description_copies)
     recipe = preset_train_config(args.preset, **_collect(args, [f.name for f in dataclasses.fields(TrainConfig)]))
     clf = TailtuneClassifier(args.preset, args.backbone, verbalizer=verbalizer, train_config=recipe,
                              theta=args.theta, dev_fraction=args.dev_fraction, trust_remote_code=args.trust_remote_code,
@@ -156,8 +160,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         for row in Verbalizer(labels, verbalizer, warn_missing=False).describe(load_tokenizer(args.backbone)):
             print(f"  verbalizer {row['label']!r} -> {row['word']!r} -> {row['tokens']}"
                   + ("  (contains an unknown token!)" if row["unknown"] else ""))
+    if descriptions:
+        print(f"descriptions: {len(descriptions)} of {len(labels)} labels, each {args.description_copies} times "
+              f"among the training examples")
     clf.fit(train_ds, dev=dev_ds, checkpoint_dir=checkpoint, resume=args.resume, log=print, unlabeled=unlabeled,
-            mlm_weight=args.mlm_weight)
+            mlm_weight=args.mlm_weight, descriptions=descriptions, description_copies=args.description_copies)
     r = clf.train_result_
     print(f"best dev macro-F1 {r.best_dev_macro_f1:.4f} at step {r.best_step} of {r.steps} ({r.seconds:.0f} s)"
           if r.best_dev_macro_f1 is not None else f"no dev set: the last step kept ({r.steps}; {r.seconds:.0f} s)")
@@ -240,6 +247,28 @@ def _add_unlabeled_args(u: argparse.ArgumentParser) -> None:
                    "the task loss (default: 1e-4, PET's)")
 
 
+def _add_description_args(u: argparse.ArgumentParser) -> None:
+    u.add_argument("--descriptions", default=None, help="JSON file: label -> description (a text or a list), added "
+                   "to the training examples (after the dev split), e.g. {\"pos\": \"It was great .\"}")
+    u.add_argument("--description-template", default=None, help="describe the labels without a --descriptions "
+                   "entry by their names in this template, e.g. 'This message is about {label} .' (default: none)")
+    u.add_argument("--description-copies", type=int, default=4, help="times each description joins the training "
+                   "examples (default: 4)")
+
+
+def _descriptions(args: argparse.Namespace, labels: list[str]) -> dict | None:
+    """The --descriptions / --description-template of ``labels`` (None: neither given)."""
+    if args.descriptions is None and args.description_template is None:
+        return None
+    from .artefacts import read_json
+    from .errors import ConfigError
+    from .zeroshot import label_descriptions
+    given = read_json(args.descriptions, "descriptions file") if args.descriptions else {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{args.descriptions}: a descriptions file is a JSON object, label -> description")
+    return {**given, **label_descriptions([y for y in labels if y not in given], None, args.description_template)}
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from .cli_tools import run_tune
     return run_tune(args, _collect(args, [f.name for f in dataclasses.fields(TrainConfig)]),
@@ -313,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: 0.1)")
     t.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub")
     _add_unlabeled_args(t)
+    _add_description_args(t)
     _add_test_prior_arg(t, "--test (its report only; the saved classifier is the same)")
     _add_classifier_args(t)
     _add_config_args(t.add_argument_group("training (unset options come from the preset's recipe)"), TrainConfig,

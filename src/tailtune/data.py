@@ -9,7 +9,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .errors import ConfigError, DataError
 
@@ -37,6 +37,32 @@ class TextDataset:
     def subset(self, indices: Sequence[int]) -> "TextDataset":
         pick = lambda xs: [xs[i] for i in indices] if xs is not None else None  # noqa: E731
         return TextDataset(pick(self.texts), pick(self.labels), pick(self.texts_b), self.source, pick(self.ids))
+
+
+def with_descriptions(ds: TextDataset, descriptions: Mapping[str, Any], copies: int = 4) -> TextDataset:
+    """``ds`` plus each label's description(s) as training examples, ``copies`` times each (a label
+    description as a prior: SetFit's templated examples). ``descriptions``: label -> text or list of texts;
+    labels without one get none. A label that ``ds`` does not hold, a pair task or a blank text is refused."""
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise ConfigError(f"description copies={copies!r}: must be an integer >= 1")
+    known = set(ds.labels)
+    unknown = sorted(str(y) for y in descriptions if str(y) not in known)
+    if unknown:
+        raise ConfigError(f"descriptions name labels the training data does not have: {unknown[:5]}"
+                          f"{' ...' if len(unknown) > 5 else ''}; training labels: {sorted(known)[:10]}")
+    if ds.texts_b is not None:
+        raise ConfigError("label descriptions are single texts; this task has text pairs (--text-b-col), so they "
+                          "cannot join its training examples")
+    texts: list[str] = []
+    labels: list[str] = []
+    for label, given in descriptions.items():
+        for text in [given] if isinstance(given, str) else list(given):
+            if not isinstance(text, str) or not text.strip():
+                raise ConfigError(f"the description of label {label!r} is {text!r}: give a non-blank text")
+            texts += [text] * copies
+            labels += [str(label)] * copies
+    return TextDataset(ds.texts + texts, ds.labels + labels, None, ds.source,
+                       None if ds.ids is None else ds.ids + [f"description:{y}" for y in labels])
 
 
 # ---------------------------------------------------------------- reading

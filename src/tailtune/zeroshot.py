@@ -38,6 +38,18 @@ def describe(label: str, template: str = "{label}") -> str:
     return template.format(label=str(label).replace("_", " ").replace("-", " "))
 
 
+def label_descriptions(labels: Sequence[str], given: Mapping[str, Any] | None = None,
+                       template: str | None = None) -> dict[str, Any]:
+    """label -> its description: the one given (a text or a list of texts), else ``template`` filled with the
+    label's words; a label with neither is left out."""
+    out = {}
+    for y in labels:
+        d = (given or {}).get(y) or (describe(y, template) if template else None)
+        if d:
+            out[y] = d
+    return out
+
+
 class ZeroShotClassifier:
     """Scores texts against labels without training; ``method_`` says which method ran. ``calibrate``: contextual
     calibration on (True), off (False), or on for the prompt method only (None, the default)."""
@@ -78,8 +90,7 @@ class ZeroShotClassifier:
                                   "compares texts with label descriptions (--descriptions, --description-template)")
             self.model = build_classifier(config_from_preset("auto", stages=[], max_length=max_length),
                                           self.labels, bb)
-            self.descriptions = {y: (descriptions or {}).get(y) or describe(y, description_template)
-                                 for y in self.labels}
+            self.descriptions = label_descriptions(self.labels, descriptions, description_template or "{label}")
         self.model.to(resolve_device(device)).eval()
         if self.method_ == "embedding":
             encoded = self.model.encode([self.descriptions[y] for y in self.labels])
