@@ -85,7 +85,8 @@ def test_label_descriptions_join_the_training_examples_after_the_dev_split(tiny_
     more = with_descriptions(ds, {"good": "It was great .", "bad": ["It was bad .", "awful"]}, copies=3)
     assert more.texts[:len(texts)] == texts and len(more) == len(texts) + 9
     assert more.labels[len(texts):] == ["good"] * 3 + ["bad"] * 6
-    for bad, match in (({"cheap": "x"}, "does not have"), ({"good": " "}, "non-blank")):
+    for bad, match in (({"cheap": "x"}, "does not have"), ({"good": " "}, "non-blank"), ({"good": 5}, "a text or"),
+                       ({"good": ["x", None]}, "non-blank")):
         with pytest.raises(tt.ConfigError, match=match):
             with_descriptions(ds, bad)
     with pytest.raises(tt.ConfigError, match="integer >= 1"):

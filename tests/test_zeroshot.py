@@ -36,6 +36,16 @@ def test_the_embedding_method_picks_the_nearest_description(tiny_bert):
     clf = zs.ZeroShotClassifier(labels, tiny_bert, "embedding", descriptions=descriptions)
     assert clf.method_ == "embedding"
     assert clf.predict([descriptions[y] for y in labels]) == labels  # each description is nearest to itself
+    # several descriptions of a label: it starts from their mean (one copy of each)
+    two = zs.ZeroShotClassifier(labels, tiny_bert, "embedding", descriptions={**descriptions, "money": [
+        descriptions["money"], "stock earn news"]})
+    mean = torch.nn.functional.normalize(two.model.class_prototypes(two.model.encode([descriptions["money"],
+                                         "stock earn news"]), torch.tensor([2, 2]))[2], dim=-1)
+    weights = two.model.head.class_weights()[0]
+    assert torch.allclose(torch.nn.functional.normalize(weights[2], dim=-1), mean, atol=1e-5)
+    assert not torch.allclose(weights[2], clf.model.head.class_weights()[0][2])  # not money's single description
+    with pytest.raises(tt.ConfigError, match="a text or a list"):
+        zs.ZeroShotClassifier(labels, tiny_bert, "embedding", descriptions={"money": 3})
     with pytest.raises(tt.ConfigError, match="for method='prompt'"):
         zs.ZeroShotClassifier(labels, tiny_bert, "embedding", template="{text} it is {mask} .")
     with pytest.raises(tt.ConfigError, match="not among the labels"):

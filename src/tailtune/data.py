@@ -39,13 +39,15 @@ class TextDataset:
         return TextDataset(pick(self.texts), pick(self.labels), pick(self.texts_b), self.source, pick(self.ids))
 
 
-def with_descriptions(ds: TextDataset, descriptions: Mapping[str, Any], copies: int = 4) -> TextDataset:
+def with_descriptions(ds: TextDataset, descriptions: Mapping[str, Any], copies: int = 4,
+                      known: Sequence[str] | None = None) -> TextDataset:
     """``ds`` plus each label's description(s) as training examples, ``copies`` times each (a label
     description as a prior: SetFit's templated examples). ``descriptions``: label -> text or list of texts;
-    labels without one get none. A label that ``ds`` does not hold, a pair task or a blank text is refused."""
+    labels without one get none. A label outside ``known`` (default: those ``ds`` holds), a pair task or a
+    blank text is refused."""
     if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
         raise ConfigError(f"description copies={copies!r}: must be an integer >= 1")
-    known = set(ds.labels)
+    known = set(ds.labels if known is None else known)
     unknown = sorted(str(y) for y in descriptions if str(y) not in known)
     if unknown:
         raise ConfigError(f"descriptions name labels the training data does not have: {unknown[:5]}"
@@ -56,7 +58,9 @@ def with_descriptions(ds: TextDataset, descriptions: Mapping[str, Any], copies: 
     texts: list[str] = []
     labels: list[str] = []
     for label, given in descriptions.items():
-        for text in [given] if isinstance(given, str) else list(given):
+        if not isinstance(given, (str, list, tuple)):
+            raise ConfigError(f"the description of label {label!r} is {given!r}: give a text or a list of texts")
+        for text in [given] if isinstance(given, str) else given:
             if not isinstance(text, str) or not text.strip():
                 raise ConfigError(f"the description of label {label!r} is {text!r}: give a non-blank text")
             texts += [text] * copies

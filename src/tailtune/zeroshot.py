@@ -92,10 +92,12 @@ class ZeroShotClassifier:
                                           self.labels, bb)
             self.descriptions = label_descriptions(self.labels, descriptions, description_template or "{label}")
         self.model.to(resolve_device(device)).eval()
-        if self.method_ == "embedding":
-            encoded = self.model.encode([self.descriptions[y] for y in self.labels])
+        if self.method_ == "embedding":  # a label with several descriptions starts from their mean
+            from .data import TextDataset, with_descriptions
+            texts = with_descriptions(TextDataset([], []), self.descriptions, copies=1, known=self.labels)
             self.model.head.init_from_prototypes(self.model.class_prototypes(
-                encoded, torch.arange(len(self.labels)), batch_size))
+                self.model.encode(texts.texts), torch.tensor([self.labels.index(y) for y in texts.labels]),
+                batch_size))
         self.content_free_log_probs: torch.Tensor | None = None
         if calibrate or (calibrate is None and self.method_ == "prompt"):
             probs = self._raw(list(CONTENT_FREE)).softmax(-1).mean(0)
