@@ -15,6 +15,7 @@ needs ``Authorization: Bearer <token>``.
 # (no "from __future__ import annotations": FastAPI reads the endpoints' annotations at definition time)
 
 import hmac
+import signal
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -241,5 +242,10 @@ def serve(root: str, cfg: ServeConfig, log: Any = print) -> None:
         log(f"serving {root} on {where} (POST {where}/v1/<task>/predict; GET {where}/v1/tasks)")
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
         server.run(sockets=[sock])
+        # uvicorn re-raises a SIGINT after its graceful shutdown, but inside asyncio.run, whose own SIGINT handler
+        # only cancels the main task: when the task has already finished, the interrupt is lost and the command
+        # would exit 0 (seen under load). An interrupted server ends as any interrupted command (exit 130).
+        if signal.SIGINT in getattr(server, "_captured_signals", ()):
+            raise KeyboardInterrupt
     finally:
         sock.close()
