@@ -89,6 +89,11 @@ def test_label_descriptions_join_the_training_examples_after_the_dev_split(tiny_
                        ({"good": ["x", None]}, "non-blank")):
         with pytest.raises(tt.ConfigError, match=match):
             with_descriptions(ds, bad)
+    from tailtune.zeroshot import label_descriptions
+    assert label_descriptions(["good", "gift_card"], {"good": "fine"}, "about {label}") == {
+        "good": "fine", "gift_card": "about gift card"}
+    with pytest.raises(tt.ConfigError, match="write the label's place as {label}"):
+        label_descriptions(["good"], None, "about {name}")
     with pytest.raises(tt.ConfigError, match="integer >= 1"):
         with_descriptions(ds, {"good": "x"}, copies=0)
     with pytest.raises(tt.ConfigError, match="text pairs"):

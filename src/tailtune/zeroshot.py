@@ -35,7 +35,11 @@ CONTENT_FREE = ("N/A", "")
 
 def describe(label: str, template: str = "{label}") -> str:
     """A label's description: the template with the label's words (underscores and dashes as spaces)."""
-    return template.format(label=str(label).replace("_", " ").replace("-", " "))
+    try:
+        return template.format(label=str(label).replace("_", " ").replace("-", " "))
+    except (KeyError, IndexError, ValueError) as err:
+        raise ConfigError(f"description template {template!r}: write the label's place as {{label}}, e.g. "
+                          f"'This message is about {{label}} .' ({type(err).__name__}: {err})") from None
 
 
 def label_descriptions(labels: Sequence[str], given: Mapping[str, Any] | None = None,
