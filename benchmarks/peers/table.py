@@ -29,8 +29,10 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
                            "(`--contrastive-head-only-below 64`)",
          "auto-ln": "`auto` with a fresh LayerNorm before its cosine head (`--layer-norm fresh`; not adopted)",
          "auto-desc": "`auto` + each label's description as 4 training examples (`--descriptions`; the manual "
-                      "prompt without the text, \"It was great .\"; extra input the peers do not get)",
-         "lr-balanced-desc": "embeddings + LogisticRegression (balanced) + the same descriptions as training examples",
+                      "prompt without the text, \"It was great .\"; extra input, which the \"+ the same descriptions\" "
+                      "peer rows get too)",
+         "lr-balanced-desc": "embeddings + LogisticRegression (balanced) + the same descriptions as training "
+                            "examples",
          "setfit-desc": "SetFit + the same descriptions as training examples (4 copies; its `get_templated_dataset` "
                         "makes 2)",
          "prompt": "tailtune `prompt` (paper protocol)",
