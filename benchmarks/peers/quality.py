@@ -217,7 +217,9 @@ def auto_classifier(seed: int, max_length: int, theta: float, method: str = "aut
 
 def set_descriptions(name: str, labels: list[str]) -> dict[str, str]:
     """Each label of a 16-shot set described by its manual prompt without the text (the prompting benchmark's)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "prompting"))
+    prompting = str(Path(__file__).resolve().parents[1] / "prompting")
+    if prompting not in sys.path:  # (called once per run)
+        sys.path.insert(0, prompting)
     from fewshot import PROMPTS, prompt_descriptions
     if name not in PROMPTS:
         raise SystemExit(f"{name}: no manual prompt to describe its labels with (sets: {', '.join(PROMPTS)})")
