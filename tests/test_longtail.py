@@ -356,6 +356,23 @@ def test_contrastive_read_once_reads_each_text_once_and_equals_reading_both_side
     assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
 
 
+def test_the_contrastive_regime_counts_observed_examples_not_label_descriptions(toy):
+    """Label descriptions that join the training examples do not lift a few-shot set out of the head-only regime
+    (or out of the stage's): the bound reads the observed examples per class."""
+    from tailtune.data import with_descriptions
+    from tailtune.stages.contrastive import ContrastiveOptions, ContrastiveStage, per_class
+    texts, labels = toy
+    ds = tt.TextDataset(texts, labels)
+    observed = len(texts) / len(set(labels))
+    more = with_descriptions(ds, {y: f"about {y}" for y in set(labels)}, copies=4)
+    assert len(more) / len(set(labels)) == observed + 4 and per_class(more) == observed == per_class(ds)
+    assert more.observed() == len(texts) and more.subset(range(len(more))).observed() == len(texts)
+    assert more.subset([0, len(more) - 1]).written == [False, True]
+    stage = ContrastiveStage(ContrastiveOptions(contrastive_below=observed + 1, contrastive_head_only_below=observed + 1))
+    assert stage.applies(more) and stage.fine_tune_roles(more) == ("head",)
+    assert stage.fine_tune_roles(tt.TextDataset(more.texts, more.labels)) is None  # (the same texts, all observed)
+
+
 def test_contrastive_head_only_below_trains_the_head_on_the_frozen_tuned_body_and_saves_the_body(
         tiny_bert, toy, tmp_path, monkeypatch):
     """Below contrastive_head_only_below examples per class, the stage tunes the body, then the fine-tuning moves

@@ -23,6 +23,9 @@ class TextDataset:
     texts_b: list[str] | None = None
     source: str = "<memory>"
     ids: list[str] | None = None
+    written: list[bool] | None = None
+    """True where an example was written for its label (a description, ``with_descriptions``) rather than observed:
+    counts of the data (examples per class, which choose a recipe's regime) leave those out."""
 
     def __post_init__(self) -> None:
         self.labels = [str(y) for y in self.labels]  # labels are strings (numpy or int labels too)
@@ -36,7 +39,12 @@ class TextDataset:
 
     def subset(self, indices: Sequence[int]) -> "TextDataset":
         pick = lambda xs: [xs[i] for i in indices] if xs is not None else None  # noqa: E731
-        return TextDataset(pick(self.texts), pick(self.labels), pick(self.texts_b), self.source, pick(self.ids))
+        return TextDataset(pick(self.texts), pick(self.labels), pick(self.texts_b), self.source, pick(self.ids),
+                           pick(self.written))
+
+    def observed(self) -> int:
+        """How many examples are observed data (not ``written`` for a label)."""
+        return len(self.texts) - sum(self.written or ())
 
 
 def with_descriptions(ds: TextDataset, descriptions: Mapping[str, Any], copies: int = 4,
@@ -66,7 +74,8 @@ def with_descriptions(ds: TextDataset, descriptions: Mapping[str, Any], copies: 
             texts += [text] * copies
             labels += [str(label)] * copies
     return TextDataset(ds.texts + texts, ds.labels + labels, None, ds.source,
-                       None if ds.ids is None else ds.ids + [f"description:{y}" for y in labels])
+                       None if ds.ids is None else ds.ids + [f"description:{y}" for y in labels],
+                       (ds.written or [False] * len(ds)) + [True] * len(texts))
 
 
 # ---------------------------------------------------------------- reading

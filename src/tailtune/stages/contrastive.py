@@ -209,8 +209,10 @@ class ContrastiveStage:
 
 
 def per_class(examples: Any) -> float:
-    """Training examples per class, on average."""
-    return len(examples) / max(1, len(set(examples.labels)))
+    """Observed training examples per class, on average: label descriptions that joined them
+    (``with_descriptions``) do not move the recipe out of the few-shot regime."""
+    observed = examples.observed() if hasattr(examples, "observed") else len(examples)
+    return observed / max(1, len(set(examples.labels)))
 
 
 def _check(config: Any) -> None:
