@@ -83,6 +83,9 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
                                    "--head mlp)",
             "auto-desc": "`auto` + each label's description among the training examples, 4 times (--descriptions; "
                          "the 16-shot set's manual prompt without the text, \"It was great .\")",
+            "auto-desc-finetune": "auto-desc fine-tuning everything after its contrastive stage "
+                                  "(--contrastive-head-only-below 0): what auto-desc did until the bound counted "
+                                  "only observed examples (16 + 4 descriptions per class had passed 17)",
             "prompt": "tailtune `prompt` (long-tail protocol)",
             "prompt-10ep": "tailtune `prompt` with the paper's 10 epochs (lr 1e-4, batch 16) at the set's length",
             "cls": "tailtune `cls` (few-shot protocol)"}
@@ -100,10 +103,11 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-nola": {"calibration": "none"}, "auto-paper": {}, "auto-lr": {}, "auto-b16": {},
                  "auto-b16-nola": {"calibration": "none"}, "auto-ln": LN, "auto-ln-b16": LN, "auto-ln-nostop": LN,
                  "auto-ln-b16-cls": {**LN, "readout": "cls"}, "auto-ln-b16-mlp": {**LN, "head": "mlp"},
-                 "auto-ln-b16-cls-mlp": {**LN, "readout": "cls", "head": "mlp"}, "auto-desc": {}}
+                 "auto-ln-b16-cls-mlp": {**LN, "readout": "cls", "head": "mlp"}, "auto-desc": {},
+                 "auto-desc-finetune": {"contrastive_head_only_below": 0}}
 # variants that fit with each label's description among the training examples (fit's descriptions=, 4 copies
 # each): the 16-shot sets' manual prompt without the text, "It was great ." (fewshot.prompt_descriptions)
-DESCRIBED = {"auto-desc", "lr-balanced-desc", "setfit-desc"}  # (a peer's: the same texts added to its training set)
+DESCRIBED = {"auto-desc", "auto-desc-finetune", "lr-balanced-desc", "setfit-desc"}  # (a peer's: the same texts added to its training set)
 DESCRIPTION_COPIES = 4
 # TrainConfig overrides of a variant. Rows of auto-plain, auto-contrastive, auto-long and auto-distinct were
 # measured with the 5-epoch recipe (auto-5ep, the default until 10 epochs with a stopping floor replaced it).

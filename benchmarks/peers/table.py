@@ -31,6 +31,9 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
          "auto-desc": "`auto` + each label's description as 4 training examples (`--descriptions`; the manual "
                       "prompt without the text, \"It was great .\"; extra input, which the \"+ the same descriptions\" "
                       "peer rows get too)",
+         "auto-desc-finetune": "`auto` + the descriptions, fine-tuning everything after its contrastive stage "
+                               "(`--contrastive-head-only-below 0`; what `--descriptions` did until the bound "
+                               "counted only observed examples)",
          "lr-balanced-desc": "embeddings + LogisticRegression (balanced) + the same descriptions as training "
                             "examples",
          "setfit-desc": "SetFit + the same descriptions as training examples (4 copies; its `get_templated_dataset` "
@@ -138,7 +141,8 @@ def main() -> None:
                 + (f" [{len(mine)}]" if fewer else ""))
 
     methods = ["auto", "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct",
-               "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-ln", "auto-desc", "lr-balanced-desc", "setfit-desc", "auto-nola", "auto-la", BEST_PRESET, *PEERS]
+               "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-ln", "auto-desc", "auto-desc-finetune",
+               "lr-balanced-desc", "setfit-desc", "auto-nola", "auto-la", BEST_PRESET, *PEERS]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
         means = [statistics.mean(values(m, s)) if values(m, s) else None for s in sets]
