@@ -194,6 +194,44 @@ def test_a_datasets_unlabeled_texts_reach_only_the_runs_that_learn_from_them(tin
                                                                   "prompt-no-mlm": 0}
 
 
+def test_a_datasets_label_descriptions_join_every_runs_training_examples(tiny_bert, tmp_path, monkeypatch):
+    from tailtune.experiment import resolve
+    _write_data(tmp_path / "data" / "toy")
+    (tmp_path / "data" / "toy" / "labels.json").write_text(json.dumps({"good": ["It was great .", "fine"]}))
+    dataset = {"train": "toy/train.tsv", "test": "toy/test.tsv", "theta": 0.5}
+    cfg = {"backbone": tiny_bert, "data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "out"),
+           "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "progress": False},
+           "datasets": {"toy": {**dataset, "descriptions": "toy/labels.json", "description_template": "about {label}",
+                                "description_copies": 2}},
+           "runs": [{"presets": ["cls"], "seeds": [1]}], "_source": "exp.yaml"}
+    plan = resolve(cfg, "toy", "cls", 1)[0]
+    assert plan.descriptions == {"good": ["It was great .", "fine"], "bad": "about bad", "money": "about money"}
+    assert plan.description_copies == 2
+    # the identity holds the texts: a run without them, or with other texts, is another run
+    plain = resolve({**cfg, "datasets": {"toy": dataset}}, "toy", "cls", 1)[0]
+    assert plain.descriptions is None and plain.settings_hash != plan.settings_hash
+    inline = {**cfg, "datasets": {"toy": {**dataset, "descriptions": {"good": "It was great ."}}}}
+    assert resolve(inline, "toy", "cls", 1)[0].descriptions == {"good": "It was great ."}
+    for ds_cfg, match in (({"descriptions": {"cheap": "x"}}, "does not have"),
+                          ({"descriptions": "toy/none.json"}, "descriptions file not found"),
+                          ({"descriptions": ["x"]}, "give a JSON object"),
+                          ({"description_template": "about {name}"}, "write the label's place"),
+                          ({"description_copies": 2}, "description_copies without descriptions"),
+                          ({"descriptions": {"good": "x"}, "description_copies": 0}, "integer >= 1")):
+        with pytest.raises(ConfigError, match=match):
+            resolve({**cfg, "datasets": {"toy": {**dataset, **ds_cfg}}}, "toy", "cls", 1)
+    seen, fit = [], tt.TailtuneClassifier.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs.get("descriptions"), kwargs.get("description_copies")))
+        return fit(self, *args, **kwargs)
+    monkeypatch.setattr(tt.TailtuneClassifier, "fit", spy)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "_source"}))
+    run_experiment(load_experiment(path))
+    assert seen == [(plan.descriptions, 2)]
+
+
 def test_a_runs_identity_does_not_move_between_versions(tmp_path):
     # finished runs stay finished: a new setting enters a run's identity only where it changes what the run computes
     # (NEUTRAL_SETTINGS), so these hashes, computed by the version before unlabelled texts reached experiments, hold

@@ -84,3 +84,29 @@ def test_unlabeled_texts_reach_every_trial_and_a_preset_without_a_use_for_them_i
     monkeypatch.setattr(tailtune.api.TailtuneClassifier, "fit", spy)
     assert main([*base, "--preset", "prompt", "--mlm-weight", "0.5"]) == 0
     assert seen == [(["a new text", "another one here"], 0.5)]
+
+
+def test_label_descriptions_reach_every_trial_and_unknown_labels_are_refused_first(tiny_bert, tmp_path, capsys,
+                                                                                   monkeypatch):
+    import json
+    import tailtune.api
+    _write_data(tmp_path / "data")
+    out = tmp_path / "best.yaml"
+    base = ["tune", "--train", str(tmp_path / "data" / "train.tsv"), "--dev", str(tmp_path / "data" / "test.tsv"),
+            "--backbone", tiny_bert, "--preset", "cls", "--epochs", "1", "--batch-size", "8", "--no-progress",
+            "--search", "lr=1e-3", "--output", str(out)]
+    (tmp_path / "bad.json").write_text(json.dumps({"cheap": "It was cheap ."}))
+    assert main([*base, "--descriptions", str(tmp_path / "bad.json")]) == 2
+    said = capsys.readouterr()
+    assert "labels the training data does not have: ['cheap']" in said.err and "trial" not in said.out
+    seen, fit = [], tailtune.api.TailtuneClassifier.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs.get("descriptions"), kwargs.get("description_copies")))
+        return fit(self, *args, **kwargs)
+    monkeypatch.setattr(tailtune.api.TailtuneClassifier, "fit", spy)
+    (tmp_path / "good.json").write_text(json.dumps({"good": "It was great ."}))
+    assert main([*base, "--descriptions", str(tmp_path / "good.json"), "--description-template", "about {label}",
+                 "--description-copies", "2"]) == 0
+    assert seen == [({"good": "It was great .", "bad": "about bad", "money": "about money"}, 2)]
+    assert "every trial trained with label descriptions (2 copies each)" in out.read_text()

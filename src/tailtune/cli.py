@@ -258,15 +258,8 @@ def _add_description_args(u: argparse.ArgumentParser) -> None:
 
 def _descriptions(args: argparse.Namespace, labels: list[str]) -> dict | None:
     """The --descriptions / --description-template of ``labels`` (None: neither given)."""
-    if args.descriptions is None and args.description_template is None:
-        return None
-    from .artefacts import read_json
-    from .errors import ConfigError
-    from .zeroshot import label_descriptions
-    given = read_json(args.descriptions, "descriptions file") if args.descriptions else {}
-    if not isinstance(given, dict):
-        raise ConfigError(f"{args.descriptions}: a descriptions file is a JSON object, label -> description")
-    return {**given, **label_descriptions([y for y in labels if y not in given], None, args.description_template)}
+    from .zeroshot import read_descriptions
+    return read_descriptions(labels, args.descriptions, args.description_template)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -354,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         u.add_argument("--preset", default="auto", choices=list(PRESETS), help="method searched (default: auto)")
         u.add_argument("--backbone", default=None, help="Hugging Face name or local path (default: embedded MiniLM)")
         _add_unlabeled_args(u)
+        _add_description_args(u)
         _add_classifier_args(u)
         _add_config_args(u.add_argument_group("training settings every trial shares (unset: the preset's recipe)"),
                          TrainConfig, recipe=PRESETS["auto"].train)

@@ -144,9 +144,13 @@ def run_tune(args: argparse.Namespace, base: dict, overrides: dict) -> int:
     space = [parse_dimension(text) for text in args.search]
     train, dev = _read(args, args.train), _read(args, args.dev)
     unlabeled = list(read_dataset(args.unlabeled, args.text_col, None).texts) if args.unlabeled else None
+    from .data import label_space
+    from .zeroshot import read_descriptions
+    descriptions = read_descriptions(label_space(train.labels), args.descriptions, args.description_template)
     base = dict(base)
     result = search(train, dev, space, args.preset, args.backbone, args.trials, base.pop("seed", 0), base,
-                    overrides, args.prune, ray=args.ray, unlabeled=unlabeled, mlm_weight=args.mlm_weight)
+                    overrides, args.prune, ray=args.ray, unlabeled=unlabeled, mlm_weight=args.mlm_weight,
+                    descriptions=descriptions, description_copies=args.description_copies)
     path = write_best(result, args.output, args.name)
     if args.trials_json:
         atomic_write_text(args.trials_json, json.dumps(result, indent=2, default=str) + "\n")

@@ -31,7 +31,7 @@ from .training import data_hash
 
 _DATASET_KEYS = {"train", "dev", "test", "theta", "template", "vanilla_template", "verbalizer", "max_length",
                  "text_col", "text_b_col", "label_col", "columns", "dev_fraction", "train_overrides",
-                 "allow_empty_text", "unlabeled"}
+                 "allow_empty_text", "unlabeled", "descriptions", "description_template", "description_copies"}
 _TOP_KEYS = {"backbone", "data_dir", "output_dir", "train", "datasets", "presets", "runs", "weight_norms",
              "save_models", "ray"}
 _RUN_KEYS = {"presets", "seeds", "datasets"}
@@ -163,6 +163,8 @@ class Plan:
     train_config: TrainConfig
     settings_hash: str
     mlm_weight: float = 1e-4  # (with unlabelled texts: PET's auxiliary MLM loss)
+    descriptions: dict | None = None  # label -> description(s), joining the training examples
+    description_copies: int = 4
 
 
 def resolve(cfg: dict, dataset: str, preset: str, seed: int) -> tuple[Plan, dict[str, TextDataset | None]]:
@@ -174,6 +176,7 @@ def resolve(cfg: dict, dataset: str, preset: str, seed: int) -> tuple[Plan, dict
     for split in ("dev", "test"):
         if data[split] is not None:
             check_labels(data[split], labels, split)
+    descriptions, copies = _descriptions(cfg, ds_cfg, data["train"], labels, where)
     options = dict((cfg.get("presets") or {}).get(preset, {}))
     base = options.pop("preset", preset)
     backbone = options.pop("backbone", cfg.get("backbone"))
@@ -209,8 +212,33 @@ def resolve(cfg: dict, dataset: str, preset: str, seed: int) -> tuple[Plan, dict
     if data["unlabeled"] is not None:
         identity["unlabeled"] = {"file": str(ds_cfg["unlabeled"]).format(seed=seed),
                                  "data": data_hash(data["unlabeled"]), "mlm_weight": mlm_weight}
+    if descriptions:  # (their texts, not only the file's name: editing the file re-runs)
+        identity["descriptions"] = {"texts": descriptions, "copies": copies}
     digest = hashlib.sha256(json.dumps(jsonable(identity), sort_keys=True).encode()).hexdigest()[:16]
-    return Plan(dataset, preset, seed, base, backbone, config, verbalizer, tc, digest, mlm_weight), data
+    return Plan(dataset, preset, seed, base, backbone, config, verbalizer, tc, digest, mlm_weight, descriptions,
+                copies), data
+
+
+def _descriptions(cfg: dict, ds_cfg: dict, train: TextDataset, labels: list[str], where: str) -> tuple[dict | None, int]:
+    """A dataset's label descriptions (``descriptions``: a JSON file under the data directory, or a mapping;
+    ``description_template`` for the labels it leaves out) and their ``description_copies``, checked against its
+    training data; every run of the dataset trains with them, as ``train --descriptions`` does."""
+    from .data import with_descriptions
+    from .errors import TailtuneError
+    from .zeroshot import read_descriptions
+    source, copies = ds_cfg.get("descriptions"), ds_cfg.get("description_copies", 4)
+    if isinstance(source, str):
+        source = Path(cfg["data_dir"]) / source
+    try:
+        descriptions = read_descriptions(labels, source, ds_cfg.get("description_template"))
+        if descriptions:
+            with_descriptions(train, descriptions, copies)
+        elif "description_copies" in ds_cfg:
+            raise ConfigError("description_copies without descriptions: add `descriptions:` (a JSON file or a "
+                              "mapping, label -> description) or `description_template:`, or drop it")
+    except TailtuneError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return descriptions, copies
 
 
 def check_plan(cfg: dict, plan: list[tuple[str, str, int]]) -> dict[tuple[str, str, int], str]:
@@ -237,8 +265,10 @@ def run_one(cfg: dict, dataset: str, preset: str, seed: int, out_dir: Path,
                              dev_fraction=ds_cfg.get("dev_fraction", 0.1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        clf.fit(data["train"], dev=data["dev"], log=log, **({} if data["unlabeled"] is None else
-                                                   {"unlabeled": data["unlabeled"].texts, "mlm_weight": plan.mlm_weight}))
+        clf.fit(data["train"], dev=data["dev"], log=log, descriptions=plan.descriptions,
+                description_copies=plan.description_copies,
+                **({} if data["unlabeled"] is None else {"unlabeled": data["unlabeled"].texts,
+                                                         "mlm_weight": plan.mlm_weight}))
     t0 = time.perf_counter()
     report = clf.evaluate(data["test"])
     eval_seconds = time.perf_counter() - t0

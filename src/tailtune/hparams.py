@@ -95,10 +95,12 @@ def run_trial(train: Any, dev: Any, preset: str, backbone: str | None, seed: int
 def search(train: Any, dev: Any, space: list[Dimension], preset: str = "auto", backbone: str | None = None,
            trials: int = 20, seed: int = 0, base: dict | None = None, options: dict | None = None,
            prune: bool = True, log: Callable[[str], None] = print, ray: str | None = None,
-           unlabeled: list[str] | None = None, mlm_weight: float = 1e-4) -> dict:
+           unlabeled: list[str] | None = None, mlm_weight: float = 1e-4, descriptions: dict | None = None,
+           description_copies: int = 4) -> dict:
     """Run the search; returns the best parameters, its dev macro-F1 and every trial. ``ray`` (``local``,
     ``auto`` or a cluster address) runs the trials as Ray Tune trials instead of in this process. ``unlabeled``
-    texts (and ``mlm_weight``) go to every trial's ``fit``, as in ``train --unlabeled``."""
+    texts (and ``mlm_weight``) and label ``descriptions`` (``description_copies`` each) go to every trial's
+    ``fit``, as in ``train --unlabeled`` and ``train --descriptions``."""
     try:
         import optuna
     except ImportError:
@@ -119,12 +121,17 @@ def search(train: Any, dev: Any, space: list[Dimension], preset: str = "auto", b
         if unlabeled is not None:  # (a classifier with no use for them is refused now, not in the first trial)
             check_unlabeled(probe.config, train, mlm_weight)
     fit_kw = {} if unlabeled is None else {"unlabeled": list(unlabeled), "mlm_weight": mlm_weight}
+    if descriptions:  # (unknown labels or a pair task are refused now, not in the first trial)
+        from .data import with_descriptions
+        with_descriptions(train, descriptions, description_copies)
+        fit_kw.update(descriptions=dict(descriptions), description_copies=description_copies)
+    given = {"descriptions": {"texts": dict(descriptions), "copies": description_copies}} if descriptions else {}
     trial_run = functools.partial(run_trial, fit_kw=fit_kw)
     grid = all(d.choices for d in space)
     if ray is not None:
         from .hparams_ray import search_ray
-        return search_ray(train, dev, space, preset, backbone, trials, seed, base, options, prune, grid, ray, log,
-                          trial_run)
+        return {**search_ray(train, dev, space, preset, backbone, trials, seed, base, options, prune, grid, ray, log,
+                             trial_run), **given}
     sampler = optuna.samplers.GridSampler({d.name: list(d.choices) for d in space}, seed=seed) if grid \
         else optuna.samplers.TPESampler(seed=seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if prune else optuna.pruners.NopPruner()
@@ -149,7 +156,7 @@ def search(train: Any, dev: Any, space: list[Dimension], preset: str = "auto", b
         raise ConfigError("no trial finished; widen the search space or turn pruning off (--no-prune)")
     rows = [{"number": t.number, "params": t.params, "value": t.value, "state": t.state.name} for t in study.trials]
     return {"best_params": study.best_params, "best_value": study.best_value, "trials": rows, "preset": preset,
-            "sampler": "grid" if grid else "tpe", "base": base, "options": options}
+            "sampler": "grid" if grid else "tpe", "base": base, "options": options, **given}
 
 
 def best_yaml(result: dict, name: str = "tuned") -> str:
@@ -164,6 +171,9 @@ def best_yaml(result: dict, name: str = "tuned") -> str:
     head = (f"# tailtune tune: best dev macro-F1 {result['best_value']:.4f} of {len(result['trials'])} trials "
             f"({done} finished, {result['sampler']} sampler)\n# use it under `presets:` in an experiment YAML "
             f"(tailtune run), or as tailtune train flags\n")
+    if result.get("descriptions"):  # (data, not a preset setting: the dataset's entry of the YAML takes them)
+        head += (f"# every trial trained with label descriptions ({result['descriptions']['copies']} copies each): "
+                 f"give them as the dataset's `descriptions:` in the YAML, or --descriptions to tailtune train\n")
     return head + yaml.safe_dump({"presets": {name: entry}}, sort_keys=False)
 
 

@@ -54,6 +54,23 @@ def label_descriptions(labels: Sequence[str], given: Mapping[str, Any] | None = 
     return out
 
 
+def read_descriptions(labels: Sequence[str], source: Any = None, template: str | None = None) -> dict | None:
+    """The training descriptions of ``labels`` (``train --descriptions / --description-template``, a dataset's
+    ``descriptions`` / ``description_template`` in an experiment YAML): ``source`` (a JSON file's path, or a
+    mapping: label -> a text or a list of texts), and ``template`` for the labels it leaves out. None when neither
+    is given. The labels are checked when the descriptions join the data (``data.with_descriptions``)."""
+    if source is None and template is None:
+        return None
+    given = {} if source is None else source
+    if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+        from .artefacts import read_json
+        given = read_json(source, "descriptions file")
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"descriptions {source!r}: give a JSON object (or mapping), label -> description")
+    given = {str(y): d for y, d in given.items()}
+    return {**given, **label_descriptions([y for y in labels if y not in given], None, template)}
+
+
 class ZeroShotClassifier:
     """Scores texts against labels without training; ``method_`` says which method ran. ``calibrate``: contextual
     calibration on (True), off (False), or on for the prompt method only (None, the default)."""
