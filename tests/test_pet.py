@@ -34,6 +34,23 @@ def test_fit_on_soft_labels_follows_them(tiny_bert):
         clf.fit(texts, TOY_LABELS * 2, soft_labels=soft)
     with pytest.raises(tt.DataError, match="soft labels"):
         clf.fit(texts, TOY_LABELS * 2, dev=tt.TextDataset(TOY_TEXTS, TOY_LABELS), soft_labels=soft[:5])
+    # label descriptions join soft-labelled data as hard labels: one-hot rows after the data's own
+    seen = []
+    real = tt.api.train
+
+    def spy(model, examples, *args, **kwargs):
+        seen.append((list(examples.labels), kwargs["soft"]))
+        return real(model, examples, *args, **kwargs)
+    tt.api.train = spy
+    try:
+        clf.fit(texts, TOY_LABELS * 2, dev=tt.TextDataset(TOY_TEXTS, TOY_LABELS), soft_labels=soft,
+                descriptions={"good": "It was great ."}, description_copies=2)
+    finally:
+        tt.api.train = real
+    ys, got = seen[0]
+    assert ys[len(texts):] == ["good", "good"] and got.shape == (len(texts) + 2, 3)
+    assert torch.equal(got[len(texts):], torch.tensor([[0.0, 1.0, 0.0]] * 2))  # ("good" is the 2nd sorted label)
+    assert torch.allclose(got[:len(texts)], torch.as_tensor(soft, dtype=torch.float32))
 
 
 def test_pet_weights_patterns_grows_ipet_sets_and_distils(tiny_bert, monkeypatch):

@@ -116,7 +116,8 @@ class TailtuneClassifier:
         self-distillation of early exits (preset ``fastbert``); a classifier with neither refuses them.
         ``descriptions`` (label -> a text or list of texts, e.g. "It was great .") join the training examples,
         ``description_copies`` times each, after the dev split (dev keeps only real texts); the class statistics
-        (head/tail groups, the class priors of a logit adjustment) stay the data's own.
+        (head/tail groups, the class priors of a logit adjustment) stay the data's own; with ``soft_labels`` they
+        join as one-hot rows, and they never count towards a stage's examples per class (the regime bounds).
         """
         if y is None and not isinstance(X, TextDataset):
             raise DataError("fit needs labels: fit(texts, labels) or fit(TextDataset)")
@@ -125,6 +126,9 @@ class TailtuneClassifier:
         if soft_labels is not None and dev is None:
             raise ConfigError("fit with soft_labels needs an explicit dev set (a carved one would split the soft "
                               "labels apart from their texts)")
+        if soft_labels is not None and len(soft_labels) != len(train_ds):  # (before any stage runs)
+            raise DataError(f"soft labels: need one row of class probabilities per training example "
+                            f"({len(train_ds)}), got {len(soft_labels)} rows")
         carved = dev is None
         if carved:
             train_ds, dev = stratified_split(train_ds, self.dev_fraction, self.train_config.seed)
@@ -184,6 +188,9 @@ class TailtuneClassifier:
             if stage.when == "before" and not resume:
                 stage_seconds += stage.run(model, train_ds, self.train_config, None, log)
         soft = None if soft_labels is None else torch.as_tensor(np.asarray(soft_labels), dtype=torch.float32)
+        if soft is not None and train_ds.written:  # descriptions are hard-labelled: one-hot rows after the data's
+            extra = torch.tensor([labels.index(y) for y, w in zip(train_ds.labels, train_ds.written) if w])
+            soft = torch.cat([soft, torch.nn.functional.one_hot(extra, len(labels)).to(soft.dtype)])
         # a stage before may leave less to the fine-tuning (the contrastive stage's head-only option)
         roles = next((r for s in stages if (r := getattr(s, "fine_tune_roles", lambda _: None)(train_ds))), None)
         if roles and log is not None:
