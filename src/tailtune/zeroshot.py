@@ -61,12 +61,13 @@ def read_descriptions(labels: Sequence[str], source: Any = None, template: str |
     is given. The labels are checked when the descriptions join the data (``data.with_descriptions``)."""
     if source is None and template is None:
         return None
-    given = {} if source is None else source
-    if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+    given, where = ({} if source is None else source), "descriptions"
+    if isinstance(source, str) or hasattr(source, "__fspath__"):
         from .artefacts import read_json
-        given = read_json(source, "descriptions file")
+        given, where = read_json(source, "descriptions file"), f"descriptions file {source}"
     if not isinstance(given, Mapping):
-        raise ConfigError(f"descriptions {source!r}: give a JSON object (or mapping), label -> description")
+        raise ConfigError(f"{where}: give a JSON object (or mapping), label -> description; got "
+                          f"{type(given).__name__}")
     given = {str(y): d for y, d in given.items()}
     return {**given, **label_descriptions([y for y in labels if y not in given], None, template)}
 
