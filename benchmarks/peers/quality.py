@@ -86,6 +86,8 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
             "auto-desc-finetune": "auto-desc fine-tuning everything after its contrastive stage "
                                   "(--contrastive-head-only-below 0): what auto-desc did until the bound counted "
                                   "only observed examples (16 + 4 descriptions per class had passed 17)",
+            "auto-names": "`auto` + each label's name among the training examples, 4 times (--description-template "
+                          "'{label}': dashes and underscores as spaces)",
             "prompt": "tailtune `prompt` (long-tail protocol)",
             "prompt-10ep": "tailtune `prompt` with the paper's 10 epochs (lr 1e-4, batch 16) at the set's length",
             "cls": "tailtune `cls` (few-shot protocol)"}
@@ -104,10 +106,13 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-b16-nola": {"calibration": "none"}, "auto-ln": LN, "auto-ln-b16": LN, "auto-ln-nostop": LN,
                  "auto-ln-b16-cls": {**LN, "readout": "cls"}, "auto-ln-b16-mlp": {**LN, "head": "mlp"},
                  "auto-ln-b16-cls-mlp": {**LN, "readout": "cls", "head": "mlp"}, "auto-desc": {},
-                 "auto-desc-finetune": {"contrastive_head_only_below": 0}}
+                 "auto-desc-finetune": {"contrastive_head_only_below": 0}, "auto-names": {}}
 # variants that fit with each label's description among the training examples (fit's descriptions=, 4 copies
 # each): the 16-shot sets' manual prompt without the text, "It was great ." (fewshot.prompt_descriptions)
 DESCRIBED = {"auto-desc", "auto-desc-finetune", "lr-balanced-desc", "setfit-desc"}  # (a peer's: the same texts added to its training set)
+# variants that fit with each label's *name* as its description (--description-template '{label}'): the one
+# description every dataset has, where its labels are words (R52's "copper", TREC-50's "NUM:date")
+NAMED = {"auto-names", "lr-balanced-names", "setfit-names"}
 DESCRIPTION_COPIES = 4
 # TrainConfig overrides of a variant. Rows of auto-plain, auto-contrastive, auto-long and auto-distinct were
 # measured with the 5-epoch recipe (auto-5ep, the default until 10 epochs with a stopping floor replaced it).
@@ -230,11 +235,19 @@ def set_descriptions(name: str, labels: list[str]) -> dict[str, str]:
     return prompt_descriptions(*PROMPTS[name], labels)
 
 
+def descriptions_for(method: str, name: str, labels: list[str]) -> dict[str, str] | None:
+    """The label descriptions a variant trains with (None: none)."""
+    if method in NAMED:
+        from tailtune.zeroshot import read_descriptions
+        return read_descriptions(labels, None, "{label}")
+    return set_descriptions(name, labels) if method in DESCRIBED else None
+
+
 def run_tailtune(method: str, train, dev, test, seed: int, max_length: int, theta: float, few: bool,
                  bf16: bool = False, name: str | None = None) -> dict:
     import tailtune as tt
-    fit_kw = ({"descriptions": set_descriptions(name, sorted(set(train.labels))),
-               "description_copies": DESCRIPTION_COPIES} if method in DESCRIBED else {})
+    given = descriptions_for(method, name, sorted(set(train.labels)))
+    fit_kw = {"descriptions": given, "description_copies": DESCRIPTION_COPIES} if given else {}
     if method in AUTO_VARIANTS:
         clf = auto_classifier(seed, max_length, theta, method, bf16)
     else:  # the best preset of the earlier tables, with its protocol (few-shot: lr 1e-4, 20 epochs, batch 8)
@@ -257,10 +270,11 @@ def run_peer(method: str, train, dev, test, seed: int, max_length: int, theta: f
     from tailtune.metrics import long_tail_report
     from collections import Counter
     fitted_on = train
-    if method in DESCRIBED:  # the peer with the descriptions `auto-desc` gets, as training examples alike
+    given = descriptions_for(method, name, sorted(set(train.labels)))
+    if given:  # the peer with the descriptions `auto-desc` / `auto-names` gets, as training examples alike
         from tailtune.data import with_descriptions
-        fitted_on = with_descriptions(train, set_descriptions(name, sorted(set(train.labels))), DESCRIPTION_COPIES)
-        method = method.removesuffix("-desc")
+        fitted_on = with_descriptions(train, given, DESCRIPTION_COPIES)
+        method = method.removesuffix("-desc").removesuffix("-names")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = PEERS[method](fitted_on, dev, test, seed, max_length, None, few)

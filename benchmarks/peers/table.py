@@ -38,6 +38,9 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
                             "examples",
          "setfit-desc": "SetFit + the same descriptions as training examples (4 copies; its `get_templated_dataset` "
                         "makes 2)",
+         "auto-names": "`auto` + each label's name as 4 training examples (`--description-template '{label}'`; "
+                       "not adopted: lower on both K=8 sets)",
+         "lr-balanced-names": "embeddings + LogisticRegression (balanced) + the same label names as training examples",
          "prompt": "tailtune `prompt` (paper protocol)",
          "cls": "tailtune `cls` (few-shot protocol)", "lr-balanced": "embeddings + LogisticRegression (balanced)",
          "lr": "embeddings + LogisticRegression", "setfit": "SetFit", "hf-trainer": "HF Trainer + AutoModelForSequenceClassification"}
@@ -142,7 +145,7 @@ def main() -> None:
 
     methods = ["auto", "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct",
                "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-ln", "auto-desc", "auto-desc-finetune",
-               "lr-balanced-desc", "setfit-desc", "auto-nola", "auto-la", BEST_PRESET, *PEERS]
+               "lr-balanced-desc", "setfit-desc", "auto-names", "lr-balanced-names", "auto-nola", "auto-la", BEST_PRESET, *PEERS]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
         means = [statistics.mean(values(m, s)) if values(m, s) else None for s in sets]

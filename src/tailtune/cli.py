@@ -141,8 +141,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     verbalizer = read_json(args.verbalizer, "verbalizer file") if args.verbalizer else None
     descriptions = _descriptions(args, labels)
     if descriptions:  # (the labels are checked before the backbone loads)
-        from .data import with_descriptions
-        with_descriptions(train_ds, descriptions, args.description_copies)
+        from .data import check_descriptions
+        check_descriptions(train_ds, descriptions, args.description_copies)
     recipe = preset_train_config(args.preset, **_collect(args, [f.name for f in dataclasses.fields(TrainConfig)]))
     clf = TailtuneClassifier(args.preset, args.backbone, verbalizer=verbalizer, train_config=recipe,
                              theta=args.theta, dev_fraction=args.dev_fraction, trust_remote_code=args.trust_remote_code,

@@ -78,6 +78,12 @@ def with_descriptions(ds: TextDataset, descriptions: Mapping[str, Any], copies: 
                        (ds.written or [False] * len(ds)) + [True] * len(texts))
 
 
+def check_descriptions(ds: TextDataset, descriptions: Mapping[str, Any], copies: int = 4) -> None:
+    """Refuse, before any expensive work, what ``with_descriptions`` would refuse: labels ``ds`` does not have, a
+    pair task, a blank or non-text description, copies < 1 (the entry points call it before the backbone loads)."""
+    with_descriptions(ds, descriptions, copies)
+
+
 # ---------------------------------------------------------------- reading
 
 def read_dataset(path: str | Path, text_col: str = "text", label_col: str | None = "label",

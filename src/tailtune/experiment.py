@@ -223,7 +223,7 @@ def _descriptions(cfg: dict, ds_cfg: dict, train: TextDataset, labels: list[str]
     """A dataset's label descriptions (``descriptions``: a JSON file under the data directory, or a mapping;
     ``description_template`` for the labels it leaves out) and their ``description_copies``, checked against its
     training data; every run of the dataset trains with them, as ``train --descriptions`` does."""
-    from .data import with_descriptions
+    from .data import check_descriptions
     from .errors import TailtuneError
     from .zeroshot import read_descriptions
     source, copies = ds_cfg.get("descriptions"), ds_cfg.get("description_copies", 4)
@@ -232,7 +232,7 @@ def _descriptions(cfg: dict, ds_cfg: dict, train: TextDataset, labels: list[str]
     try:
         descriptions = read_descriptions(labels, source, ds_cfg.get("description_template"))
         if descriptions:
-            with_descriptions(train, descriptions, copies)
+            check_descriptions(train, descriptions, copies)
         elif "description_copies" in ds_cfg:
             raise ConfigError("description_copies without descriptions: add `descriptions:` (a JSON file or a "
                               "mapping, label -> description) or `description_template:`, or drop it")

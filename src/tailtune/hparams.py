@@ -122,8 +122,8 @@ def search(train: Any, dev: Any, space: list[Dimension], preset: str = "auto", b
             check_unlabeled(probe.config, train, mlm_weight)
     fit_kw = {} if unlabeled is None else {"unlabeled": list(unlabeled), "mlm_weight": mlm_weight}
     if descriptions:  # (unknown labels or a pair task are refused now, not in the first trial)
-        from .data import with_descriptions
-        with_descriptions(train, descriptions, description_copies)
+        from .data import check_descriptions
+        check_descriptions(train, descriptions, description_copies)
         fit_kw.update(descriptions=dict(descriptions), description_copies=description_copies)
     given = {"descriptions": {"texts": dict(descriptions), "copies": description_copies}} if descriptions else {}
     trial_run = functools.partial(run_trial, fit_kw=fit_kw)

@@ -211,8 +211,7 @@ class ContrastiveStage:
 def per_class(examples: Any) -> float:
     """Observed training examples per class, on average: label descriptions that joined them
     (``with_descriptions``) do not move the recipe out of the few-shot regime."""
-    observed = examples.observed() if hasattr(examples, "observed") else len(examples)
-    return observed / max(1, len(set(examples.labels)))
+    return examples.observed() / max(1, len(set(examples.labels)))
 
 
 def _check(config: Any) -> None:
