@@ -39,7 +39,7 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
          "setfit-desc": "SetFit + the same descriptions as training examples (4 copies; its `get_templated_dataset` "
                         "makes 2)",
          "auto-names": "`auto` + each label's name as 4 training examples (`--description-template '{label}'`; "
-                       "not adopted: lower on both K=8 sets)",
+                       "not adopted: lower wherever its contrastive stage runs)",
          "lr-balanced-names": "embeddings + LogisticRegression (balanced) + the same label names as training examples",
          "prompt": "tailtune `prompt` (paper protocol)",
          "cls": "tailtune `cls` (few-shot protocol)", "lr-balanced": "embeddings + LogisticRegression (balanced)",
