@@ -15,7 +15,7 @@ WORDS = {"good": "good", "bad": "bad", "money": "price"}
 FAST = tt.TrainConfig(epochs=2, batch_size=8, lr=1e-3, progress=False)
 
 
-def test_fit_on_soft_labels_follows_them(tiny_bert):
+def test_fit_on_soft_labels_follows_them(tiny_bert, monkeypatch):
     texts = TOY_TEXTS * 2
     labels = sorted(set(TOY_LABELS))
     soft = np.tile([0.05, 0.05, 0.9], (len(texts), 1))  # every text "money", whatever its words say
@@ -41,12 +41,9 @@ def test_fit_on_soft_labels_follows_them(tiny_bert):
     def spy(model, examples, *args, **kwargs):
         seen.append((list(examples.labels), kwargs["soft"]))
         return real(model, examples, *args, **kwargs)
-    tt.api.train = spy
-    try:
-        clf.fit(texts, TOY_LABELS * 2, dev=tt.TextDataset(TOY_TEXTS, TOY_LABELS), soft_labels=soft,
-                descriptions={"good": "It was great ."}, description_copies=2)
-    finally:
-        tt.api.train = real
+    monkeypatch.setattr(tt.api, "train", spy)
+    clf.fit(texts, TOY_LABELS * 2, dev=tt.TextDataset(TOY_TEXTS, TOY_LABELS), soft_labels=soft,
+            descriptions={"good": "It was great ."}, description_copies=2)
     ys, got = seen[0]
     assert ys[len(texts):] == ["good", "good"] and got.shape == (len(texts) + 2, 3)
     assert torch.equal(got[len(texts):], torch.tensor([[0.0, 1.0, 0.0]] * 2))  # ("good" is the 2nd sorted label)
