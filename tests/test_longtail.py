@@ -373,6 +373,30 @@ def test_the_contrastive_regime_counts_observed_examples_not_label_descriptions(
     assert stage.fine_tune_roles(tt.TextDataset(more.texts, more.labels)) is None  # (the same texts, all observed)
 
 
+def test_contrastive_pairs_observed_keeps_label_descriptions_out_of_the_pairs(tiny_bert, toy):
+    """--contrastive-pairs observed draws every pair from observed examples, so a description joins only the head's
+    training; the default draws from all, descriptions included; a description-only class leaves too few classes."""
+    from tailtune.data import with_descriptions
+    from tailtune.stages.contrastive import ContrastiveOptions, PairJob
+    texts, labels = toy
+    more = with_descriptions(tt.TextDataset(texts, labels), {y: f"about {y}" for y in set(labels)}, copies=4)
+    model = tt.build_classifier(tt.config_from_preset("auto"), sorted(set(labels)), tiny_bert)
+    drawn = {}
+    for which in ("all", "observed"):
+        job = PairJob(model, more, ContrastiveOptions(contrastive_pairs=which, contrastive_max_pairs=400),
+                      tt.TrainConfig(progress=False, seed=3))
+        drawn[which] = {i for batch in job.batches(0) for p in batch for i in p[:2]}
+        assert len(job.labels) == (len(more) if which == "all" else len(texts))
+    assert max(drawn["observed"]) < len(texts) and max(drawn["all"]) >= len(texts)  # descriptions come last
+    one = tt.TextDataset(texts[:1], labels[:1])
+    only_one = with_descriptions(one, {labels[0]: "a", next(y for y in labels if y != labels[0]): "b"},
+                                 known=set(labels))
+    with pytest.raises(tt.ConfigError, match="observed examples"):
+        PairJob(model, only_one, ContrastiveOptions(contrastive_pairs="observed"), tt.TrainConfig(progress=False))
+    with pytest.raises(tt.ConfigError, match="contrastive_pairs"):
+        ContrastiveOptions(contrastive_pairs="written")
+
+
 def test_contrastive_head_only_below_trains_the_head_on_the_frozen_tuned_body_and_saves_the_body(
         tiny_bert, toy, tmp_path, monkeypatch):
     """Below contrastive_head_only_below examples per class, the stage tunes the body, then the fine-tuning moves

@@ -88,6 +88,10 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
                                   "only observed examples (16 + 4 descriptions per class had passed 17)",
             "auto-names": "`auto` + each label's name among the training examples, 4 times (--description-template "
                           "'{label}': dashes and underscores as spaces)",
+            "auto-names-obs": "auto-names with the names kept out of the contrastive stage's pairs "
+                              "(--contrastive-pairs observed): they join the head's training and prototypes only",
+            "auto-desc-obs": "auto-desc with the descriptions kept out of the contrastive stage's pairs "
+                             "(--contrastive-pairs observed)",
             "prompt": "tailtune `prompt` (long-tail protocol)",
             "prompt-10ep": "tailtune `prompt` with the paper's 10 epochs (lr 1e-4, batch 16) at the set's length",
             "cls": "tailtune `cls` (few-shot protocol)"}
@@ -106,13 +110,14 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-b16-nola": {"calibration": "none"}, "auto-ln": LN, "auto-ln-b16": LN, "auto-ln-nostop": LN,
                  "auto-ln-b16-cls": {**LN, "readout": "cls"}, "auto-ln-b16-mlp": {**LN, "head": "mlp"},
                  "auto-ln-b16-cls-mlp": {**LN, "readout": "cls", "head": "mlp"}, "auto-desc": {},
-                 "auto-desc-finetune": {"contrastive_head_only_below": 0}, "auto-names": {}}
+                 "auto-desc-finetune": {"contrastive_head_only_below": 0}, "auto-names": {},
+                 "auto-names-obs": {"contrastive_pairs": "observed"}, "auto-desc-obs": {"contrastive_pairs": "observed"}}
 # variants that fit with each label's description among the training examples (fit's descriptions=, 4 copies
 # each): the 16-shot sets' manual prompt without the text, "It was great ." (fewshot.prompt_descriptions)
-DESCRIBED = {"auto-desc", "auto-desc-finetune", "lr-balanced-desc", "setfit-desc"}  # (a peer's: the same texts added to its training set)
+DESCRIBED = {"auto-desc", "auto-desc-finetune", "auto-desc-obs", "lr-balanced-desc", "setfit-desc"}  # (a peer's: the same texts added to its training set)
 # variants that fit with each label's *name* as its description (--description-template '{label}'): the one
 # description every dataset has, where its labels are words (R52's "copper", TREC-50's "NUM:date")
-NAMED = {"auto-names", "lr-balanced-names", "setfit-names"}
+NAMED = {"auto-names", "auto-names-obs", "lr-balanced-names", "setfit-names"}
 DESCRIPTION_COPIES = 4
 # TrainConfig overrides of a variant. Rows of auto-plain, auto-contrastive, auto-long and auto-distinct were
 # measured with the 5-epoch recipe (auto-5ep, the default until 10 epochs with a stopping floor replaced it).

@@ -59,6 +59,10 @@ class ContrastiveOptions:
     contrastive_sampling: str = "class"
     """contrastive stage: draw anchors uniformly over classes (class; long-tail aware) or over examples (example;
     as SetFit)"""
+    contrastive_pairs: str = "all"
+    """contrastive stage: which training examples its pairs are drawn from: all of them (all), or only the observed
+    ones (observed), so that label descriptions (--descriptions) join the head's training and prototypes but not
+    the pairs"""
     contrastive_below: float = 0.0
     """contrastive stage: run only when the training set has fewer than this many examples per class on average
     (0: always). The `auto` preset sets 64, the few-shot regime where pair tuning pays (README)"""
@@ -71,6 +75,7 @@ class ContrastiveOptions:
         check_min(self, "contrastive_below", 0.0)
         check_min(self, "contrastive_head_only_below", 0.0)
         check_choice(self, "contrastive_sampling", ("class", "example"))
+        check_choice(self, "contrastive_pairs", ("all", "observed"))
 
 
 def sample_pairs(labels: list[str], n: int, rng: random.Random, by: str = "class") -> list[tuple[int, int, float]]:
@@ -116,8 +121,12 @@ class PairJob:
     """The loop's job for the contrastive stage: the body (and task modules) train, the head does not."""
 
     def __init__(self, model: Any, examples: Any, opts: ContrastiveOptions, cfg: TrainConfig) -> None:
+        if opts.contrastive_pairs == "observed" and examples.written:
+            examples = examples.subset([i for i, w in enumerate(examples.written) if not w])
         if len(set(examples.labels)) < 2:
-            raise ConfigError("the contrastive stage needs two or more classes")
+            raise ConfigError("the contrastive stage needs two or more classes"
+                              + (" among the observed examples (--contrastive-pairs observed)"
+                                 if opts.contrastive_pairs == "observed" else ""))
         self.model, self.opts, self.cfg = model, opts, cfg
         self.device = next(model.parameters()).device
         self.encoded = model.encode(examples.texts, examples.texts_b)
@@ -199,7 +208,8 @@ class ContrastiveStage:
                          progress=cfg.progress, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
         job = PairJob(model, examples, o, tc)
         if log:
-            log(f"contrastive stage: {job.n_pairs} pairs per epoch ({o.contrastive_sampling}-balanced anchors), "
+            log(f"contrastive stage: {job.n_pairs} pairs per epoch ({o.contrastive_sampling}-balanced anchors"
+                f"{', observed examples only' if o.contrastive_pairs == 'observed' else ''}), "
                 f"{o.contrastive_epochs:g} epoch(s), lr {o.contrastive_lr:g}")
         result = run(job, tc)
         if log:
