@@ -240,6 +240,7 @@ def _check(config: Any) -> None:
 
 @STAGES.register("contrastive", ContrastiveOptions, description="sentence-pair tuning of the body on pairs of "
                  "training texts (SetFit-style; anchors balanced over classes) before the head trains",
-                 check=_check, when="before")
+                 check=_check, when="before",
+                 neutral_options={"contrastive_pairs": "all"})  # (added after runs with the stage were recorded)
 def build_contrastive(opts: ContrastiveOptions) -> ContrastiveStage:
     return ContrastiveStage(opts)
