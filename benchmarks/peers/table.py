@@ -34,12 +34,16 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
          "auto-desc-finetune": "`auto` + the descriptions, fine-tuning everything after its contrastive stage "
                                "(`--contrastive-head-only-below 0`; what `--descriptions` did until the bound "
                                "counted only observed examples)",
+         "auto-desc-obs": "`auto` + the descriptions, kept out of its contrastive stage's pairs (`--contrastive-pairs "
+                          "observed`; they join the head's training only)",
          "lr-balanced-desc": "embeddings + LogisticRegression (balanced) + the same descriptions as training "
                             "examples",
          "setfit-desc": "SetFit + the same descriptions as training examples (4 copies; its `get_templated_dataset` "
                         "makes 2)",
          "auto-names": "`auto` + each label's name as 4 training examples (`--description-template '{label}'`; "
                        "not adopted: lower wherever its contrastive stage runs)",
+         "auto-names-obs": "`auto` + the label names, kept out of its contrastive stage's pairs (`--contrastive-pairs "
+                           "observed`)",
          "lr-balanced-names": "embeddings + LogisticRegression (balanced) + the same label names as training examples",
          "prompt": "tailtune `prompt` (paper protocol)",
          "cls": "tailtune `cls` (few-shot protocol)", "lr-balanced": "embeddings + LogisticRegression (balanced)",
@@ -145,7 +149,7 @@ def main() -> None:
 
     methods = ["auto", "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct",
                "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-ln", "auto-desc", "auto-desc-finetune",
-               "lr-balanced-desc", "setfit-desc", "auto-names", "lr-balanced-names", "auto-nola", "auto-la", BEST_PRESET, *PEERS]
+               "auto-desc-obs", "lr-balanced-desc", "setfit-desc", "auto-names", "auto-names-obs", "lr-balanced-names", "auto-nola", "auto-la", BEST_PRESET, *PEERS]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
         means = [statistics.mean(values(m, s)) if values(m, s) else None for s in sets]
