@@ -118,3 +118,21 @@ def test_default_backbone_can_point_elsewhere(monkeypatch, tmp_path):
     monkeypatch.setenv("TAILTUNE_DEFAULT_BACKBONE", str(tmp_path))
     assert resolve_name("default") == resolve_name(None) == str(tmp_path)
     assert resolve_name("bert-base-uncased") == "bert-base-uncased"
+
+
+def test_demo_data_reads_without_warnings_and_keeps_its_long_tail(tmp_path):
+    """The quickstart's own data: no repeated text in either split (train would warn about it), no test text seen
+    in training, and training counts that fall from 60 to 3 as the README says."""
+    import warnings
+    from collections import Counter
+    from tailtune.data import check_trainable, read_dataset
+    from tailtune.demo import INTENTS, write_demo_data
+    paths = write_demo_data(tmp_path)
+    train, test = read_dataset(paths["train"]), read_dataset(paths["test"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_trainable(train)
+    assert len(set(train.texts)) == len(train) and len(set(test.texts)) == len(test)
+    assert not set(train.texts) & set(test.texts)
+    assert Counter(train.labels) == {y: n for y, (n, _) in INTENTS.items()}
+    assert max(Counter(train.labels).values()) == 60 and min(Counter(train.labels).values()) == 3

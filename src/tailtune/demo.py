@@ -41,11 +41,14 @@ CLOSERS = ["", " Thanks.", " Thank you!", " Please help.", " This is urgent.", "
 
 
 def make_demo_data(seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(train, test) rows of (message, intent). Every message is a distinct (opener, phrase, closer), drawn without
+    replacement, so neither split holds a repeated text (which ``tailtune train`` would warn about)."""
     rng = random.Random(seed)
-    def message(phrases: list[str]) -> str:
-        return (rng.choice(OPENERS) + rng.choice(phrases) + rng.choice(CLOSERS)).strip()
-    train = [(message(ph[:-1]), y) for y, (n, ph) in INTENTS.items() for _ in range(n)]
-    test = [(message(ph[-1:]), y) for y, (n, ph) in INTENTS.items() for _ in range(max(2, n // 4))]
+    def messages(phrases: list[str], n: int) -> list[str]:
+        combos = [(o, p, c) for o in OPENERS for p in phrases for c in CLOSERS]
+        return [(o + p + c).strip() for o, p, c in rng.sample(combos, n)]
+    train = [(text, y) for y, (n, ph) in INTENTS.items() for text in messages(ph[:-1], n)]
+    test = [(text, y) for y, (n, ph) in INTENTS.items() for text in messages(ph[-1:], max(2, n // 4))]
     rng.shuffle(train)
     return train, test
 
