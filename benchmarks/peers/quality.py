@@ -53,6 +53,9 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
             "auto-long": "the 5-epoch recipe without early stopping (--patience none)",
             "auto-distinct": "the fine-tuning recipe with pairs capped at the distinct pairs (--contrastive-distinct "
                              "--contrastive-head-only-below 0)",
+            "auto-distinct-ho": "`auto` with its pairs capped at the distinct pairs of training texts "
+                                "(--contrastive-distinct: SetFit 1.x's count, 496 instead of 1,280 on a 16-shot "
+                                "binary set; the head then trains alone, as in `auto`)",
             "auto-read-once": "the fine-tuning recipe reading each distinct text of a pair batch once "
                               "(--contrastive-read-once --contrastive-head-only-below 0)",
             "auto-nostop": "`auto` without early stopping (--patience none; all 10 epochs)",
@@ -103,6 +106,7 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-contrastive": {"contrastive_below": 0, "contrastive_head_only_below": 0},
                  "auto-long": {"contrastive_head_only_below": 0}, "auto-5ep": {"contrastive_head_only_below": 0},
                  "auto-distinct": {"contrastive_distinct": True, "contrastive_head_only_below": 0},
+                 "auto-distinct-ho": {"contrastive_distinct": True},
                  "auto-read-once": {"contrastive_read_once": True, "contrastive_head_only_below": 0},
                  "auto-nostop": {}, "auto-finetune": {"contrastive_head_only_below": 0},
                  "auto-head-only": {"contrastive_head_only_below": 64}, "auto-la": {"adjust_tau": 1.0, "adjust_tau_from_dev": False},
