@@ -56,6 +56,8 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
             "auto-distinct-ho": "`auto` with its pairs capped at the distinct pairs of training texts "
                                 "(--contrastive-distinct: SetFit 1.x's count, 496 instead of 1,280 on a 16-shot "
                                 "binary set; the head then trains alone, as in `auto`)",
+            "auto-iter40": "`auto` with twice its pairs: 40 per training example and epoch (--contrastive-iterations "
+                           "40: 2,560 on a 16-shot binary set)",
             "auto-read-once": "the fine-tuning recipe reading each distinct text of a pair batch once "
                               "(--contrastive-read-once --contrastive-head-only-below 0)",
             "auto-nostop": "`auto` without early stopping (--patience none; all 10 epochs)",
@@ -106,7 +108,7 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-contrastive": {"contrastive_below": 0, "contrastive_head_only_below": 0},
                  "auto-long": {"contrastive_head_only_below": 0}, "auto-5ep": {"contrastive_head_only_below": 0},
                  "auto-distinct": {"contrastive_distinct": True, "contrastive_head_only_below": 0},
-                 "auto-distinct-ho": {"contrastive_distinct": True},
+                 "auto-distinct-ho": {"contrastive_distinct": True}, "auto-iter40": {"contrastive_iterations": 40},
                  "auto-read-once": {"contrastive_read_once": True, "contrastive_head_only_below": 0},
                  "auto-nostop": {}, "auto-finetune": {"contrastive_head_only_below": 0},
                  "auto-head-only": {"contrastive_head_only_below": 64}, "auto-la": {"adjust_tau": 1.0, "adjust_tau_from_dev": False},

@@ -19,6 +19,7 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
          "auto-distinct": "the fine-tuning recipe with pairs capped at the distinct pairs (`--contrastive-distinct`)",
          "auto-distinct-ho": "`auto` with its pairs capped at the distinct pairs (`--contrastive-distinct`: SetFit "
                              "1.x's count; the head then trains alone, as in `auto`)",
+         "auto-iter40": "`auto` with twice its pairs (`--contrastive-iterations 40`)",
          "auto-la": "`auto` with post-hoc logit adjustment at τ = 1, the balanced-error rule (`--adjust-tau 1`)",
          "auto-nola": "`auto` until this version: no post-hoc logit adjustment (`--calibration none`)",
          "auto-5ep": "the 5-epoch recipe (`auto` two versions ago: early stopping from the first evaluation)",
@@ -150,7 +151,7 @@ def main() -> None:
                 + (f" [{len(mine)}]" if fewer else ""))
 
     methods = ["auto", "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct",
-               "auto-distinct-ho", "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-ln", "auto-desc", "auto-desc-finetune",
+               "auto-distinct-ho", "auto-iter40", "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-ln", "auto-desc", "auto-desc-finetune",
                "auto-desc-obs", "lr-balanced-desc", "setfit-desc", "auto-names", "auto-names-obs", "lr-balanced-names", "auto-nola", "auto-la", BEST_PRESET, *PEERS]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
