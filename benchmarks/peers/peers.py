@@ -59,9 +59,8 @@ def setfit(train: Any, test: Any, seed: int, max_length: int, backbone: str | No
     counts = np.bincount([labels.index(y) for y in train.labels])
     positive = int(sum(n * (n + 1) // 2 for n in counts))  # unordered same-class pairs, a text with itself included
     negative = int(len(train) ** 2 - sum(n * n for n in counts)) // 2  # unordered pairs across classes
-    default_pairs = 2 * max(positive, negative)  # "oversampling": the larger kind, both kinds as many (544 at 16 + 16)
-    if num_iterations:
-        default_pairs = 2 * num_iterations * len(train)
+    # "oversampling" (the default): the larger kind, both kinds as many (544 at 16 + 16); else 2 per text and iteration
+    default_pairs = 2 * num_iterations * len(train) if num_iterations else 2 * max(positive, negative)
     capped = default_pairs > max_pairs
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, seed=seed, max_length=max_length, report_to="none",
