@@ -8,6 +8,7 @@ import torch
 
 import tailtune as tt
 from tailtune.cli import main
+from tailtune.device import compile_encoder, frozen_weights, reset_compiled
 from tailtune.multitask import TaskSet
 from tailtune.tuning.routing import TaskRouter
 from tiny import perturbed_module
@@ -17,11 +18,11 @@ TEXTS = ["the movie was great", "bad food", "oil price news today", "who", "a go
 
 @pytest.fixture(autouse=True)
 def _fresh_compiler():
-    """Each test starts from empty compile caches (dynamo gives up compiling a function after 8 variants)."""
-    torch._dynamo.reset()
+    """Each test starts from empty compile caches."""
+    reset_compiled()
     torch._dynamo.utils.counters.clear()
     yield
-    torch._dynamo.reset()
+    reset_compiled()
 
 
 def compiled_graphs() -> int:
@@ -53,6 +54,41 @@ def test_compiled_prediction_equals_eager_and_follows_weight_changes(tiny_bert, 
         rows[bool(flag)] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["label"] for r in rows[False]] == [r["label"] for r in rows[True]]
     assert np.allclose([r["score"] for r in rows[False]], [r["score"] for r in rows[True]], atol=1e-5)
+
+
+def test_one_process_compiles_more_encoders_than_dynamo_keeps_graphs_for(monkeypatch):
+    """Dynamo keeps a few graphs per function and then runs it eagerly (a warning only); each compiled encoder
+    takes its own, and they outlive it. Each live encoder gets room, and a gone one's graphs (and the weights
+    frozen into them) are dropped when the next encoder compiles. Here dynamo's room is one graph."""
+    import gc
+    import weakref
+
+    import transformers
+
+    import tailtune.device as device
+    monkeypatch.setattr(device, "GRAPHS_PER_ENCODER", 1)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16)
+    batch = {"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 4, dtype=torch.long)}
+
+    def compiled_encoder():
+        encoder = transformers.BertModel(config).eval()
+        run = compile_encoder(encoder)
+        with torch.no_grad(), frozen_weights():
+            torch.testing.assert_close(run(**batch).last_hidden_state, encoder(**batch).last_hidden_state)
+        return encoder
+
+    with torch._dynamo.config.patch(recompile_limit=1):
+        live = [compiled_encoder() for _ in range(3)]
+        assert compiled_graphs() == 3  # each of the three compiled (dynamo alone: the 2nd and 3rd run eagerly)
+        weight = weakref.ref(live[0].pooler.dense.weight)
+        del live
+        gc.collect()
+        assert weight() is not None  # the graphs of the encoders gone still hold their frozen weights ...
+        compiled_encoder()
+        gc.collect()
+        assert weight() is None  # ... until the next encoder compiles
+        assert compiled_graphs() == 4
 
 
 def test_compiled_task_set_mixes_tasks_and_takes_new_ones(tiny_bert, tmp_path):

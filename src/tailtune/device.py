@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
+import threading
+import weakref
 from typing import ContextManager
 
 import numpy as np
@@ -128,7 +131,48 @@ def compile_encoder(encoder: torch.nn.Module) -> torch.nn.Module:
     as constants (on the CPU it packs them for oneDNN), which is most of the speed-up, so the compiled
     encoder answers for the weights it first ran with."""
     check_compiler(next(encoder.parameters()).device)
+    _make_room(encoder)
     return torch.compile(encoder, dynamic=True)
+
+
+# Dynamo keeps at most ``recompile_limit`` (8) graphs per function and runs it eagerly after that, with a warning
+# only. Every compiled encoder has graphs of its own (its weights are frozen into them: they are guarded by
+# identity), all of one function (the model class's forward), and they stay cached after the encoder is gone. So
+# a process that compiled 8 encoders, even one at a time, would predict eagerly from the 9th on, and keep the old
+# ones' weights in memory. Here each live encoder gets dynamo's default allowance, and the caches are emptied
+# when an encoder compiled since they were last emptied has gone (the live ones compile again at their next call).
+GRAPHS_PER_ENCODER = 8  # dynamo's default recompile_limit, for one function
+_compiled: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()  # compiled since the caches were last emptied
+_compiled_count = 0  # how many that was, the encoders gone since included
+_compiled_lock = threading.Lock()
+
+
+def _make_room(encoder: torch.nn.Module) -> None:
+    global _compiled_count
+    with _compiled_lock:
+        if encoder in _compiled:  # compiled again (a weight changed): its graphs are dropped by reset_compiled
+            return
+        gc.collect()  # (a model may hold reference cycles: one that is gone is freed here)
+        if len(_compiled) < _compiled_count:
+            _reset_locked()
+        _compiled.add(encoder)
+        _compiled_count += 1
+        limit = GRAPHS_PER_ENCODER * _compiled_count
+        if torch._dynamo.config.recompile_limit < limit:
+            torch._dynamo.config.recompile_limit = limit
+
+
+def reset_compiled() -> None:
+    """Empty dynamo's caches (the graphs and the weights frozen into them); every compiled encoder still alive
+    compiles afresh at its next call."""
+    with _compiled_lock:
+        _reset_locked()
+
+
+def _reset_locked() -> None:
+    global _compiled_count
+    torch._dynamo.reset()
+    _compiled_count = len(_compiled)
 
 
 def frozen_weights() -> ContextManager:

@@ -95,9 +95,9 @@ class TaskRouter:
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         run, frozen = self.encoder, contextlib.nullcontext()
         if self.compiled is not None and not torch.is_grad_enabled():  # (training always runs the eager encoder)
-            from ..device import frozen_weights
+            from ..device import frozen_weights, reset_compiled
             if self.compiled[1] != self._versions():  # a weight changed since: the cached graphs hold the old one, and
-                torch._dynamo.reset()  # a new torch.compile would find them; dropped (every compiled graph recompiles)
+                reset_compiled()  # a new torch.compile would find them; dropped (every compiled graph recompiles)
                 self.compile()
             run, frozen = self.compiled[0], frozen_weights()
         with self.route(routes), frozen:
