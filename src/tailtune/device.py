@@ -139,8 +139,9 @@ def compile_encoder(encoder: torch.nn.Module) -> torch.nn.Module:
 # only. Every compiled encoder has graphs of its own (its weights are frozen into them: they are guarded by
 # identity), all of one function (the model class's forward), and they stay cached after the encoder is gone. So
 # a process that compiled 8 encoders, even one at a time, would predict eagerly from the 9th on, and keep the old
-# ones' weights in memory. Here each live encoder gets dynamo's default allowance, and the caches are emptied
-# when an encoder compiled since they were last emptied has gone (the live ones compile again at their next call).
+# ones' weights in memory. Here each live encoder gets dynamo's default allowance (the limit is one for the process,
+# so it is raised for every function), and the caches are emptied when an encoder compiled since they were last
+# emptied has gone (the live ones compile again at their next call).
 GRAPHS_PER_ENCODER = 8  # dynamo's default recompile_limit, for one function
 _compiled: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()  # compiled since the caches were last emptied
 _compiled_count = 0  # how many that was, the encoders gone since included
