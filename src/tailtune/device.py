@@ -145,7 +145,7 @@ def compile_encoder(encoder: torch.nn.Module) -> torch.nn.Module:
 GRAPHS_PER_ENCODER = 8  # dynamo's default recompile_limit, for one function
 _compiled: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()  # compiled since the caches were last emptied
 _compiled_count = 0  # how many that was, the encoders gone since included
-_compiled_lock = threading.Lock()
+_compiled_lock = threading.RLock()
 
 
 def _make_room(encoder: torch.nn.Module) -> None:
@@ -155,7 +155,7 @@ def _make_room(encoder: torch.nn.Module) -> None:
             return
         gc.collect()  # (a model may hold reference cycles: one that is gone is freed here)
         if len(_compiled) < _compiled_count:
-            _reset_locked()
+            reset_compiled()
         _compiled.add(encoder)
         _compiled_count += 1
         limit = GRAPHS_PER_ENCODER * _compiled_count
@@ -166,14 +166,10 @@ def _make_room(encoder: torch.nn.Module) -> None:
 def reset_compiled() -> None:
     """Empty dynamo's caches (the graphs and the weights frozen into them); every compiled encoder still alive
     compiles afresh at its next call."""
-    with _compiled_lock:
-        _reset_locked()
-
-
-def _reset_locked() -> None:
     global _compiled_count
-    torch._dynamo.reset()
-    _compiled_count = len(_compiled)
+    with _compiled_lock:
+        torch._dynamo.reset()
+        _compiled_count = len(_compiled)
 
 
 def frozen_weights() -> ContextManager:
