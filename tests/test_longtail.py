@@ -228,6 +228,29 @@ def test_cosine_head_with_a_layer_norm_scores_and_starts_in_its_space(tiny_bert,
         tt.config_from_preset("auto", layer_norm="sometimes")
 
 
+def test_auto_layer_norm_is_chosen_from_the_examples_per_class_and_saved_as_chosen(tiny_bert, toy, tmp_path):
+    """`auto`'s head has a fresh LayerNorm where the classes average layer_norm_from examples or more (the
+    fitted configuration says which, so a saved classifier loads with it), none below, and none where no
+    data chose (a build without fit)."""
+    texts, labels = toy
+    per_class = len(texts) / len(set(labels))  # (the dev set is given: nothing is carved off)
+    assert tt.build_classifier(tt.config_from_preset("auto"), LABELS, tiny_bert).head.layer_norm is None
+    for bound, has in ((per_class, True), (per_class + 1, False)):
+        clf = tt.TailtuneClassifier("auto", tiny_bert, contrastive_below=1, layer_norm_from=bound,
+                                    train_config=tt.TrainConfig(epochs=1, batch_size=8, progress=False, seed=1))
+        clf.fit(texts, labels, dev=tt.TextDataset(texts, labels))
+        assert isinstance(clf.model_.head.layer_norm, torch.nn.LayerNorm) is has
+        assert clf.model_.config.options["layer_norm"] == ("fresh" if has else "none")
+        if has:  # it trained
+            assert not torch.equal(clf.model_.head.layer_norm.weight, torch.ones_like(clf.model_.head.layer_norm.weight))
+        clf.save(tmp_path / str(has))
+        again = tt.TailtuneClassifier.load(tmp_path / str(has))
+        assert isinstance(again.model_.head.layer_norm, torch.nn.LayerNorm) is has
+        assert again.predict(texts) == clf.predict(texts)
+    with pytest.raises(ConfigError, match="layer_norm_from"):
+        tt.config_from_preset("auto", layer_norm_from=-1)
+
+
 def test_only_a_pretrained_layer_norm_needs_the_mlm_head():  # (the copy itself: test_heads.py)
     assert tt.config_from_preset("auto", layer_norm="pretrained").needs_mlm_head
     assert not tt.config_from_preset("auto", layer_norm="fresh").needs_mlm_head

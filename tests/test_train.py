@@ -61,6 +61,12 @@ def test_early_stopping_waits_for_its_share_of_the_steps(tiny_bert, toy):
     never = _clf(tiny_bert, 1, eval_every=1, patience=1, patience_from=1.0).fit(texts, labels, dev=dev).train_result_
     assert never.steps == total  # ...and a floor of all the steps never stops it
     assert late.history[:free.steps] == free.history  # the same run up to where the free one stopped
+    # evaluations before the floor do not count towards the patience: a run whose dev score peaked before the
+    # floor stops `patience` evaluations past it, not at the floor on what dev said before it
+    two = _clf(tiny_bert, 1, eval_every=1, patience=2, patience_from=0.9).fit(texts, labels, dev=dev).train_result_
+    floor = math.ceil(0.9 * total)
+    assert two.best_step < floor - 2  # peaked before the floor, with more than 2 evaluations between...
+    assert two.steps == floor + 1  # ...and stopped at the second evaluation from the floor on
     with pytest.raises(tt.ConfigError, match="patience_from"):
         tt.TrainConfig(patience_from=1.5)
 

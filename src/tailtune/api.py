@@ -156,7 +156,8 @@ class TailtuneClassifier:
             check_unlabeled(self.config, train_ds, mlm_weight)
         procs = Processes(resolve_device(self.train_config.device))  # under `accelerate launch`: a share each
         set_seed(self.train_config.seed)
-        config = self.config.fitted(unlabeled=0 if unlabeled is None else len(unlabeled))  # ("auto" options)
+        config = self.config.fitted(unlabeled=0 if unlabeled is None else len(unlabeled),  # ("auto" options)
+                                    per_class=train_ds.observed() / len(labels))
         model = build_classifier(config, labels, self.backbone, self.verbalizer, self.trust_remote_code,
                                  class_counts=stats["counts"])
         model.to(resolve_device(self.train_config.device))

@@ -218,14 +218,15 @@ _CLS = {"readout": "cls"}  # CLS-tuning reads [CLS] by definition, whatever the 
 # class-balanced test set when the dev set was carved from imbalanced training data (a no-op on a balanced one).
 AUTO_TRAIN = {"epochs": 10.0, "min_steps": 50, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "eval_times": 10,
               "patience": 3, "patience_from": 0.5}
-_AUTO = {"readout": "auto", "head": "cosine", "stages": ("contrastive",), "contrastive_below": 64,
-         "contrastive_head_only_below": 17, "calibration": "logit-adjust", "adjust_tau": 0.0,
+_AUTO = {"readout": "auto", "head": "cosine", "layer_norm": "auto", "stages": ("contrastive",),
+         "contrastive_below": 64, "contrastive_head_only_below": 17, "calibration": "logit-adjust", "adjust_tau": 0.0,
          "adjust_tau_from_dev": True, "adjust_target": "auto"}
 # the early-exit presets: `auto` with a cosine classifier after every layer, without the fitted logit adjustment
 # (their speed/quality curves were measured before `auto` had it; --calibration logit-adjust --adjust-tau-from-dev
 # adds it)
 _LA = ("calibration", "adjust_tau", "adjust_tau_from_dev", "adjust_target")
-_EXIT = {**{k: v for k, v in _AUTO.items() if k not in _LA}, "head": "early-exit", "exit_head": "cosine"}
+_EXIT = {**{k: v for k, v in _AUTO.items() if k not in (*_LA, "layer_norm")}, "head": "early-exit",
+         "exit_head": "cosine"}
 _EXIT_TWO_STAGE = {**_EXIT, "stages": ("contrastive", "exit-heads")}
 
 PRESETS: dict[str, Preset] = {
@@ -233,9 +234,9 @@ PRESETS: dict[str, Preset] = {
                    "the default: the backbone's own pooling (mean on sentence encoders); a cosine head started from "
                    "the class prototypes; below 64 training examples per class, a contrastive stage (class-balanced "
                    "pairs) tunes the body first; then, at 16 per class or fewer, only the head trains, else "
-                   "everything is fine-tuned (body lr 5e-5, head lr 1e-3); up to 10 epochs (50 updates at least), "
-                   "best dev macro-F1 (stops after 3 evaluations without a better one, not in the first half of "
-                   "training); then post-hoc logit adjustment, its τ chosen on dev: by macro-F1 for test data like "
+                   "everything is fine-tuned (body lr 5e-5, head lr 1e-3), from 64 per class with a LayerNorm "
+                   "before the head; up to 10 epochs (50 updates at least), best dev macro-F1 (stops after 3 "
+                   "evaluations without a better one, counted from half of training on); then post-hoc logit adjustment, its τ chosen on dev: by macro-F1 for test data like "
                    "a dev set you give, by class-balanced log-loss (a balanced test set) for a dev set carved from "
                    "imbalanced training data",
                    AUTO_TRAIN),

@@ -63,8 +63,9 @@ class TrainConfig:
     patience: int | None = None
     """stop after this many evaluations without a better dev macro-F1 (none: never)"""
     patience_from: float = 0.0
-    """early stopping may stop only once this share of the planned steps has run (0.5: not while the learning
-    rate is still high, where dev scores are noisy)"""
+    """early stopping counts evaluations without a better dev score only once this share of the planned steps has
+    run, so it stops at patience evaluations past it at the earliest (0.5: not on what dev said while the learning
+    rate was still high, where dev scores are noisy)"""
     save_every: int | None = None
     """with a checkpoint directory: write a resumable checkpoint every N steps (none: at every dev evaluation)"""
     seed: int = 42
@@ -417,10 +418,9 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
                     if state["best"] is None or metrics[metric] > state["best"]:
                         state.update(best=metrics[metric], best_step=step, bad_evals=0)
                         best_state = {n: p.detach().clone() for n, p in named.items()}
-                    else:
+                    elif step >= cfg.patience_from * total:  # (evaluations before the floor do not count)
                         state["bad_evals"] += 1
-                        state["stopped"] = (cfg.patience is not None and state["bad_evals"] >= cfg.patience
-                                            and step >= cfg.patience_from * total)
+                        state["stopped"] = cfg.patience is not None and state["bad_evals"] >= cfg.patience
                     if on_evaluate is not None:
                         on_evaluate(step, metrics)
                     if log:
