@@ -238,8 +238,11 @@ def test_auto_layer_norm_is_chosen_from_the_examples_per_class_and_saved_as_chos
     for bound, has in ((per_class, True), (per_class + 1, False)):
         clf = tt.TailtuneClassifier("auto", tiny_bert, contrastive_below=1, layer_norm_from=bound,
                                     train_config=tt.TrainConfig(epochs=1, batch_size=8, progress=False, seed=1))
-        clf.fit(texts, labels, dev=tt.TextDataset(texts, labels))
+        lines: list[str] = []
+        clf.fit(texts, labels, dev=tt.TextDataset(texts, labels), log=lines.append)
         assert isinstance(clf.model_.head.layer_norm, torch.nn.LayerNorm) is has
+        assert f"chosen from the training data ({per_class:.1f} examples per class on average): layer_norm=" \
+               f"{'fresh' if has else 'none'}" in lines  # train says what it chose
         assert clf.model_.config.options["layer_norm"] == ("fresh" if has else "none")
         if has:  # it trained
             assert not torch.equal(clf.model_.head.layer_norm.weight, torch.ones_like(clf.model_.head.layer_norm.weight))

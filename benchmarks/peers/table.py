@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from posthoc import picked
 from quality import FEWSHOT, HELDOUT, KSHOT, LONGTAIL, read_jsonl
 
 NAMES = {"auto": "**tailtune default (`auto`)**",
+         "auto-prev": "`auto` until this version: early stopping counting evaluations before its floor towards its "
+                      "patience, no LayerNorm before the head",
          "auto-b16": "`auto` with the long-tail paper's body lr 1e-4 and batch 16 (`--lr 1e-4 --batch-size 16`; "
                      "not adopted)", "auto-plain": "`auto` without its contrastive stage (`--stages none`)",
          "auto-contrastive": "the fine-tuning recipe with the contrastive stage forced (`--contrastive-below 0`)",
@@ -54,7 +57,25 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
          "setfit-iter20": "SetFit with `num_iterations=20` (1,280 pairs on a 16-shot binary set, as `auto` draws; not its "
                           "default)", "hf-trainer": "HF Trainer + AutoModelForSequenceClassification"}
 BEST_PRESET = "best preset"
-PREVIOUS = "auto-nola"  # the previous `auto` recipe: its rows stand in (†) where the current one has not run
+PREVIOUS = "auto-nola"  # `auto` before its post-hoc logit adjustment: its rows stand in (†) where auto-prev has not run
+EARLIER = "auto-prev"  # the previous `auto`: its rows stand in (†) where the current one has neither run nor a § row
+# the sets whose classes average 64 or more training examples: there the current `auto` trains as `auto-ln` did
+# (no contrastive stage, a fresh LayerNorm before the head), elsewhere as the previous `auto`
+FINE_TUNED = {"r52", "trec50", "sst5-lt", "sst5-lt-cdev", "sst5-lt10", "sst2-lt20"}
+
+
+def stops_alike(r: dict) -> bool:
+    """Whether the current `auto`'s early stopping (patience counted from its floor on) stops the run ``r`` of an
+    earlier rule (evaluations before the floor counted too) at the same step, so that it keeps the same checkpoint.
+    The current rule never stops before the earlier one (it counts a subset of the same evaluations); it stops at the
+    same step when the run went all its planned steps, or when no evaluation between its best and its stop came
+    before the floor. Needs the run's recorded steps, epochs and best step (`auto`'s recipe: 10 evaluations, at
+    least 50 steps, floor at half)."""
+    if not r.get("epochs_run") or "best_step" not in r:
+        return False
+    planned = max(50, round(10 * r["steps"] / r["epochs_run"]))
+    every = math.ceil(planned / 10)
+    return r["steps"] >= planned or (r["best_step"] // every + 1) * every >= 0.5 * planned
 PEERS = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 
@@ -93,25 +114,25 @@ def main() -> None:
     rows += [{**r, "dataset": name, "shared_from": r["dataset"]} for name, spec in HELDOUT.items() if spec[-1] != "carved"
              for r in list(rows) if r["method"] in PEERS and r["dataset"] == next(
                  n for n, other in HELDOUT.items() if other[:-1] == spec[:-1] and other[-1] == "carved")]
-    # the current default, where quality.py has not run it end to end: on an imbalanced training set, posthoc.py's
+    # the previous default (auto-prev), where quality.py has not run it end to end: on an imbalanced training set, posthoc.py's
     # runs (the same training, then the τ that --adjust-tau-from-dev picks on dev; its scores at that τ); where the
     # dev set is carved from imbalanced training data, the default aims at a balanced test set instead
     # (`--adjust-target auto`): prior_shift.py's rows (the same training's raw scores, then that rule's τ), and a
     # (set, seed) it has not scored keeps posthoc.py's row under the earlier rule, marked †. On a 16-shot set, whose
     # training prior is uniform, every τ leaves every prediction as it is, so the previous recipe's runs are the
     # default's
-    direct = {(r["dataset"], r["seed"]) for r in rows if r["method"] == "auto"}
-    balanced = [{"dataset": r["dataset"], "method": "auto", "seed": r["seed"], **r["default_report"],
+    direct = {(r["dataset"], r["seed"]) for r in rows if r["method"] == EARLIER}
+    balanced = [{"dataset": r["dataset"], "method": EARLIER, "seed": r["seed"], **r["default_report"],
                  "train_seconds": r["train_seconds"], "tau": r["default_tau"]}
                 for r in read_jsonl(Path(a.prior_shift)) if r["dev_carved"]]
     have_balanced = direct | {(r["dataset"], r["seed"]) for r in balanced}
     carved_sets = {r["dataset"] for r in balanced}
     rows += [r for r in balanced if (r["dataset"], r["seed"]) not in direct]
-    rows += [{"dataset": r["dataset"], "method": "auto", "seed": r["seed"], "macro_f1": r["test"][str(tau)][0],
+    rows += [{"dataset": r["dataset"], "method": EARLIER, "seed": r["seed"], "macro_f1": r["test"][str(tau)][0],
               "tail_f1": r["test"][str(tau)][1], "train_seconds": r["train_seconds"], "tau": tau,
               "carried": r["dataset"] in carved_sets}
              for r in read_jsonl(Path(a.posthoc)) for tau in [picked(r)] if (r["dataset"], r["seed"]) not in have_balanced]
-    rows += [{**r, "method": "auto"} for r in list(rows) if r["method"] == PREVIOUS and r["dataset"] in FEWSHOT]
+    rows += [{**r, "method": EARLIER} for r in list(rows) if r["method"] == PREVIOUS and r["dataset"] in FEWSHOT]
     # `prompt` on the full long-tail sets ran in the long-tail grid (same splits, dev and max length, seeds
     # 13/21/42; its own schedule and bf16 autocast, so its seconds are not this benchmark's): marked ‡
     have_prompt = {(r["dataset"], r["seed"]) for r in rows if r["method"] == "prompt"}
@@ -119,10 +140,25 @@ def main() -> None:
               "tail_f1": r["tail_f1"], "train_seconds": r["train_seconds"], "grid": True}
              for r in read_jsonl(Path(a.grid)) if r.get("preset") == "prompt" and r["dataset"] in LONGTAIL
              and (r["dataset"], r["seed"]) not in have_prompt]
-    # the default's row of a (set, seed) not yet re-run with the current recipe: the previous recipe's, marked †
-    have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == "auto"}
-    rows += [{**r, "method": "auto", "carried": True} for r in rows
+    # auto-prev's row of a (set, seed) it has not run: auto-nola's, marked †
+    have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == EARLIER}
+    rows += [{**r, "method": EARLIER, "carried": True} for r in rows
              if r["method"] == PREVIOUS and (r["dataset"], r["seed"]) not in have]
+    # the current default where quality.py has not run it end to end, and an earlier run trained exactly as it trains
+    # (the same configuration, and an early stop that its rule makes at the same step, stops_alike): that run's
+    # scores, marked §. With 64 or more examples per class that run is auto-ln's (as recorded: its calibration is
+    # the default's); below, the training is auto-nola's (recorded steps) and the scores auto-prev's (its τ)
+    have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == "auto"}
+    alike = {(r["dataset"], r["seed"]): r for r in rows if r["method"] == ("auto-ln" if r["dataset"] in FINE_TUNED
+                                                                          else PREVIOUS) and stops_alike(r)}
+    scored = {(r["dataset"], r["seed"]): r for r in rows if r["method"] == EARLIER and not r.get("carried")}
+    for key, run in alike.items():
+        if key not in have and (run["dataset"] in FINE_TUNED or key in scored):
+            rows.append({**(run if run["dataset"] in FINE_TUNED else scored[key]), "method": "auto", "derived": True})
+    # and where neither: the previous default's row, marked †
+    have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == "auto"}
+    rows += [{**r, "method": "auto", "carried": True} for r in list(rows)
+             if r["method"] == EARLIER and (r["dataset"], r["seed"]) not in have]
     # per set, only the seeds that the default and every peer of that set have run (a run in progress leaves no
     # half-filled column); the best preset and the ablation rows show whichever of those seeds they have
     kept = []
@@ -149,10 +185,10 @@ def main() -> None:
     def mark(method: str, ds: str) -> str:
         mine = [r for r in rows if r["dataset"] == ds and r["method"] == row_method(method, ds)]
         fewer = method not in ("auto", *PEERS) and 0 < len(mine) < len(values("auto", ds))
-        return ((" †" if any(r.get("carried") for r in mine) else "") + (" ‡" if any(r.get("grid") for r in mine) else "")
+        return ((" †" if any(r.get("carried") for r in mine) else "") + (" §" if any(r.get("derived") for r in mine) else "") + (" ‡" if any(r.get("grid") for r in mine) else "")
                 + (f" [{len(mine)}]" if fewer else ""))
 
-    methods = ["auto", "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct",
+    methods = ["auto", EARLIER, "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct",
                "auto-distinct-ho", "auto-iter40", "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-ln", "auto-desc", "auto-desc-finetune",
                "auto-desc-obs", "lr-balanced-desc", "setfit-desc", "auto-names", "auto-names-obs", "lr-balanced-names", "auto-nola", "auto-la", BEST_PRESET, *PEERS, "setfit-iter20"]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
@@ -199,7 +235,14 @@ def main() -> None:
             times.append(f"{s}: {ours_t:.0f} s; no peer within 2 points")
     if any(r.get("carried") for r in rows):
         lines += ["", f"† includes seeds not yet re-run with the current `auto` recipe: their row of the previous "
-                  f"recipe (`{PREVIOUS}`, or the earlier rule for τ on a carved dev set) stands in."]
+                  f"recipe (`{EARLIER}`; in its own row `{PREVIOUS}`, or the earlier rule for τ on a carved dev set) "
+                  f"stands in."]
+    if any(r.get("derived") for r in rows):
+        lines += ["", "§ includes seeds that quality.py has not run with the current `auto` recipe, where an earlier run "
+                  "trained exactly as it trains: the same configuration (`auto-ln` where the classes average 64 or "
+                  f"more training examples, `{EARLIER}` below), and an early stop that the current rule makes at the "
+                  "same step (the run went all its steps, or no evaluation between its best and its stop came before "
+                  "the floor). Its scores and seconds stand in."]
     lines += ["", "[n]: on that set the row has run n seeds, fewer than the default's row (mean and std over those)."]
     shared = sorted({(r["dataset"], r["shared_from"]) for r in rows if r.get("shared_from")})
     if shared:

@@ -156,8 +156,14 @@ class TailtuneClassifier:
             check_unlabeled(self.config, train_ds, mlm_weight)
         procs = Processes(resolve_device(self.train_config.device))  # under `accelerate launch`: a share each
         set_seed(self.train_config.seed)
+        per_class = train_ds.observed() / len(labels)
         config = self.config.fitted(unlabeled=0 if unlabeled is None else len(unlabeled),  # ("auto" options)
-                                    per_class=train_ds.observed() / len(labels))
+                                    per_class=per_class)
+        chosen = {k: v for k, v in config.options.items() if self.config.options.get(k) != v}
+        if log is not None and chosen:
+            log("chosen from the training data (" + f"{per_class:.1f} examples per class on average"
+                + (f", {len(unlabeled):,} unlabelled texts" if unlabeled else "") + "): "
+                + ", ".join(f"{k}={v}" for k, v in chosen.items()))
         model = build_classifier(config, labels, self.backbone, self.verbalizer, self.trust_remote_code,
                                  class_counts=stats["counts"])
         model.to(resolve_device(self.train_config.device))

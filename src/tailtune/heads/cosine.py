@@ -73,8 +73,8 @@ class CosineOptions:
     """cosine head: class weights start from the class prototypes (mean read vector of each class's training
     texts) or random"""
     layer_norm: str = "none"
-    """LayerNorm before the output layer: none, fresh, pretrained (copied from the MLM head's), or auto (fresh where
-    the classes average layer_norm_from training examples or more, else none)"""
+    """LayerNorm before the output layer: none, fresh, pretrained (copied from the MLM head's), or, for the cosine
+    head, auto (fresh where the classes average layer_norm_from training examples or more, else none)"""
     layer_norm_from: float = 64.0
     """cosine head with layer_norm=auto: the examples per class, on average, from which it has a fresh LayerNorm"""
 
