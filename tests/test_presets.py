@@ -231,9 +231,15 @@ def test_presets_are_composable():
 def test_an_option_added_later_leaves_what_was_recorded_unchanged():
     # the cosine head's layer_norm came after `auto` runs were saved, checkpointed and finished: at its neutral
     # value it stays out of the recorded configuration (run identities, resume checks, artefacts)
+    plain = tt.config_from_preset("auto", layer_norm="none")
+    assert not {"layer_norm", "layer_norm_from"} & set(plain.to_dict()["options"])
+    assert tt.ClassifierConfig.from_dict(plain.to_dict()) == plain
+    # `auto` chooses it from the data (layer_norm=auto, recorded as such); fitted below its bound, the classifier's
+    # configuration is the one recorded before the option existed
     auto = tt.config_from_preset("auto")
-    assert auto.options["layer_norm"] == "none" and "layer_norm" not in auto.to_dict()["options"]
-    assert tt.ClassifierConfig.from_dict(auto.to_dict()) == auto
+    assert auto.to_dict()["options"]["layer_norm"] == "auto"
+    assert auto.fitted(per_class=16.0).to_dict() == plain.to_dict()
+    assert auto.fitted(per_class=64.0).options["layer_norm"] == "fresh"
     assert tt.config_from_preset("auto", layer_norm="fresh").to_dict()["options"]["layer_norm"] == "fresh"
     assert tt.config_from_preset("cls").to_dict()["options"]["layer_norm"] == "none"  # the MLP head's, as recorded
 

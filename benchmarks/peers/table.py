@@ -24,16 +24,16 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
                              "1.x's count; the head then trains alone, as in `auto`)",
          "auto-iter40": "`auto` with twice its pairs (`--contrastive-iterations 40`)",
          "auto-la": "`auto` with post-hoc logit adjustment at τ = 1, the balanced-error rule (`--adjust-tau 1`)",
-         "auto-nola": "`auto` until this version: no post-hoc logit adjustment (`--calibration none`)",
+         "auto-nola": "`auto` before its post-hoc logit adjustment (`--calibration none`)",
          "auto-5ep": "the 5-epoch recipe (`auto` two versions ago: early stopping from the first evaluation)",
          "auto-read-once": "the fine-tuning recipe reading each distinct text of a pair batch once "
                            "(`--contrastive-read-once`)",
          "auto-nostop": "`auto` without early stopping (`--patience none`; all 10 epochs)",
-         "auto-finetune": "the fine-tuning recipe: `auto` until this version, everything fine-tuned after the "
+         "auto-finetune": "the fine-tuning recipe: `auto` before its head-only training, everything fine-tuned after the "
                           "contrastive stage (`--contrastive-head-only-below 0`)",
          "auto-head-only": "`auto` training only the head after its contrastive stage at any size "
                            "(`--contrastive-head-only-below 64`)",
-         "auto-ln": "`auto` with a fresh LayerNorm before its cosine head (`--layer-norm fresh`; not adopted)",
+         "auto-ln": "`auto` with a fresh LayerNorm before its cosine head at any size (`--layer-norm fresh`; `auto` has it from 64 examples per class)",
          "auto-desc": "`auto` + each label's description as 4 training examples (`--descriptions`; the manual "
                       "prompt without the text, \"It was great .\"; extra input, which the \"+ the same descriptions\" "
                       "peer rows get too)",
