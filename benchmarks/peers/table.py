@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 from posthoc import picked
+from tailtune.config import AUTO_TRAIN
 from quality import FEWSHOT, HELDOUT, KSHOT, LONGTAIL, read_jsonl
 
 NAMES = {"auto": "**tailtune default (`auto`)**",
@@ -69,13 +70,13 @@ def stops_alike(r: dict) -> bool:
     earlier rule (evaluations before the floor counted too) at the same step, so that it keeps the same checkpoint.
     The current rule never stops before the earlier one (it counts a subset of the same evaluations); it stops at the
     same step when the run went all its planned steps, or when no evaluation between its best and its stop came
-    before the floor. Needs the run's recorded steps, epochs and best step (`auto`'s recipe: 10 evaluations, at
-    least 50 steps, floor at half)."""
+    before the floor. Needs the run's recorded steps, epochs and best step (under `auto`'s recipe)."""
     if not r.get("epochs_run") or "best_step" not in r:
         return False
-    planned = max(50, round(10 * r["steps"] / r["epochs_run"]))
-    every = math.ceil(planned / 10)
-    return r["steps"] >= planned or (r["best_step"] // every + 1) * every >= 0.5 * planned
+    recipe = AUTO_TRAIN
+    planned = max(recipe["min_steps"], round(recipe["epochs"] * r["steps"] / r["epochs_run"]))
+    every = math.ceil(planned / recipe["eval_times"])
+    return r["steps"] >= planned or (r["best_step"] // every + 1) * every >= recipe["patience_from"] * planned
 PEERS = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 
