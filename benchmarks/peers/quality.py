@@ -273,7 +273,7 @@ def run_tailtune(method: str, train, dev, test, seed: int, max_length: int, thet
     return {"report": report, "train_seconds": seconds, "epochs_run": clf.train_result_.epochs_run,
             "best_step": clf.train_result_.best_step, "steps": clf.train_result_.steps,
             "config": clf.config.to_dict(),  # and the options it chose from the training data (e.g. layer_norm)
-            "fitted_options": {k: v for k, v in clf.model_.config.options.items() if clf.config.options.get(k) != v}}
+            "fitted_options": clf.fitted_options_}
 
 
 def run_peer(method: str, train, dev, test, seed: int, max_length: int, theta: float, few: bool,

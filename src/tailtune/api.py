@@ -11,7 +11,7 @@ import torch
 
 from .artefacts import save_classifier
 from .config import PRESETS, ClassifierConfig, config_from_preset, preset_train_config
-from .data import (TextDataset, check_labels, check_trainable, class_stats, label_space, stratified_split,
+from .data import (TextDataset, check_labels, check_trainable, class_stats, label_space, per_class, stratified_split,
                    with_descriptions)
 from .device import resolve_device, set_seed
 from .errors import ConfigError, DataError
@@ -67,7 +67,8 @@ class TailtuneClassifier:
     Keywords override the preset: an axis (``trains="lora"``, ``calibration="eta-norm"``) or an
     option of a chosen entry (``lora_r=4``); an option of an entry that is not chosen is an error
     (``tailtune axes`` lists them all). Labels are strings (other labels are turned into strings).
-    Learned attributes: ``model_``, ``labels_``, ``class_stats_``, ``train_result_``.
+    Learned attributes: ``model_``, ``labels_``, ``class_stats_``, ``train_result_``, ``fitted_options_`` (the options
+    that ``auto`` values chose from the training data).
     """
 
     def __init__(self, preset: str = "auto", backbone: str | None = None, *,
@@ -156,14 +157,14 @@ class TailtuneClassifier:
             check_unlabeled(self.config, train_ds, mlm_weight)
         procs = Processes(resolve_device(self.train_config.device))  # under `accelerate launch`: a share each
         set_seed(self.train_config.seed)
-        per_class = train_ds.observed() / len(labels)
+        observed = per_class(train_ds)
         config = self.config.fitted(unlabeled=0 if unlabeled is None else len(unlabeled),  # ("auto" options)
-                                    per_class=per_class)
-        chosen = {k: v for k, v in config.options.items() if self.config.options.get(k) != v}
-        if log is not None and chosen:
-            log("chosen from the training data (" + f"{per_class:.1f} examples per class on average"
+                                    per_class=observed)
+        self.fitted_options_ = {k: v for k, v in config.options.items() if self.config.options.get(k) != v}
+        if log is not None and self.fitted_options_:
+            log("chosen from the training data (" + f"{observed:.1f} examples per class on average"
                 + (f", {len(unlabeled):,} unlabelled texts" if unlabeled else "") + "): "
-                + ", ".join(f"{k}={v}" for k, v in chosen.items()))
+                + ", ".join(f"{k}={v}" for k, v in self.fitted_options_.items()))
         model = build_classifier(config, labels, self.backbone, self.verbalizer, self.trust_remote_code,
                                  class_counts=stats["counts"])
         model.to(resolve_device(self.train_config.device))

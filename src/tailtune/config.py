@@ -237,8 +237,8 @@ PRESETS: dict[str, Preset] = {
                    "everything is fine-tuned (body lr 5e-5, head lr 1e-3), from 64 per class with a LayerNorm "
                    "before the head; up to 10 epochs (50 updates at least), best dev macro-F1 (stops after 3 "
                    "evaluations without a better one, counted from half of training on); then post-hoc logit "
-                   "adjustment, its τ chosen on dev: by macro-F1 for test data like a dev set you give, by class-balanced log-loss (a balanced test set) for a dev set carved from "
-                   "imbalanced training data",
+                   "adjustment, its τ chosen on dev: by macro-F1 for test data like a dev set you give, by "
+                   "class-balanced log-loss (a balanced test set) for a dev set carved from imbalanced training data",
                    AUTO_TRAIN),
     "cls": Preset(dict(_CLS), "CLS-tuning: tanh MLP head on [CLS], all weights, cross-entropy"),
     "cls-relu": Preset({**_CLS, "activation": "relu"}, "CLS-tuning with a ReLU MLP head"),

@@ -47,6 +47,12 @@ class TextDataset:
         return len(self.texts) - sum(self.written or ())
 
 
+def per_class(examples: TextDataset) -> float:
+    """Observed training examples per class, on average: label descriptions that joined them
+    (``with_descriptions``) do not move the recipe out of the few-shot regime."""
+    return examples.observed() / max(1, len(set(examples.labels)))
+
+
 def with_descriptions(ds: TextDataset, descriptions: Mapping[str, Any], copies: int = 4,
                       known: Sequence[str] | None = None) -> TextDataset:
     """``ds`` plus each label's description(s) as training examples, ``copies`` times each (a label

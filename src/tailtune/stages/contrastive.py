@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from ..data import per_class
 from ..errors import ConfigError
 from ..batch import collate
 from ..loop import TrainConfig, run
@@ -216,12 +217,6 @@ class ContrastiveStage:
             log(f"contrastive stage: done in {result.seconds:.0f} s, last pair loss {result.history[-1]['loss']:.4f}"
                 + ("; then only the head trains, on the frozen tuned body" if self.fine_tune_roles(examples) else ""))
         return result.seconds
-
-
-def per_class(examples: Any) -> float:
-    """Observed training examples per class, on average: label descriptions that joined them
-    (``with_descriptions``) do not move the recipe out of the few-shot regime."""
-    return examples.observed() / max(1, len(set(examples.labels)))
 
 
 def _check(config: Any) -> None:
