@@ -228,15 +228,17 @@ def test_cosine_head_with_a_layer_norm_scores_and_starts_in_its_space(tiny_bert,
         tt.config_from_preset("auto", layer_norm="sometimes")
 
 
-def test_auto_layer_norm_is_chosen_from_the_examples_per_class_and_saved_as_chosen(tiny_bert, toy, tmp_path):
-    """`auto`'s head has a fresh LayerNorm where the classes average layer_norm_from examples or more (the
-    fitted configuration says which, so a saved classifier loads with it), none below, and none where no
-    data chose (a build without fit)."""
+@pytest.mark.parametrize("preset, options", [("auto", {"contrastive_below": 1}), ("cls", {"layer_norm": "auto"})])
+def test_auto_layer_norm_is_chosen_from_the_examples_per_class_and_saved_as_chosen(tiny_bert, toy, tmp_path,
+                                                                                   preset, options):
+    """`auto`'s head (and an MLP head given layer_norm=auto) has a fresh LayerNorm where the classes average
+    layer_norm_from examples or more (the fitted configuration says which, so a saved classifier loads with it),
+    none below, and none where no data chose (a build without fit)."""
     texts, labels = toy
     per_class = len(texts) / len(set(labels))  # (the dev set is given: nothing is carved off)
-    assert tt.build_classifier(tt.config_from_preset("auto"), LABELS, tiny_bert).head.layer_norm is None
+    assert tt.build_classifier(tt.config_from_preset(preset, **options), LABELS, tiny_bert).head.layer_norm is None
     for bound, has in ((per_class, True), (per_class + 1, False)):
-        clf = tt.TailtuneClassifier("auto", tiny_bert, contrastive_below=1, layer_norm_from=bound,
+        clf = tt.TailtuneClassifier(preset, tiny_bert, layer_norm_from=bound, **options,
                                     train_config=tt.TrainConfig(epochs=1, batch_size=8, progress=False, seed=1))
         lines: list[str] = []
         clf.fit(texts, labels, dev=tt.TextDataset(texts, labels), log=lines.append)
@@ -251,7 +253,7 @@ def test_auto_layer_norm_is_chosen_from_the_examples_per_class_and_saved_as_chos
         assert isinstance(again.model_.head.layer_norm, torch.nn.LayerNorm) is has
         assert again.predict(texts) == clf.predict(texts)
     with pytest.raises(ConfigError, match="layer_norm_from"):
-        tt.config_from_preset("auto", layer_norm_from=-1)
+        tt.config_from_preset(preset, layer_norm_from=-1)
 
 
 def test_only_a_pretrained_layer_norm_needs_the_mlm_head():  # (the copy itself: test_heads.py)

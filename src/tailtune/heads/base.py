@@ -42,14 +42,26 @@ class Head(nn.Module):
         return None
 
 
-LAYER_NORMS = ("none", "fresh", "pretrained")
+LAYER_NORMS = ("none", "fresh", "pretrained", "auto")
+
+
+def layer_norm_for_data(opts: Any, facts: dict) -> dict[str, str]:
+    """The ``fit_options`` trait of a head with ``layer_norm`` and ``layer_norm_from`` options: ``layer_norm=auto``,
+    chosen from the training data, is a fresh LayerNorm where the classes average ``layer_norm_from`` examples or
+    more, else none. Its gain and shift per dimension are 2 × hidden parameters learnt from scratch: with enough
+    examples per class they pay (R52, the held-out SST-5 long tails), with 8 to 24 per class they cost (the K-shot
+    subsets; README, "The default")."""
+    if opts.layer_norm != "auto":
+        return {}
+    return {"layer_norm": "fresh" if facts.get("per_class", 0.0) >= opts.layer_norm_from else "none"}
 
 
 def build_layer_norm(choice: str, ctx: Any) -> nn.LayerNorm | None:
     """A head's LayerNorm over the hidden size: ``none``, ``fresh`` (γ = 1, β = 0) or ``pretrained`` (copied from
     the backbone's MLM-head transform, as the long-tail paper's "w/ pretrained LN" ablation does; fresh, with a
-    warning, where the checkpoint has none)."""
-    if choice == "none":
+    warning, where the checkpoint has none). ``auto`` is chosen by ``fit`` from the training data
+    (``layer_norm_for_data``); where no data chose (e.g. a zero-shot build), it is none."""
+    if choice in ("none", "auto"):
         return None
     layer_norm = nn.LayerNorm(ctx.hidden, eps=ctx.ln_eps)
     if choice == "pretrained" and ctx.mlm is not None:

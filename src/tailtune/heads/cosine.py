@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import HEADS, BuildContext, check_choice, check_min
-from .base import LAYER_NORMS, Head, build_layer_norm
+from .base import LAYER_NORMS, Head, build_layer_norm, layer_norm_for_data
 
 
 class CosineHead(Head):
@@ -73,36 +73,25 @@ class CosineOptions:
     """cosine head: class weights start from the class prototypes (mean read vector of each class's training
     texts) or random"""
     layer_norm: str = "none"
-    """LayerNorm before the output layer: none, fresh, pretrained (copied from the MLM head's), or, for the cosine
-    head, auto (fresh where the classes average layer_norm_from training examples or more, else none)"""
+    """LayerNorm before the output layer: none, fresh, pretrained (copied from the MLM head's), or auto (fresh where
+    the classes average layer_norm_from training examples or more, else none)"""
     layer_norm_from: float = 64.0
-    """cosine head with layer_norm=auto: the examples per class, on average, from which it has a fresh LayerNorm"""
+    """layer_norm=auto: the examples per class, on average, from which the head has a fresh LayerNorm"""
 
     def __post_init__(self) -> None:
-        check_choice(self, "layer_norm", (*LAYER_NORMS, "auto"))
+        check_choice(self, "layer_norm", LAYER_NORMS)
         check_min(self, "layer_norm_from", 0.0)
         check_min(self, "scale", 0.0, strict=True)
         check_min(self, "head_dropout", 0.0)
         check_choice(self, "init_from", ("prototypes", "random"))
 
 
-def _layer_norm_for_data(opts: CosineOptions, facts: dict) -> dict[str, str]:
-    """``layer_norm=auto``, chosen from the training data: a fresh LayerNorm where the classes average
-    ``layer_norm_from`` examples or more. Its gain and shift per dimension are 2 × hidden parameters learnt from
-    scratch: with enough examples per class they pay (R52, the held-out SST-5 long tails), with 8 to 24 per class
-    they cost (the K-shot subsets; README, "The default")."""
-    if opts.layer_norm != "auto":
-        return {}
-    return {"layer_norm": "fresh" if facts.get("per_class", 0.0) >= opts.layer_norm_from else "none"}
-
-
 @HEADS.register("cosine", CosineOptions, description="cosine classifier s·cos(w_c, h), started from class "
                 "prototypes", reads="vector", needs_mlm_head=lambda o: o.layer_norm == "pretrained",
-                fit_options=_layer_norm_for_data,
+                fit_options=layer_norm_for_data,
                 # (options added after `auto` runs were recorded and saved)
                 neutral_options={"layer_norm": "none", "layer_norm_from": 64.0})
 def build_cosine(opts: CosineOptions, ctx: BuildContext) -> CosineHead:
-    # (auto, chosen by fit from the training data, is none where no data chose: e.g. a zero-shot build)
-    layer_norm = build_layer_norm("none" if opts.layer_norm == "auto" else opts.layer_norm, ctx)
+    layer_norm = build_layer_norm(opts.layer_norm, ctx)
     return CosineHead(ctx.hidden, len(ctx.labels), opts.scale, opts.learn_scale, opts.head_dropout,
                       opts.init_from == "prototypes", layer_norm)

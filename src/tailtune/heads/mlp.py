@@ -7,7 +7,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..registry import HEADS, BuildContext, check_choice, check_min
-from .base import LAYER_NORMS, Head, build_layer_norm
+from .base import LAYER_NORMS, Head, build_layer_norm, layer_norm_for_data
 
 
 class MLPHead(Head):
@@ -39,16 +39,23 @@ class MLPOptions:
     dropout: float = 0.1
     """dropout of the MLP head"""
     layer_norm: str = "none"
-    """LayerNorm before the output layer: none, fresh, or pretrained (copied from the MLM head's)"""
+    """LayerNorm before the output layer: none, fresh, pretrained (copied from the MLM head's), or auto (fresh where
+    the classes average layer_norm_from training examples or more, else none)"""
+    layer_norm_from: float = 64.0
+    """layer_norm=auto: the examples per class, on average, from which the head has a fresh LayerNorm"""
 
     def __post_init__(self) -> None:
         check_choice(self, "activation", ("tanh", "relu", "gelu"))
         check_choice(self, "layer_norm", LAYER_NORMS)
         check_min(self, "dropout", 0.0)
+        check_min(self, "layer_norm_from", 0.0)
 
 
 @HEADS.register("mlp", MLPOptions, description="Linear -> act -> Dropout [-> LayerNorm] -> Linear on the read vector",
-                reads="vector", needs_mlm_head=lambda o: o.layer_norm == "pretrained")
+                reads="vector", needs_mlm_head=lambda o: o.layer_norm == "pretrained",
+                fit_options=layer_norm_for_data,
+                # (an option added after runs were recorded and saved)
+                neutral_options={"layer_norm_from": 64.0})
 def build_mlp(opts: MLPOptions, ctx: BuildContext) -> MLPHead:
     return MLPHead(ctx.hidden, len(ctx.labels), opts.activation, opts.dropout,
                    build_layer_norm(opts.layer_norm, ctx))
