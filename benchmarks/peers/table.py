@@ -5,12 +5,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 from pathlib import Path
 
 from posthoc import picked
-from tailtune.config import AUTO_TRAIN
 from quality import FEWSHOT, HELDOUT, KSHOT, LONGTAIL, read_jsonl
 
 NAMES = {"auto": "**tailtune default (`auto`)**",
@@ -60,23 +58,6 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
 BEST_PRESET = "best preset"
 PREVIOUS = "auto-nola"  # `auto` before its post-hoc logit adjustment: its rows stand in (†) where auto-prev has not run
 EARLIER = "auto-prev"  # the previous `auto`: its rows stand in (†) where the current one has neither run nor a § row
-# the sets whose classes average 64 or more training examples: there the current `auto` trains as `auto-ln` did
-# (no contrastive stage, a fresh LayerNorm before the head), elsewhere as the previous `auto`
-FINE_TUNED = {"r52", "trec50", "sst5-lt", "sst5-lt-cdev", "sst5-lt10", "sst2-lt20"}
-
-
-def stops_alike(r: dict) -> bool:
-    """Whether the current `auto`'s early stopping (patience counted from its floor on) stops the run ``r`` of an
-    earlier rule (evaluations before the floor counted too) at the same step, so that it keeps the same checkpoint.
-    The current rule never stops before the earlier one (it counts a subset of the same evaluations); it stops at the
-    same step when the run went all its planned steps, or when no evaluation between its best and its stop came
-    before the floor. Needs the run's recorded steps, epochs and best step (under `auto`'s recipe)."""
-    if not r.get("epochs_run") or "best_step" not in r:
-        return False
-    recipe = AUTO_TRAIN
-    planned = max(recipe["min_steps"], round(recipe["epochs"] * r["steps"] / r["epochs_run"]))
-    every = math.ceil(planned / recipe["eval_times"])
-    return r["steps"] >= planned or (r["best_step"] // every + 1) * every >= recipe["patience_from"] * planned
 PEERS = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 
@@ -145,18 +126,7 @@ def main() -> None:
     have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == EARLIER}
     rows += [{**r, "method": EARLIER, "carried": True} for r in rows
              if r["method"] == PREVIOUS and (r["dataset"], r["seed"]) not in have]
-    # the current default where quality.py has not run it end to end, and an earlier run trained exactly as it trains
-    # (the same configuration, and an early stop that its rule makes at the same step, stops_alike): that run's
-    # scores, marked §. With 64 or more examples per class that run is auto-ln's (as recorded: its calibration is
-    # the default's); below, the training is auto-nola's (recorded steps) and the scores auto-prev's (its τ)
-    have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == "auto"}
-    alike = {(r["dataset"], r["seed"]): r for r in rows if r["method"] == ("auto-ln" if r["dataset"] in FINE_TUNED
-                                                                          else PREVIOUS) and stops_alike(r)}
-    scored = {(r["dataset"], r["seed"]): r for r in rows if r["method"] == EARLIER and not r.get("carried")}
-    for key, run in alike.items():
-        if key not in have and (run["dataset"] in FINE_TUNED or key in scored):
-            rows.append({**(run if run["dataset"] in FINE_TUNED else scored[key]), "method": "auto", "derived": True})
-    # and where neither: the previous default's row, marked †
+    # the current default where quality.py has not run it: the previous default's row, marked †
     have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == "auto"}
     rows += [{**r, "method": "auto", "carried": True} for r in list(rows)
              if r["method"] == EARLIER and (r["dataset"], r["seed"]) not in have]
@@ -186,7 +156,7 @@ def main() -> None:
     def mark(method: str, ds: str) -> str:
         mine = [r for r in rows if r["dataset"] == ds and r["method"] == row_method(method, ds)]
         fewer = method not in ("auto", *PEERS) and 0 < len(mine) < len(values("auto", ds))
-        return ((" †" if any(r.get("carried") for r in mine) else "") + (" §" if any(r.get("derived") for r in mine) else "") + (" ‡" if any(r.get("grid") for r in mine) else "")
+        return ((" †" if any(r.get("carried") for r in mine) else "") + (" ‡" if any(r.get("grid") for r in mine) else "")
                 + (f" [{len(mine)}]" if fewer else ""))
 
     methods = ["auto", EARLIER, "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct",
@@ -238,12 +208,6 @@ def main() -> None:
         lines += ["", f"† includes seeds not yet re-run with the current `auto` recipe: their row of the previous "
                   f"recipe (`{EARLIER}`; in its own row `{PREVIOUS}`, or the earlier rule for τ on a carved dev set) "
                   f"stands in."]
-    if any(r.get("derived") for r in rows):
-        lines += ["", "§ includes seeds that quality.py has not run with the current `auto` recipe, where an earlier run "
-                  "trained exactly as it trains: the same configuration (`auto-ln` where the classes average 64 or "
-                  f"more training examples, `{EARLIER}` below), and an early stop that the current rule makes at the "
-                  "same step (the run went all its steps, or no evaluation between its best and its stop came before "
-                  "the floor). Its scores and seconds stand in."]
     lines += ["", "[n]: on that set the row has run n seeds, fewer than the default's row (mean and std over those)."]
     shared = sorted({(r["dataset"], r["shared_from"]) for r in rows if r.get("shared_from")})
     if shared:
