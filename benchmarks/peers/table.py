@@ -57,7 +57,7 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
                           "default)", "hf-trainer": "HF Trainer + AutoModelForSequenceClassification"}
 BEST_PRESET = "best preset"
 PREVIOUS = "auto-nola"  # `auto` before its post-hoc logit adjustment: its rows stand in (†) where auto-prev has not run
-EARLIER = "auto-prev"  # the previous `auto`: its rows stand in (†) where the current one has neither run nor a § row
+EARLIER = "auto-prev"  # the previous `auto`: its rows stand in (†) where the current one has not run
 PEERS = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 
