@@ -95,6 +95,8 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
                           "'{label}': dashes and underscores as spaces)",
             "auto-names-obs": "auto-names with the names kept out of the contrastive stage's pairs "
                               "(--contrastive-pairs observed): they join the head's training and prototypes only",
+            "auto-ln-names": "auto-names with a fresh LayerNorm before the cosine head (--layer-norm fresh): the "
+                             "current default + the names where the classes average 64 or more examples (R52)",
             "auto-desc-obs": "auto-desc with the descriptions kept out of the contrastive stage's pairs "
                              "(--contrastive-pairs observed)",
             "prompt": "tailtune `prompt` (long-tail protocol)",
@@ -117,13 +119,14 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-ln-b16-cls": {**LN, "readout": "cls"}, "auto-ln-b16-mlp": {**LN, "head": "mlp"},
                  "auto-ln-b16-cls-mlp": {**LN, "readout": "cls", "head": "mlp"}, "auto-desc": {},
                  "auto-desc-finetune": {"contrastive_head_only_below": 0}, "auto-names": {},
-                 "auto-names-obs": {"contrastive_pairs": "observed"}, "auto-desc-obs": {"contrastive_pairs": "observed"}}
+                 "auto-names-obs": {"contrastive_pairs": "observed"}, "auto-desc-obs": {"contrastive_pairs": "observed"},
+                 "auto-ln-names": LN}
 # variants that fit with each label's description among the training examples (fit's descriptions=, 4 copies
 # each): the 16-shot sets' manual prompt without the text, "It was great ." (fewshot.prompt_descriptions)
 DESCRIBED = {"auto-desc", "auto-desc-finetune", "auto-desc-obs", "lr-balanced-desc", "setfit-desc"}  # (a peer's: the same texts added to its training set)
 # variants that fit with each label's *name* as its description (--description-template '{label}'): the one
 # description every dataset has, where its labels are words (R52's "copper", TREC-50's "NUM:date")
-NAMED = {"auto-names", "auto-names-obs", "lr-balanced-names", "setfit-names"}
+NAMED = {"auto-names", "auto-names-obs", "auto-ln-names", "lr-balanced-names", "setfit-names"}
 DESCRIPTION_COPIES = 4
 # TrainConfig overrides of a variant. Rows of auto-plain, auto-contrastive, auto-long and auto-distinct were
 # measured with the 5-epoch recipe (auto-5ep, the default until 10 epochs with a stopping floor replaced it).

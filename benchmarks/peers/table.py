@@ -45,8 +45,10 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
                             "examples",
          "setfit-desc": "SetFit + the same descriptions as training examples (4 copies; its `get_templated_dataset` "
                         "makes 2)",
-         "auto-names": "`auto` + each label's name as 4 training examples (`--description-template '{label}'`; "
-                       "not adopted: lower wherever its contrastive stage runs)",
+         "auto-names": "the previous `auto` (`auto-prev`) + each label's name as 4 training examples "
+                       "(`--description-template '{label}'`; not adopted: lower wherever its contrastive stage runs)",
+         "auto-ln-names": "the current `auto` + the label names where it fine-tunes with a LayerNorm "
+                          "(`--description-template '{label}' --layer-norm fresh`)",
          "auto-names-obs": "`auto` + the label names, kept out of its contrastive stage's pairs (`--contrastive-pairs "
                            "observed`)",
          "lr-balanced-names": "embeddings + LogisticRegression (balanced) + the same label names as training examples",
@@ -161,7 +163,7 @@ def main() -> None:
 
     methods = ["auto", EARLIER, "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct",
                "auto-distinct-ho", "auto-iter40", "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-ln", "auto-desc", "auto-desc-finetune",
-               "auto-desc-obs", "lr-balanced-desc", "setfit-desc", "auto-names", "auto-names-obs", "lr-balanced-names", "auto-nola", "auto-la", BEST_PRESET, *PEERS, "setfit-iter20"]
+               "auto-desc-obs", "lr-balanced-desc", "setfit-desc", "auto-names", "auto-names-obs", "auto-ln-names", "lr-balanced-names", "auto-nola", "auto-la", BEST_PRESET, *PEERS, "setfit-iter20"]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
         means = [statistics.mean(values(m, s)) if values(m, s) else None for s in sets]
