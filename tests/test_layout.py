@@ -99,6 +99,22 @@ def test_option_names_are_unique_across_axes():
                 assert owners.setdefault(name, axis) == axis, f"option {name!r} is declared on two axes"
 
 
+def test_every_option_has_help_text():
+    """`train --help` explains every option from the docstring under its field, inherited fields included (the
+    cosine and MLP heads share their LayerNorm options from heads.base.LayerNormOptions)."""
+    import dataclasses
+
+    import tailtune as tt
+    from tailtune.config import ClassifierConfig
+    from tailtune.registry import field_docs
+    missing = [f"{axis}={entry.name}: {name}" for axis, registry in tt.AXES.items() for entry in registry
+               for name in entry.option_names() if not entry.option_docs().get(name)]
+    docs = field_docs(ClassifierConfig)
+    missing += [f"ClassifierConfig: {f.name}" for f in dataclasses.fields(ClassifierConfig) if not docs.get(f.name)]
+    assert not missing, f"options without a docstring under their field: {missing}"
+    assert tt.AXES["head"].get("cosine").option_docs()["layer_norm"].startswith("LayerNorm before the output layer")
+
+
 def test_public_names_are_not_shadowed_by_submodules():
     """Importing a submodule sets it as an attribute of the package: no public name may be a module's name
     (``tailtune/train.py`` once replaced the function ``tailtune.train``)."""

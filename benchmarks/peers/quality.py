@@ -67,8 +67,8 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
                               "(--contrastive-head-only-below 64)",
             "auto-la": "`auto` with post-hoc logit adjustment at τ = 1, the balanced-error rule "
                        "(--adjust-tau 1)",
-            "auto-nola": "`auto` until this version: no post-hoc logit adjustment (--calibration none)",
-            "auto-5ep": "the 5-epoch recipe (`auto` two versions ago): early stopping from the first evaluation",
+            "auto-nola": "`auto` before its post-hoc logit adjustment (--calibration none)",
+            "auto-5ep": "the 5-epoch recipe (an earlier `auto`): early stopping from the first evaluation",
             "auto-paper": "`auto` with the long-tail paper's schedule: body lr 1e-4, batch 16, all 10 epochs "
                           "(--lr 1e-4 --batch-size 16 --patience none)",
             "auto-lr": "`auto` with body lr 1e-4 (--lr 1e-4)",

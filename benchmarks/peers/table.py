@@ -12,7 +12,7 @@ from posthoc import picked
 from quality import FEWSHOT, HELDOUT, KSHOT, LONGTAIL, read_jsonl
 
 NAMES = {"auto": "**tailtune default (`auto`)**",
-         "auto-prev": "`auto` until this version: early stopping counting evaluations before its floor towards its "
+         "auto-prev": "`auto-prev`, the default before the current one: early stopping counting evaluations before its floor towards its "
                       "patience, no LayerNorm before the head",
          "auto-b16": "`auto` with the long-tail paper's body lr 1e-4 and batch 16 (`--lr 1e-4 --batch-size 16`; "
                      "not adopted)", "auto-plain": "`auto` without its contrastive stage (`--stages none`)",
@@ -24,7 +24,7 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
          "auto-iter40": "`auto` with twice its pairs (`--contrastive-iterations 40`)",
          "auto-la": "`auto` with post-hoc logit adjustment at τ = 1, the balanced-error rule (`--adjust-tau 1`)",
          "auto-nola": "`auto` before its post-hoc logit adjustment (`--calibration none`)",
-         "auto-5ep": "the 5-epoch recipe (`auto` two versions ago: early stopping from the first evaluation)",
+         "auto-5ep": "the 5-epoch recipe (an earlier `auto`: early stopping from the first evaluation)",
          "auto-read-once": "the fine-tuning recipe reading each distinct text of a pair batch once "
                            "(`--contrastive-read-once`)",
          "auto-nostop": "`auto` without early stopping (`--patience none`; all 10 epochs)",

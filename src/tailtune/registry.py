@@ -132,7 +132,17 @@ def check_min(obj: Any, name: str, minimum: float, strict: bool = False) -> None
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstrings under a dataclass's fields, so they double as CLI help."""
+    """The docstrings under a dataclass's fields, so they double as CLI help; fields inherited from a dataclass
+    base keep the docstrings written there (a subclass's own docstring wins)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is not object and dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
+    """The docstrings under the fields written in ``cls``'s own source."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):

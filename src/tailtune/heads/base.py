@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from ..registry import check_choice, check_min
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -45,15 +48,36 @@ class Head(nn.Module):
 LAYER_NORMS = ("none", "fresh", "pretrained", "auto")
 
 
-def layer_norm_for_data(opts: Any, facts: dict) -> dict[str, str]:
-    """The ``fit_options`` trait of a head with ``layer_norm`` and ``layer_norm_from`` options: ``layer_norm=auto``,
-    chosen from the training data, is a fresh LayerNorm where the classes average ``layer_norm_from`` examples or
-    more, else none. Its gain and shift per dimension are 2 × hidden parameters learnt from scratch: with enough
-    examples per class they pay (R52, the held-out SST-5 long tails), with 8 to 24 per class they cost (the K-shot
-    subsets; README, "The default")."""
+@dataclass
+class LayerNormOptions:
+    """The options of a head with an optional LayerNorm before its output layer; a head's options dataclass
+    inherits them (calling this ``__post_init__`` from its own) and registers with ``**LAYER_NORM_TRAITS``."""
+
+    layer_norm: str = "none"
+    """LayerNorm before the output layer: none, fresh, pretrained (copied from the MLM head's), or auto (fresh where
+    the classes average layer_norm_from training examples or more, else none)"""
+    layer_norm_from: float = 64.0
+    """layer_norm=auto: the examples per class, on average, from which the head has a fresh LayerNorm"""
+
+    def __post_init__(self) -> None:
+        check_choice(self, "layer_norm", LAYER_NORMS)
+        check_min(self, "layer_norm_from", 0.0)
+
+
+def layer_norm_for_data(opts: LayerNormOptions, facts: dict) -> dict[str, str]:
+    """The ``fit_options`` trait of a head with ``LayerNormOptions``: ``layer_norm=auto``, chosen from the training
+    data, is a fresh LayerNorm where the classes average ``layer_norm_from`` examples or more, else none. Its gain
+    and shift per dimension are 2 × hidden parameters learnt from scratch: with enough examples per class they pay
+    (R52, the held-out SST-5 long tails), with 8 to 24 per class they cost (the K-shot subsets; README, "The
+    default")."""
     if opts.layer_norm != "auto":
         return {}
     return {"layer_norm": "fresh" if facts.get("per_class", 0.0) >= opts.layer_norm_from else "none"}
+
+
+# the registry traits of a head with LayerNormOptions: ``pretrained`` copies the MLM head's LayerNorm, and ``auto``
+# is chosen by ``fit`` from the training data
+LAYER_NORM_TRAITS = {"needs_mlm_head": lambda o: o.layer_norm == "pretrained", "fit_options": layer_norm_for_data}
 
 
 def build_layer_norm(choice: str, ctx: Any) -> nn.LayerNorm | None:

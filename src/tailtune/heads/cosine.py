@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import HEADS, BuildContext, check_choice, check_min
-from .base import LAYER_NORMS, Head, build_layer_norm, layer_norm_for_data
+from .base import LAYER_NORM_TRAITS, Head, LayerNormOptions, build_layer_norm
 
 
 class CosineHead(Head):
@@ -62,7 +62,7 @@ class CosineHead(Head):
 
 
 @dataclass
-class CosineOptions:
+class CosineOptions(LayerNormOptions):
     scale: float = 16.0
     """cosine head: scale s of the cosine scores (inverse temperature)"""
     learn_scale: bool = False
@@ -72,23 +72,16 @@ class CosineOptions:
     init_from: str = "prototypes"
     """cosine head: class weights start from the class prototypes (mean read vector of each class's training
     texts) or random"""
-    layer_norm: str = "none"
-    """LayerNorm before the output layer: none, fresh, pretrained (copied from the MLM head's), or auto (fresh where
-    the classes average layer_norm_from training examples or more, else none)"""
-    layer_norm_from: float = 64.0
-    """layer_norm=auto: the examples per class, on average, from which the head has a fresh LayerNorm"""
 
     def __post_init__(self) -> None:
-        check_choice(self, "layer_norm", LAYER_NORMS)
-        check_min(self, "layer_norm_from", 0.0)
+        super().__post_init__()
         check_min(self, "scale", 0.0, strict=True)
         check_min(self, "head_dropout", 0.0)
         check_choice(self, "init_from", ("prototypes", "random"))
 
 
 @HEADS.register("cosine", CosineOptions, description="cosine classifier s·cos(w_c, h), started from class "
-                "prototypes", reads="vector", needs_mlm_head=lambda o: o.layer_norm == "pretrained",
-                fit_options=layer_norm_for_data,
+                "prototypes", reads="vector", **LAYER_NORM_TRAITS,
                 # (options added after `auto` runs were recorded and saved)
                 neutral_options={"layer_norm": "none", "layer_norm_from": 64.0})
 def build_cosine(opts: CosineOptions, ctx: BuildContext) -> CosineHead:

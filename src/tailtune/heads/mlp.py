@@ -7,7 +7,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..registry import HEADS, BuildContext, check_choice, check_min
-from .base import LAYER_NORMS, Head, build_layer_norm, layer_norm_for_data
+from .base import LAYER_NORM_TRAITS, Head, LayerNormOptions, build_layer_norm
 
 
 class MLPHead(Head):
@@ -33,27 +33,20 @@ class MLPHead(Head):
 
 
 @dataclass
-class MLPOptions:
+class MLPOptions(LayerNormOptions):
     activation: str = "tanh"
     """activation of the MLP head: tanh, relu or gelu"""
     dropout: float = 0.1
     """dropout of the MLP head"""
-    layer_norm: str = "none"
-    """LayerNorm before the output layer: none, fresh, pretrained (copied from the MLM head's), or auto (fresh where
-    the classes average layer_norm_from training examples or more, else none)"""
-    layer_norm_from: float = 64.0
-    """layer_norm=auto: the examples per class, on average, from which the head has a fresh LayerNorm"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_choice(self, "activation", ("tanh", "relu", "gelu"))
-        check_choice(self, "layer_norm", LAYER_NORMS)
         check_min(self, "dropout", 0.0)
-        check_min(self, "layer_norm_from", 0.0)
 
 
 @HEADS.register("mlp", MLPOptions, description="Linear -> act -> Dropout [-> LayerNorm] -> Linear on the read vector",
-                reads="vector", needs_mlm_head=lambda o: o.layer_norm == "pretrained",
-                fit_options=layer_norm_for_data,
+                reads="vector", **LAYER_NORM_TRAITS,
                 # (an option added after runs were recorded and saved)
                 neutral_options={"layer_norm_from": 64.0})
 def build_mlp(opts: MLPOptions, ctx: BuildContext) -> MLPHead:
