@@ -115,6 +115,20 @@ def test_every_option_has_help_text():
     assert tt.AXES["head"].get("cosine").option_docs()["layer_norm"].startswith("LayerNorm before the output layer")
 
 
+def test_each_axis_help_names_every_entry():
+    """The axes' help (ClassifierConfig's field docstrings) lists the entries in words; a new registry entry must
+    appear there too, or `train --help` describes a smaller toolkit than the one registered."""
+    import re
+
+    import tailtune as tt
+    from tailtune.config import ClassifierConfig
+    from tailtune.registry import field_docs
+    docs = field_docs(ClassifierConfig)
+    for axis, registry in tt.AXES.items():
+        words = set(re.findall(r"[\w-]+", docs[axis]))
+        assert not set(registry.names()) - words, f"{axis}'s docstring does not name {set(registry.names()) - words}"
+
+
 def test_public_names_are_not_shadowed_by_submodules():
     """Importing a submodule sets it as an attribute of the package: no public name may be a module's name
     (``tailtune/train.py`` once replaced the function ``tailtune.train``)."""
@@ -128,3 +142,13 @@ def test_public_names_are_not_shadowed_by_submodules():
             importlib.import_module(info.name)
     shadowed = [name for name in tt.__all__ if isinstance(getattr(tt, name), types.ModuleType)]
     assert not shadowed, f"public names that are submodules: {shadowed}"
+
+
+def test_train_help_shows_every_default():
+    """`tailtune train --help` says, for every option, its default (or that it is required)."""
+    from tailtune.cli import build_parser
+    parser = build_parser()
+    train = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "train")[1]
+    silent = [a.option_strings[0] for a in train._actions if a.option_strings and a.dest != "help"
+              and not any(w in (a.help or "") for w in ("default", "required"))]
+    assert not silent, f"train --help gives no default for {silent}"

@@ -76,11 +76,13 @@ def _add_classifier_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("classifier axes (override the preset; `tailtune axes` lists every entry)")
     for axis in AXIS_NAMES:
         flags = ["--" + axis.replace("_", "-")] + (["--loss"] if axis == "objective" else [])
-        g.add_argument(*flags, dest=axis, default=None, choices=AXES[axis].names(), help=docs.get(axis))
+        auto = PRESETS["auto"].values.get(axis, getattr(ClassifierConfig, axis))
+        g.add_argument(*flags, dest=axis, default=None, choices=AXES[axis].names(),
+                       help=f"{docs.get(axis)} (default: the preset's; auto's: {auto})")
     g.add_argument("--stages", type=lambda text: [s.strip() for s in text.split(",") if s.strip() not in ("", "none")],
                    default=None,
-                   help=f"{docs['stages']}: {', '.join(STAGES.names())}, comma-separated; none for no stage "
-                        "(default: the preset's)")
+                   help=f"{docs['stages']}: comma-separated, of {', '.join(STAGES.names())}; none: just fine-tune "
+                        f"(default: the preset's; auto's: {','.join(PRESETS['auto'].values.get('stages', ())) or 'none'})")
     g.add_argument("--max-length", type=int, default=None, help=f"{docs['max_length']} (default: the preset's, 128)")
     o = p.add_argument_group("options of the axis entries (each only with its entry)")
     for name, entries in all_options().items():
@@ -98,9 +100,12 @@ def _classifier_overrides(args: argparse.Namespace) -> dict:
     return _collect(args, [*AXIS_NAMES, "stages", "max_length", *all_options()])
 
 
-def _add_data_args(p: argparse.ArgumentParser, split_flags: list[tuple[str, bool]]) -> None:
+def _add_data_args(p: argparse.ArgumentParser, split_flags: list[tuple[str, bool | str]]) -> None:
+    """``split_flags``: (flag, True) for a required file, (flag, False) for an optional one, or (flag, what happens
+    without it) for an optional one with a default worth saying."""
     for flag, required in split_flags:
-        p.add_argument(flag, required=required, help=f"{flag[2:]} file (.tsv, .csv or .jsonl)")
+        default = "required" if required is True else f"default: {required or 'none'}"
+        p.add_argument(flag, required=required is True, help=f"{flag[2:]} file (.tsv, .csv or .jsonl) ({default})")
     p.add_argument("--text-col", default="text", help="column holding the text (default: text)")
     p.add_argument("--text-b-col", default=None, help="column holding a second text, e.g. an entity (default: none)")
     p.add_argument("--label-col", default="label", help="column holding the label (default: label)")
@@ -242,14 +247,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _add_unlabeled_args(u: argparse.ArgumentParser) -> None:
     u.add_argument("--unlabeled", default=None, help="unlabelled texts (.txt, one per line, or a data file's "
                    "--text-col): early exits' self-distillation (--preset fastbert) learns from them too, and a prompt "
-                   "classifier adds PET's auxiliary MLM loss on them (--mlm-weight); others refuse them")
+                   "classifier adds PET's auxiliary MLM loss on them (--mlm-weight); others refuse them (default: none)")
     u.add_argument("--mlm-weight", type=float, default=1e-4, help="PET's auxiliary MLM loss on --unlabeled against "
                    "the task loss (default: 1e-4, PET's)")
 
 
 def _add_description_args(u: argparse.ArgumentParser) -> None:
     u.add_argument("--descriptions", default=None, help="JSON file: label -> description (a text or a list), added "
-                   "to the training examples (after the dev split), e.g. {\"pos\": \"It was great .\"}")
+                   "to the training examples (after the dev split), e.g. {\"pos\": \"It was great .\"} (default: none)")
     u.add_argument("--description-template", default=None, help="describe the labels without a --descriptions "
                    "entry by their names in this template, e.g. 'This message is about {label} .' (default: none)")
     u.add_argument("--description-copies", type=int, default=4, help="times each description joins the training "
@@ -322,18 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a classifier and save it")
-    _add_data_args(t, [("--train", True), ("--dev", False), ("--test", False)])
+    _add_data_args(t, [("--train", True), ("--dev", "carved from --train, --dev-fraction"), ("--test", False)])
     t.add_argument("--preset", default="auto", choices=list(PRESETS), help="method (see 'tailtune presets'; default: "
                    "auto, the measured default; its training recipe fills every training option you leave out)")
     t.add_argument("--backbone", default=None, help="Hugging Face name or local path (default: embedded MiniLM)")
-    t.add_argument("--verbalizer", default=None, help="JSON file mapping each label to a word or list of words")
-    t.add_argument("--output", "-o", required=True, help="directory for the saved classifier")
-    t.add_argument("--overwrite", action="store_true", help="replace a non-empty --output once training is done")
-    t.add_argument("--resume", action="store_true", help="continue an interrupted run from <output>/checkpoint")
+    t.add_argument("--verbalizer", default=None, help="JSON file mapping each label to a word or list of words "
+                   "(default: each label's readable name, e.g. money-fx -> money fx)")
+    t.add_argument("--output", "-o", required=True, help="directory for the saved classifier (required)")
+    t.add_argument("--overwrite", action="store_true", help="replace a non-empty --output once training is done "
+                   "(default: refuse a non-empty --output before training)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run from <output>/checkpoint "
+                   "(default: start afresh)")
     t.add_argument("--theta", type=float, default=0.65, help="head/tail threshold θ (default: 0.65)")
     t.add_argument("--dev-fraction", type=float, default=0.1, help="dev share carved from train without --dev "
                    "(default: 0.1)")
-    t.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub")
+    t.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub (default: off)")
     _add_unlabeled_args(t)
     _add_description_args(t)
     _add_test_prior_arg(t, "--test (its report only; the saved classifier is the same)")

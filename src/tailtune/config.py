@@ -42,16 +42,18 @@ class ClassifierConfig:
     """what the head reads: auto (chosen by the head, input and backbone), cls (first token), mask (the template's
     [MASK]), mean or max (pooled tokens) or tokens (every token)"""
     head: str = "mlp"
-    """head: mlp (MLP on the read vector), verbalizer (pretrained MLM head + label words) or label-decoder (Y-Tuning)"""
+    """head: cosine (s·cos(w_c, h) from class prototypes), mlp (MLP on the read vector), verbalizer (pretrained MLM head
+    + label words), label-decoder (Y-Tuning) or early-exit (a classifier at every layer)"""
     trains: str = "all"
     """what trains besides the head: all, head (nothing else), bitfit (biases), adapter, lora, prefix, prompt (soft
     tokens)"""
     objective: str = "ce"
-    """training loss: ce, focal or triplet (Y-Tuning's margin loss)"""
+    """training loss: ce, focal, triplet (Y-Tuning's margin loss), logit-adjusted (Menon et al., 2021), class-balanced
+    (effective number, Cui et al., 2019) or ldam-drw (Cao et al., 2019)"""
     calibration: str = "none"
     """post-hoc score adjustment at prediction: none, eta-norm or logit-adjust"""
     stages: tuple[str, ...] = ()
-    """training stages around the main fine-tuning, comma-separated (e.g. contrastive, crt; none: just fine-tune)"""
+    """training stages around the main fine-tuning"""
     max_length: int = 128
     """maximum tokens per example (texts are truncated, templates never)"""
     options: dict[str, Any] = field(default_factory=dict)
