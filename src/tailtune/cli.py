@@ -12,112 +12,14 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
 
-from .config import AXIS_NAMES, PRESETS, ClassifierConfig, all_options, axes_table, preset_table, preset_train_config
+from .config import AXIS_NAMES, PRESETS, axes_table, preset_table, preset_train_config
 from .loop import TrainConfig
-from .registry import field_docs
+from .cli_args import (HelpFormatter, add_classifier_args, add_config_args, add_data_args, add_test_prior_arg,
+                       classifier_overrides, collect, default_text)
 from .cli_predict import _read, add_loading_args, cmd_evaluate, cmd_predict, count_type, number_list
 from .cli_tools import add_tool_parsers
 from .stages.lm import AdaptConfig
-
-_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
-
-
-def _type_name(annotation: Any) -> str:
-    """``int``, ``"int"`` and ``int | None`` as text (dataclasses of modules without postponed annotations
-    hold the types themselves)."""
-    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-
-
-def _parse_type(annotation: Any) -> Callable[[str], Any]:
-    """argparse type of a dataclass field annotation such as ``int | None`` ("none" gives None)."""
-    parts = [p.strip() for p in _type_name(annotation).split("|")]
-    base = _TYPES.get(next((p for p in parts if p != "None"), "str"), str)
-    if "None" not in parts:
-        return base
-
-    def optional(text: str) -> Any:
-        return None if text.lower() == "none" else base(text)
-    optional.__name__ = base.__name__
-    return optional
-
-
-def _default_text(f: dataclasses.Field) -> str:
-    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-    return "none" if value is None else str(value)
-
-
-def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field, doc: str | None, prefix: str = "",
-               recipe: dict | None = None) -> None:
-    flag = "--" + f.name.replace("_", "-")
-    default = _default_text(f)
-    if recipe and f.name in recipe:
-        default = f"{recipe[f.name]} in the auto preset's recipe, else {default}"
-    text = f"{prefix}{doc or ''} (default: {default})"
-    if _type_name(f.type) == "bool":
-        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-    else:
-        p.add_argument(flag, type=_parse_type(f.type), default=None, help=text, metavar=f.name.upper())
-
-
-def _add_config_args(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
-                     recipe: dict | None = None) -> None:
-    docs = field_docs(cls)
-    for f in dataclasses.fields(cls):
-        if f.name not in skip:
-            _add_field(p, f, docs.get(f.name), recipe=recipe)
-
-
-def _add_classifier_args(p: argparse.ArgumentParser) -> None:
-    """Flags for the axes (choices from the registries) and for every option of every entry."""
-    from .registry import AXES, STAGES
-    docs = field_docs(ClassifierConfig)
-    g = p.add_argument_group("classifier axes (override the preset; `tailtune axes` lists every entry)")
-    for axis in AXIS_NAMES:
-        flags = ["--" + axis.replace("_", "-")] + (["--loss"] if axis == "objective" else [])
-        auto = PRESETS["auto"].values.get(axis, getattr(ClassifierConfig, axis))
-        g.add_argument(*flags, dest=axis, default=None, choices=AXES[axis].names(),
-                       help=f"{docs.get(axis)} (default: the preset's; auto's: {auto})")
-    g.add_argument("--stages", type=lambda text: [s.strip() for s in text.split(",") if s.strip() not in ("", "none")],
-                   default=None,
-                   help=f"{docs['stages']}: comma-separated, of {', '.join(STAGES.names())}; none: just fine-tune "
-                        f"(default: the preset's; auto's: {','.join(PRESETS['auto'].values.get('stages', ())) or 'none'})")
-    g.add_argument("--max-length", type=int, default=None, help=f"{docs['max_length']} (default: the preset's, 128)")
-    o = p.add_argument_group("options of the axis entries (each only with its entry)")
-    for name, entries in all_options().items():
-        entry = entries[0]
-        f = next(f for f in entry.option_fields() if f.name == name)
-        owners = " or ".join(f"{e.axis}={e.name}" for e in entries)
-        _add_field(o, f, entry.option_docs().get(name), prefix=f"[{owners}] ", recipe=PRESETS["auto"].values)
-
-
-def _collect(args: argparse.Namespace, names: Any) -> dict:
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-
-
-def _classifier_overrides(args: argparse.Namespace) -> dict:
-    return _collect(args, [*AXIS_NAMES, "stages", "max_length", *all_options()])
-
-
-def _add_data_args(p: argparse.ArgumentParser, split_flags: list[tuple[str, bool | str]]) -> None:
-    """``split_flags``: (flag, True) for a required file, (flag, False) for an optional one, or (flag, what happens
-    without it) for an optional one with a default worth saying."""
-    for flag, required in split_flags:
-        default = "required" if required is True else f"default: {required or 'none'}"
-        p.add_argument(flag, required=required is True, help=f"{flag[2:]} file (.tsv, .csv or .jsonl) ({default})")
-    p.add_argument("--text-col", default="text", help="column holding the text (default: text)")
-    p.add_argument("--text-b-col", default=None, help="column holding a second text, e.g. an entity (default: none)")
-    p.add_argument("--label-col", default="label", help="column holding the label (default: label)")
-
-
-def _add_test_prior_arg(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--test-prior", default="train", choices=["train", "em"],
-                   help=f"train: predict at the prior the classifier was trained and calibrated for; em: estimate the "
-                        f"class shares of {what} from the classifier's posteriors (EM after temperature scaling on "
-                        f"dev; for data not distributed as the training data, e.g. a class-balanced test set) and "
-                        f"predict at them, so each text's label depends on the texts predicted with it "
-                        f"(default: train)")
 
 
 # ---------------------------------------------------------------- train
@@ -148,10 +50,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if descriptions:  # (the labels are checked before the backbone loads)
         from .data import check_descriptions
         check_descriptions(train_ds, descriptions, args.description_copies)
-    recipe = preset_train_config(args.preset, **_collect(args, [f.name for f in dataclasses.fields(TrainConfig)]))
+    recipe = preset_train_config(args.preset, **collect(args, [f.name for f in dataclasses.fields(TrainConfig)]))
     clf = TailtuneClassifier(args.preset, args.backbone, verbalizer=verbalizer, train_config=recipe,
                              theta=args.theta, dev_fraction=args.dev_fraction, trust_remote_code=args.trust_remote_code,
-                             **_classifier_overrides(args))
+                             **classifier_overrides(args))
     stats = class_stats(train_ds.labels, clf.theta)
     print(f"preset {clf.preset}: {PRESETS[clf.preset].description}")
     print("axes: " + ", ".join(f"{a}={getattr(clf.config, a)}" for a in AXIS_NAMES)
@@ -214,7 +116,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_adapt_lm(args: argparse.Namespace) -> int:
     from .stages.lm import adapt_lm
-    report = adapt_lm(AdaptConfig(**_collect(args, [f.name for f in dataclasses.fields(AdaptConfig)])))
+    report = adapt_lm(AdaptConfig(**collect(args, [f.name for f in dataclasses.fields(AdaptConfig)])))
     print(f"masked-token top-1 {report['before']['top1']:.4f} -> {report['after']['top1']:.4f}, "
           f"top-5 {report['before']['top5']:.4f} -> {report['after']['top5']:.4f}; saved to {args.output}")
     return 0
@@ -224,7 +126,7 @@ def cmd_pretrain_prompt(args: argparse.Namespace) -> int:
     from .stages.ppt import pretrain_prompt
     pretrain_prompt(args.task, args.data, args.output, args.backbone, args.examples, args.dev_examples,
                     args.soft_tokens, args.max_length,
-                    TrainConfig(**_collect(args, [f.name for f in dataclasses.fields(TrainConfig)])),
+                    TrainConfig(**collect(args, [f.name for f in dataclasses.fields(TrainConfig)])),
                     template=args.template, resume=args.resume, overwrite=args.overwrite)
     return 0
 
@@ -269,8 +171,8 @@ def _descriptions(args: argparse.Namespace, labels: list[str]) -> dict | None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from .cli_tools import run_tune
-    return run_tune(args, _collect(args, [f.name for f in dataclasses.fields(TrainConfig)]),
-                    _classifier_overrides(args))
+    return run_tune(args, collect(args, [f.name for f in dataclasses.fields(TrainConfig)]),
+                    classifier_overrides(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -282,7 +184,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.app import ServeConfig, serve
     from .multitask import task_dirs
-    cfg = ServeConfig(**_collect(args, [f.name for f in dataclasses.fields(ServeConfig)]))
+    cfg = ServeConfig(**collect(args, [f.name for f in dataclasses.fields(ServeConfig)]))
     task_dirs(args.directory)  # refuse a directory without classifiers before starting anything
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.token:
         warnings.warn(f"serving on {cfg.host} without --token: anyone who reaches this machine can use and change "
@@ -314,7 +216,7 @@ def cmd_axes(args: argparse.Namespace) -> int:
     for axis, registry in (*AXES.items(), ("stages", STAGES)):
         print(f"{axis}: {registry.help}")
         for entry in registry:
-            opts = ", ".join(f"{f.name}={_default_text(f)}" for f in entry.option_fields())
+            opts = ", ".join(f"{f.name}={default_text(f)}" for f in entry.option_fields())
             print(f"  {entry.name:<15} {entry.description}" + (f"  [{opts}]" if opts else ""))
     return 0
 
@@ -327,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a classifier and save it")
-    _add_data_args(t, [("--train", True), ("--dev", "carved from --train, --dev-fraction"), ("--test", False)])
+    add_data_args(t, [("--train", True), ("--dev", "carved from --train, --dev-fraction"), ("--test", False)])
     t.add_argument("--preset", default="auto", choices=list(PRESETS), help="method (see 'tailtune presets'; default: "
                    "auto, the measured default; its training recipe fills every training option you leave out)")
     t.add_argument("--backbone", default=None, help="Hugging Face name or local path (default: embedded MiniLM)")
@@ -344,73 +246,78 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub (default: off)")
     _add_unlabeled_args(t)
     _add_description_args(t)
-    _add_test_prior_arg(t, "--test (its report only; the saved classifier is the same)")
-    _add_classifier_args(t)
-    _add_config_args(t.add_argument_group("training (unset options come from the preset's recipe)"), TrainConfig,
+    add_test_prior_arg(t, "--test (its report only; the saved classifier is the same)")
+    add_classifier_args(t)
+    add_config_args(t.add_argument_group("training (unset options come from the preset's recipe)"), TrainConfig,
                      recipe=PRESETS["auto"].train)
     t.set_defaults(func=cmd_train)
 
     def tune_args(u: argparse.ArgumentParser) -> None:  # what `tune` shares with `train`
-        _add_data_args(u, [("--train", True), ("--dev", True)])
+        add_data_args(u, [("--train", True), ("--dev", True)])
         u.add_argument("--preset", default="auto", choices=list(PRESETS), help="method searched (default: auto)")
         u.add_argument("--backbone", default=None, help="Hugging Face name or local path (default: embedded MiniLM)")
         _add_unlabeled_args(u)
         _add_description_args(u)
-        _add_classifier_args(u)
-        _add_config_args(u.add_argument_group("training settings every trial shares (unset: the preset's recipe)"),
+        add_classifier_args(u)
+        add_config_args(u.add_argument_group("training settings every trial shares (unset: the preset's recipe)"),
                          TrainConfig, recipe=PRESETS["auto"].train)
     add_tool_parsers(sub, tune_args, cmd_tune)
 
     st = sub.add_parser("stats", help="class counts, imbalance ratio and the head/tail split of a data file")
-    _add_data_args(st, [("--data", True)])
+    add_data_args(st, [("--data", True)])
     st.add_argument("--theta", type=float, default=0.65, help="head/tail threshold θ (default: 0.65)")
     st.add_argument("--json", action="store_true", help="print the statistics as JSON")
     st.set_defaults(func=cmd_stats)
 
     e = sub.add_parser("evaluate", help="long-tail report of a saved classifier on labelled data")
     e.add_argument("model", help="saved classifier directory")
-    _add_data_args(e, [("--data", True)])
+    add_data_args(e, [("--data", True)])
     e.add_argument("--theta", type=float, default=None, help="head/tail threshold (default: the model's)")
     e.add_argument("--groups", default="auto", choices=["auto", "split", "train"], help="head/tail from the class "
                    "counts of --data (split) or of the training data (train); auto: train when --data is near "
                    "balanced (default: auto)")
-    e.add_argument("--output", default=None, help="write the report as JSON here")
+    e.add_argument("--output", default=None, help="write the report as JSON here (default: printed only)")
     e.add_argument("--exit-curve", type=number_list(float, "numbers"), default=None,
-                   help="early exit: print macro-F1, mean layers and speed at these thresholds, e.g. 0.1,0.3,0.6")
+                   help="early exit: print macro-F1, mean layers and speed at these thresholds, e.g. 0.1,0.3,0.6 "
+                        "(default: none)")
     e.add_argument("--exit-batch-sizes", type=number_list(int, "whole numbers"), default=[1, 64],
                    help="batch sizes of the --exit-curve timings (default: 1,64)")
     e.add_argument("--exit-repeats", type=count_type, default=1, help="time each --exit-curve point this many "
                    "times and keep the fastest (best of N: steadier speed-ups on a busy machine) (default: 1)")
     add_loading_args(e)
-    _add_test_prior_arg(e, "--data")
+    add_test_prior_arg(e, "--data")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="predict labels for new texts (JSON lines, one per input, with its id)")
     r.add_argument("model", help="saved classifier directory, or a directory of task modules (one per "
                                  "subdirectory, named by it) that then share one backbone")
     r.add_argument("text", nargs="*", help="texts to classify (or use --data)")
-    r.add_argument("--task", default=None, help="which task module of the directory predicts")
+    r.add_argument("--task", default=None, help="which task module of the directory predicts (default: its only "
+                   "one; a directory of several needs --task or --task-col)")
     r.add_argument("--task-col", default=None, help="with --data: column naming each row's task "
-                                                    "(rows of different tasks share batches)")
-    r.add_argument("--data", default=None, help="file of texts (.tsv, .csv or .jsonl; or .txt, one text per line)")
+                                                    "(rows of different tasks share batches) (default: none)")
+    r.add_argument("--data", default=None, help="file of texts (.tsv, .csv or .jsonl; or .txt, one text per line) "
+                   "(default: the texts given as arguments)")
     r.add_argument("--text-col", default="text", help="column holding the text (default: text)")
     r.add_argument("--text-b-col", default=None, help="column holding a second text (default: none)")
     r.add_argument("--id-col", default=None, help="column passed through as each output's id (default: 'id' when "
                    "the file has one, else the row number from 0)")
     r.add_argument("--output", default=None, help="write JSON lines here (default: stdout)")
     add_loading_args(r)
-    _add_test_prior_arg(r, "the texts given (a single classifier)")
+    add_test_prior_arg(r, "the texts given (a single classifier)")
     r.set_defaults(func=cmd_predict)
 
     x = sub.add_parser("run", help="run an experiment YAML (presets x datasets x seeds), resumable")
     x.add_argument("config", help="experiment YAML file")
-    x.add_argument("--data-dir", default=None, help="root of relative data paths (or $TAILTUNE_DATA)")
-    x.add_argument("--output-dir", default=None, help="override the file's output_dir")
-    x.add_argument("--only", nargs="*", default=None, help="run only these datasets or presets")
+    x.add_argument("--data-dir", default=None, help="root of relative data paths (default: $TAILTUNE_DATA, else the "
+                   "file's data_dir, else .)")
+    x.add_argument("--output-dir", default=None, help="override the file's output_dir (default: the file's)")
+    x.add_argument("--only", nargs="*", default=None, help="run only these datasets or presets (default: every run)")
     x.add_argument("--shard", default=None, help="K/N: run every N-th planned run from the K-th (N processes "
-                   "sharing a GPU append to one results.jsonl)")
+                   "sharing a GPU append to one results.jsonl) (default: every run in this process)")
     x.add_argument("--ray", default=None, metavar="ADDRESS", help="send the runs to Ray: auto (the running cluster), "
-                   "local (a new local instance) or a cluster address; resources from the file's ray: block")
+                   "local (a new local instance) or a cluster address; resources from the file's ray: block "
+                   "(default: in this process)")
     x.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="train and evaluate on small built-in demo data with the embedded default")
@@ -422,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("adapt-lm", help="continue masked-LM training on unlabelled text; save the adapted backbone")
     a.add_argument("--data", nargs="+", required=True, help="unlabelled text files, one document per line")
-    _add_config_args(a, AdaptConfig, skip=("data",))
+    add_config_args(a, AdaptConfig, skip=("data",))
     a.set_defaults(func=cmd_adapt_lm)
 
     q = sub.add_parser("pretrain-prompt", help="pre-train soft prompt tokens on a self-supervised task (PPT)")
@@ -439,13 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-length", type=int, default=128, help="tokens per example (default: 128)")
     q.add_argument("--template", default=None, help="hard part of the template (default: the task's own; "
                    "e.g. '{text} {mask} .' for vanilla PPT)")
-    _add_config_args(q.add_argument_group("training"), TrainConfig)
+    add_config_args(q.add_argument_group("training"), TrainConfig)
     q.set_defaults(func=cmd_pretrain_prompt)
 
     v = sub.add_parser("serve", help="serve every classifier in a directory over HTTP (task modules share one backbone)")
     v.add_argument("directory", help="a saved classifier, or a directory of them (one task per subdirectory)")
     from .serve.app import ServeConfig
-    _add_config_args(v, ServeConfig)
+    add_config_args(v, ServeConfig)
     v.set_defaults(func=cmd_serve)
 
     o = sub.add_parser("export", help="export a saved classifier to ONNX for ONNX Runtime (tailtune.deploy)")
@@ -461,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     ax = sub.add_parser("axes", help="list every entry of every axis, with its options")
     ax.add_argument("--markdown", action="store_true", help="the README's axes table")
     ax.set_defaults(func=cmd_axes)
+    for command in sub.choices.values():
+        command.formatter_class = HelpFormatter
     return p
 
 

@@ -52,8 +52,9 @@ def add_loading_args(p: argparse.ArgumentParser) -> None:
                    help="early exit: the rule (default: the classifier's)")
     p.add_argument("--exit-threshold", type=float, default=None,
                    help="early exit: entropy, normalized-entropy (entropy / ln(classes), 0 to 1) or confidence "
-                        "threshold")
-    p.add_argument("--exit-patience", type=int, default=None, help="early exit: layers in a row that must agree")
+                        "threshold (default: the classifier's)")
+    p.add_argument("--exit-patience", type=int, default=None, help="early exit: layers in a row that must agree "
+                   "(default: the classifier's)")
     p.add_argument("--backbone", default=None, help="base backbone for a saved task module (default: its own)")
     p.add_argument("--max-length", type=count_type, default=None,
                    help="read up to this many tokens of each text (default: the length each classifier was trained "

@@ -14,7 +14,8 @@ def _search_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dev", required=True, help="labelled dev texts that rank the candidates")
     p.add_argument("--text-col", default="text", help="column holding the text (default: text)")
     p.add_argument("--label-col", default="label", help="column holding the label (default: label)")
-    p.add_argument("--backbone", default=None, help="an MLM backbone: Hugging Face name or local path")
+    p.add_argument("--backbone", default=None, help="an MLM backbone: Hugging Face name or local path "
+                   "(default: the embedded MiniLM, which ships without an MLM head)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per text (default: 128)")
 
 
@@ -31,16 +32,16 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
                    "Optuna's median pruner on dev macro-F1 at each evaluation)")
     u.add_argument("--output", "-o", default="tuned.yaml", help="the best configuration (default: tuned.yaml)")
     u.add_argument("--name", default="tuned", help="its name under presets: (default: tuned)")
-    u.add_argument("--trials-json", default=None, help="also write every trial as JSON here")
+    u.add_argument("--trials-json", default=None, help="also write every trial as JSON here (default: not written)")
     u.add_argument("--ray", default=None, metavar="local|auto|ADDRESS", help="run the trials on Ray Tune (a local "
-                   "instance, a running cluster, or its address) instead of in this process")
+                   "instance, a running cluster, or its address) instead of in this process (default: in this process)")
     add_common(u)
     u.set_defaults(func=func)
     r = sub.add_parser("report", help="one self-contained HTML report of an experiment's results directory")
     r.add_argument("results_dir", help="the output_dir of `tailtune run` (holds results.jsonl and runs/)")
     r.add_argument("--output", default=None, help="the HTML file (default: RESULTS_DIR/report.html)")
     r.add_argument("--curves", nargs="*", default=None, help="speed / quality curve JSON files to include "
-                   "(benchmarks/serving/early_exit.py writes one)")
+                   "(benchmarks/serving/early_exit.py writes one) (default: none)")
     r.set_defaults(func=cmd_report)
     z = sub.add_parser("zero-shot", help="classify with no training: label descriptions vs texts (any encoder) or "
                        "a template + MLM head with contextual calibration; the long-tail report of evaluate")
@@ -50,10 +51,12 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     z.add_argument("--labels", default=None, help="comma-separated labels (default: those of --data)")
     z.add_argument("--method", default="auto", choices=["auto", "prompt", "embedding"],
                    help="prompt needs an MLM head; auto: prompt when the backbone has one, else embedding")
-    z.add_argument("--descriptions", default=None, help="JSON file: label -> description (embedding method)")
+    z.add_argument("--descriptions", default=None, help="JSON file: label -> description (embedding method) (default: "
+                   "--description-template for every label)")
     z.add_argument("--description-template", default="{label}", help="description of a label without one, e.g. "
                    "'This text is about {label}.' (default: the label's words)")
-    z.add_argument("--template", default=None, help="prompt method: template with {text} and {mask}")
+    z.add_argument("--template", default=None, help="prompt method: template with {text} and {mask} "
+                   "(default: the prompt preset's)")
     z.add_argument("--verbalizer", default=None, help="prompt method: JSON file, label -> word(s) (default: the "
                    "label's words)")
     z.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
@@ -63,7 +66,7 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     z.add_argument("--max-length", type=int, default=128, help="tokens per text (default: 128)")
     z.add_argument("--theta", type=float, default=0.65, help="head/tail threshold θ (default: 0.65)")
     z.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    z.add_argument("--output", default=None, help="write the report as JSON here")
+    z.add_argument("--output", default=None, help="write the report as JSON here (default: printed only)")
     z.set_defaults(func=cmd_zero_shot)
     w = sub.add_parser("label-words", help="search label words on an MLM backbone (LM-BFF): candidates from the "
                        "MLM at [MASK] per class, assignment by zero-shot dev accuracy; writes a verbalizer JSON")

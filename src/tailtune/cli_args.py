@@ -1,0 +1,128 @@
+"""How the ``tailtune`` command declares its options: flags from the configuration dataclasses (their field
+docstrings are the help), the classifier axes from the registries, the shared data flags, and a help formatter
+that makes every option say its default."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Callable
+
+from .config import AXIS_NAMES, PRESETS, ClassifierConfig, all_options
+from .registry import field_docs
+
+_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
+
+
+def _type_name(annotation: Any) -> str:
+    """``int``, ``"int"`` and ``int | None`` as text (dataclasses of modules without postponed annotations
+    hold the types themselves)."""
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
+def _parse_type(annotation: Any) -> Callable[[str], Any]:
+    """argparse type of a dataclass field annotation such as ``int | None`` ("none" gives None)."""
+    parts = [p.strip() for p in _type_name(annotation).split("|")]
+    base = _TYPES.get(next((p for p in parts if p != "None"), "str"), str)
+    if "None" not in parts:
+        return base
+
+    def optional(text: str) -> Any:
+        return None if text.lower() == "none" else base(text)
+    optional.__name__ = base.__name__
+    return optional
+
+
+def default_text(f: dataclasses.Field) -> str:
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return "none" if value is None else str(value)
+
+
+def add_field(p: argparse.ArgumentParser, f: dataclasses.Field, doc: str | None, prefix: str = "",
+               recipe: dict | None = None) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    default = default_text(f)
+    if recipe and f.name in recipe:
+        default = f"{recipe[f.name]} in the auto preset's recipe, else {default}"
+    text = f"{prefix}{doc or ''} (default: {default})"
+    if _type_name(f.type) == "bool":
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+    else:
+        p.add_argument(flag, type=_parse_type(f.type), default=None, help=text, metavar=f.name.upper())
+
+
+def add_config_args(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
+                     recipe: dict | None = None) -> None:
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in skip:
+            add_field(p, f, docs.get(f.name), recipe=recipe)
+
+
+def add_classifier_args(p: argparse.ArgumentParser) -> None:
+    """Flags for the axes (choices from the registries) and for every option of every entry."""
+    from .registry import AXES, STAGES
+    docs = field_docs(ClassifierConfig)
+    g = p.add_argument_group("classifier axes (override the preset; `tailtune axes` lists every entry)")
+    for axis in AXIS_NAMES:
+        flags = ["--" + axis.replace("_", "-")] + (["--loss"] if axis == "objective" else [])
+        auto = PRESETS["auto"].values.get(axis, getattr(ClassifierConfig, axis))
+        g.add_argument(*flags, dest=axis, default=None, choices=AXES[axis].names(),
+                       help=f"{docs.get(axis)} (default: the preset's; auto's: {auto})")
+    g.add_argument("--stages", type=lambda text: [s.strip() for s in text.split(",") if s.strip() not in ("", "none")],
+                   default=None,
+                   help=f"{docs['stages']}: comma-separated, of {', '.join(STAGES.names())}; none: just fine-tune "
+                        f"(default: the preset's; auto's: {','.join(PRESETS['auto'].values.get('stages', ())) or 'none'})")
+    g.add_argument("--max-length", type=int, default=None, help=f"{docs['max_length']} (default: the preset's, 128)")
+    o = p.add_argument_group("options of the axis entries (each only with its entry)")
+    for name, entries in all_options().items():
+        entry = entries[0]
+        f = next(f for f in entry.option_fields() if f.name == name)
+        owners = " or ".join(f"{e.axis}={e.name}" for e in entries)
+        add_field(o, f, entry.option_docs().get(name), prefix=f"[{owners}] ", recipe=PRESETS["auto"].values)
+
+
+def collect(args: argparse.Namespace, names: Any) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def classifier_overrides(args: argparse.Namespace) -> dict:
+    return collect(args, [*AXIS_NAMES, "stages", "max_length", *all_options()])
+
+
+def add_data_args(p: argparse.ArgumentParser, split_flags: list[tuple[str, bool | str]]) -> None:
+    """``split_flags``: (flag, True) for a required file, (flag, False) for an optional one, or (flag, what happens
+    without it) for an optional one with a default worth saying."""
+    for flag, required in split_flags:
+        default = "required" if required is True else f"default: {required or 'none'}"
+        p.add_argument(flag, required=required is True, help=f"{flag[2:]} file (.tsv, .csv or .jsonl) ({default})")
+    p.add_argument("--text-col", default="text", help="column holding the text (default: text)")
+    p.add_argument("--text-b-col", default=None, help="column holding a second text, e.g. an entity (default: none)")
+    p.add_argument("--label-col", default="label", help="column holding the label (default: label)")
+
+
+def add_test_prior_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--test-prior", default="train", choices=["train", "em"],
+                   help=f"train: predict at the prior the classifier was trained and calibrated for; em: estimate the "
+                        f"class shares of {what} from the classifier's posteriors (EM after temperature scaling on "
+                        f"dev; for data not distributed as the training data, e.g. a class-balanced test set) and "
+                        f"predict at them, so each text's label depends on the texts predicted with it "
+                        f"(default: train)")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help says its default: a help text that does not already ends in ``(required)``, ``(default:
+    off)`` for a flag, or ``(default: VALUE)``; an option whose default is None says in its own text what happens
+    without it (tests/test_layout.py checks every command)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or text == argparse.SUPPRESS or "default" in text or "required" in text:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if action.nargs == 0 and action.default in (False, None):
+            return f"{text} (default: off)"
+        if action.default is not None:
+            shown = ", ".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default
+            return f"{text} (default: {shown})"
+        return text
