@@ -153,5 +153,5 @@ def test_every_command_help_shows_every_default():
     silent = [f"{name} {action.option_strings[0]}" for name, command in commands.items()
               for help_of in [command.formatter_class(prog=command.prog)._get_help_string]
               for action in command._actions if action.option_strings and action.dest != "help"
-              and not any(word in help_of(action) for word in ("default", "required"))]
+              and not any(word in help_of(action) for word in ("default:", "(required)"))]
     assert not silent, f"--help gives no default for {silent}"

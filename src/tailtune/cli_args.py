@@ -110,17 +110,17 @@ def add_test_prior_arg(p: argparse.ArgumentParser, what: str) -> None:
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """Every option's help says its default: a help text that does not already ends in ``(required)``, ``(default:
-    off)`` for a flag, or ``(default: VALUE)``; an option whose default is None says in its own text what happens
-    without it (tests/test_layout.py checks every command)."""
+    """Every option's help says its default: a help text that does not say it yet gets ``(required)``, ``(default:
+    off)`` for a flag (``--no-generate`` too: off unless given), or ``(default: VALUE)``; an option whose default is
+    None says in its own text what happens without it (tests/test_layout.py checks every command)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if not action.option_strings or text == argparse.SUPPRESS or "default" in text or "required" in text:
+        if not action.option_strings or text == argparse.SUPPRESS or "default:" in text or "(required)" in text:
             return text
         if action.required:
             return f"{text} (required)"
-        if action.nargs == 0 and action.default in (False, None):
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             return f"{text} (default: off)"
         if action.default is not None:
             shown = ", ".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default
