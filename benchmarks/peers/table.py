@@ -12,8 +12,8 @@ from posthoc import picked
 from quality import FEWSHOT, HELDOUT, KSHOT, LONGTAIL, read_jsonl
 
 NAMES = {"auto": "**tailtune default (`auto`)**",
-         "auto-prev": "`auto-prev`, the default before the current one: early stopping counting evaluations before its floor towards its "
-                      "patience, no LayerNorm before the head",
+         "auto-prev": "`auto-prev`, the default before the current one: early stopping counting evaluations "
+                      "before its floor towards its patience, no LayerNorm before the head",
          "auto-b16": "`auto` with the long-tail paper's body lr 1e-4 and batch 16 (`--lr 1e-4 --batch-size 16`; "
                      "not adopted)", "auto-plain": "`auto` without its contrastive stage (`--stages none`)",
          "auto-contrastive": "the fine-tuning recipe with the contrastive stage forced (`--contrastive-below 0`)",

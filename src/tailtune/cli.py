@@ -149,7 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _add_unlabeled_args(u: argparse.ArgumentParser) -> None:
     u.add_argument("--unlabeled", default=None, help="unlabelled texts (.txt, one per line, or a data file's "
                    "--text-col): early exits' self-distillation (--preset fastbert) learns from them too, and a prompt "
-                   "classifier adds PET's auxiliary MLM loss on them (--mlm-weight); others refuse them (default: none)")
+                   "classifier adds PET's auxiliary MLM loss on them (--mlm-weight); others refuse them "
+                   "(default: none)")
     u.add_argument("--mlm-weight", type=float, default=1e-4, help="PET's auxiliary MLM loss on --unlabeled against "
                    "the task loss (default: 1e-4, PET's)")
 
@@ -235,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backbone", default=None, help="Hugging Face name or local path (default: embedded MiniLM)")
     t.add_argument("--verbalizer", default=None, help="JSON file mapping each label to a word or list of words "
                    "(default: each label's readable name, e.g. money-fx -> money fx)")
-    t.add_argument("--output", "-o", required=True, help="directory for the saved classifier (required)")
+    t.add_argument("--output", "-o", required=True, help="directory for the saved classifier")
     t.add_argument("--overwrite", action="store_true", help="replace a non-empty --output once training is done "
                    "(default: refuse a non-empty --output before training)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run from <output>/checkpoint "
@@ -243,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--theta", type=float, default=0.65, help="head/tail threshold θ (default: 0.65)")
     t.add_argument("--dev-fraction", type=float, default=0.1, help="dev share carved from train without --dev "
                    "(default: 0.1)")
-    t.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub (default: off)")
+    t.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub")
     _add_unlabeled_args(t)
     _add_description_args(t)
     add_test_prior_arg(t, "--test (its report only; the saved classifier is the same)")

@@ -68,10 +68,11 @@ def add_classifier_args(p: argparse.ArgumentParser) -> None:
         auto = PRESETS["auto"].values.get(axis, getattr(ClassifierConfig, axis))
         g.add_argument(*flags, dest=axis, default=None, choices=AXES[axis].names(),
                        help=f"{docs.get(axis)} (default: the preset's; auto's: {auto})")
+    auto_stages = ",".join(PRESETS["auto"].values.get("stages", ())) or "none"
     g.add_argument("--stages", type=lambda text: [s.strip() for s in text.split(",") if s.strip() not in ("", "none")],
                    default=None,
                    help=f"{docs['stages']}: comma-separated, of {', '.join(STAGES.names())}; none: just fine-tune "
-                        f"(default: the preset's; auto's: {','.join(PRESETS['auto'].values.get('stages', ())) or 'none'})")
+                        f"(default: the preset's; auto's: {auto_stages})")
     g.add_argument("--max-length", type=int, default=None, help=f"{docs['max_length']} (default: the preset's, 128)")
     o = p.add_argument_group("options of the axis entries (each only with its entry)")
     for name, entries in all_options().items():
@@ -93,8 +94,8 @@ def add_data_args(p: argparse.ArgumentParser, split_flags: list[tuple[str, bool 
     """``split_flags``: (flag, True) for a required file, (flag, False) for an optional one, or (flag, what happens
     without it) for an optional one with a default worth saying."""
     for flag, required in split_flags:
-        default = "required" if required is True else f"default: {required or 'none'}"
-        p.add_argument(flag, required=required is True, help=f"{flag[2:]} file (.tsv, .csv or .jsonl) ({default})")
+        default = "" if required is True else f" (default: {required or 'none'})"  # HelpFormatter says required
+        p.add_argument(flag, required=required is True, help=f"{flag[2:]} file (.tsv, .csv or .jsonl){default}")
     p.add_argument("--text-col", default="text", help="column holding the text (default: text)")
     p.add_argument("--text-b-col", default=None, help="column holding a second text, e.g. an entity (default: none)")
     p.add_argument("--label-col", default="label", help="column holding the label (default: label)")
@@ -120,7 +121,7 @@ class HelpFormatter(argparse.HelpFormatter):
             return text
         if action.required:
             return f"{text} (required)"
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if action.nargs == 0 and isinstance(action.const, bool):  # store_true / store_false: off unless given
             return f"{text} (default: off)"
         if action.default is not None:
             shown = ", ".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default

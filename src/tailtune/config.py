@@ -42,8 +42,8 @@ class ClassifierConfig:
     """what the head reads: auto (chosen by the head, input and backbone), cls (first token), mask (the template's
     [MASK]), mean or max (pooled tokens) or tokens (every token)"""
     head: str = "mlp"
-    """head: cosine (s·cos(w_c, h) from class prototypes), mlp (MLP on the read vector), verbalizer (pretrained MLM head
-    + label words), label-decoder (Y-Tuning) or early-exit (a classifier at every layer)"""
+    """head: cosine (s·cos(w_c, h) from class prototypes), mlp (MLP on the read vector), verbalizer (pretrained MLM
+    head + label words), label-decoder (Y-Tuning) or early-exit (a classifier at every layer)"""
     trains: str = "all"
     """what trains besides the head: all, head (nothing else), bitfit (biases), adapter, lora, prefix, prompt (soft
     tokens)"""
