@@ -69,14 +69,18 @@ def draw(pool: list[tuple[str, str]], k: int, seed: int) -> tuple[list, list]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--set", required=True, choices=sorted(FOLDERS))
-    p.add_argument("--seeds", type=int, nargs="+", required=True)
-    p.add_argument("--k", type=int, default=16)
-    p.add_argument("--data-dir", default="../shared/data")
-    p.add_argument("--out", required=True)
+    p.add_argument("--set", required=True, choices=sorted(FOLDERS), help="the LM-BFF set to draw more splits of")
+    p.add_argument("--seeds", type=int, nargs="+", required=True, help="one split per seed (not 13, 21, 42, 87, 100)")
+    p.add_argument("--k", type=int, default=16, help="texts per class for train, and as many for dev (default: 16)")
+    p.add_argument("--data-dir", default="../shared/data",
+                   help="the folder holding fewshot/lmbff-16shot/ and classic/ (default: ../shared/data)")
+    p.add_argument("--out", required=True, help="where to write OUT/fewshot/lmbff-16shot/<set>/<k>-<seed>/")
     a = p.parse_args()
     data, folder = Path(a.data_dir), FOLDERS[a.set]
     published = data / "fewshot" / "lmbff-16shot" / folder
+    for need in (published / "16-13" / "test.csv", data / "classic" / a.set / "all.tsv"):
+        if not need.is_file():
+            p.error(f"{need} not found: pass --data-dir the folder that holds fewshot/lmbff-16shot/ and classic/")
     clash = sorted(set(a.seeds) & {int(d.name.split("-")[1]) for d in published.glob("16-*")})
     if clash:
         raise SystemExit(f"seeds {clash} are LM-BFF's published splits: choose other seeds")

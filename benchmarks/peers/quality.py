@@ -318,6 +318,8 @@ def main() -> None:
                    help="override every set's max length (the long-tail paper's full protocol: 256)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for tailtune's runs (on a GPU)")
     a = p.parse_args()
+    if not Path(a.data_dir).is_dir():
+        p.error(f"no data folder {a.data_dir}: pass --data-dir the folder that holds fewshot/, longtail/ and classic/")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
@@ -351,4 +353,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from tailtune.errors import TailtuneError
+    try:
+        main()
+    except TailtuneError as e:  # a missing or malformed data file: one line, as the command line prints it
+        raise SystemExit(f"error: {e}") from None
