@@ -88,7 +88,7 @@ def main() -> None:
     held = {_norm(t) for _, t in test}
     pool = [r for r in read_all(data / "classic" / a.set / "all.tsv") if _norm(r[1]) not in held]
     base = Path(a.out) / "fewshot" / "lmbff-16shot" / folder
-    test_letters = {_letters(t) for _, t in test}
+    test_letters = {_letters(t) for _, t in test} - {""}  # a text of punctuation alone ("*") matches nothing
     for seed in a.seeds:
         train, dev = draw(pool, a.k, seed)
         near = sum(_letters(t) in test_letters for _, t in train + dev)
