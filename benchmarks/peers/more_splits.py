@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 FOLDERS = {"mr": "mr", "cr": "cr", "mpqa": "mpqa", "subj": "subj"}
+K = 16  # per class, for train and for dev: LM-BFF's, and the only K that quality.py reads
 
 
 def _norm(text: str) -> str:
@@ -71,10 +72,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--set", required=True, choices=sorted(FOLDERS), help="the LM-BFF set to draw more splits of")
     p.add_argument("--seeds", type=int, nargs="+", required=True, help="one split per seed (not 13, 21, 42, 87, 100)")
-    p.add_argument("--k", type=int, default=16, help="texts per class for train, and as many for dev (default: 16)")
     p.add_argument("--data-dir", default="../shared/data",
                    help="the folder holding fewshot/lmbff-16shot/ and classic/ (default: ../shared/data)")
-    p.add_argument("--out", required=True, help="where to write OUT/fewshot/lmbff-16shot/<set>/<k>-<seed>/")
+    p.add_argument("--out", required=True, help="where to write OUT/fewshot/lmbff-16shot/<set>/16-<seed>/")
     a = p.parse_args()
     data, folder = Path(a.data_dir), FOLDERS[a.set]
     published = data / "fewshot" / "lmbff-16shot" / folder
@@ -83,21 +83,21 @@ def main() -> None:
             p.error(f"{need} not found: pass --data-dir the folder that holds fewshot/lmbff-16shot/ and classic/")
     clash = sorted(set(a.seeds) & {int(d.name.split("-")[1]) for d in published.glob("16-*")})
     if clash:
-        raise SystemExit(f"seeds {clash} are LM-BFF's published splits: choose other seeds")
+        p.error(f"seeds {clash} are LM-BFF's published splits: choose other seeds")
     test = read_lmbff(published / "16-13" / "test.csv")
     held = {_norm(t) for _, t in test}
     pool = [r for r in read_all(data / "classic" / a.set / "all.tsv") if _norm(r[1]) not in held]
     base = Path(a.out) / "fewshot" / "lmbff-16shot" / folder
     test_letters = {_letters(t) for _, t in test} - {""}  # a text of punctuation alone ("*") matches nothing
     for seed in a.seeds:
-        train, dev = draw(pool, a.k, seed)
+        train, dev = draw(pool, K, seed)
         near = sum(_letters(t) in test_letters for _, t in train + dev)
         if near:  # the pool keeps the few test texts whose copies differ in encoding; say so if one was drawn
             print(f"warning: split {seed} holds {near} text(s) that match a test text up to punctuation and encoding")
         for split, rows in (("train", train), ("dev", dev), ("test", test)):
-            write_lmbff(base / f"{a.k}-{seed}" / f"{split}.csv", rows)
+            write_lmbff(base / f"{K}-{seed}" / f"{split}.csv", rows)
     print(f"{a.set}: {len(pool)} texts outside LM-BFF's test set ({len(test)}); wrote {len(a.seeds)} split(s) "
-          f"of {a.k} per class to {base}")
+          f"of {K} per class to {base}")
 
 
 if __name__ == "__main__":
