@@ -73,10 +73,12 @@ def _stop_at_12(line: str) -> None:
         raise _Stop
 
 
-def test_interrupted_api_run_resumes_to_the_same_result(tiny_bert, toy, tmp_path):
+@pytest.mark.parametrize("average", [None, 0.2], ids=["weights", "weight-average"])
+def test_interrupted_api_run_resumes_to_the_same_result(tiny_bert, toy, tmp_path, average):
     texts, labels = toy
     dev = tt.TextDataset(texts[:12], labels[:12])
-    cfg = tt.TrainConfig(epochs=6, batch_size=4, lr=1e-3, seed=2, progress=False, eval_every=4, patience=5)
+    cfg = tt.TrainConfig(epochs=6, batch_size=4, lr=1e-3, seed=2, progress=False, eval_every=4, patience=5,
+                         weight_average=average)
     straight = tt.TailtuneClassifier("prompt", tiny_bert, train_config=cfg).fit(texts, labels, dev=dev)
 
     with pytest.raises(_Stop):

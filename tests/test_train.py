@@ -122,3 +122,86 @@ def test_label_descriptions_join_the_training_examples_after_the_dev_split(tiny_
     clf.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "tailtune.json").read_text())
     assert meta["descriptions"] == {"copies": 2, "texts": {"money": ["This is about money ."]}}
+
+
+class _Quadratic:
+    """A loop job with one parameter vector pulled towards a noisy target: the loop's AdamW moves it every step."""
+
+    def __init__(self) -> None:
+        import torch
+        self.model = torch.nn.Module()
+        self.model.w = torch.nn.Parameter(torch.zeros(3))
+        self.micro_batches, self.settings, self.total_steps = 4, {}, 0
+
+    def batches(self, epoch):
+        return [epoch * 4 + i for i in range(4)]
+
+    def loss(self, batch, step):
+        import torch
+        target = torch.tensor([1.0, -2.0, 0.5]) + 0.3 * torch.sin(torch.arange(3.0) + batch)
+        return ((self.model.w - target) ** 2).sum()
+
+    def param_roles(self):
+        return {"w": "head"}
+
+
+@pytest.mark.parametrize("with_dev", [True, False])
+def test_weight_average_is_what_is_evaluated_and_kept(with_dev):
+    """`weight_average`: an EMA of the weights (decay 1 - 1/(share x steps), warmed up as min(decay, (1+n)/(10+n)))
+    is what dev sees and what the run keeps, while the steps go on from the weights as trained."""
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    from tailtune.loop import TrainConfig, run
+    job = _Quadratic()
+    trained = []  # the weights after each optimiser step
+    hook = register_optimizer_step_post_hook(
+        lambda opt, args, kwargs: trained.append(job.model.w.detach().clone()))
+    seen = []
+
+    def evaluate():
+        seen.append(job.model.w.detach().clone())
+        return {"macro_f1": float(-((job.model.w - torch.tensor([1.0, -2.0, 0.5])) ** 2).sum())}
+    try:
+        cfg = TrainConfig(epochs=5, lr=0.05, head_lr=0.05, warmup_ratio=0.0, weight_average=0.25, eval_every=1,
+                          progress=False, device="cpu")
+        result = run(job, cfg, evaluate if with_dev else None)
+    finally:
+        hook.remove()
+    total = result.steps
+    assert total == 20 and len(trained) == total
+    decay = 1 - 1 / (0.25 * total)
+    average, expected = torch.zeros(3), []
+    for n, w in enumerate(trained):
+        d = min(decay, (1 + n) / (10 + n))
+        average = d * average + (1 - d) * w
+        expected.append(average.clone())
+    final = job.model.w.detach()
+    if with_dev:
+        assert len(seen) == total
+        for got, want in zip(seen, expected):
+            torch.testing.assert_close(got, want)
+        scores = [-float(((a - torch.tensor([1.0, -2.0, 0.5])) ** 2).sum()) for a in expected]
+        best = scores.index(max(scores))  # (the first of equals, as the loop keeps it)
+        torch.testing.assert_close(final, expected[best])
+        assert result.best_step == best + 1
+    else:
+        torch.testing.assert_close(final, expected[-1])
+    assert not torch.allclose(expected[-1], trained[-1], atol=1e-3)  # the average is not the trained weights
+    # the steps went on from the trained weights: without the average they are the same trajectory
+    job2 = _Quadratic()
+    again = []
+    hook = register_optimizer_step_post_hook(
+        lambda opt, args, kwargs: again.append(job2.model.w.detach().clone()))
+    try:
+        run(job2, TrainConfig(epochs=5, lr=0.05, head_lr=0.05, warmup_ratio=0.0, progress=False, device="cpu"))
+    finally:
+        hook.remove()
+    for a, b in zip(trained, again):
+        torch.testing.assert_close(a, b)
+
+
+def test_weight_average_share_is_checked():
+    with pytest.raises(tt.ConfigError, match="weight_average"):
+        tt.TrainConfig(weight_average=2.0)
+    with pytest.raises(tt.ConfigError, match="weight_average"):
+        tt.TrainConfig(weight_average=0)

@@ -16,11 +16,13 @@ import math
 import os
 import threading
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .artefacts import load_checkpoint, save_checkpoint
@@ -66,6 +68,10 @@ class TrainConfig:
     """early stopping counts evaluations without a better dev score only once this share of the planned steps has
     run, so it stops at patience evaluations past it at the earliest (0.5: not on what dev said while the learning
     rate was still high, where dev scores are noisy)"""
+    weight_average: float | None = None
+    """keep an exponential moving average of the trained weights whose time constant is this share of the planned
+    steps (0.05 over 2,000 steps: decay 0.99), and use it for dev evaluation, the kept checkpoint and the trained
+    model (none: the weights as the last step left them)"""
     save_every: int | None = None
     """with a checkpoint directory: write a resumable checkpoint every N steps (none: at every dev evaluation)"""
     seed: int = 42
@@ -92,13 +98,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "lr", "eval_batch_size", "head_lr", "module_lr", "grad_accum",
-                     "steps", "min_steps", "save_every", "eval_every", "eval_times", "patience"):
+                     "steps", "min_steps", "save_every", "eval_every", "eval_times", "patience", "weight_average"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
                 raise ConfigError(f"{name}={value!r}: must be a number > 0")
         for name in ("batch_size", "grad_accum", "eval_batch_size"):
             if not float(getattr(self, name)).is_integer():
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be a whole number")
+        if self.weight_average is not None and self.weight_average > 1:
+            raise ConfigError(f"weight_average={self.weight_average!r}: must be a share of the steps in (0, 1]")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio={self.warmup_ratio!r}: must be in [0, 1)")
         if isinstance(self.patience_from, bool) or not isinstance(self.patience_from, (int, float)) \
@@ -241,10 +249,43 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
         torch.cuda.set_rng_state(state["cuda"].to(torch.uint8).cpu(), device)
 
 
+class _WeightAverage:
+    """An exponential moving average of the trained parameters (``torch.optim.swa_utils``' EMA update). Its decay
+    is 1 - 1 / (share x planned steps), warmed up as min(decay, (1 + n) / (10 + n)) after n steps, so that the
+    average does not stay near the starting point for the first time constant."""
+
+    def __init__(self, params: list[torch.Tensor], share: float, total: int) -> None:
+        self.params, self.decay = params, 1.0 - 1.0 / max(1.0, share * total)
+        self.average = [p.detach().clone() for p in params]
+
+    def update(self, steps_before: int) -> None:
+        decay = min(self.decay, (1 + steps_before) / (10 + steps_before))
+        get_ema_multi_avg_fn(decay)(self.average, [p.detach() for p in self.params], None)
+
+    def load(self, saved: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for a, s in zip(self.average, saved):
+                a.copy_(s)
+
+    @contextmanager
+    def in_model(self) -> Iterator[None]:
+        """The model's parameters hold the average inside the block, and their own values again after it."""
+        own = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, a in zip(self.params, self.average):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, o in zip(self.params, own):
+                    p.copy_(o)
+
+
 class _Checkpoints:
     """Where a run's checkpoints go and how they come back."""
 
-    GROUPS = ("params", "optimizer", "best", "rng")
+    GROUPS = ("params", "optimizer", "best", "rng", "average")
 
     def __init__(self, directory: str | Path | None, settings: dict, resume: bool) -> None:
         self.directory = Path(directory) if directory is not None else None
@@ -275,9 +316,9 @@ class _Checkpoints:
         return tensors, state
 
     def save(self, named: dict, moments: dict[str, dict], best: dict | None, device: torch.device,
-             state: dict, fixed: dict | None = None) -> None:
+             state: dict, fixed: dict | None = None, average: dict | None = None) -> None:
         """``named``: the trained parameters, ``moments`` their optimiser state by name; ``fixed``: parameters the run
-        keeps as they are, saved beside them."""
+        keeps as they are, saved beside them; ``average``: the weight average by name."""
         if self.directory is None:
             return
         bad = [n for n, p in named.items() if not bool(torch.isfinite(p).all())]
@@ -286,7 +327,7 @@ class _Checkpoints:
         flat = {f"{name}::{key}": value.reshape(-1) if value.dim() == 0 else value
                 for name, state in moments.items() for key, value in state.items()}
         save_checkpoint(self.directory, {"params": {**(fixed or {}), **named}, "optimizer": flat, "best": best or {},
-                                         "rng": _rng_state(device)},
+                                         "rng": _rng_state(device), **({"average": average} if average else {})},
                         {**state, "settings": self.settings})
         self.last_step = state["step"]
 
@@ -338,6 +379,7 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
     eval_every = cfg.eval_every or (math.ceil(total / cfg.eval_times) if cfg.eval_times else steps_per_epoch)
     job.total_steps = total
     checkpoints = _Checkpoints(checkpoint_dir, job.settings, resume)
+    average = _WeightAverage(params, cfg.weight_average, total) if cfg.weight_average else None
 
     state = {"step": 0, "epoch": 0, "window": 0, "history": [], "best": None, "best_step": 0, "bad_evals": 0,
              "seconds": 0.0, "stopped": False, "total_steps": total}
@@ -355,6 +397,8 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
         procs.restore_moments(optimizer, named, {n: {k.split("::", 1)[1]: v for k, v in tensors["optimizer"].items()
                                                      if k.startswith(n + "::")} for n in named})
         best_state = tensors["best"] or None
+        if average is not None and tensors["average"]:  # (a run without one has other settings: refused above)
+            average.load([tensors["average"][n] for n in named])
         _set_rng_state(tensors["rng"], device)
         if log:
             log(f"resuming from {checkpoints.directory} at step {state['step']} of {total}")
@@ -375,7 +419,8 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
             return
         moments = procs.moments(optimizer, named)  # (every process: a collective when the state is sharded)
         if procs.main:
-            checkpoints.save(named, moments, best_state, device, {**state, "seconds": elapsed()}, fixed)
+            checkpoints.save(named, moments, best_state, device, {**state, "seconds": elapsed()}, fixed,
+                             dict(zip(named, average.average)) if average is not None else None)
 
     with PeakMemory(device) as memory:
         if before is not None:
@@ -404,6 +449,8 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
                     raise _diverged(step + 1, total, f"the gradient norm is {norm.item()}", cfg, checkpoints)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if average is not None:
+                    average.update(step)
                 step += 1
                 state.update(step=step, window=w + 1)
                 bar.update(1)
@@ -411,18 +458,19 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 evaluated = evaluate is not None and (step % eval_every == 0 or step == total)
                 if evaluated:
-                    metrics = evaluate()
-                    model.train()
-                    record.update({"dev_" + k: v for k, v in metrics.items()
-                                   if isinstance(v, float) and math.isfinite(v) and k != "theta"})
-                    if state["best"] is None or metrics[metric] > state["best"]:
-                        state.update(best=metrics[metric], best_step=step, bad_evals=0)
-                        best_state = {n: p.detach().clone() for n, p in named.items()}
-                    elif step >= cfg.patience_from * total:  # (evaluations before the floor do not count)
-                        state["bad_evals"] += 1
-                        state["stopped"] = cfg.patience is not None and state["bad_evals"] >= cfg.patience
-                    if on_evaluate is not None:
-                        on_evaluate(step, metrics)
+                    with average.in_model() if average is not None else nullcontext():  # (what is evaluated is kept)
+                        metrics = evaluate()
+                        model.train()
+                        record.update({"dev_" + k: v for k, v in metrics.items()
+                                       if isinstance(v, float) and math.isfinite(v) and k != "theta"})
+                        if state["best"] is None or metrics[metric] > state["best"]:
+                            state.update(best=metrics[metric], best_step=step, bad_evals=0)
+                            best_state = {n: p.detach().clone() for n, p in named.items()}
+                        elif step >= cfg.patience_from * total:  # (evaluations before the floor do not count)
+                            state["bad_evals"] += 1
+                            state["stopped"] = cfg.patience is not None and state["bad_evals"] >= cfg.patience
+                        if on_evaluate is not None:
+                            on_evaluate(step, metrics)
                     if log:
                         log(f"step {step}/{total} (epoch {step / steps_per_epoch:.2f}): loss {record['loss']:.4f}, "
                             f"dev {metric} {metrics[metric]:.4f}, best {state['best']:.4f} at step "
@@ -440,6 +488,8 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
             if state["window"] >= len(windows):  # the epoch is complete
                 state.update(epoch=state["epoch"] + 1, window=0)
         bar.close()
+    if best_state is None and average is not None:  # no dev set: the model is the average at the last step
+        best_state = dict(zip(named, average.average))
     if best_state is not None:
         with torch.no_grad():
             for n, p in named.items():
