@@ -49,6 +49,8 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
                        "(`--description-template '{label}'`; not adopted: lower wherever its contrastive stage runs)",
          "auto-ln-names": "the current `auto` + the label names where it fine-tunes with a LayerNorm "
                           "(`--description-template '{label}' --layer-norm fresh`)",
+         "auto-wa": "`auto` keeping an average of its weights (`--weight-average 0.1`: an exponential moving average "
+                    "over a tenth of the steps; not adopted)",
          "auto-names-obs": "`auto` + the label names, kept out of its contrastive stage's pairs (`--contrastive-pairs "
                            "observed`)",
          "lr-balanced-names": "embeddings + LogisticRegression (balanced) + the same label names as training examples",
@@ -162,7 +164,7 @@ def main() -> None:
                 + (f" [{len(mine)}]" if fewer else ""))
 
     methods = ["auto", EARLIER, "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct",
-               "auto-distinct-ho", "auto-iter40", "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-ln", "auto-desc", "auto-desc-finetune",
+               "auto-distinct-ho", "auto-iter40", "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-ln", "auto-wa", "auto-desc", "auto-desc-finetune",
                "auto-desc-obs", "lr-balanced-desc", "setfit-desc", "auto-names", "auto-names-obs", "auto-ln-names", "lr-balanced-names", "auto-nola", "auto-la", BEST_PRESET, *PEERS, "setfit-iter20"]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:

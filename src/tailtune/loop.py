@@ -16,16 +16,16 @@ import math
 import os
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .artefacts import load_checkpoint, save_checkpoint
+from .averaging import WeightAverage
 from .device import resolve_device, resolve_precision
 from .errors import ConfigError, TrainingError
 from .processes import Processes, launch_precision
@@ -249,39 +249,6 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
         torch.cuda.set_rng_state(state["cuda"].to(torch.uint8).cpu(), device)
 
 
-class _WeightAverage:
-    """An exponential moving average of the trained parameters (``torch.optim.swa_utils``' EMA update). Its decay
-    is 1 - 1 / (share x planned steps), warmed up as min(decay, (1 + n) / (10 + n)) after n steps, so that the
-    average does not stay near the starting point for the first time constant."""
-
-    def __init__(self, params: list[torch.Tensor], share: float, total: int) -> None:
-        self.params, self.decay = params, 1.0 - 1.0 / max(1.0, share * total)
-        self.average = [p.detach().clone() for p in params]
-
-    def update(self, steps_before: int) -> None:
-        decay = min(self.decay, (1 + steps_before) / (10 + steps_before))
-        get_ema_multi_avg_fn(decay)(self.average, [p.detach() for p in self.params], None)
-
-    def load(self, saved: list[torch.Tensor]) -> None:
-        with torch.no_grad():
-            for a, s in zip(self.average, saved):
-                a.copy_(s)
-
-    @contextmanager
-    def in_model(self) -> Iterator[None]:
-        """The model's parameters hold the average inside the block, and their own values again after it."""
-        own = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, a in zip(self.params, self.average):
-                p.copy_(a)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, o in zip(self.params, own):
-                    p.copy_(o)
-
-
 class _Checkpoints:
     """Where a run's checkpoints go and how they come back."""
 
@@ -379,7 +346,7 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
     eval_every = cfg.eval_every or (math.ceil(total / cfg.eval_times) if cfg.eval_times else steps_per_epoch)
     job.total_steps = total
     checkpoints = _Checkpoints(checkpoint_dir, job.settings, resume)
-    average = _WeightAverage(params, cfg.weight_average, total) if cfg.weight_average else None
+    average = WeightAverage(params, cfg.weight_average, total) if cfg.weight_average else None
 
     state = {"step": 0, "epoch": 0, "window": 0, "history": [], "best": None, "best_step": 0, "bad_evals": 0,
              "seconds": 0.0, "stopped": False, "total_steps": total}
