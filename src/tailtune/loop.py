@@ -3,12 +3,13 @@
 The loop knows no method by name. A *job* supplies the micro-batches of each epoch, the loss of a
 micro-batch and the role of each trainable parameter (which learning rate it gets); the loop does
 the rest: AdamW (no decay on biases and LayerNorms), linear warm-up then linear decay, gradient
-accumulation, clipping, a stop on a non-finite loss or gradient, dev evaluation with the best
-parameters kept, early stopping, resumable checkpoints, progress and peak memory.
+accumulation, clipping, a stop on a non-finite loss or gradient, an optional moving average of the weights
+(what dev then evaluates), dev evaluation with the best parameters kept, early stopping, resumable checkpoints,
+progress and peak memory.
 
 Resuming gives the same run as never stopping: a job's batches depend only on its seed and the
 epoch, and a checkpoint holds the parameters, the optimiser's moments, the step, the RNG states,
-the best parameters so far and the history (safetensors + JSON, no pickle).
+the best parameters so far, the weight average and the history (safetensors + JSON, no pickle).
 """
 from __future__ import annotations
 
