@@ -4,8 +4,11 @@ import random
 import pytest
 
 import numpy as np
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import tailtune as tt
+from tailtune.loop import TrainConfig, run
 from tailtune.training import length_grouped_batches
 
 
@@ -124,11 +127,13 @@ def test_label_descriptions_join_the_training_examples_after_the_dev_split(tiny_
     assert meta["descriptions"] == {"copies": 2, "texts": {"money": ["This is about money ."]}}
 
 
+TARGET = torch.tensor([1.0, -2.0, 0.5])
+
+
 class _Quadratic:
     """A loop job with one parameter vector pulled towards a noisy target: the loop's AdamW moves it every step."""
 
     def __init__(self) -> None:
-        import torch
         self.model = torch.nn.Module()
         self.model.w = torch.nn.Parameter(torch.zeros(3))
         self.micro_batches, self.settings, self.total_steps = 4, {}, 0
@@ -137,36 +142,38 @@ class _Quadratic:
         return [epoch * 4 + i for i in range(4)]
 
     def loss(self, batch, step):
-        import torch
-        target = torch.tensor([1.0, -2.0, 0.5]) + 0.3 * torch.sin(torch.arange(3.0) + batch)
-        return ((self.model.w - target) ** 2).sum()
+        return ((self.model.w - TARGET - 0.3 * torch.sin(torch.arange(3.0) + batch)) ** 2).sum()
 
     def param_roles(self):
         return {"w": "head"}
+
+
+def _trained(evaluate=None, **train):
+    """Train a fresh _Quadratic job: (job, its weights after each optimiser step, the loop's result)."""
+    job, trained = _Quadratic(), []
+    hook = register_optimizer_step_post_hook(lambda opt, args, kwargs: trained.append(job.model.w.detach().clone()))
+    try:
+        result = run(job, TrainConfig(epochs=5, lr=0.05, head_lr=0.05, warmup_ratio=0.0, progress=False,
+                                      device="cpu", **train), evaluate and (lambda: evaluate(job)))
+    finally:
+        hook.remove()
+    return job, trained, result
+
+
+def _score(w):
+    return -float(((w - TARGET) ** 2).sum())
 
 
 @pytest.mark.parametrize("with_dev", [True, False])
 def test_weight_average_is_what_is_evaluated_and_kept(with_dev):
     """`weight_average`: an EMA of the weights (decay 1 - 1/(share x steps), warmed up as min(decay, (1+n)/(10+n)))
     is what dev sees and what the run keeps, while the steps go on from the weights as trained."""
-    import torch
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-    from tailtune.loop import TrainConfig, run
-    job = _Quadratic()
-    trained = []  # the weights after each optimiser step
-    hook = register_optimizer_step_post_hook(
-        lambda opt, args, kwargs: trained.append(job.model.w.detach().clone()))
     seen = []
 
-    def evaluate():
+    def evaluate(job):
         seen.append(job.model.w.detach().clone())
-        return {"macro_f1": float(-((job.model.w - torch.tensor([1.0, -2.0, 0.5])) ** 2).sum())}
-    try:
-        cfg = TrainConfig(epochs=5, lr=0.05, head_lr=0.05, warmup_ratio=0.0, weight_average=0.25, eval_every=1,
-                          progress=False, device="cpu")
-        result = run(job, cfg, evaluate if with_dev else None)
-    finally:
-        hook.remove()
+        return {"macro_f1": _score(job.model.w.detach())}
+    job, trained, result = _trained(evaluate if with_dev else None, weight_average=0.25, eval_every=1)
     total = result.steps
     assert total == 20 and len(trained) == total
     decay = 1 - 1 / (0.25 * total)
@@ -180,7 +187,7 @@ def test_weight_average_is_what_is_evaluated_and_kept(with_dev):
         assert len(seen) == total
         for got, want in zip(seen, expected):
             torch.testing.assert_close(got, want)
-        scores = [-float(((a - torch.tensor([1.0, -2.0, 0.5])) ** 2).sum()) for a in expected]
+        scores = [_score(a) for a in expected]
         best = scores.index(max(scores))  # (the first of equals, as the loop keeps it)
         torch.testing.assert_close(final, expected[best])
         assert result.best_step == best + 1
@@ -188,15 +195,7 @@ def test_weight_average_is_what_is_evaluated_and_kept(with_dev):
         torch.testing.assert_close(final, expected[-1])
     assert not torch.allclose(expected[-1], trained[-1], atol=1e-3)  # the average is not the trained weights
     # the steps went on from the trained weights: without the average they are the same trajectory
-    job2 = _Quadratic()
-    again = []
-    hook = register_optimizer_step_post_hook(
-        lambda opt, args, kwargs: again.append(job2.model.w.detach().clone()))
-    try:
-        run(job2, TrainConfig(epochs=5, lr=0.05, head_lr=0.05, warmup_ratio=0.0, progress=False, device="cpu"))
-    finally:
-        hook.remove()
-    for a, b in zip(trained, again):
+    for a, b in zip(trained, _trained()[1]):
         torch.testing.assert_close(a, b)
 
 
