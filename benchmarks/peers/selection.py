@@ -157,7 +157,7 @@ def main() -> None:
                 row = run(data, name, method, seed, length, args.bf16)
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
-                best = row["evals"][RULES["best dev macro-F1 (auto, all epochs)"](row["evals"])]
+                best = row["evals"][RULES["best dev macro-F1 (auto, all epochs)"](row)]
                 print(f"{name} {method} seed {seed}: {len(row['evals'])} evaluations, {row['train_seconds']:.0f} s; "
                       f"best dev macro-F1 keeps test macro-F1 {best['test_macro_f1']:.4f}", flush=True)
 
