@@ -204,3 +204,28 @@ def test_weight_average_share_is_checked():
         tt.TrainConfig(weight_average=2.0)
     with pytest.raises(tt.ConfigError, match="weight_average"):
         tt.TrainConfig(weight_average=0)
+
+
+@pytest.mark.parametrize("select_metric", [None, "accuracy"])
+def test_select_metric_picks_the_checkpoint_and_what_early_stopping_watches(select_metric):
+    """`select_metric`: the dev score that picks the kept checkpoint and that early stopping watches (none:
+    macro-F1). The result reports the kept checkpoint's dev macro-F1 either way."""
+    macro = [0.5] * 20
+    macro[3], macro[11] = 0.9, 0.7  # a macro-F1 spike at step 4 (accuracy there: 0.2; at step 12: 0.6)
+    accuracy = [0.05 * min(n, 12) for n in range(1, 21)]  # rises to step 12, then level (a tie is no better)
+    seen = []
+
+    def evaluate(job):
+        seen.append(job.model.w.detach().clone())
+        return {"macro_f1": macro[len(seen) - 1], "accuracy": accuracy[len(seen) - 1]}
+    job, trained, result = _trained(evaluate, eval_every=1, patience=3, select_metric=select_metric)
+    best, stop = (12, 15) if select_metric == "accuracy" else (4, 7)
+    assert (result.best_step, result.steps) == (best, stop)
+    assert result.best_dev_macro_f1 == macro[best - 1]
+    torch.testing.assert_close(job.model.w.detach(), trained[best - 1])
+    torch.testing.assert_close(seen[best - 1], trained[best - 1])
+
+
+def test_select_metric_is_checked():
+    with pytest.raises(tt.ConfigError, match="select_metric='f1': must be one of macro_f1, accuracy"):
+        tt.TrainConfig(select_metric="f1")

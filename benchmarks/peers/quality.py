@@ -99,6 +99,8 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
                              "current default + the names where the classes average 64 or more examples (R52)",
             "auto-desc-obs": "auto-desc with the descriptions kept out of the contrastive stage's pairs "
                              "(--contrastive-pairs observed)",
+            "auto-selacc": "`auto` keeping the checkpoint with the best dev accuracy, and stopping on it "
+                           "(--select-metric accuracy)",
             "auto-wa": "`auto` keeping an average of its weights (--weight-average 0.1: an exponential moving average "
                        "over a tenth of the planned steps, what dev sees and what is kept)",
             "prompt": "tailtune `prompt` (long-tail protocol)",
@@ -122,7 +124,7 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-ln-b16-cls-mlp": {**LN, "readout": "cls", "head": "mlp"}, "auto-desc": {},
                  "auto-desc-finetune": {"contrastive_head_only_below": 0}, "auto-names": {},
                  "auto-names-obs": {"contrastive_pairs": "observed"}, "auto-desc-obs": {"contrastive_pairs": "observed"},
-                 "auto-ln-names": LN, "auto-wa": {}}
+                 "auto-ln-names": LN, "auto-wa": {}, "auto-selacc": {}}
 # variants that fit with each label's description among the training examples (fit's descriptions=, 4 copies
 # each): the 16-shot sets' manual prompt without the text, "It was great ." (fewshot.prompt_descriptions)
 DESCRIBED = {"auto-desc", "auto-desc-finetune", "auto-desc-obs", "lr-balanced-desc", "setfit-desc"}  # (a peer's: the same texts added to its training set)
@@ -142,7 +144,8 @@ AUTO_TRAIN = {"auto-long": {"epochs": 5.0, "patience": None, "patience_from": 0.
               "auto-paper": {**PAPER_LR_BATCH, "patience": None}, "auto-lr": {"lr": 1e-4},
               "auto-b16": PAPER_LR_BATCH, "auto-b16-nola": PAPER_LR_BATCH,
               "auto-ln-b16": PAPER_LR_BATCH, "auto-ln-nostop": {"patience": None}, "auto-ln-b16-cls": PAPER_LR_BATCH,
-              "auto-ln-b16-mlp": PAPER_LR_BATCH, "auto-ln-b16-cls-mlp": PAPER_LR_BATCH, "auto-wa": {"weight_average": 0.1}}
+              "auto-ln-b16-mlp": PAPER_LR_BATCH, "auto-ln-b16-cls-mlp": PAPER_LR_BATCH, "auto-wa": {"weight_average": 0.1},
+              "auto-selacc": {"select_metric": "accuracy"}}
 PEER_NAMES = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 

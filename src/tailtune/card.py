@@ -15,6 +15,14 @@ def _pct(x: Any) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
+def kept_text(best_dev_macro_f1: str, best_step: int, steps: int, select_metric: str | None) -> str:
+    """What a run kept: "best dev macro-F1 X at step B of S", or, where another dev score picked the step
+    (TrainConfig.select_metric), that step's dev macro-F1 and what picked it."""
+    where = f"{best_dev_macro_f1} at step {best_step} of {steps}"
+    by = select_metric or "macro_f1"
+    return f"best dev macro-F1 {where}" if by == "macro_f1" else f"dev macro-F1 {where}, the best dev {by}"
+
+
 def model_card(meta: Mapping[str, Any]) -> str:
     """README.md of a saved classifier: what it is, what it was trained on, how well it did, how to use it."""
     config, labels = meta["config"], meta["labels"]
@@ -43,8 +51,9 @@ def model_card(meta: Mapping[str, Any]) -> str:
     else:
         lines.append("No test split was evaluated when this classifier was saved.")
     if result.get("best_dev_macro_f1") is not None:
-        lines += ["", f"Best dev macro-F1 {_pct(result['best_dev_macro_f1'])} at step {result.get('best_step')} of "
-                      f"{result.get('steps')} ({result.get('seconds', 0):.0f} s of training)."]
+        kept = kept_text(_pct(result["best_dev_macro_f1"]), result.get("best_step"), result.get("steps"),
+                         (meta.get("train_config") or {}).get("select_metric"))
+        lines += ["", f"{kept[0].upper()}{kept[1:]} ({result.get('seconds', 0):.0f} s of training)."]
     lines += ["", "## Training data", ""]
     if counts:
         lines += [f"{stats.get('n_examples')} texts, {len(counts)} classes, imbalance ratio "

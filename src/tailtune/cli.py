@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from .card import kept_text
 from .config import AXIS_NAMES, PRESETS, axes_table, preset_table, preset_train_config
 from .loop import TrainConfig
 from .cli_args import (HelpFormatter, add_classifier_args, add_config_args, add_data_args, add_test_prior_arg,
@@ -73,7 +74,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     clf.fit(train_ds, dev=dev_ds, checkpoint_dir=checkpoint, resume=args.resume, log=print, unlabeled=unlabeled,
             mlm_weight=args.mlm_weight, descriptions=descriptions, description_copies=args.description_copies)
     r = clf.train_result_
-    print(f"best dev macro-F1 {r.best_dev_macro_f1:.4f} at step {r.best_step} of {r.steps} ({r.seconds:.0f} s)"
+    print(f"{kept_text(f'{r.best_dev_macro_f1:.4f}', r.best_step, r.steps, clf.train_config.select_metric)} "
+          f"({r.seconds:.0f} s)"
           if r.best_dev_macro_f1 is not None else f"no dev set: the last step kept ({r.steps}; {r.seconds:.0f} s)")
     report = clf.set_test_prior(args.test_prior).evaluate(test_ds) if test_ds is not None else None
     if args.test_prior == "em":

@@ -64,11 +64,14 @@ class TrainConfig:
     eval_times: int | None = None
     """evaluate on dev this many times, evenly spread over training (none: once per epoch, or see eval_every)"""
     patience: int | None = None
-    """stop after this many evaluations without a better dev macro-F1 (none: never)"""
+    """stop after this many evaluations without a better dev score (select_metric) (none: never)"""
     patience_from: float = 0.0
     """early stopping counts evaluations without a better dev score only once this share of the planned steps has
     run, so it stops at patience evaluations past it at the earliest (0.5: not on what dev said while the learning
     rate was still high, where dev scores are noisy)"""
+    select_metric: str | None = None
+    """the dev score that picks the checkpoint to keep and that early stopping watches: macro_f1 or accuracy
+    (none: macro_f1). Accuracy is steadier where many classes have one or two dev texts, but weighs frequent classes"""
     weight_average: float | None = None
     """keep an exponential moving average of the trained weights whose time constant is this share of the planned
     steps (0.05 over 2,000 steps: decay 0.99), and use it for dev evaluation, the kept checkpoint and the trained
@@ -108,6 +111,8 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be a whole number")
         if self.weight_average is not None and self.weight_average > 1:
             raise ConfigError(f"weight_average={self.weight_average!r}: must be a share of the steps in (0, 1]")
+        if self.select_metric not in (None, *SELECT_METRICS):
+            raise ConfigError(f"select_metric={self.select_metric!r}: must be one of {', '.join(SELECT_METRICS)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio={self.warmup_ratio!r}: must be in [0, 1)")
         if isinstance(self.patience_from, bool) or not isinstance(self.patience_from, (int, float)) \
@@ -130,6 +135,7 @@ class TrainConfig:
         return asdict(self)
 
 
+SELECT_METRICS = ("macro_f1", "accuracy")  # dev scores a run may keep its checkpoint by (select_metric)
 # settings that do not change what a run computes: a checkpoint may be resumed with other values
 NOT_RESULT_SETTINGS = ("device", "progress", "eval_batch_size", "save_every", "track", "track_dir", "run_name")
 
@@ -301,10 +307,11 @@ class _Checkpoints:
 
 
 def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, *,
-        checkpoint_dir: str | Path | None = None, resume: bool = False, metric: str = "macro_f1",
+        checkpoint_dir: str | Path | None = None, resume: bool = False, metric: str | None = None,
         log: Callable[[str], None] | None = None, before: Callable[[], None] | None = None,
         on_evaluate: Callable[[int, dict], None] | None = None) -> TrainResult:
-    """Train ``job.model`` in place; with ``evaluate``, keep the parameters with the best dev ``metric``.
+    """Train ``job.model`` in place; with ``evaluate``, keep the parameters with the best dev ``metric`` (default:
+    ``cfg.select_metric``, else macro-F1); the result's ``best_dev_macro_f1`` is the kept parameters' dev macro-F1.
 
     ``evaluate()`` returns a dict of dev metrics; it runs every ``cfg.eval_every`` steps (default:
     each epoch) and after the last step. ``before()`` runs inside the timed region before the
@@ -312,6 +319,7 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
     exception it raises ends the run). With ``checkpoint_dir`` a checkpoint is written at
     every evaluation (or every ``cfg.save_every`` steps); ``resume`` continues from it.
     """
+    metric = metric or cfg.select_metric or "macro_f1"
     procs = Processes(resolve_device(cfg.device))  # one process, or several from `accelerate launch`
     device = procs.device
     if not procs.main:
@@ -350,6 +358,7 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
     average = WeightAverage(params, cfg.weight_average, total) if cfg.weight_average else None
 
     state = {"step": 0, "epoch": 0, "window": 0, "history": [], "best": None, "best_step": 0, "bad_evals": 0,
+             "best_macro_f1": None,
              "seconds": 0.0, "stopped": False, "total_steps": total}
     best_state: dict | None = None
     found = checkpoints.load(device)
@@ -432,7 +441,8 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
                         record.update({"dev_" + k: v for k, v in metrics.items()
                                        if isinstance(v, float) and math.isfinite(v) and k != "theta"})
                         if state["best"] is None or metrics[metric] > state["best"]:
-                            state.update(best=metrics[metric], best_step=step, bad_evals=0)
+                            state.update(best=metrics[metric], best_step=step, bad_evals=0,
+                                         best_macro_f1=metrics.get("macro_f1"))
                             best_state = {n: p.detach().clone() for n, p in named.items()}
                         elif step >= cfg.patience_from * total:  # (evaluations before the floor do not count)
                             state["bad_evals"] += 1
@@ -465,10 +475,10 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
                     p.copy_(best_state[n])
     model.eval()
     if tracker:
-        tracker.end({"time/seconds": elapsed(), "memory/peak_mb": memory.peak_mb, "dev/best_macro_f1": state["best"]},
+        tracker.end({"time/seconds": elapsed(), "memory/peak_mb": memory.peak_mb, "dev/best_" + metric: state["best"]},
                     step)
-    return TrainResult(state["best"], state["best_step"], step, step / steps_per_epoch, elapsed(),
-                       state["history"], memory.peak_mb, total, steps_per_epoch)
+    return TrainResult(state["best"] if metric == "macro_f1" else state["best_macro_f1"], state["best_step"], step,
+                       step / steps_per_epoch, elapsed(), state["history"], memory.peak_mb, total, steps_per_epoch)
 
 
 def _diverged(step: int, total: int, what: str, cfg: TrainConfig, checkpoints: _Checkpoints) -> TrainingError:
