@@ -206,10 +206,10 @@ def test_weight_average_share_is_checked():
         tt.TrainConfig(weight_average=0)
 
 
-@pytest.mark.parametrize("select_metric", [None, "accuracy"])
+@pytest.mark.parametrize("select_metric", [None, "accuracy", "last"])
 def test_select_metric_picks_the_checkpoint_and_what_early_stopping_watches(select_metric):
     """`select_metric`: the dev score that picks the kept checkpoint and that early stopping watches (none:
-    macro-F1). The result reports the kept checkpoint's dev macro-F1 either way."""
+    macro-F1; last: the last step, never stopping early). The result reports the kept checkpoint's dev macro-F1."""
     macro = [0.5] * 20
     macro[3], macro[11] = 0.9, 0.7  # a macro-F1 spike at step 4 (accuracy there: 0.2; at step 12: 0.6)
     accuracy = [0.05 * min(n, 12) for n in range(1, 21)]  # rises to step 12, then level (a tie is no better)
@@ -219,7 +219,7 @@ def test_select_metric_picks_the_checkpoint_and_what_early_stopping_watches(sele
         seen.append(job.model.w.detach().clone())
         return {"macro_f1": macro[len(seen) - 1], "accuracy": accuracy[len(seen) - 1]}
     job, trained, result = _trained(evaluate, eval_every=1, patience=3, select_metric=select_metric)
-    best, stop = (12, 15) if select_metric == "accuracy" else (4, 7)
+    best, stop = {None: (4, 7), "accuracy": (12, 15), "last": (20, 20)}[select_metric]
     assert (result.best_step, result.steps) == (best, stop)
     assert result.best_dev_macro_f1 == macro[best - 1]
     torch.testing.assert_close(job.model.w.detach(), trained[best - 1])
@@ -227,5 +227,5 @@ def test_select_metric_picks_the_checkpoint_and_what_early_stopping_watches(sele
 
 
 def test_select_metric_is_checked():
-    with pytest.raises(tt.ConfigError, match="select_metric='f1': must be one of macro_f1, accuracy"):
+    with pytest.raises(tt.ConfigError, match="select_metric='f1': must be one of macro_f1, accuracy, last"):
         tt.TrainConfig(select_metric="f1")

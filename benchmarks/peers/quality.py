@@ -101,6 +101,7 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
                              "(--contrastive-pairs observed)",
             "auto-selacc": "`auto` keeping the checkpoint with the best dev accuracy, and stopping on it "
                            "(--select-metric accuracy)",
+            "auto-last": "`auto` keeping its last step, without early stopping (--select-metric last)",
             "auto-wa": "`auto` keeping an average of its weights (--weight-average 0.1: an exponential moving average "
                        "over a tenth of the planned steps, what dev sees and what is kept)",
             "prompt": "tailtune `prompt` (long-tail protocol)",
@@ -124,7 +125,7 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-ln-b16-cls-mlp": {**LN, "readout": "cls", "head": "mlp"}, "auto-desc": {},
                  "auto-desc-finetune": {"contrastive_head_only_below": 0}, "auto-names": {},
                  "auto-names-obs": {"contrastive_pairs": "observed"}, "auto-desc-obs": {"contrastive_pairs": "observed"},
-                 "auto-ln-names": LN, "auto-wa": {}, "auto-selacc": {}}
+                 "auto-ln-names": LN, "auto-wa": {}, "auto-selacc": {}, "auto-last": {}}
 # variants that fit with each label's description among the training examples (fit's descriptions=, 4 copies
 # each): the 16-shot sets' manual prompt without the text, "It was great ." (fewshot.prompt_descriptions)
 DESCRIBED = {"auto-desc", "auto-desc-finetune", "auto-desc-obs", "lr-balanced-desc", "setfit-desc"}  # (a peer's: the same texts added to its training set)
@@ -145,7 +146,7 @@ AUTO_TRAIN = {"auto-long": {"epochs": 5.0, "patience": None, "patience_from": 0.
               "auto-b16": PAPER_LR_BATCH, "auto-b16-nola": PAPER_LR_BATCH,
               "auto-ln-b16": PAPER_LR_BATCH, "auto-ln-nostop": {"patience": None}, "auto-ln-b16-cls": PAPER_LR_BATCH,
               "auto-ln-b16-mlp": PAPER_LR_BATCH, "auto-ln-b16-cls-mlp": PAPER_LR_BATCH, "auto-wa": {"weight_average": 0.1},
-              "auto-selacc": {"select_metric": "accuracy"}}
+              "auto-selacc": {"select_metric": "accuracy"}, "auto-last": {"select_metric": "last"}}
 PEER_NAMES = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 

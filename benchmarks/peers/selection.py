@@ -5,12 +5,14 @@
 
 Each run trains `auto` (or one of quality.py's variants of it) as ``quality.py`` does, on the same splits, seed
 and recipe, but never stops early: every evaluation of the recipe's full schedule is kept. After each evaluation
-the classifier scores dev and test (uncalibrated: R52's and TREC-50's dev sets are given or carved from data like
-the test data, where `auto` keeps τ = 0): dev macro-F1 (what `auto` keeps today), dev accuracy and dev log-loss,
-and test macro-F1 and tail-F1. No rule sees the test figures; they only say afterwards what each rule's choice
-was worth. The training is the same as without the extra scoring (prediction neither draws random numbers nor
-leaves the model in eval mode), so the rule "best dev macro-F1, all epochs" reproduces quality.py's
-`auto-nostop` row of the same seed. Rows -> ``benchmarks/results/quality/selection.jsonl``.
+the classifier scores dev and test, uncalibrated: the scores as trained, before the post-hoc logit adjustment
+(R52's given dev set keeps τ = 0 there; on TREC-50, whose dev set `auto` carves itself when quality.py runs it, the
+peer table's figure also has the adjustment for a balanced test set, so it differs from these): dev macro-F1
+(what `auto` keeps today), dev accuracy and dev log-loss, and test macro-F1 and tail-F1. No rule sees the test
+figures; they only say afterwards what each rule's choice was worth. The training is the same as without the
+extra scoring (prediction neither draws random numbers nor leaves the model in eval mode), so the rule "best dev
+macro-F1, all epochs" reproduces quality.py's `auto-nostop` row of the same seed.
+Rows -> ``benchmarks/results/quality/selection.jsonl``.
 """
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ def kept_text(best_dev_macro_f1: str, best_step: int, steps: int, select_metric:
     (TrainConfig.select_metric), that step's dev macro-F1 and what picked it."""
     where = f"{best_dev_macro_f1} at step {best_step} of {steps}"
     by = select_metric or "macro_f1"
-    return f"best dev macro-F1 {where}" if by == "macro_f1" else f"dev macro-F1 {where}, the best dev {by}"
+    return f"best dev macro-F1 {where}" if by == "macro_f1" else \
+        f"dev macro-F1 {where}, " + ("the last evaluation" if by == "last" else f"the best dev {by}")
 
 
 def model_card(meta: Mapping[str, Any]) -> str:

@@ -70,8 +70,9 @@ class TrainConfig:
     run, so it stops at patience evaluations past it at the earliest (0.5: not on what dev said while the learning
     rate was still high, where dev scores are noisy)"""
     select_metric: str | None = None
-    """the dev score that picks the checkpoint to keep and that early stopping watches: macro_f1 or accuracy
-    (none: macro_f1). Accuracy is steadier where many classes have one or two dev texts, but weighs frequent classes"""
+    """the dev score that picks the checkpoint to keep and that early stopping watches: macro_f1, accuracy (steadier
+    where many classes have one or two dev texts, but it weighs frequent classes), or last: keep the last step and
+    never stop early, dev only reported (none: macro_f1)"""
     weight_average: float | None = None
     """keep an exponential moving average of the trained weights whose time constant is this share of the planned
     steps (0.05 over 2,000 steps: decay 0.99), and use it for dev evaluation, the kept checkpoint and the trained
@@ -135,7 +136,7 @@ class TrainConfig:
         return asdict(self)
 
 
-SELECT_METRICS = ("macro_f1", "accuracy")  # dev scores a run may keep its checkpoint by (select_metric)
+SELECT_METRICS = ("macro_f1", "accuracy", "last")  # what may pick a run's kept checkpoint (select_metric)
 # settings that do not change what a run computes: a checkpoint may be resumed with other values
 NOT_RESULT_SETTINGS = ("device", "progress", "eval_batch_size", "save_every", "track", "track_dir", "run_name")
 
@@ -320,6 +321,7 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
     every evaluation (or every ``cfg.save_every`` steps); ``resume`` continues from it.
     """
     metric = metric or cfg.select_metric or "macro_f1"
+    watched = "macro_f1" if metric == "last" else metric  # (last: dev macro-F1 is only reported)
     procs = Processes(resolve_device(cfg.device))  # one process, or several from `accelerate launch`
     device = procs.device
     if not procs.main:
@@ -440,8 +442,9 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
                         model.train()
                         record.update({"dev_" + k: v for k, v in metrics.items()
                                        if isinstance(v, float) and math.isfinite(v) and k != "theta"})
-                        if state["best"] is None or metrics[metric] > state["best"]:
-                            state.update(best=metrics[metric], best_step=step, bad_evals=0,
+                        score = metrics[watched]
+                        if state["best"] is None or score > state["best"] or metric == "last":
+                            state.update(best=score, best_step=step, bad_evals=0,
                                          best_macro_f1=metrics.get("macro_f1"))
                             best_state = {n: p.detach().clone() for n, p in named.items()}
                         elif step >= cfg.patience_from * total:  # (evaluations before the floor do not count)
@@ -451,7 +454,8 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
                             on_evaluate(step, metrics)
                     if log:
                         log(f"step {step}/{total} (epoch {step / steps_per_epoch:.2f}): loss {record['loss']:.4f}, "
-                            f"dev {metric} {metrics[metric]:.4f}, best {state['best']:.4f} at step "
+                            f"dev {watched} {score:.4f}, {'kept' if metric == 'last' else 'best'} {state['best']:.4f} "
+                            f"at step "
                             f"{state['best_step']}" + ("; stopping early" if state["stopped"] else ""))
                 state["history"].append(record)
                 if tracker:
@@ -475,8 +479,8 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
                     p.copy_(best_state[n])
     model.eval()
     if tracker:
-        tracker.end({"time/seconds": elapsed(), "memory/peak_mb": memory.peak_mb, "dev/best_" + metric: state["best"]},
-                    step)
+        kept = "dev/" + ("last_" if metric == "last" else "best_") + watched
+        tracker.end({"time/seconds": elapsed(), "memory/peak_mb": memory.peak_mb, kept: state["best"]}, step)
     return TrainResult(state["best"] if metric == "macro_f1" else state["best_macro_f1"], state["best_step"], step,
                        step / steps_per_epoch, elapsed(), state["history"], memory.peak_mb, total, steps_per_epoch)
 
