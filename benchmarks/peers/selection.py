@@ -25,27 +25,53 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import AUTO_TRAIN, AUTO_VARIANTS, fit_timed, load, read_jsonl  # noqa: E402
+from quality import AUTO_TRAIN, AUTO_VARIANTS, dev_carved, fit_timed, load, read_jsonl  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "quality" / "selection.jsonl"
 
 
-def _scores(model, ds, theta: float, counts: dict) -> dict:
+def _scores(model, ds, theta: float, counts: dict, logits=None) -> tuple:
+    """(the split's scores, its class scores): ``logits`` given (e.g. adjusted), else the raw scores as trained."""
     import torch
     import torch.nn.functional as F
     from tailtune.metrics import long_tail_report
     from tailtune.training import predict_logits
-    logits = predict_logits(model, model.encode(ds.texts, ds.texts_b), 128, calibrated=False)
+    if logits is None:
+        logits = predict_logits(model, model.encode(ds.texts, ds.texts_b), 128, calibrated=False)
     gold = torch.tensor([model.labels.index(y) for y in ds.labels])
     rep = long_tail_report(ds.labels, [model.labels[i] for i in logits.argmax(-1).tolist()], theta, counts)
     return {"macro_f1": rep["macro_f1"], "tail_f1": rep["tail_f1"], "accuracy": rep["accuracy"],
-            "log_loss": F.cross_entropy(logits, gold).item()}
+            "log_loss": F.cross_entropy(logits, gold).item()}, logits
 
 
-def run(data: tuple, name: str, method: str, seed: int, max_length: int, bf16: bool = False) -> dict:
-    """``data``: quality.load's (train, dev, test, max length, theta, few-shot?) of the set and seed."""
+def _adjusted(model, dev_raw, dev, test_raw, test, theta: float, counts: dict, carved: bool) -> dict:
+    """What the default predicts from this checkpoint: the post-hoc logit adjustment that `auto` fits on the kept
+    step's dev scores after training (the model's own calibration, its τ fitted on dev for the test data
+    ``--adjust-target auto`` aims at: balanced where the dev set was carved from imbalanced training data), fitted
+    here at every evaluation and then put back, so the training's own dev evaluations stay at its τ."""
+    cal = model.calibration
+    if getattr(cal, "fit", None) is None:
+        return {}
+    tau = cal.tau
+    try:
+        fitted = cal.fit(dev_raw, [model.labels.index(y) for y in dev.labels], carved=carved)
+        if not fitted:
+            return {}
+        return {"tau": fitted[0]["adjust_tau"],
+                **{f"{part}_adjusted_{k}": v for part, ds, raw in (("dev", dev, dev_raw), ("test", test, test_raw))
+                   for k, v in _scores(model, ds, theta, counts, cal(raw))[0].items()}}
+    finally:
+        cal.tau = tau
+
+
+def run(data: tuple, name: str, method: str, seed: int, max_length: int, bf16: bool = False,
+        carved: bool = False) -> dict:
+    """``data``: quality.load's (train, dev, test, max length, theta, few-shot?) of the set and seed; ``carved``: its
+    dev split was carved from imbalanced training data (as `tailtune train` carves one when given none), which the
+    post-hoc adjustment reads as a balanced target."""
     import tailtune as tt
     import tailtune.api as api
+    from tailtune.metrics import near_balanced
     train, dev, test, _, theta, _ = data
     clf = tt.TailtuneClassifier("auto", max_length=max_length, theta=theta, **AUTO_VARIANTS[method],
                                 train_config=tt.preset_train_config("auto", seed=seed, progress=False, bf16=bf16,
@@ -60,9 +86,14 @@ def run(data: tuple, name: str, method: str, seed: int, max_length: int, bf16: b
     counts = dict(Counter(train.labels))
     evals: list[dict] = []
 
+    carved = carved and not near_balanced(train.labels)  # (as fit() reads a carved dev set)
+
     def on_evaluate(step: int, _metrics: dict) -> None:
-        evals.append({"step": step, **{f"{part}_{k}": v for part, ds in (("dev", dev), ("test", test))
-                                       for k, v in _scores(built[-1], ds, theta, counts).items()}})
+        row, raw = {"step": step}, {}
+        for part, ds in (("dev", dev), ("test", test)):
+            scores, raw[part] = _scores(built[-1], ds, theta, counts)
+            row.update({f"{part}_{k}": v for k, v in scores.items()})
+        evals.append({**row, **_adjusted(built[-1], raw["dev"], dev, raw["test"], test, theta, counts, carved)})
 
     clf_fit = clf.fit
     clf.fit = lambda tr, dev=None: clf_fit(tr, dev=dev, on_evaluate=on_evaluate)
@@ -76,8 +107,11 @@ def run(data: tuple, name: str, method: str, seed: int, max_length: int, bf16: b
             "steps": clf.train_result_.steps, "evals": evals}
 
 
-# rule -> index of the evaluation it keeps (ties: the earliest, as the training loop does)
-def _best(evals: list[dict], key: str, sign: float = 1.0, start: int = 0) -> int:
+# rule -> index of the evaluation it keeps (ties: the earliest, as the training loop does); None where the run did
+# not record what the rule reads
+def _best(evals: list[dict], key: str, sign: float = 1.0, start: int = 0) -> int | None:
+    if not all(key in e for e in evals):
+        return None
     return max(range(start, len(evals)), key=lambda i: (sign * evals[i][key], -i))
 
 
@@ -111,26 +145,34 @@ RULES = {
     "least dev log-loss": lambda r: _best(r["evals"], "dev_log_loss", -1.0),
     "best dev macro-F1 in the second half": lambda r: _best(r["evals"], "dev_macro_f1", start=len(r["evals"]) // 2),
     "the last evaluation": lambda r: len(r["evals"]) - 1,
+    "best dev macro-F1 after the adjustment": lambda r: _best(r["evals"], "dev_adjusted_macro_f1"),
     "(oracle: best test macro-F1)": lambda r: _best(r["evals"], "test_macro_f1"),
 }
 
 
-def summary(rows: list[dict]) -> str:
+def summary(rows: list[dict], key: str = "test_macro_f1") -> str:
+    """The rules' table: test ``key`` of the checkpoint each rule keeps (the groups whose runs all have it)."""
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["dataset"], r["method"], r["max_length"]), []).append(r)
+        if all(key in e for e in r["evals"]):
+            groups.setdefault((r["dataset"], r["method"], r["max_length"]), []).append(r)
     lines = ["| set | method | length | seeds | " + " | ".join(RULES) + " |", "|---|---|---|---|" + "---|" * len(RULES)]
     for (name, method, length), runs in sorted(groups.items()):
         runs = sorted(runs, key=lambda r: r["seed"])
         cells = []
         for rule in RULES.values():
-            picks = [r["evals"][rule(r)] for r in runs]
-            f1 = [100 * p["test_macro_f1"] for p in picks]
+            kept = [rule(r) for r in runs]
+            if None in kept:
+                cells.append("–")
+                continue
+            picks = [r["evals"][i] for r, i in zip(runs, kept)]
+            f1 = [100 * p[key] for p in picks]
             cells.append(f"{statistics.mean(f1):.1f} ({' / '.join(f'{v:.1f}' for v in f1)}; "
                          f"eval {', '.join(str(r['evals'].index(p) + 1) for r, p in zip(runs, picks))})")
         lines.append(f"| {name} | {method} | {length} | {', '.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + ("\n\nEach cell: mean test macro-F1 of the checkpoint the rule keeps (per seed; which of "
-                               "the evaluations it kept, 1-based).")
+                               "the evaluations it kept, 1-based); the rules choose on dev scores as trained, except the one after the "
+                               "adjustment; –: runs that did not record what the rule reads.")
 
 
 def main() -> None:
@@ -146,7 +188,10 @@ def main() -> None:
     p.add_argument("--summary", action="store_true", help="print the rules' table from --out and exit")
     args = p.parse_args()
     if args.summary:
-        print(summary(read_jsonl(args.out)))
+        rows = read_jsonl(args.out)
+        print("As trained (before the post-hoc logit adjustment):\n\n" + summary(rows))
+        print("\nAfter the default's post-hoc logit adjustment, fitted on dev at the kept checkpoint (what `auto` "
+              "predicts; the runs that recorded it):\n\n" + summary(rows, "test_adjusted_macro_f1"))
         return
     done = {(r["dataset"], r["method"], r["seed"], r["max_length"]) for r in read_jsonl(args.out)}
     for name in args.only:
@@ -156,7 +201,7 @@ def main() -> None:
                 length = args.max_length or data[3]
                 if (name, method, seed, length) in done:
                     continue
-                row = run(data, name, method, seed, length, args.bf16)
+                row = run(data, name, method, seed, length, args.bf16, dev_carved(args.data_dir, name))
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 best = row["evals"][RULES["best dev macro-F1 (auto, all epochs)"](row)]

@@ -23,7 +23,8 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
                              "1.x's count; the head then trains alone, as in `auto`)",
          "auto-iter40": "`auto` with twice its pairs (`--contrastive-iterations 40`)",
          "auto-la": "`auto` with post-hoc logit adjustment at τ = 1, the balanced-error rule (`--adjust-tau 1`)",
-         "auto-nola": "`auto` before its post-hoc logit adjustment (`--calibration none`)",
+         "auto-nola": "`auto-prev` before its post-hoc logit adjustment (`--calibration none`; the default two "
+                      "versions back)",
          "auto-5ep": "the 5-epoch recipe (an earlier `auto`: early stopping from the first evaluation)",
          "auto-read-once": "the fine-tuning recipe reading each distinct text of a pair batch once "
                            "(`--contrastive-read-once`)",
@@ -60,7 +61,7 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
          "setfit-iter20": "SetFit with `num_iterations=20` (1,280 pairs on a 16-shot binary set, as `auto` draws; not its "
                           "default)", "hf-trainer": "HF Trainer + AutoModelForSequenceClassification"}
 BEST_PRESET = "best preset"
-PREVIOUS = "auto-nola"  # `auto` before its post-hoc logit adjustment: its rows stand in (†) where auto-prev has not run
+PREVIOUS = "auto-nola"  # `auto-prev` before its post-hoc logit adjustment: its rows stand in (†) where auto-prev has not run
 EARLIER = "auto-prev"  # the previous `auto`: its rows stand in (†) where the current one has not run
 PEERS = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
