@@ -8,8 +8,12 @@ and recipe, but never stops early: every evaluation of the recipe's full schedul
 the classifier scores dev and test, uncalibrated: the scores as trained, before the post-hoc logit adjustment
 (R52's given dev set keeps τ = 0 there; on TREC-50, whose dev set `auto` carves itself when quality.py runs it, the
 peer table's figure also has the adjustment for a balanced test set, so it differs from these): dev macro-F1
-(what `auto` keeps today), dev accuracy and dev log-loss, and test macro-F1 and tail-F1. No rule sees the test
-figures; they only say afterwards what each rule's choice was worth. The training is the same as without the
+(what `auto` keeps today), dev accuracy and dev log-loss, and test macro-F1 and tail-F1. Then the same after the
+default's post-hoc logit adjustment, its τ fitted on that evaluation's dev scores as `auto` fits it on the kept
+step's after training (for a balanced test set where the set's dev split is carved from imbalanced training data,
+as on TREC-50 and the held-out long tails): ``tau``, ``dev_adjusted_*`` and ``test_adjusted_*``; with them the
+summary's second table is what `auto` would predict under each rule. No rule sees the test figures; they only say
+afterwards what each rule's choice was worth. The training is the same as without the
 extra scoring (prediction neither draws random numbers nor leaves the model in eval mode), so the rule "best dev
 macro-F1, all epochs" reproduces quality.py's `auto-nostop` row of the same seed.
 Rows -> ``benchmarks/results/quality/selection.jsonl``.
