@@ -119,19 +119,20 @@ def _best(evals: list[dict], key: str, sign: float = 1.0, start: int = 0) -> int
     return max(range(start, len(evals)), key=lambda i: (sign * evals[i][key], -i))
 
 
-def _stopped(r: dict, from_floor: bool = False) -> int:
-    """The checkpoint `auto`'s early stopping keeps (the best dev macro-F1 so far when it stops): it stops after the
-    recipe's patience of evaluations without a better one, never before its floor share of the steps. With
-    ``from_floor``, an evaluation before the floor does not count towards the patience (a rule to test). The
-    recipe is `auto`'s with the run's variant's overrides (quality.AUTO_TRAIN); without patience it never stops."""
+def _stopped(r: dict, from_floor: bool = True, key: str = "dev_macro_f1") -> int | None:
+    """The checkpoint `auto`'s early stopping keeps (the best dev ``key`` so far when it stops): it stops after the
+    recipe's patience of evaluations without a better one, never before its floor share of the steps, and an
+    evaluation before the floor does not count towards the patience. Without ``from_floor`` it does (the rule of
+    `auto-prev`, the default before). The recipe is `auto`'s with the run's variant's overrides
+    (quality.AUTO_TRAIN); without patience it never stops."""
     from tailtune.config import AUTO_TRAIN as RECIPE
     recipe = {**RECIPE, **AUTO_TRAIN.get(r["method"], {})}
-    if recipe["patience"] is None:
-        return _best(r["evals"], "dev_macro_f1")
+    if recipe["patience"] is None or _best(r["evals"], key) is None:
+        return _best(r["evals"], key)
     patience, floor = recipe["patience"], recipe["patience_from"] * r["steps"]
     best, bad = 0, 0
     for i, e in enumerate(r["evals"]):
-        if i == 0 or e["dev_macro_f1"] > r["evals"][best]["dev_macro_f1"]:
+        if i == 0 or e[key] > r["evals"][best][key]:
             best, bad = i, 0
         elif e["step"] >= floor or not from_floor:
             bad += 1
@@ -143,13 +144,14 @@ def _stopped(r: dict, from_floor: bool = False) -> int:
 # rule -> index of the evaluation it keeps from a run's row (ties: the earliest, as the training loop does)
 RULES = {
     "best dev macro-F1 (auto, all epochs)": lambda r: _best(r["evals"], "dev_macro_f1"),
-    "auto's early stopping": _stopped,
-    "early stopping, patience counted from its floor": lambda r: _stopped(r, from_floor=True),
+    "auto's early stopping (its patience counted from its floor)": _stopped,
+    "early stopping counting evaluations before its floor (auto-prev's)": lambda r: _stopped(r, from_floor=False),
     "best dev accuracy": lambda r: _best(r["evals"], "dev_accuracy"),
     "least dev log-loss": lambda r: _best(r["evals"], "dev_log_loss", -1.0),
     "best dev macro-F1 in the second half": lambda r: _best(r["evals"], "dev_macro_f1", start=len(r["evals"]) // 2),
     "the last evaluation": lambda r: len(r["evals"]) - 1,
     "best dev macro-F1 after the adjustment": lambda r: _best(r["evals"], "dev_adjusted_macro_f1"),
+    "auto's early stopping on dev macro-F1 after the adjustment": lambda r: _stopped(r, key="dev_adjusted_macro_f1"),
     "(oracle: best test macro-F1)": None,  # the best test score of the table's own (summary's key)
 }
 
