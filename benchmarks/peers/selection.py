@@ -177,7 +177,7 @@ def summary(rows: list[dict], key: str = "test_macro_f1") -> str:
                          f"eval {', '.join(str(r['evals'].index(p) + 1) for r, p in zip(runs, picks))})")
         lines.append(f"| {name} | {method} | {length} | {', '.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + ("\n\nEach cell: mean test macro-F1 of the checkpoint the rule keeps (per seed; which of "
-                               "the evaluations it kept, 1-based); the rules choose on dev scores as trained, except the one after the "
+                               "the evaluations it kept, 1-based); the rules choose on dev scores as trained, except the two after the "
                                "adjustment; –: runs that did not record what the rule reads.")
 
 
