@@ -50,22 +50,19 @@ def _scores(model, ds, theta: float, counts: dict, logits=None) -> tuple:
 
 def _adjusted(model, dev_raw, dev, test_raw, test, theta: float, counts: dict, carved: bool) -> dict:
     """What the default predicts from this checkpoint: the post-hoc logit adjustment that `auto` fits on the kept
-    step's dev scores after training (the model's own calibration, its τ fitted on dev for the test data
-    ``--adjust-target auto`` aims at: balanced where the dev set was carved from imbalanced training data), fitted
-    here at every evaluation and then put back, so the training's own dev evaluations stay at its τ."""
+    step's dev scores after training (τ fitted on dev for the test data ``--adjust-target auto`` aims at: balanced
+    where the dev set was carved from imbalanced training data), fitted here at every evaluation by a fresh
+    ``LogitAdjust`` on the model's prior and target, so the model's own calibration (τ = 0 while it trains) is left
+    as it is. Empty for a calibration not chosen on dev."""
+    from tailtune.objectives import LogitAdjust
     cal = model.calibration
-    if getattr(cal, "fit", None) is None:
+    if not getattr(cal, "from_dev", False):
         return {}
-    tau = cal.tau
-    try:
-        fitted = cal.fit(dev_raw, [model.labels.index(y) for y in dev.labels], carved=carved)
-        if not fitted:
-            return {}
-        return {"tau": fitted[0]["adjust_tau"],
-                **{f"{part}_adjusted_{k}": v for part, ds, raw in (("dev", dev, dev_raw), ("test", test, test_raw))
-                   for k, v in _scores(model, ds, theta, counts, cal(raw))[0].items()}}
-    finally:
-        cal.tau = tau
+    adjust = LogitAdjust(cal.prior, 0.0, True, cal.target)
+    fitted = adjust.fit(dev_raw, [model.labels.index(y) for y in dev.labels], carved=carved)
+    return {"tau": fitted[0]["adjust_tau"],
+            **{f"{part}_adjusted_{k}": v for part, ds, raw in (("dev", dev, dev_raw), ("test", test, test_raw))
+               for k, v in _scores(model, ds, theta, counts, adjust(raw))[0].items()}}
 
 
 def run(data: tuple, name: str, method: str, seed: int, max_length: int, bf16: bool = False,

@@ -455,8 +455,7 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
                     if log:
                         log(f"step {step}/{total} (epoch {step / steps_per_epoch:.2f}): loss {record['loss']:.4f}, "
                             f"dev {watched} {score:.4f}, {'kept' if metric == 'last' else 'best'} {state['best']:.4f} "
-                            f"at step "
-                            f"{state['best_step']}" + ("; stopping early" if state["stopped"] else ""))
+                            f"at step {state['best_step']}" + ("; stopping early" if state["stopped"] else ""))
                 state["history"].append(record)
                 if tracker:
                     tracker.log({"train/loss": record["loss"], "train/lr": optimizer.param_groups[0]["lr"],
