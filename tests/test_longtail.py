@@ -477,3 +477,52 @@ def test_contrastive_head_only_below_trains_the_head_on_the_frozen_tuned_body_an
     assert tt.config_from_preset("auto").options["contrastive_head_only_below"] == 17
     with pytest.raises(tt.ConfigError, match="belongs to stage 'contrastive'"):
         tt.config_from_preset("auto", stages=[], contrastive_head_only_below=10)
+
+
+def test_contrastive_supcon_loss_matches_its_definition_and_trains_the_body(tiny_bert, toy):
+    """--contrastive-loss supcon: Khosla et al.'s L_out over the 2P texts of a batch of pairs, checked against a
+    per-anchor loop; the body's loss falls over a short stage; the default (cosine) is left out of saved configs."""
+    import math
+
+    from tailtune.loop import run
+    from tailtune.stages.contrastive import ContrastiveOptions, PairJob
+    texts, labels = toy
+    model = tt.build_classifier(tt.config_from_preset("auto"), sorted(set(labels)), tiny_bert).eval()
+    job = PairJob(model, tt.TextDataset(texts, labels), ContrastiveOptions(contrastive_loss="supcon"),
+                  tt.TrainConfig(progress=False))
+    pairs = [(0, 1, 1.0), (0, 2, 0.0), (3, 1, 0.0)]
+    a = torch.randn(3, 8)
+    b = torch.randn(3, 8)
+    got = job._supcon(a, b, pairs)
+    x = torch.nn.functional.normalize(torch.cat([a, b]), dim=-1)
+    y = [job.labels[p[0]] for p in pairs] + [job.labels[p[1]] for p in pairs]
+    per_anchor = []
+    for i in range(6):
+        others = [k for k in range(6) if k != i]
+        denom = sum(math.exp(float(x[i] @ x[k]) / 0.07) for k in others)
+        pos = [k for k in others if y[k] == y[i]]
+        if pos:
+            per_anchor.append(-sum(float(x[i] @ x[p]) / 0.07 - math.log(denom) for p in pos) / len(pos))
+    assert len(per_anchor) >= 2 and got.item() == pytest.approx(sum(per_anchor) / len(per_anchor), rel=1e-4)
+    cfg = tt.TrainConfig(epochs=4, batch_size=16, lr=1e-3, progress=False, seed=0)
+    job = PairJob(model, tt.TextDataset(texts, labels), ContrastiveOptions(contrastive_loss="supcon",
+                                                                           contrastive_max_pairs=64), cfg)
+    fixed = [p for batch in job.batches(0) for p in batch]
+    with torch.no_grad():
+        before = job.loss(fixed, 0).item()
+    run(job, cfg)
+    model.eval()  # (the loop leaves it training: compare without dropout, as before)
+    with torch.no_grad():
+        after = job.loss(fixed, 0).item()
+    assert after < before
+    clf = tt.TailtuneClassifier("auto", tiny_bert, contrastive_loss="supcon", contrastive_max_pairs=16,
+                                train_config=tt.TrainConfig(epochs=1, batch_size=8, progress=False, seed=0))
+    lines: list[str] = []
+    clf.fit(texts, labels, log=lines.append)
+    assert any(line.startswith("contrastive stage: done") for line in lines)
+    assert clf.config.to_dict()["options"]["contrastive_loss"] == "supcon"
+    assert "contrastive_loss" not in tt.config_from_preset("auto").to_dict()["options"]
+    with pytest.raises(tt.ConfigError, match="contrastive_loss"):
+        ContrastiveOptions(contrastive_loss="triplet")
+    with pytest.raises(tt.ConfigError, match="only the cosine loss"):
+        tt.config_from_preset("pabee", stages=["contrastive"], contrastive_every_exit=True, contrastive_loss="supcon")

@@ -58,6 +58,8 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
                                 "binary set; the head then trains alone, as in `auto`)",
             "auto-iter40": "`auto` with twice its pairs: 40 per training example and epoch (--contrastive-iterations "
                            "40: 2,560 on a 16-shot binary set)",
+            "auto-supcon": "`auto` with the supervised contrastive loss in its contrastive stage (--contrastive-loss "
+                           "supcon: Khosla et al., 2020, temperature 0.07, over the texts of each batch of pairs)",
             "auto-read-once": "the fine-tuning recipe reading each distinct text of a pair batch once "
                               "(--contrastive-read-once --contrastive-head-only-below 0)",
             "auto-nostop": "`auto` without early stopping (--patience none; all 10 epochs)",
@@ -116,6 +118,7 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-long": {"contrastive_head_only_below": 0}, "auto-5ep": {"contrastive_head_only_below": 0},
                  "auto-distinct": {"contrastive_distinct": True, "contrastive_head_only_below": 0},
                  "auto-distinct-ho": {"contrastive_distinct": True}, "auto-iter40": {"contrastive_iterations": 40},
+                 "auto-supcon": {"contrastive_loss": "supcon"},
                  "auto-read-once": {"contrastive_read_once": True, "contrastive_head_only_below": 0},
                  "auto-nostop": {}, "auto-finetune": {"contrastive_head_only_below": 0},
                  "auto-head-only": {"contrastive_head_only_below": 64}, "auto-la": {"adjust_tau": 1.0, "adjust_tau_from_dev": False},

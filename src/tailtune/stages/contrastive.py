@@ -57,6 +57,12 @@ class ContrastiveOptions:
     """contrastive stage: learning rate of the body (and task modules)"""
     contrastive_batch_size: int = 16
     """contrastive stage: pairs per step"""
+    contrastive_loss: str = "cosine"
+    """contrastive stage: the loss on a batch of pairs: cosine (SetFit's CosineSimilarityLoss: each pair's cosine
+    regressed on 1 or 0) or supcon (the supervised contrastive loss of Khosla et al., 2020, over every text the
+    batch read: each is pulled towards all the batch's texts of its class against all the others)"""
+    contrastive_temperature: float = 0.07
+    """contrastive stage, --contrastive-loss supcon: the softmax temperature on cosines (Khosla et al.'s 0.07)"""
     contrastive_sampling: str = "class"
     """contrastive stage: draw anchors uniformly over classes (class; long-tail aware) or over examples (example;
     as SetFit)"""
@@ -73,10 +79,12 @@ class ContrastiveOptions:
             check_min(self, name, 1)
         check_min(self, "contrastive_epochs", 0.0, strict=True)
         check_min(self, "contrastive_lr", 0.0, strict=True)
+        check_min(self, "contrastive_temperature", 0.0, strict=True)
         check_min(self, "contrastive_below", 0.0)
         check_min(self, "contrastive_head_only_below", 0.0)
         check_choice(self, "contrastive_sampling", ("class", "example"))
         check_choice(self, "contrastive_pairs", ("all", "observed"))
+        check_choice(self, "contrastive_loss", ("cosine", "supcon"))
 
 
 def sample_pairs(labels: list[str], n: int, rng: random.Random, by: str = "class") -> list[tuple[int, int, float]]:
@@ -132,6 +140,8 @@ class PairJob:
         self.device = next(model.parameters()).device
         self.encoded = model.encode(examples.texts, examples.texts_b)
         self.labels = list(examples.labels)
+        classes = {y: k for k, y in enumerate(sorted(set(self.labels)))}
+        self.label_ids = [classes[y] for y in self.labels]
         self.n_pairs = n_pairs(len(examples), opts)
         self.micro_batches = math.ceil(self.n_pairs / opts.contrastive_batch_size)
         self.settings = {"stage": "contrastive", "options": vars(opts)}
@@ -168,12 +178,30 @@ class PairJob:
                 b = x[torch.tensor([row[p[1]] for p in pairs], device=x.device)]
             else:
                 a, b = self._read([p[0] for p in pairs]), self._read([p[1] for p in pairs])
+        if self.opts.contrastive_loss == "supcon":
+            return self._supcon(a, b, pairs)
         cos = F.cosine_similarity(a.float(), b.float(), dim=-1)  # (pairs,) or (pairs, layers)
         target = torch.tensor([p[2] for p in pairs], device=cos.device)
         if self.layer_weights is None:
             return F.mse_loss(cos, target)
         per_layer = ((cos - target[:, None]) ** 2).mean(0)
         return (per_layer * self.layer_weights).sum()
+
+    def _supcon(self, a: torch.Tensor, b: torch.Tensor, pairs: list[tuple[int, int, float]]) -> torch.Tensor:
+        """Supervised contrastive loss (Khosla et al., 2020, the L_out form) over the 2P texts of P pairs: every text
+        is an anchor; its positives are the batch's other texts of its class (the other read of the same text
+        included); the softmax runs over all the batch's other texts, at ``contrastive_temperature``."""
+        x = F.normalize(torch.cat([a, b]).float(), dim=-1)
+        ids = [self.label_ids[p[0]] for p in pairs] + [self.label_ids[p[1]] for p in pairs]
+        y = torch.tensor(ids, device=x.device)
+        sim = x @ x.T / self.opts.contrastive_temperature
+        self_mask = torch.eye(len(y), dtype=torch.bool, device=x.device)
+        log_prob = sim.masked_fill(self_mask, float("-inf")).log_softmax(dim=1)
+        positive = (y[:, None] == y[None, :]) & ~self_mask
+        count = positive.sum(1)
+        anchors = count > 0
+        mean_log_prob = log_prob.masked_fill(~positive, 0.0).sum(1)[anchors] / count[anchors]
+        return -mean_log_prob.mean()
 
     def param_roles(self) -> dict[str, str]:
         return {n: r for n, r in self.model.param_roles().items() if r != "head"}
@@ -227,6 +255,9 @@ def _check(config: Any) -> None:
         raise ConfigError("contrastive_every_exit scores the pairs at every exit's layer, so it needs joint early exit: "
                           "--head early-exit --exit-training joint (or the pabee preset), or drop "
                           "--contrastive-every-exit")
+    if opts is not None and opts.contrastive_every_exit and opts.contrastive_loss != "cosine":
+        raise ConfigError("contrastive_every_exit weights the pair loss by layer, which only the cosine loss does; "
+                          "use --contrastive-loss cosine or drop --contrastive-every-exit")
     if TRAINS.get(config.trains).trait("trains_body"):
         return
     raise ConfigError(f"the contrastive stage tunes the body, but trains={config.trains!r} freezes it; choose what "
@@ -236,6 +267,7 @@ def _check(config: Any) -> None:
 @STAGES.register("contrastive", ContrastiveOptions, description="sentence-pair tuning of the body on pairs of "
                  "training texts (SetFit-style; anchors balanced over classes) before the head trains",
                  check=_check, when="before",
-                 neutral_options={"contrastive_pairs": "all"})  # (added after runs with the stage were recorded)
+                 neutral_options={"contrastive_pairs": "all", "contrastive_loss": "cosine",
+                                  "contrastive_temperature": 0.07})  # (added after runs with the stage were recorded)
 def build_contrastive(opts: ContrastiveOptions) -> ContrastiveStage:
     return ContrastiveStage(opts)
