@@ -504,6 +504,9 @@ def test_contrastive_supcon_loss_matches_its_definition_and_trains_the_body(tiny
         if pos:
             per_anchor.append(-sum(float(x[i] @ x[p]) / 0.07 - math.log(denom) for p in pos) / len(pos))
     assert len(per_anchor) >= 2 and got.item() == pytest.approx(sum(per_anchor) / len(per_anchor), rel=1e-4)
+    apart = next(i for i, y in enumerate(job.labels) if y != job.labels[0])
+    none = job._supcon(a[:1], b[:1], [(0, apart, 0.0)])  # no two texts of a class in the batch: 0, not nan
+    assert none.item() == 0.0
     cfg = tt.TrainConfig(epochs=4, batch_size=16, lr=1e-3, progress=False, seed=0)
     job = PairJob(model, tt.TextDataset(texts, labels), ContrastiveOptions(contrastive_loss="supcon",
                                                                            contrastive_max_pairs=64), cfg)

@@ -60,6 +60,8 @@ TAILTUNE = {"auto": "tailtune default (`auto`)",
                            "40: 2,560 on a 16-shot binary set)",
             "auto-supcon": "`auto` with the supervised contrastive loss in its contrastive stage (--contrastive-loss "
                            "supcon: Khosla et al., 2020, temperature 0.07, over the texts of each batch of pairs)",
+            "auto-supcon-t03": "auto-supcon at a softer temperature, 0.3 (--contrastive-temperature 0.3; fixed before it "
+                               "ran, one probe, not a search)",
             "auto-read-once": "the fine-tuning recipe reading each distinct text of a pair batch once "
                               "(--contrastive-read-once --contrastive-head-only-below 0)",
             "auto-nostop": "`auto` without early stopping (--patience none; all 10 epochs)",
@@ -119,6 +121,7 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-distinct": {"contrastive_distinct": True, "contrastive_head_only_below": 0},
                  "auto-distinct-ho": {"contrastive_distinct": True}, "auto-iter40": {"contrastive_iterations": 40},
                  "auto-supcon": {"contrastive_loss": "supcon"},
+                 "auto-supcon-t03": {"contrastive_loss": "supcon", "contrastive_temperature": 0.3},
                  "auto-read-once": {"contrastive_read_once": True, "contrastive_head_only_below": 0},
                  "auto-nostop": {}, "auto-finetune": {"contrastive_head_only_below": 0},
                  "auto-head-only": {"contrastive_head_only_below": 64}, "auto-la": {"adjust_tau": 1.0, "adjust_tau_from_dev": False},

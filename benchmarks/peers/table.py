@@ -28,6 +28,7 @@ NAMES = {"auto": "**tailtune default (`auto`)**",
          "auto-5ep": "the 5-epoch recipe (an earlier `auto`: early stopping from the first evaluation)",
          "auto-supcon": "`auto` with the supervised contrastive loss in its contrastive stage (`--contrastive-loss "
                         "supcon`, temperature 0.07; not adopted)",
+         "auto-supcon-t03": "`auto-supcon` at temperature 0.3 (`--contrastive-temperature 0.3`; not adopted)",
          "auto-read-once": "the fine-tuning recipe reading each distinct text of a pair batch once "
                            "(`--contrastive-read-once`)",
          "auto-nostop": "`auto` without early stopping (`--patience none`; all 10 epochs)",
@@ -167,7 +168,7 @@ def main() -> None:
                 + (f" [{len(mine)}]" if fewer else ""))
 
     methods = ["auto", EARLIER, "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct",
-               "auto-distinct-ho", "auto-iter40", "auto-supcon", "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-ln", "auto-wa", "auto-desc", "auto-desc-finetune",
+               "auto-distinct-ho", "auto-iter40", "auto-supcon", "auto-supcon-t03", "auto-read-once", "auto-nostop", "auto-finetune", "auto-head-only", "auto-ln", "auto-wa", "auto-desc", "auto-desc-finetune",
                "auto-desc-obs", "lr-balanced-desc", "setfit-desc", "auto-names", "auto-names-obs", "auto-ln-names", "lr-balanced-names", "auto-nola", "auto-la", BEST_PRESET, *PEERS, "setfit-iter20"]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:

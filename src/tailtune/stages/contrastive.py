@@ -200,6 +200,8 @@ class PairJob:
         positive = (y[:, None] == y[None, :]) & ~self_mask
         count = positive.sum(1)
         anchors = count > 0
+        if not anchors.any():  # no two texts of a class in the batch (one example per class): nothing to pull
+            return (x * 0.0).sum()
         mean_log_prob = log_prob.masked_fill(~positive, 0.0).sum(1)[anchors] / count[anchors]
         return -mean_log_prob.mean()
 
