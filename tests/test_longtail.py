@@ -491,8 +491,8 @@ def test_contrastive_supcon_loss_matches_its_definition_and_trains_the_body(tiny
     job = PairJob(model, tt.TextDataset(texts, labels), ContrastiveOptions(contrastive_loss="supcon"),
                   tt.TrainConfig(progress=False))
     pairs = [(0, 1, 1.0), (0, 2, 0.0), (3, 1, 0.0)]
-    a = torch.randn(3, 8)
-    b = torch.randn(3, 8)
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 8, generator=gen), torch.randn(3, 8, generator=gen)
     got = job._supcon(a, b, pairs)
     x = torch.nn.functional.normalize(torch.cat([a, b]), dim=-1)
     y = [job.labels[p[0]] for p in pairs] + [job.labels[p[1]] for p in pairs]
@@ -504,7 +504,7 @@ def test_contrastive_supcon_loss_matches_its_definition_and_trains_the_body(tiny
         if pos:
             per_anchor.append(-sum(float(x[i] @ x[p]) / 0.07 - math.log(denom) for p in pos) / len(pos))
     assert len(per_anchor) >= 2 and got.item() == pytest.approx(sum(per_anchor) / len(per_anchor), rel=1e-4)
-    apart = next(i for i, y in enumerate(job.labels) if y != job.labels[0])
+    apart = next(i for i, label in enumerate(job.labels) if label != job.labels[0])
     none = job._supcon(a[:1], b[:1], [(0, apart, 0.0)])  # no two texts of a class in the batch: 0, not nan
     assert none.item() == 0.0
     cfg = tt.TrainConfig(epochs=4, batch_size=16, lr=1e-3, progress=False, seed=0)
