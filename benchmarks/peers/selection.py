@@ -58,7 +58,7 @@ def _adjusted(model, dev_raw, dev, test_raw, test, theta: float, counts: dict, c
     cal = model.calibration
     if not getattr(cal, "from_dev", False):
         return {}
-    adjust = LogitAdjust(cal.prior, 0.0, True, cal.target)
+    adjust = LogitAdjust(cal.prior, tau=0.0, from_dev=True, target=cal.target)
     fitted = adjust.fit(dev_raw, [model.labels.index(y) for y in dev.labels], carved=carved)
     return {"tau": fitted[0]["adjust_tau"],
             **{f"{part}_adjusted_{k}": v for part, ds, raw in (("dev", dev, dev_raw), ("test", test, test_raw))
