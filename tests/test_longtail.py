@@ -523,6 +523,7 @@ def test_contrastive_supcon_loss_matches_its_definition_and_trains_the_body(tiny
     lines: list[str] = []
     clf.fit(texts, labels, log=lines.append)
     assert any(line.startswith("contrastive stage: done") for line in lines)
+    assert any("pairs per epoch" in line and line.endswith("supervised contrastive loss") for line in lines)
     assert clf.config.to_dict()["options"]["contrastive_loss"] == "supcon"
     assert "contrastive_loss" not in tt.config_from_preset("auto").to_dict()["options"]
     with pytest.raises(tt.ConfigError, match="contrastive_loss"):

@@ -85,7 +85,11 @@ class ContrastiveOptions:
         check_min(self, "contrastive_head_only_below", 0.0)
         check_choice(self, "contrastive_sampling", ("class", "example"))
         check_choice(self, "contrastive_pairs", ("all", "observed"))
-        check_choice(self, "contrastive_loss", ("cosine", "supcon"))
+        check_choice(self, "contrastive_loss", tuple(LOSS_NAMES))
+
+
+# what the stage's log line calls each loss
+LOSS_NAMES = {"cosine": "cosine pair loss", "supcon": "supervised contrastive loss"}
 
 
 def sample_pairs(labels: list[str], n: int, rng: random.Random, by: str = "class") -> list[tuple[int, int, float]]:
@@ -242,10 +246,10 @@ class ContrastiveStage:
         if log:
             log(f"contrastive stage: {job.n_pairs} pairs per epoch ({o.contrastive_sampling}-balanced anchors"
                 f"{', observed examples only' if o.contrastive_pairs == 'observed' else ''}), "
-                f"{o.contrastive_epochs:g} epoch(s), lr {o.contrastive_lr:g}")
+                f"{o.contrastive_epochs:g} epoch(s), lr {o.contrastive_lr:g}, {LOSS_NAMES[o.contrastive_loss]}")
         result = run(job, tc)
         if log:
-            log(f"contrastive stage: done in {result.seconds:.0f} s, last pair loss {result.history[-1]['loss']:.4f}"
+            log(f"contrastive stage: done in {result.seconds:.0f} s, last batch loss {result.history[-1]['loss']:.4f}"
                 + ("; then only the head trains, on the frozen tuned body" if self.fine_tune_roles(examples) else ""))
         return result.seconds
 
