@@ -46,71 +46,78 @@ HELDOUT = {"sst5-lt": ("classic/sst5", 64, 0.65, 1000, 100, "carved"),
            "sst5-lt10": ("classic/sst5", 64, 0.65, 1000, 10, "carved"),  # a milder tail (imbalance 10)
            "sst2-lt20": ("classic/sst2", 64, 0.65, 1000, 20, "carved")}  # binary: 1,000 against 50
 SETS = [*LONGTAIL, *FEWSHOT, *KSHOT, *HELDOUT]
-TAILTUNE = {"auto": "tailtune default (`auto`)",
-            "auto-plain": "`auto` without its contrastive stage (--stages none)",
-            "auto-contrastive": "the fine-tuning recipe with the contrastive stage forced (--contrastive-below 0 "
-                                "--contrastive-head-only-below 0)",
-            "auto-long": "the 5-epoch recipe without early stopping (--patience none)",
-            "auto-distinct": "the fine-tuning recipe with pairs capped at the distinct pairs (--contrastive-distinct "
-                             "--contrastive-head-only-below 0)",
-            "auto-distinct-ho": "`auto` with its pairs capped at the distinct pairs of training texts "
-                                "(--contrastive-distinct: SetFit 1.x's count, 496 instead of 1,280 on a 16-shot "
-                                "binary set; the head then trains alone, as in `auto`)",
-            "auto-iter40": "`auto` with twice its pairs: 40 per training example and epoch (--contrastive-iterations "
-                           "40: 2,560 on a 16-shot binary set)",
-            "auto-supcon": "`auto` with the supervised contrastive loss in its contrastive stage (--contrastive-loss "
-                           "supcon: Khosla et al., 2020, temperature 0.07, over the texts of each batch of pairs)",
-            "auto-supcon-t03": "auto-supcon at a softer temperature, 0.3 (--contrastive-temperature 0.3; fixed before it "
-                               "ran, one probe, not a search)",
-            "auto-read-once": "the fine-tuning recipe reading each distinct text of a pair batch once "
-                              "(--contrastive-read-once --contrastive-head-only-below 0)",
-            "auto-nostop": "`auto` without early stopping (--patience none; all 10 epochs)",
-            "auto-finetune": "the previous `auto` recipe: everything fine-tuned after the contrastive stage "
-                             "(--contrastive-head-only-below 0)",
-            "auto-head-only": "`auto` training only the head after its contrastive stage at any size "
-                              "(--contrastive-head-only-below 64)",
-            "auto-la": "`auto` with post-hoc logit adjustment at τ = 1, the balanced-error rule "
-                       "(--adjust-tau 1)",
-            "auto-nola": "`auto` before its post-hoc logit adjustment (--calibration none)",
-            "auto-5ep": "the 5-epoch recipe (an earlier `auto`): early stopping from the first evaluation",
-            "auto-paper": "`auto` with the long-tail paper's schedule: body lr 1e-4, batch 16, all 10 epochs "
-                          "(--lr 1e-4 --batch-size 16 --patience none)",
-            "auto-lr": "`auto` with body lr 1e-4 (--lr 1e-4)",
-            "auto-b16": "`auto` with the long-tail paper's lr and batch: body lr 1e-4, batch 16, early stopping as "
-                        "`auto`'s (--lr 1e-4 --batch-size 16)",
-            "auto-b16-nola": "auto-b16 without the post-hoc logit adjustment (--lr 1e-4 --batch-size 16 --calibration "
-                             "none)",
-            "auto-ln": "`auto` with a fresh LayerNorm before its cosine head (--layer-norm fresh)",
-            "auto-ln-b16": "auto-ln with the long-tail paper's lr and batch (--layer-norm fresh --lr 1e-4 "
-                           "--batch-size 16)",
-            "auto-ln-nostop": "auto-ln without early stopping (--layer-norm fresh --patience none; all 10 epochs)",
-            # what separates auto-ln-b16 (84.8 on R52 at full length) from cls-ln / prompt (86.9 / 86.1): the readout,
-            # the head, or both
-            "auto-ln-b16-cls": "auto-ln-b16 reading [CLS] instead of the backbone's pooling (--readout cls)",
-            "auto-ln-b16-mlp": "auto-ln-b16 with cls-ln's head: a tanh MLP with a LayerNorm (--head mlp)",
-            "auto-ln-b16-cls-mlp": "auto-ln-b16 with cls-ln's readout and head: cls-ln under auto's recipe (--readout cls "
-                                   "--head mlp)",
-            "auto-desc": "`auto` + each label's description among the training examples, 4 times (--descriptions; "
-                         "the 16-shot set's manual prompt without the text, \"It was great .\")",
-            "auto-desc-finetune": "auto-desc fine-tuning everything after its contrastive stage "
-                                  "(--contrastive-head-only-below 0): what auto-desc did until the bound counted "
-                                  "only observed examples (16 + 4 descriptions per class had passed 17)",
-            "auto-names": "`auto` + each label's name among the training examples, 4 times (--description-template "
-                          "'{label}': dashes and underscores as spaces)",
-            "auto-names-obs": "auto-names with the names kept out of the contrastive stage's pairs "
-                              "(--contrastive-pairs observed): they join the head's training and prototypes only",
-            "auto-ln-names": "auto-names with a fresh LayerNorm before the cosine head (--layer-norm fresh): the "
-                             "current default + the names where the classes average 64 or more examples (R52)",
-            "auto-desc-obs": "auto-desc with the descriptions kept out of the contrastive stage's pairs "
-                             "(--contrastive-pairs observed)",
-            "auto-selacc": "`auto` keeping the checkpoint with the best dev accuracy, and stopping on it "
-                           "(--select-metric accuracy)",
-            "auto-last": "`auto` keeping its last step, without early stopping (--select-metric last)",
-            "auto-wa": "`auto` keeping an average of its weights (--weight-average 0.1: an exponential moving average "
-                       "over a tenth of the planned steps, what dev sees and what is kept)",
-            "prompt": "tailtune `prompt` (long-tail protocol)",
-            "prompt-10ep": "tailtune `prompt` with the paper's 10 epochs (lr 1e-4, batch 16) at the set's length",
-            "cls": "tailtune `cls` (few-shot protocol)"}
+# every method's label: the peer table's row names (table.py) and what each row ran, in one place
+LABELS = {
+    "auto": "tailtune default (`auto`)",
+    "auto-prev": "`auto-prev`, the default before the current one: early stopping counting evaluations before its "
+                 "floor towards its patience, no LayerNorm before the head",
+    "auto-b16": "`auto` with the long-tail paper's body lr 1e-4 and batch 16 (`--lr 1e-4 --batch-size 16`; not "
+                "adopted)",
+    "auto-plain": "`auto` without its contrastive stage (`--stages none`)",
+    "auto-contrastive": "the fine-tuning recipe with the contrastive stage forced (`--contrastive-below 0`)",
+    "auto-long": "the 5-epoch recipe without early stopping (`--patience none`)",
+    "auto-distinct": "the fine-tuning recipe with pairs capped at the distinct pairs (`--contrastive-distinct`)",
+    "auto-distinct-ho": "`auto` with its pairs capped at the distinct pairs (`--contrastive-distinct`: SetFit 1.x's "
+                        "count; the head then trains alone, as in `auto`)",
+    "auto-iter40": "`auto` with twice its pairs (`--contrastive-iterations 40`)",
+    "auto-la": "`auto` with post-hoc logit adjustment at τ = 1, the balanced-error rule (`--adjust-tau 1`)",
+    "auto-nola": "`auto-prev` before its post-hoc logit adjustment (`--calibration none`; the default two versions "
+                 "back)",
+    "auto-5ep": "the 5-epoch recipe (an earlier `auto`: early stopping from the first evaluation)",
+    "auto-supcon": "`auto` with the supervised contrastive loss in its contrastive stage (`--contrastive-loss "
+                   "supcon`, temperature 0.07; not adopted)",
+    "auto-supcon-t03": "`auto-supcon` at temperature 0.3 (`--contrastive-temperature 0.3`; not adopted)",
+    "auto-read-once": "the fine-tuning recipe reading each distinct text of a pair batch once (`--contrastive-read-"
+                      "once`)",
+    "auto-nostop": "`auto` without early stopping (`--patience none`; all 10 epochs)",
+    "auto-finetune": "the fine-tuning recipe: `auto` before its head-only training, everything fine-tuned after the "
+                     "contrastive stage (`--contrastive-head-only-below 0`)",
+    "auto-head-only": "`auto` training only the head after its contrastive stage at any size (`--contrastive-head-"
+                      "only-below 64`)",
+    "auto-ln": "`auto` with a fresh LayerNorm before its cosine head at any size (`--layer-norm fresh`; `auto` has "
+               "it from 64 examples per class)",
+    "auto-desc": "`auto` + each label's description as 4 training examples (`--descriptions`; the manual prompt "
+                 "without the text, \"It was great .\"; extra input, which the \"+ the same descriptions\" peer rows"
+                 " get too)",
+    "auto-desc-finetune": "`auto` + the descriptions, fine-tuning everything after its contrastive stage "
+                          "(`--contrastive-head-only-below 0`; what `--descriptions` did until the bound counted "
+                          "only observed examples)",
+    "auto-desc-obs": "`auto` + the descriptions, kept out of its contrastive stage's pairs (`--contrastive-pairs "
+                     "observed`; they join the head's training only)",
+    "lr-balanced-desc": "embeddings + LogisticRegression (balanced) + the same descriptions as training examples",
+    "setfit-desc": "SetFit + the same descriptions as training examples (4 copies; its `get_templated_dataset` makes"
+                   " 2)",
+    "auto-names": "the previous `auto` (`auto-prev`) + each label's name as 4 training examples (`--description-"
+                  "template '{label}'`; not adopted: lower wherever its contrastive stage runs)",
+    "auto-ln-names": "the current `auto` + the label names where it fine-tunes with a LayerNorm (`--description-"
+                     "template '{label}' --layer-norm fresh`)",
+    "auto-wa": "`auto` keeping an average of its weights (`--weight-average 0.1`: an exponential moving average over"
+               " a tenth of the steps; not adopted)",
+    "auto-names-obs": "`auto` + the label names, kept out of its contrastive stage's pairs (`--contrastive-pairs "
+                      "observed`)",
+    "lr-balanced-names": "embeddings + LogisticRegression (balanced) + the same label names as training examples",
+    "prompt": "tailtune `prompt` (paper protocol)",
+    "cls": "tailtune `cls` (few-shot protocol)",
+    "lr-balanced": "embeddings + LogisticRegression (balanced)",
+    "lr": "embeddings + LogisticRegression",
+    "setfit": "SetFit",
+    "setfit-iter20": "SetFit with `num_iterations=20` (1,280 pairs on a 16-shot binary set, as `auto` draws; not its"
+                     " default)",
+    "hf-trainer": "HF Trainer + AutoModelForSequenceClassification",
+    "auto-paper": "`auto` with the long-tail paper's schedule: body lr 1e-4, batch 16, all 10 epochs (`--lr 1e-4 "
+                  "--batch-size 16 --patience none`)",
+    "auto-lr": "`auto` with body lr 1e-4 (`--lr 1e-4`)",
+    "auto-b16-nola": "auto-b16 without the post-hoc logit adjustment (`--lr 1e-4 --batch-size 16 --calibration none`)",
+    "auto-ln-b16": "auto-ln with the long-tail paper's lr and batch (`--layer-norm fresh --lr 1e-4 --batch-size 16`)",
+    "auto-ln-nostop": "auto-ln without early stopping (`--layer-norm fresh --patience none`; all 10 epochs)",
+    "auto-ln-b16-cls": "auto-ln-b16 reading [CLS] instead of the backbone's pooling (`--readout cls`)",
+    "auto-ln-b16-mlp": "auto-ln-b16 with cls-ln's head: a tanh MLP with a LayerNorm (`--head mlp`)",
+    "auto-ln-b16-cls-mlp": "auto-ln-b16 with cls-ln's readout and head: cls-ln under auto's recipe (`--readout cls "
+                           "--head mlp`)",
+    "auto-selacc": "`auto` keeping the checkpoint with the best dev accuracy, and stopping on it (`--select-metric "
+                   "accuracy`)",
+    "auto-last": "`auto` keeping its last step, without early stopping (`--select-metric last`)",
+    "prompt-10ep": "tailtune `prompt` with the paper's 10 epochs (lr 1e-4, batch 16) at the set's length"}
 # a paper preset run with the long-tail paper's own schedule (10 epochs, lr 1e-4, batch 16) at the set's length, where
 # its plain row runs the scaled-down CPU protocol (2 or 3 epochs) -> the preset
 PAPER_SCHEDULE = {"prompt-10ep": "prompt"}
@@ -154,6 +161,8 @@ AUTO_TRAIN = {"auto-long": {"epochs": 5.0, "patience": None, "patience_from": 0.
               "auto-ln-b16-mlp": PAPER_LR_BATCH, "auto-ln-b16-cls-mlp": PAPER_LR_BATCH, "auto-wa": {"weight_average": 0.1},
               "auto-selacc": {"select_metric": "accuracy"}, "auto-last": {"select_metric": "last"}}
 PEER_NAMES = ["lr-balanced", "lr", "setfit", "hf-trainer"]
+# the methods that are tailtune (the rest are peers): `auto` and its variants, and the paper presets
+TAILTUNE = {*AUTO_VARIANTS, *PAPER_SCHEDULE, "prompt", "cls"}
 
 
 def read_jsonl(path: Path) -> list[dict]:

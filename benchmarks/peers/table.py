@@ -9,60 +9,10 @@ import statistics
 from pathlib import Path
 
 from posthoc import picked
-from quality import FEWSHOT, HELDOUT, KSHOT, LONGTAIL, read_jsonl
+from quality import FEWSHOT, HELDOUT, KSHOT, LABELS, LONGTAIL, read_jsonl
 
-NAMES = {"auto": "**tailtune default (`auto`)**",
-         "auto-prev": "`auto-prev`, the default before the current one: early stopping counting evaluations "
-                      "before its floor towards its patience, no LayerNorm before the head",
-         "auto-b16": "`auto` with the long-tail paper's body lr 1e-4 and batch 16 (`--lr 1e-4 --batch-size 16`; "
-                     "not adopted)", "auto-plain": "`auto` without its contrastive stage (`--stages none`)",
-         "auto-contrastive": "the fine-tuning recipe with the contrastive stage forced (`--contrastive-below 0`)",
-         "auto-long": "the 5-epoch recipe without early stopping (`--patience none`)",
-         "auto-distinct": "the fine-tuning recipe with pairs capped at the distinct pairs (`--contrastive-distinct`)",
-         "auto-distinct-ho": "`auto` with its pairs capped at the distinct pairs (`--contrastive-distinct`: SetFit "
-                             "1.x's count; the head then trains alone, as in `auto`)",
-         "auto-iter40": "`auto` with twice its pairs (`--contrastive-iterations 40`)",
-         "auto-la": "`auto` with post-hoc logit adjustment at τ = 1, the balanced-error rule (`--adjust-tau 1`)",
-         "auto-nola": "`auto-prev` before its post-hoc logit adjustment (`--calibration none`; the default two "
-                      "versions back)",
-         "auto-5ep": "the 5-epoch recipe (an earlier `auto`: early stopping from the first evaluation)",
-         "auto-supcon": "`auto` with the supervised contrastive loss in its contrastive stage (`--contrastive-loss "
-                        "supcon`, temperature 0.07; not adopted)",
-         "auto-supcon-t03": "`auto-supcon` at temperature 0.3 (`--contrastive-temperature 0.3`; not adopted)",
-         "auto-read-once": "the fine-tuning recipe reading each distinct text of a pair batch once "
-                           "(`--contrastive-read-once`)",
-         "auto-nostop": "`auto` without early stopping (`--patience none`; all 10 epochs)",
-         "auto-finetune": "the fine-tuning recipe: `auto` before its head-only training, everything fine-tuned after the "
-                          "contrastive stage (`--contrastive-head-only-below 0`)",
-         "auto-head-only": "`auto` training only the head after its contrastive stage at any size "
-                           "(`--contrastive-head-only-below 64`)",
-         "auto-ln": "`auto` with a fresh LayerNorm before its cosine head at any size (`--layer-norm fresh`; `auto` has it from 64 examples per class)",
-         "auto-desc": "`auto` + each label's description as 4 training examples (`--descriptions`; the manual "
-                      "prompt without the text, \"It was great .\"; extra input, which the \"+ the same descriptions\" "
-                      "peer rows get too)",
-         "auto-desc-finetune": "`auto` + the descriptions, fine-tuning everything after its contrastive stage "
-                               "(`--contrastive-head-only-below 0`; what `--descriptions` did until the bound "
-                               "counted only observed examples)",
-         "auto-desc-obs": "`auto` + the descriptions, kept out of its contrastive stage's pairs (`--contrastive-pairs "
-                          "observed`; they join the head's training only)",
-         "lr-balanced-desc": "embeddings + LogisticRegression (balanced) + the same descriptions as training "
-                            "examples",
-         "setfit-desc": "SetFit + the same descriptions as training examples (4 copies; its `get_templated_dataset` "
-                        "makes 2)",
-         "auto-names": "the previous `auto` (`auto-prev`) + each label's name as 4 training examples "
-                       "(`--description-template '{label}'`; not adopted: lower wherever its contrastive stage runs)",
-         "auto-ln-names": "the current `auto` + the label names where it fine-tunes with a LayerNorm "
-                          "(`--description-template '{label}' --layer-norm fresh`)",
-         "auto-wa": "`auto` keeping an average of its weights (`--weight-average 0.1`: an exponential moving average "
-                    "over a tenth of the steps; not adopted)",
-         "auto-names-obs": "`auto` + the label names, kept out of its contrastive stage's pairs (`--contrastive-pairs "
-                           "observed`)",
-         "lr-balanced-names": "embeddings + LogisticRegression (balanced) + the same label names as training examples",
-         "prompt": "tailtune `prompt` (paper protocol)",
-         "cls": "tailtune `cls` (few-shot protocol)", "lr-balanced": "embeddings + LogisticRegression (balanced)",
-         "lr": "embeddings + LogisticRegression", "setfit": "SetFit",
-         "setfit-iter20": "SetFit with `num_iterations=20` (1,280 pairs on a 16-shot binary set, as `auto` draws; not its "
-                          "default)", "hf-trainer": "HF Trainer + AutoModelForSequenceClassification"}
+# the row names: quality.py's labels, the default's in bold
+NAMES = {**LABELS, "auto": f"**{LABELS['auto']}**"}
 BEST_PRESET = "best preset"
 PREVIOUS = "auto-nola"  # `auto-prev` before its post-hoc logit adjustment: its rows stand in (†) where auto-prev has not run
 EARLIER = "auto-prev"  # the previous `auto`: its rows stand in (†) where the current one has not run
