@@ -19,6 +19,22 @@ def test_long_tail_report():
     assert r["per_class"]["c"]["support"] == 1 and r["per_class"]["c"]["group"] == "tail"
 
 
+def test_a_predicted_class_the_split_lacks_is_reported_beside_macro_f1():
+    y_true = ["a"] * 4 + ["b"] * 2
+    y_pred = ["a", "a", "a", "z", "b", "z"]  # z: a training class this split does not contain
+    r = long_tail_report(y_true, y_pred, theta=0.65)
+    # a: p=1 r=3/4 f1=6/7; b: p=1 r=1/2 f1=2/3; z: no gold text, F1 0 in scikit-learn's average
+    f_a, f_b = 6 / 7, 2 / 3
+    assert r["macro_f1"] == pytest.approx((f_a + f_b + 0) / 3)
+    assert r["macro_f1_split_classes"] == pytest.approx((f_a + f_b) / 2)
+    assert r["absent_predicted"] == {"z": 2}
+    assert "1 class(es) this split does not contain but the model predicted (2 times; F1 0 each: z); over the " \
+           "split's own 2 classes it is 0.7619" in format_report(r)
+    full = long_tail_report(y_true, y_true)
+    assert full["absent_predicted"] == {} and full["macro_f1_split_classes"] == full["macro_f1"] == 1.0
+    assert "does not contain" not in format_report(full)
+
+
 def test_no_head_class_gives_nan_head_f1():
     r = long_tail_report(["a"] * 9 + ["b"], ["a"] * 10, theta=0.5)
     assert math.isnan(r["head_f1"]) and r["n_head"] == 0
