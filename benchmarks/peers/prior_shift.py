@@ -33,8 +33,12 @@ from tailtune.priorshift import adapt, fit_state  # noqa: E402
 RULES = ("τ=0", "τ from dev macro-F1", "τ=1", "τ for a balanced target", "--test-prior em", "default")
 
 
-def macro_f1(gold: torch.Tensor, scores: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+def macro_f1(gold: torch.Tensor, scores: torch.Tensor, weight: torch.Tensor | None = None,
+             own_classes: bool = False) -> float:
+    """scikit-learn's macro-F1 (over the classes in gold or predictions), or over the test set's own classes only
+    (``own_classes``: a predicted class the test set lacks then costs only the recall of the texts it took)."""
     return float(f1_score(gold.tolist(), scores.argmax(-1).tolist(), average="macro", zero_division=0,
+                          labels=sorted(set(gold.tolist())) if own_classes else None,
                           sample_weight=None if weight is None else weight.tolist()))
 
 
@@ -60,8 +64,14 @@ def run(path: Path, data_dir: Path) -> dict:
     state = fit_state(dev_raw, dev_gold)
     counts = torch.bincount(gold, minlength=raw.shape[1]).float()
     row = {"dataset": name, "seed": int(seed), "dev_carved": is_carved, "tau_dev": tau_dev, "tau_balanced": tau_bal,
-           "temperature": state["temperature"], "n_test": len(gold)}
+           "temperature": state["temperature"], "n_test": len(gold), "test_classes": int((counts > 0).sum()),
+           "classes": raw.shape[1]}
+    shifted = {"τ=0": raw, "τ from dev macro-F1": raw - tau_dev * log_prior, "τ=1": raw - log_prior,
+               "τ for a balanced target": raw - tau_bal * log_prior, "default": raw - tau * log_prior}
+    # how many classes the test set lacks each rule predicts (each enters scikit-learn's macro-F1 with F1 0)
+    row["absent_predicted"] = {k: len(set(v.argmax(-1).tolist()) - set(gold.tolist())) for k, v in shifted.items()}
     for split, weight in (("as-is", torch.ones(len(gold))), ("balanced", 1 / counts[gold])):
+        row[f"{split}, own classes"] = {k: macro_f1(gold, v, weight, own_classes=True) for k, v in shifted.items()}
         row[split] = {
             "τ=0": macro_f1(gold, raw, weight),
             "τ from dev macro-F1": macro_f1(gold, raw - tau_dev * log_prior, weight),
@@ -80,18 +90,31 @@ def run(path: Path, data_dir: Path) -> dict:
     return row
 
 
+SPLITS = {"as-is": "as it is", "balanced": "re-weighted to balanced", "as-is, own classes": "as it is, its classes",
+          "balanced, own classes": "re-weighted, its classes"}
+
+
 def summary(rows: list[dict]) -> None:
     by_set: dict[str, list[dict]] = {}
     for r in rows:
         by_set.setdefault(r["dataset"], []).append(r)
     print("| set | seeds | dev | test | " + " | ".join(RULES) + " |")
     print("|---|---|---|---|" + "---|" * len(RULES))
-    for split in ("as-is", "balanced"):
+    for split, words in SPLITS.items():
         for name, rs in by_set.items():
-            cells = [f"{100 * statistics.mean(r[split][k] for r in rs):.1f}" for k in RULES]
+            if not all(split in r for r in rs):  # rows written before the own-classes views
+                continue
+            cells = [f"{100 * statistics.mean(r[split][k] for r in rs):.1f}" if k in rs[0][split] else "–"
+                     for k in RULES]
             dev = "carved" if rs[0]["dev_carved"] else "given"
-            print(f"| {name} | {len(rs)} | {dev} | {'as it is' if split == 'as-is' else 're-weighted to balanced'} | "
-                  + " | ".join(cells) + " |")
+            print(f"| {name} | {len(rs)} | {dev} | {words} | " + " | ".join(cells) + " |")
+    have = {name: rs for name, rs in by_set.items() if all("absent_predicted" in r for r in rs)}
+    if have:
+        print("\nClasses the test set lacks that each rule predicts (mean over seeds; each counts as F1 0 in "
+              "scikit-learn's macro-F1):\n")
+        for name, rs in have.items():
+            print(f"- {name} ({rs[0]['test_classes']} of {rs[0]['classes']} classes in the test set): " + ", ".join(
+                f"{k} {statistics.mean(r['absent_predicted'][k] for r in rs):.1f}" for k in rs[0]["absent_predicted"]))
 
 
 def main() -> None:
