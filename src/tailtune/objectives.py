@@ -254,8 +254,10 @@ def balanced_tau(raw: torch.Tensor, gold: list[int], prior: torch.Tensor) -> tup
 class LogitAdjust:
     """Scores minus τ·log(training class prior); ``fit`` chooses τ on dev scores when asked to."""
 
-    def __init__(self, prior: torch.Tensor, tau: float, from_dev: bool, target: str = "dev") -> None:
+    def __init__(self, prior: torch.Tensor, tau: float, from_dev: bool, target: str = "dev",
+                 own_classes: bool = False) -> None:
         self.prior, self.tau, self.from_dev, self.target = prior, tau, from_dev, target
+        self.own_classes = own_classes  # the dev target's macro-F1 over the dev set's own classes only
 
     def __call__(self, logits: torch.Tensor, model: Any = None) -> torch.Tensor:
         return logits - self.tau * self.prior.to(logits.device)
@@ -275,8 +277,9 @@ class LogitAdjust:
                                                     "distributed as the training data, train with --adjust-target "
                                                     "dev" if self.target == "auto" else ""))
         from sklearn.metrics import f1_score
+        labels = sorted(set(gold)) if self.own_classes else None
         scored = {tau: float(f1_score(gold, (raw - tau * self.prior).argmax(-1).tolist(), average="macro",
-                                      zero_division=0)) for tau in ADJUST_TAUS}
+                                      labels=labels, zero_division=0)) for tau in ADJUST_TAUS}
         self.tau, se = choose_tau(scored, len(gold))
         return {"adjust_tau": self.tau}, (f"logit adjustment: τ = {self.tau:g} chosen on dev, the smallest within one "
                                           f"standard error ({se:.4f}) of the best macro-F1 (by τ: "
