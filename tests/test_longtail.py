@@ -82,6 +82,14 @@ def test_logit_adjustment_fitted_on_dev_picks_the_best_tau_and_saves_it(tiny_ber
     torch.testing.assert_close(cal(raw), raw - cal.tau * prior)
     assert LogitAdjust(prior, 0.5, from_dev=False).fit(raw, gold) is None  # a fixed τ stays as set
 
+    # a dev set without the rarest class (R52's has 39 of its 52): predicting that class costs a whole class's F1
+    # in scikit-learn's macro-F1, over dev's own classes only the recall of the text it took
+    prior3 = torch.tensor([0.8, 0.15, 0.05]).log()
+    raw3 = torch.tensor([[3.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.5, -3.0], [0.0, 2.0, -3.0]]).repeat(100, 1)
+    gold3 = [0, 0, 1, 1] * 100  # τ = 0.5 mends the third row and moves the second to class 2, which dev lacks
+    assert LogitAdjust(prior3, 0.0, from_dev=True).fit(raw3, gold3)[0]["adjust_tau"] == 0.0
+    assert LogitAdjust(prior3, 0.0, from_dev=True, own_classes=True).fit(raw3, gold3)[0]["adjust_tau"] == 0.5
+
     texts, labels = toy  # end to end: the chosen τ is what the classifier predicts with, and what a save holds
     texts, labels = texts + ["oil price"] * 30, labels + ["money"] * 30
     lines = []
