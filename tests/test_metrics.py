@@ -28,8 +28,8 @@ def test_a_predicted_class_the_split_lacks_is_reported_beside_macro_f1():
     assert r["macro_f1"] == pytest.approx((f_a + f_b + 0) / 3)
     assert r["macro_f1_split_classes"] == pytest.approx((f_a + f_b) / 2)
     assert r["absent_predicted"] == {"z": 2}
-    assert "1 class(es) this split does not contain but the model predicted (2 times; F1 0 each: z); over the " \
-           "split's own 2 classes it is 0.7619" in format_report(r)
+    assert "macro-F1 counts 1 class this split does not contain but the model predicted (2 times; F1 0 each: z); " \
+           "over the split's own 2 classes it is 0.7619" in format_report(r)
     full = long_tail_report(y_true, y_true)
     assert full["absent_predicted"] == {} and full["macro_f1_split_classes"] == full["macro_f1"] == 1.0
     assert "does not contain" not in format_report(full)

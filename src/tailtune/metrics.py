@@ -98,10 +98,11 @@ def format_report(report: dict) -> str:
              + (" (all equal: head and tail are split by class name, not size)" if report.get("groups_by_name") else "")]
     absent = report.get("absent_predicted") or {}
     if absent:
-        lines.append(f"macro-F1 counts {len(absent)} class(es) this split does not contain but the model predicted "
-                     f"({sum(absent.values())} times; F1 0 each: " + ", ".join(list(absent)[:5])
-                     + (", ..." if len(absent) > 5 else "") + f"); over the split's own {len(report['per_class'])} "
-                     f"classes it is {report['macro_f1_split_classes']:.4f}")
+        n, times, own = len(absent), sum(absent.values()), len(report["per_class"])
+        lines.append(f"macro-F1 counts {n} class{'es' if n > 1 else ''} this split does not contain but the model "
+                     f"predicted ({times} time{'s' if times > 1 else ''}; F1 0 each: " + ", ".join(list(absent)[:5])
+                     + (", ..." if n > 5 else "") + f"); over the split's own {own} class{'es' if own > 1 else ''} "
+                     f"it is {report['macro_f1_split_classes']:.4f}")
     if report.get("n_many", 0) + report.get("n_medium", 0) + report.get("n_few", 0):
         lines.append("   ".join(f"{band}-shot F1 {report[f'{band}_f1']:.4f} ({report[f'n_{band}']} classes)"
                                for band, _, _ in SHOT_BANDS) + "   (>100 / 20-100 / <20 training examples)")
