@@ -72,17 +72,12 @@ def run(path: Path, data_dir: Path) -> dict:
     row["absent_predicted"] = {k: len(set(v.argmax(-1).tolist()) - set(gold.tolist())) for k, v in shifted.items()}
     for split, weight in (("as-is", torch.ones(len(gold))), ("balanced", 1 / counts[gold])):
         row[f"{split}, own classes"] = {k: macro_f1(gold, v, weight, own_classes=True) for k, v in shifted.items()}
-        row[split] = {
-            "τ=0": macro_f1(gold, raw, weight),
-            "τ from dev macro-F1": macro_f1(gold, raw - tau_dev * log_prior, weight),
-            "τ=1": macro_f1(gold, raw - log_prior, weight),
-            "τ for a balanced target": macro_f1(gold, raw - tau_bal * log_prior, weight),
-            "--test-prior em": macro_f1(gold, adapt(raw, state, weight)[0], weight)}
-        row[split]["default"] = macro_f1(gold, raw - tau * log_prior, weight)
+        row[split] = {**{k: macro_f1(gold, v, weight) for k, v in shifted.items()},
+                      "--test-prior em": macro_f1(gold, adapt(raw, state, weight)[0], weight)}
     # the default's full report on the test set as it is (tail-F1 and the rest, as quality.py reports)
     counts_by_label = {str(i): int(n) for i, n in enumerate(t["train_counts"].tolist())}
     report = long_tail_report([str(i) for i in gold.tolist()],
-                              [str(i) for i in (raw - tau * log_prior).argmax(-1).tolist()], float(meta["theta"]),
+                              [str(i) for i in shifted["default"].argmax(-1).tolist()], float(meta["theta"]),
                               counts_by_label)
     row["default_tau"] = tau
     row["default_report"] = {k: report[k] for k in ("accuracy", "macro_f1", "head_f1", "tail_f1")}
