@@ -209,7 +209,9 @@ def main() -> None:
               "predicts; the runs that recorded it):\n\n" + summary(rows, "test_adjusted_macro_f1"))
         print("\nThe same, its τ for the dev target chosen on dev macro-F1 over dev's own classes (the runs that "
               "recorded it):\n\n" + summary(rows, "test_adjusted_own_macro_f1"))
-        print("\nTail-F1, as the table before:\n\n" + summary(rows, "test_adjusted_own_tail_f1"))
+        print("\nTail-F1 after the default's adjustment (its τ as `auto` chooses it):\n\n"
+              + summary(rows, "test_adjusted_tail_f1"))
+        print("\nTail-F1, its τ chosen on dev's own classes:\n\n" + summary(rows, "test_adjusted_own_tail_f1"))
         return
     done = {(r["dataset"], r["method"], r["seed"], r["max_length"]) for r in read_jsonl(args.out)}
     for name in args.only:
