@@ -421,3 +421,19 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(model_dir,
     with pytest.raises(ZeroDivisionError):
         main(["predict", str(model_dir), "x", "--debug"])
     assert os.environ.get("TAILTUNE_NEVER_SET") is None
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["train", "--train", "t.tsv", "-o", "m", "--epoch", "3"], "--epoch: did you mean --epochs?"),
+    # argparse read a prefix as the option it starts: this was `--test-prior t.tsv`, "invalid choice"
+    (["evaluate", "m", "--data", "d.tsv", "--test", "t.tsv"], "--test: did you mean --test-prior?"),
+    (["predict", "m", "a text", "--tsk", "x"], "--tsk: did you mean --task?"),
+    (["train", "--train", "t.tsv", "-o", "m", "--no-such-option", "1"], "'tailtune train --help' lists every option"),
+])
+def test_options_are_written_in_full_and_a_near_miss_is_named(capsys, argv, said):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"unrecognized arguments: {argv[-2]} {argv[-1]}" in err and said in err
+    if argv[-2] == "--no-such-option":
+        assert "did you mean" not in err

@@ -155,3 +155,22 @@ def test_every_command_help_shows_every_default():
               for action in command._actions if action.option_strings and action.dest != "help"
               and not any(word in help_of(action) for word in ("default:", "(required)"))]
     assert not silent, f"--help gives no default for {silent}"
+
+
+def test_every_option_a_command_line_names_is_one_of_its_command():
+    """Options are written in full (cli_args.Parser refuses prefixes), so every `tailtune COMMAND ... --flag` in the
+    README, in the package's messages and in the benchmark scripts must name an option of COMMAND itself."""
+    from tailtune.cli import build_parser
+    commands = build_parser()._subparsers._group_actions[0].choices
+    options = {name: {s for a in c._actions for s in a.option_strings} | {"--debug"} for name, c in commands.items()}
+    root = README.parent
+    files = [README, *PACKAGE.rglob("*.py"), *(root / "benchmarks").rglob("*.sh"), *(root / "benchmarks").rglob("*.yaml")]
+    checked, wrong = 0, []
+    for path in files:
+        for line in path.read_text().replace("\\\n", " ").splitlines():
+            for m in re.finditer(r"tailtune ([a-z][a-z-]+)(?=\s)([^`'\"]*)", line):
+                for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", m.group(2)) if m.group(1) in options else []:
+                    checked += 1
+                    if flag not in options[m.group(1)]:
+                        wrong.append(f"{path.name}: tailtune {m.group(1)} ... {flag}")
+    assert checked > 100 and not wrong, wrong

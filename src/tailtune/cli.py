@@ -16,7 +16,7 @@ from pathlib import Path
 from .card import kept_text
 from .config import AXIS_NAMES, PRESETS, axes_table, preset_table, preset_train_config
 from .loop import TrainConfig
-from .cli_args import (HelpFormatter, add_classifier_args, add_config_args, add_data_args, add_test_prior_arg,
+from .cli_args import (HelpFormatter, Parser, add_classifier_args, add_config_args, add_data_args, add_test_prior_arg,
                        classifier_overrides, collect, default_text)
 from .cli_predict import _read, add_loading_args, cmd_evaluate, cmd_predict, count_type, number_list
 from .cli_tools import add_tool_parsers
@@ -227,7 +227,7 @@ def cmd_axes(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tailtune", description="Few-shot and long-tailed text classification "
+    p = Parser(prog="tailtune", description="Few-shot and long-tailed text classification "
                                 "with BERT-family encoders. Add --debug to any command for tracebacks.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -384,7 +384,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         args = sub.parse_intermixed_args(argv[1:])
         args.command = argv[0]
         return args
-    return parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the command's own parser names the options it may have meant
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

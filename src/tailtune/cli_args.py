@@ -127,3 +127,27 @@ class HelpFormatter(argparse.HelpFormatter):
             shown = ", ".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default
             return f"{text} (default: {shown})"
         return text
+
+
+class Parser(argparse.ArgumentParser):
+    """The ``tailtune`` parser and, through ``add_subparsers``, every command's: options are spelled out in full
+    (argparse would otherwise read a prefix as any option it starts, so ``evaluate --test FILE`` became
+    ``--test-prior FILE``, and a prefix that one option owns today would change meaning when a second is added),
+    and an option a command does not have is answered with the ones it may have meant."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> Any:  # argparse's hook: prints usage and message, exits 2
+        if message.startswith("unrecognized arguments: "):
+            hints = [hint for token in message.removeprefix("unrecognized arguments: ").split()
+                     if token.startswith("--") and (hint := self._option_hint(token.split("=")[0]))]
+            message = "\n  ".join([message, *hints, f"'{self.prog} --help' lists every option"])
+        super().error(message)
+
+    def _option_hint(self, given: str) -> str:
+        import difflib
+        known = sorted({s for a in self._actions for s in a.option_strings if s.startswith("--")})
+        meant = [s for s in known if s.startswith(given)] or difflib.get_close_matches(given, known, n=3, cutoff=0.75)
+        return f"{given}: did you mean {' or '.join(meant[:3])}? (options are written in full)" if meant else ""
