@@ -88,7 +88,7 @@ def test_data_problems_found_before_training(tiny_bert, files, capsys):
     rc, _, err = cli(capsys, "train", "--train", files / "one.tsv", "--backbone", tiny_bert, "--output", files / "m")
     assert rc == 2 and "single class" in err
     rc, _, err = cli(capsys, *train_args(files, tiny_bert, "--text-col", "sentence"))
-    assert rc == 2 and "no column 'sentence'" in err
+    assert rc == 2 and "no text column 'sentence'" in err and "with --text-col" in err
     assert not (files / "m").exists()
 
 
@@ -437,3 +437,22 @@ def test_options_are_written_in_full_and_a_near_miss_is_named(capsys, argv, said
     assert e.value.code == 2 and f"unrecognized arguments: {argv[-2]} {argv[-1]}" in err and said in err
     if argv[-2] == "--no-such-option":
         assert "did you mean" not in err
+
+
+def test_an_output_file_is_checked_before_any_work_and_written_whole(model_dir, files, capsys):
+    (files / "afile").write_text("x")
+    for command in (["evaluate", model_dir, "--data", files / "test.tsv"], ["predict", model_dir, "a text"],
+                    ["tune", "--train", files / "train.tsv", "--dev", files / "test.tsv"],
+                    ["zero-shot", "--data", files / "test.tsv"], ["report", files]):
+        for path, said in [(files, "is a folder; give the path of a file to write"),
+                           (files / "afile" / "out.json", "afile is a file, not a folder")]:
+            with pytest.raises(SystemExit) as e:  # refused by the parser: nothing loaded, trained or searched
+                main([str(a) for a in [*command, "--output", path]])
+            assert e.value.code == 2 and said in capsys.readouterr().err
+    rc, _, _ = cli(capsys, "predict", model_dir, "a text", "--output", files / "new" / "deeper" / "p.jsonl")
+    assert rc == 0 and json.loads((files / "new" / "deeper" / "p.jsonl").read_text())["id"] == 0  # folders made
+    from tailtune.artefacts import atomic_open
+    with pytest.raises(RuntimeError), atomic_open(files / "afile") as f:  # a write that fails half-way
+        f.write("half")
+        raise RuntimeError
+    assert (files / "afile").read_text() == "x" and [p.name for p in files.iterdir() if ".tmp-" in p.name] == []

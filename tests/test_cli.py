@@ -49,7 +49,7 @@ def test_errors_speak_to_the_user(tiny_bert, toy_files, capsys):
     rc = main(["train", "--train", str(toy_files / "bad.tsv"), "--backbone", tiny_bert,
                "--output", str(toy_files / "m")])
     assert rc == 2
-    assert "no column 'text'" in capsys.readouterr().err
+    assert "no text column 'text'; columns are ['label', 'sentence']. Name the text column with --text-col" in capsys.readouterr().err
     rc = main(["train", "--train", str(toy_files / "train.tsv"), "--backbone", tiny_bert, "--preset", "prompt",
                "--template", "{text} no mask", "--output", str(toy_files / "m")])
     assert rc == 2 and "exactly one {mask}" in capsys.readouterr().err

@@ -36,7 +36,10 @@ def test_headerless_csv(tmp_path):
 @pytest.mark.parametrize("content,name,message", [
     ("text\tlabel\nfine\ta\n\tb\n", "d.tsv", "line 3: empty text"),
     ("text\tlabel\nfine\ta\nonly one field\n", "d.tsv", "line 3: expected 2 fields"),
-    ("txt\tlabel\nfine\ta\n", "d.tsv", "no column 'text'"),
+    ("txt\tlabel\nfine\ta\n", "d.tsv", "no text column 'text'"),
+    ("Text\tLabel\nfine\ta\n", "d.tsv", "Name the text column with --text-col Text$"),  # the same name but its case
+    ("text\tstars\nfine\t5\n", "d.tsv", r"no label column 'label'; columns are \['stars', 'text'\]\. Name the label "
+                                      "column with --label-col"),
     ('{"text": "a", "label": "x"}\n{oops\n', "d.jsonl", "line 2: not valid JSON"),
     ("text\tlabel\nfine\t\n", "d.tsv", "line 2: empty label"),
     ("a", "d.txt", "a .txt file holds one text per line and nothing else, but this needs a label"),

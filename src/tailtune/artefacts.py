@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import IO, Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -56,10 +56,25 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically (a temporary file renamed over the target)."""
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path) -> Iterator[IO[str]]:
+    """A text file written under a temporary name beside ``path`` (its folder made if missing) and renamed over it
+    once complete: an error on the way leaves ``path`` as it was."""
     path = Path(path)
+    if path.is_dir():
+        raise ArtefactError(f"{path} is a folder; give the path of a file to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:

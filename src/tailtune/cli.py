@@ -18,7 +18,8 @@ from .config import AXIS_NAMES, PRESETS, axes_table, preset_table, preset_train_
 from .loop import TrainConfig
 from .cli_args import (HelpFormatter, Parser, add_classifier_args, add_config_args, add_data_args, add_test_prior_arg,
                        classifier_overrides, collect, default_text)
-from .cli_predict import _read, add_loading_args, cmd_evaluate, cmd_predict, count_type, number_list
+from .cli_predict import (_read, add_loading_args, cmd_evaluate, cmd_predict, count_type, number_list,
+                          output_file)
 from .cli_tools import add_tool_parsers
 from .stages.lm import AdaptConfig
 
@@ -279,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--groups", default="auto", choices=["auto", "split", "train"], help="head/tail from the class "
                    "counts of --data (split) or of the training data (train); auto: train when --data is near "
                    "balanced (default: auto)")
-    e.add_argument("--output", default=None, help="write the report as JSON here (default: printed only)")
+    e.add_argument("--output", default=None, type=output_file,
+                   help="write the report as JSON here (default: printed only)")
     e.add_argument("--exit-curve", type=number_list(float, "numbers"), default=None,
                    help="early exit: print macro-F1, mean layers and speed at these thresholds, e.g. 0.1,0.3,0.6 "
                         "(default: none)")
@@ -305,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--text-b-col", default=None, help="column holding a second text (default: none)")
     r.add_argument("--id-col", default=None, help="column passed through as each output's id (default: 'id' when "
                    "the file has one, else the row number from 0)")
-    r.add_argument("--output", default=None, help="write JSON lines here (default: stdout)")
+    r.add_argument("--output", default=None, type=output_file, help="write JSON lines here (default: stdout)")
     add_loading_args(r)
     add_test_prior_arg(r, "the texts given (a single classifier)")
     r.set_defaults(func=cmd_predict)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -35,6 +37,21 @@ def count_type(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
     return n
+
+
+def output_file(text: str) -> str:
+    """An argparse type for a file an option writes, refused before any work when it cannot be written there: a
+    folder, or a folder that cannot be made or written into (a missing one is made when the file is written)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give the path of a file to write")
+    here = next(p for p in [path.parent, *path.parent.parents] if p.exists())  # "." and "/" always exist
+    if not here.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {here} is a file, not a folder; choose another path")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: cannot write into {here} (permission denied); choose another "
+                                         f"path")
+    return text
 
 
 def add_loading_args(p: argparse.ArgumentParser) -> None:
@@ -184,9 +201,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _write_predictions(args: argparse.Namespace, ids: list, texts: list[str], tasks: list[str] | None,
                        probs: Any, labels_of: Callable[[int], list[str]]) -> None:
     """JSON lines, one per input row in input order, with its id; never NaN (a non-finite score is null)."""
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    from .artefacts import atomic_open
     broken = 0
-    try:
+    with atomic_open(args.output) if args.output else contextlib.nullcontext(sys.stdout) as out:
         for i, (text, p) in enumerate(zip(texts, probs)):
             best = int(p.argmax())
             score = float(p[best])
@@ -195,9 +212,6 @@ def _write_predictions(args: argparse.Namespace, ids: list, texts: list[str], ta
             row = {"id": ids[i], "text": text, **({"task": tasks[i]} if tasks else {}),
                    "label": labels_of(i)[best] if finite else None, "score": round(score, 6) if finite else None}
             out.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-    finally:
-        if args.output:
-            out.close()
     if broken:
         warnings.warn(f"{broken} prediction(s) had non-finite scores (written as null); the model is broken: "
                       f"train it again")

@@ -7,6 +7,8 @@ import argparse
 import json
 from typing import Any, Callable
 
+from .cli_predict import output_file
+
 
 def _search_data_args(p: argparse.ArgumentParser) -> None:
     """The data and backbone flags that label-words, templates and pet share."""
@@ -30,7 +32,8 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     u.add_argument("--trials", type=int, default=20, help="trials at most (a grid of choices: all of it; default: 20)")
     u.add_argument("--no-prune", dest="prune", action="store_false", help="never stop a trial early (default: "
                    "Optuna's median pruner on dev macro-F1 at each evaluation)")
-    u.add_argument("--output", "-o", default="tuned.yaml", help="the best configuration (default: tuned.yaml)")
+    u.add_argument("--output", "-o", default="tuned.yaml", type=output_file,
+                   help="the best configuration (default: tuned.yaml)")
     u.add_argument("--name", default="tuned", help="its name under presets: (default: tuned)")
     u.add_argument("--trials-json", default=None, help="also write every trial as JSON here (default: not written)")
     u.add_argument("--ray", default=None, metavar="local|auto|ADDRESS", help="run the trials on Ray Tune (a local "
@@ -39,7 +42,7 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     u.set_defaults(func=func)
     r = sub.add_parser("report", help="one self-contained HTML report of an experiment's results directory")
     r.add_argument("results_dir", help="the output_dir of `tailtune run` (holds results.jsonl and runs/)")
-    r.add_argument("--output", default=None, help="the HTML file (default: RESULTS_DIR/report.html)")
+    r.add_argument("--output", default=None, type=output_file, help="the HTML file (default: RESULTS_DIR/report.html)")
     r.add_argument("--curves", nargs="*", default=None, help="speed / quality curve JSON files to include "
                    "(benchmarks/serving/early_exit.py writes one) (default: none)")
     r.set_defaults(func=cmd_report)
@@ -66,7 +69,8 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
     z.add_argument("--max-length", type=int, default=128, help="tokens per text (default: 128)")
     z.add_argument("--theta", type=float, default=0.65, help="head/tail threshold θ (default: 0.65)")
     z.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    z.add_argument("--output", default=None, help="write the report as JSON here (default: printed only)")
+    z.add_argument("--output", default=None, type=output_file,
+                   help="write the report as JSON here (default: printed only)")
     z.set_defaults(func=cmd_zero_shot)
     w = sub.add_parser("label-words", help="search label words on an MLM backbone (LM-BFF): candidates from the "
                        "MLM at [MASK] per class, assignment by zero-shot dev accuracy; writes a verbalizer JSON")
@@ -77,7 +81,8 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
                    help="candidate ranking: contrast (the class's mean log-probability at [MASK] minus all classes' "
                    "mean, so generic words do not crowd out telling ones) or likelihood (LM-BFF's, the class's "
                    "alone) (default: contrast)")
-    w.add_argument("--output", "-o", default="verbalizer.json", help="the verbalizer JSON (default: verbalizer.json)")
+    w.add_argument("--output", "-o", default="verbalizer.json", type=output_file,
+                   help="the verbalizer JSON (default: verbalizer.json)")
     w.set_defaults(func=cmd_label_words)
     m = sub.add_parser("templates", help="search prompt templates on an MLM backbone: a written bank plus templates "
                        "whose connecting words the MLM fills in, ranked by zero-shot dev accuracy")
@@ -86,7 +91,8 @@ def add_tool_parsers(sub: Any, add_common: Callable[[argparse.ArgumentParser], N
                    "tailtune label-words finds some)")
     m.add_argument("--no-generate", dest="generate", action="store_false", help="rank the bank only (no MLM-filled "
                    "templates)")
-    m.add_argument("--output", "-o", default="templates.json", help="the ranking as JSON (default: templates.json)")
+    m.add_argument("--output", "-o", default="templates.json", type=output_file,
+                   help="the ranking as JSON (default: templates.json)")
     m.set_defaults(func=cmd_templates)
     e = sub.add_parser("pet", help="PET / iPET: one prompt model per pattern, their weighted ensemble labels "
                        "unlabelled texts, a final classifier distils it (KL, T=2); saves the final classifier")

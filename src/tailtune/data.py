@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import random
+import shlex
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -240,10 +241,11 @@ def _rows_to_dataset(rows: list[tuple[int, dict]], source: str, text_col: str, l
     if not rows:
         raise DataError(f"{source}: no examples found")
     present = set(rows[0][1])
-    for col in (text_col, label_col, text_b_col, id_col):
+    for col, role in ((text_col, "text"), (label_col, "label"), (text_b_col, "text-b"), (id_col, "id")):
         if col is not None and col not in present:
-            raise DataError(f"{source}: no column {col!r}; columns are {sorted(present)}. "
-                            f"Choose the right one with --text-col/--text-b-col/--label-col/--id-col")
+            same = [c for c in sorted(present) if c.strip().lower() == col.strip().lower()]
+            raise DataError(f"{source}: no {role} column {col!r}; columns are {sorted(present)}. "
+                            f"Name the {role} column with --{role}-col" + (f" {shlex.quote(same[0])}" if same else ""))
     texts, labels = [], []
     texts_b: list[str] | None = [] if text_b_col else None
     ids: list[str] | None = [] if id_col else None
