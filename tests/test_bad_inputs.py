@@ -219,6 +219,11 @@ def test_predict_options_after_texts_and_ids(model_dir, files, capsys):
     (files / "plain.tsv").write_text("text\nthe film was bad\n\noil price\n")
     rc, out, _ = cli(capsys, "predict", model_dir, "--data", files / "plain.tsv")
     assert rc == 0 and [json.loads(x)["id"] for x in out.splitlines()] == [0, 1, 2]  # the row number
+    rc, out, _ = cli(capsys, "predict", model_dir, "the film was bad", "oil price", "--probabilities")
+    for row in map(json.loads, out.splitlines()):  # every class's probability, as `tailtune serve` answers
+        probs = row["probabilities"]
+        assert set(probs) == set(TOY_LABELS) and sum(probs.values()) == pytest.approx(1, abs=1e-5)
+        assert max(probs, key=probs.get) == row["label"] and probs[row["label"]] == row["score"]
 
 
 def test_predict_usage_errors(model_dir, capsys):
@@ -456,3 +461,17 @@ def test_an_output_file_is_checked_before_any_work_and_written_whole(model_dir, 
         f.write("half")
         raise RuntimeError
     assert (files / "afile").read_text() == "x" and [p.name for p in files.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_evaluate_takes_texts_and_labels_as_fit_does(model_dir):
+    clf = tt.TailtuneClassifier.load(model_dir)
+    texts, labels = TOY_TEXTS * 3, TOY_LABELS * 3
+    report = clf.evaluate(texts, labels)  # was an AttributeError: evaluate read only a TextDataset
+    assert json.dumps(report) == json.dumps(clf.evaluate(tt.TextDataset(texts, labels)))  # NaN bands compare too
+    assert clf.evaluate(texts, labels, theta=0.3, groups="split")["theta"] == 0.3
+    for args, kind, message in [((texts,), tt.DataError, "labels are needed here: pass y"),
+                                ((texts, "good"), tt.DataError, "y must be a list of labels, one per text"),
+                                ((tt.TextDataset(texts, labels), 0.5), tt.ConfigError, "theta is a keyword argument"),
+                                ((tt.TextDataset(texts, labels), labels), tt.DataError, "not a TextDataset and y")]:
+        with pytest.raises(kind, match=message):
+            clf.evaluate(*args)

@@ -155,6 +155,8 @@ def test_every_command_help_shows_every_default():
               for action in command._actions if action.option_strings and action.dest != "help"
               and not any(word in help_of(action) for word in ("default:", "(required)"))]
     assert not silent, f"--help gives no default for {silent}"
+    leaked = [name for name, command in commands.items() if "SUPPRESS" in command.format_help()]
+    assert not leaked, f"--help of {leaked} shows argparse's SUPPRESS marker as a default"
 
 
 def test_every_option_a_command_line_names_is_one_of_its_command():

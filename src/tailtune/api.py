@@ -24,8 +24,13 @@ from .early_exit import predict_early_exit
 from .training import cached_features, data_hash, predict_logits, train
 
 
-def _as_dataset(X: Any, y: Iterable | None = None, X_b: Iterable | None = None) -> TextDataset:
+def _as_dataset(X: Any, y: Iterable | None = None, X_b: Iterable | None = None,
+                labelled: bool = False) -> TextDataset:
+    """A TextDataset as given, or one of texts ``X``, labels ``y`` and second texts ``X_b`` (``labelled``: y is
+    needed)."""
     if isinstance(X, TextDataset):
+        if y is not None or X_b is not None:
+            raise DataError("give a TextDataset, or texts X with labels y; not a TextDataset and y or X_b")
         return X
     if isinstance(X, str):
         raise DataError("X must be a list of texts, not a single string")
@@ -33,6 +38,10 @@ def _as_dataset(X: Any, y: Iterable | None = None, X_b: Iterable | None = None) 
     if not all(isinstance(x, str) for x in X):
         bad = next(x for x in X if not isinstance(x, str))
         raise DataError(f"X must hold texts (strings); found a {type(bad).__name__}: {str(bad)[:40]!r}")
+    if y is None and labelled:
+        raise DataError("labels are needed here: pass y (one label per text) with the texts X, or a TextDataset")
+    if y is not None and (isinstance(y, (str, bytes)) or not isinstance(y, Iterable)):
+        raise DataError(f"y must be a list of labels, one per text; got a {type(y).__name__}: {str(y)[:40]!r}")
     return TextDataset(X, list(y) if y is not None else [""] * len(X), list(X_b) if X_b is not None else None)
 
 
@@ -354,11 +363,16 @@ class TailtuneClassifier:
     def predict(self, X: Any, X_b: Iterable | None = None) -> list[str]:
         return [self.labels_[i] for i in self.decision_function(X, X_b).argmax(-1)]
 
-    def evaluate(self, ds: TextDataset, theta: float | None = None, groups: str = "auto") -> dict:
-        """Long-tail report on a labelled dataset: accuracy, macro-F1, head/tail F1 (``groups``: from the
-        class counts of ``ds`` or of the training data; ``auto`` takes the training counts when ``ds`` is
-        near balanced), many/medium/few-shot F1 and per-class scores (``metrics.long_tail_report``)."""
+    def evaluate(self, X: Any, y: Iterable | None = None, X_b: Iterable | None = None, *, theta: float | None = None,
+                 groups: str = "auto") -> dict:
+        """Long-tail report on labelled data, a TextDataset or texts ``X`` with labels ``y`` as ``fit`` takes them:
+        accuracy, macro-F1, head/tail F1 (``groups``: from the class counts of the data or of the training data;
+        ``auto`` takes the training counts when the data is near balanced), many/medium/few-shot F1 and per-class
+        scores (``metrics.long_tail_report``)."""
         self._check_fitted()
+        if isinstance(y, (int, float)):
+            raise ConfigError(f"evaluate(data, {y!r}): theta is a keyword argument, evaluate(data, theta={y!r})")
+        ds = _as_dataset(X, y, X_b, labelled=True)
         check_labels(ds, self.labels_, "evaluation")
         return long_tail_report(ds.labels, self.predict(ds), self.theta if theta is None else theta,
                                 self.class_stats_.get("counts"), groups)

@@ -308,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--id-col", default=None, help="column passed through as each output's id (default: 'id' when "
                    "the file has one, else the row number from 0)")
     r.add_argument("--output", default=None, type=output_file, help="write JSON lines here (default: stdout)")
+    r.add_argument("--probabilities", action="store_true", help="add every class's probability to each line, "
+                   "{label: p}, as `tailtune serve` answers (default: the predicted label and its score only)")
     add_loading_args(r)
     add_test_prior_arg(r, "the texts given (a single classifier)")
     r.set_defaults(func=cmd_predict)

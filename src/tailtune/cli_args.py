@@ -117,7 +117,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if not action.option_strings or text == argparse.SUPPRESS or "default:" in text or "(required)" in text:
+        if (not action.option_strings or argparse.SUPPRESS in (text, action.default) or "default:" in text
+                or "(required)" in text):  # --help and --version have no default to say
             return text
         if action.required:
             return f"{text} (required)"

@@ -114,7 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import format_report
     data = _read(args, args.data)
     clf = _load_for_prediction(args).set_test_prior(args.test_prior)
-    report = clf.evaluate(data, args.theta, args.groups)
+    report = clf.evaluate(data, theta=args.theta, groups=args.groups)
     if args.test_prior == "em":
         print(test_prior_line(clf))
         report["test_prior_estimate"] = clf.test_prior_shares_
@@ -211,6 +211,9 @@ def _write_predictions(args: argparse.Namespace, ids: list, texts: list[str], ta
             broken += not finite
             row = {"id": ids[i], "text": text, **({"task": tasks[i]} if tasks else {}),
                    "label": labels_of(i)[best] if finite else None, "score": round(score, 6) if finite else None}
+            if args.probabilities:
+                row["probabilities"] = {y: round(float(v), 6) if math.isfinite(v) else None
+                                        for y, v in zip(labels_of(i), p.tolist())}
             out.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
     if broken:
         warnings.warn(f"{broken} prediction(s) had non-finite scores (written as null); the model is broken: "
