@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import pytest
 
@@ -49,7 +50,8 @@ def test_errors_speak_to_the_user(tiny_bert, toy_files, capsys):
     rc = main(["train", "--train", str(toy_files / "bad.tsv"), "--backbone", tiny_bert,
                "--output", str(toy_files / "m")])
     assert rc == 2
-    assert "no text column 'text'; columns are ['label', 'sentence']. Name the text column with --text-col" in capsys.readouterr().err
+    said = "no text column 'text'; columns are ['label', 'sentence']. Name the text column with --text-col"
+    assert said in capsys.readouterr().err
     rc = main(["train", "--train", str(toy_files / "train.tsv"), "--backbone", tiny_bert, "--preset", "prompt",
                "--template", "{text} no mask", "--output", str(toy_files / "m")])
     assert rc == 2 and "exactly one {mask}" in capsys.readouterr().err
@@ -134,3 +136,36 @@ def test_prediction_reads_more_of_each_text_with_max_length(tiny_bert, toy_files
     row = json.loads(capsys.readouterr().out)
     probs = tt.TailtuneClassifier.load(out, "cpu").set_max_length(64).predict_proba([long])[0]
     assert row["score"] == pytest.approx(float(probs.max()), abs=1e-5)
+
+
+def test_evaluate_and_predict_read_the_columns_the_classifier_was_trained_from(tiny_bert, toy_files, capsys):
+    rows = "\n".join(f"{t}\t{t.split()[-1]}\t{y}" for t, y in zip(TOY_TEXTS * 3, TOY_LABELS * 3))
+    (toy_files / "pairs.tsv").write_text("review\tlast\ttopic\n" + rows + "\n")
+    out = toy_files / "pairs"
+    assert main(["train", "--train", str(toy_files / "pairs.tsv"), "--text-col", "review", "--text-b-col", "last",
+                 "--label-col", "topic", "--backbone", tiny_bert, "--output", str(out), "--epochs", "1",
+                 "--no-progress"]) == 0
+    assert json.loads((out / "tailtune.json").read_text())["columns"] == {
+        "text_col": "review", "text_b_col": "last", "label_col": "topic"}
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(toy_files / "pairs.tsv")]) == 0  # no column flags needed
+    assert "macro-F1" in capsys.readouterr().out
+    data = ["--data", str(toy_files / "pairs.tsv")]
+    assert main(["predict", str(out), *data]) == 0
+    implied = capsys.readouterr().out
+    assert main(["predict", str(out), *data, "--text-col", "review", "--text-b-col", "last"]) == 0
+    assert implied == capsys.readouterr().out  # the second text is read, not silently left out
+    said = "trained on pairs of texts, but these texts come without a second text"
+    assert main(["predict", str(out), *data, "--text-b-col", "none"]) == 0
+    alone = capsys.readouterr()
+    assert [json.loads(x)["score"] for x in alone.out.splitlines()] != [
+        json.loads(x)["score"] for x in implied.splitlines()] and said in alone.err
+    assert main(["predict", str(out), "oil price"]) == 0  # texts on the command line have no second text
+    assert said in capsys.readouterr().err
+    import tailtune as tt
+    clf = tt.TailtuneClassifier.load(out)
+    with pytest.warns(UserWarning, match=said):  # the classifier knows, whoever calls it
+        clf.predict(["oil price"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clf.predict(["oil price"], ["price"])

@@ -133,6 +133,7 @@ class TailtuneClassifier:
             raise DataError("fit needs labels: fit(texts, labels) or fit(TextDataset)")
         train_ds = _as_dataset(X, y, X_b)
         check_trainable(train_ds)
+        self.text_pairs_ = train_ds.texts_b is not None
         if soft_labels is not None and dev is None:
             raise ConfigError("fit with soft_labels needs an explicit dev set (a carved one would split the soft "
                               "labels apart from their texts)")
@@ -347,6 +348,9 @@ class TailtuneClassifier:
         shares of ``X`` under ``set_test_prior("em")``)."""
         self._check_fitted()
         ds = _as_dataset(X, None, X_b)
+        if ds.texts_b is None and len(ds) and getattr(self, "text_pairs_", False):
+            warnings.warn("this classifier was trained on pairs of texts, but these texts come without a second text "
+                          "(X_b; tailtune predict: --data FILE with its column), so each is classified alone")
         if not len(ds):
             return np.zeros((0, len(self.labels_)), dtype=np.float32)
         if getattr(self, "test_prior_", "train") == "em":
@@ -399,7 +403,8 @@ class TailtuneClassifier:
                 "class_stats": self.class_stats_, "train_result": result, "test_metrics": metrics,
                 **({"prior_state": self.prior_state_} if getattr(self, "prior_state_", None) else {}),
                 **({"unlabeled_texts": self.unlabeled_texts_} if getattr(self, "unlabeled_texts_", 0) else {}),
-                **({"descriptions": self.descriptions_} if getattr(self, "descriptions_", None) else {})}
+                **({"descriptions": self.descriptions_} if getattr(self, "descriptions_", None) else {}),
+                **({"text_pairs": True} if getattr(self, "text_pairs_", False) else {})}
 
     def save(self, directory: str | Path, overwrite: bool = False, report: Mapping[str, Any] | None = None) -> Path:
         """Save atomically (safetensors + JSON + a model card, README.md); an existing non-empty directory
@@ -427,6 +432,7 @@ class TailtuneClassifier:
         clf.model_, clf.labels_ = model, model.labels
         clf.class_stats_ = meta.get("class_stats") or {}
         clf.saved_train_result_, clf.unlabeled_texts_ = meta.get("train_result"), meta.get("unlabeled_texts", 0)
+        clf.text_pairs_ = bool(meta.get("text_pairs"))
         if meta.get("prior_state") is not None:
             clf.prior_state_ = meta["prior_state"]
         return clf

@@ -16,8 +16,8 @@ from pathlib import Path
 from .card import kept_text
 from .config import AXIS_NAMES, PRESETS, axes_table, preset_table, preset_train_config
 from .loop import TrainConfig
-from .cli_args import (HelpFormatter, Parser, add_classifier_args, add_config_args, add_data_args, add_test_prior_arg,
-                       classifier_overrides, collect, default_text)
+from .cli_args import (COLUMNS, HelpFormatter, Parser, add_classifier_args, add_column_args, add_config_args,
+                       add_data_args, add_test_prior_arg, classifier_overrides, collect, default_text)
 from .cli_predict import (_read, add_loading_args, cmd_evaluate, cmd_predict, count_type, number_list,
                           output_file)
 from .cli_tools import add_tool_parsers
@@ -85,7 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not is_main_process():  # under `accelerate launch` the main process saves
         return 0
     with staged_dir(out, overwrite=True) as tmp:  # the finished classifier replaces the checkpoint
-        write_classifier(clf.model_, tmp, clf.save_metadata(report))
+        write_classifier(clf.model_, tmp, {**clf.save_metadata(report),  # evaluate and predict read them again
+                                           "columns": {name: getattr(args, name) for name in COLUMNS}})
         export_weight_norms(clf.weight_norms(), tmp / "analysis", args.preset)
         if report is not None:
             write_json(tmp / "test_report.json", report)
@@ -275,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="long-tail report of a saved classifier on labelled data")
     e.add_argument("model", help="saved classifier directory")
-    add_data_args(e, [("--data", True)])
+    add_data_args(e, [("--data", True)], saved=True)
     e.add_argument("--theta", type=float, default=None, help="head/tail threshold (default: the model's)")
     e.add_argument("--groups", default="auto", choices=["auto", "split", "train"], help="head/tail from the class "
                    "counts of --data (split) or of the training data (train); auto: train when --data is near "
@@ -303,8 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "(rows of different tasks share batches) (default: none)")
     r.add_argument("--data", default=None, help="file of texts (.tsv, .csv or .jsonl; or .txt, one text per line) "
                    "(default: the texts given as arguments)")
-    r.add_argument("--text-col", default="text", help="column holding the text (default: text)")
-    r.add_argument("--text-b-col", default=None, help="column holding a second text (default: none)")
+    add_column_args(r, ("text_col", "text_b_col"), saved=True)
     r.add_argument("--id-col", default=None, help="column passed through as each output's id (default: 'id' when "
                    "the file has one, else the row number from 0)")
     r.add_argument("--output", default=None, type=output_file, help="write JSON lines here (default: stdout)")

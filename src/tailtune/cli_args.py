@@ -90,15 +90,50 @@ def classifier_overrides(args: argparse.Namespace) -> dict:
     return collect(args, [*AXIS_NAMES, "stages", "max_length", *all_options()])
 
 
-def add_data_args(p: argparse.ArgumentParser, split_flags: list[tuple[str, bool | str]]) -> None:
+COLUMNS = {"text_col": "text", "text_b_col": None, "label_col": "label"}
+"""The data columns and their defaults; ``tailtune train`` saves the ones it read with the classifier."""
+
+
+def add_data_args(p: argparse.ArgumentParser, split_flags: list[tuple[str, bool | str]],
+                  saved: bool = False) -> None:
     """``split_flags``: (flag, True) for a required file, (flag, False) for an optional one, or (flag, what happens
-    without it) for an optional one with a default worth saying."""
+    without it) for an optional one with a default worth saying. ``saved``: a column flag left out means the
+    column the classifier was trained from (``fill_columns``)."""
     for flag, required in split_flags:
         default = "" if required is True else f" (default: {required or 'none'})"  # HelpFormatter says required
         p.add_argument(flag, required=required is True, help=f"{flag[2:]} file (.tsv, .csv or .jsonl){default}")
-    p.add_argument("--text-col", default="text", help="column holding the text (default: text)")
-    p.add_argument("--text-b-col", default=None, help="column holding a second text, e.g. an entity (default: none)")
-    p.add_argument("--label-col", default="label", help="column holding the label (default: label)")
+    add_column_args(p, tuple(COLUMNS), saved)
+
+
+def add_column_args(p: argparse.ArgumentParser, names: tuple[str, ...], saved: bool = False) -> None:
+    """``--text-col``, ``--text-b-col``, ``--label-col`` (those of ``names``); ``saved`` as in ``add_data_args``."""
+    what_of = {"text_col": "the text", "text_b_col": "a second text, e.g. an entity", "label_col": "the label"}
+    for name in names:
+        what, default = what_of[name], COLUMNS[name] or "none"
+        if saved and name == "text_b_col":
+            what += " ('none': no second text)"
+        said = f"the column the classifier was trained from, else {default}" if saved else default
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, default=None if saved else COLUMNS[name], help=f"column holding {what} (default: {said})")
+
+
+def fill_columns(args: argparse.Namespace, model: str) -> None:
+    """The column flags left out become the columns the classifier at ``model`` was trained from (for a directory
+    of task modules, the columns they all share), else the usual defaults; ``--text-b-col none`` reads no second
+    text."""
+    from .artefacts import read_json
+    from .errors import TailtuneError
+    from .multitask import task_dirs
+    try:
+        saved = [read_json(d / "tailtune.json").get("columns") or {} for d in task_dirs(model).values()]
+    except TailtuneError:  # not a local classifier (a Hub name, or a wrong path that loading will name)
+        saved = []
+    shared = saved[0] if saved and all(s == saved[0] for s in saved) else {}
+    for name, default in COLUMNS.items():
+        if hasattr(args, name) and getattr(args, name) is None:
+            setattr(args, name, shared.get(name, default))
+    if getattr(args, "text_b_col", None) == "none":
+        args.text_b_col = None
 
 
 def add_test_prior_arg(p: argparse.ArgumentParser, what: str) -> None:

@@ -111,7 +111,9 @@ def test_prior_line(clf: Any) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .artefacts import write_json
+    from .cli_args import fill_columns
     from .metrics import format_report
+    fill_columns(args, args.model)
     data = _read(args, args.data)
     clf = _load_for_prediction(args).set_test_prior(args.test_prior)
     report = clf.evaluate(data, theta=args.theta, groups=args.groups)
@@ -144,6 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .cli_args import fill_columns
     from .data import columns, read_dataset
     from .errors import ConfigError
     from .multitask import task_dirs
@@ -151,6 +154,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("give texts or --data FILE, not both")
     if not args.data and not args.text:
         raise ConfigError("give texts to classify, or --data FILE")
+    fill_columns(args, args.model)
     if args.data:  # the task column, when named, is read where labels would be
         id_col = args.id_col or ("id" if "id" in columns(args.data) else None)
         ds = read_dataset(args.data, args.text_col, args.task_col, args.text_b_col, id_col=id_col,
