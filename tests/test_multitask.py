@@ -1,4 +1,6 @@
 """Prefix tuning and several task modules on one backbone instance."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -96,14 +98,19 @@ def test_task_set_memory_is_one_backbone(tiny_bert, tmp_path):
 
 def test_mixed_batch_with_bf16_and_text_pairs(tiny_bert, tmp_path):
     perturbed_module("adapter", tiny_bert, tmp_path / "a", template="{text} ? {mask} , {text_b}",
-               input_format="template", readout="mask")
-    perturbed_module("prefix", tiny_bert, tmp_path / "b")
+                     input_format="template", readout="mask")
+    model = perturbed_module("prefix", tiny_bert, tmp_path / "b")
+    tt.save_classifier(model, tmp_path / "b", {"text_pairs": True}, overwrite=True)  # as fit(X, y, X_b) saves it
     tasks = TaskSet()
     tasks.add(tmp_path / "a")
     tasks.add(tmp_path / "b")
     texts, pairs = ["good film", "bad game", "oil price"], ["great", "awful", "news"]
-    fp32 = tasks.logits(texts, ["a", "b", "a"], texts_b=pairs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fp32 = tasks.logits(texts, ["a", "b", "a"], texts_b=pairs)
     bf16 = tasks.logits(texts, ["a", "b", "a"], texts_b=pairs, bf16=True)
+    with pytest.warns(UserWarning, match="task\\(s\\) b were trained on pairs of texts, but these texts come without"):
+        tasks.logits(texts, ["b", "b", "b"])  # (a's template needs its second text: refused, not warned)
     for x, y in zip(fp32, bf16):
         np.testing.assert_allclose(x.numpy(), y.numpy(), atol=0.1)
 

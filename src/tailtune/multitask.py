@@ -6,6 +6,7 @@ call. ``add`` and ``remove`` change the set of tasks and must not run while pred
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import torch
@@ -106,6 +107,10 @@ class TaskSet:
                batch_size: int = 64, bf16: bool | None = None) -> list[torch.Tensor]:
         """Calibrated class scores per text, each over its own task's labels (``bf16``: the set's precision)."""
         self._check(tasks)
+        paired = sorted({t for t in tasks if (getattr(self.tasks[t], "saved_metadata", None) or {}).get("text_pairs")})
+        if paired and texts_b is None:
+            warnings.warn(f"task(s) {', '.join(paired)} were trained on pairs of texts, but these texts come without "
+                          f"a second text (texts_b), so each is classified alone")
         bf16 = self.precision == "bf16" if bf16 is None else bf16
         encoded: list[Encoded | None] = [None] * len(texts)
         for name, model in self.tasks.items():
