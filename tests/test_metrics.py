@@ -33,6 +33,8 @@ def test_a_predicted_class_the_split_lacks_is_reported_beside_macro_f1():
     full = long_tail_report(y_true, y_true)
     assert full["absent_predicted"] == {} and full["macro_f1_split_classes"] == full["macro_f1"] == 1.0
     assert "does not contain" not in format_report(full)
+    one = format_report(long_tail_report(y_true, y_pred, theta=0.8))  # a (4 of 6) is head, b tail
+    assert "(1 class)   tail-F1" in one and "(1 class)   θ=0.8" in one and "(1 classes)" not in one
 
 
 def test_no_head_class_gives_nan_head_f1():

@@ -90,21 +90,25 @@ def long_tail_report(y_true: Sequence[str], y_pred: Sequence[str], theta: float 
     }
 
 
+def _classes(n: int) -> str:
+    return f"{n} class{'' if n == 1 else 'es'}"
+
+
 def format_report(report: dict) -> str:
     rule = {"split": "class counts of this split", "train": "training class counts"}[report.get("group_rule", "split")]
     lines = [f"accuracy {report['accuracy']:.4f}   macro-F1 {report['macro_f1']:.4f}   "
-             f"head-F1 {report['head_f1']:.4f} ({report['n_head']} classes)   "
-             f"tail-F1 {report['tail_f1']:.4f} ({report['n_tail']} classes)   θ={report['theta']} on the {rule}"
+             f"head-F1 {report['head_f1']:.4f} ({_classes(report['n_head'])})   "
+             f"tail-F1 {report['tail_f1']:.4f} ({_classes(report['n_tail'])})   θ={report['theta']} on the {rule}"
              + (" (all equal: head and tail are split by class name, not size)" if report.get("groups_by_name") else "")]
     absent = report.get("absent_predicted") or {}
     if absent:
         n, times, own = len(absent), sum(absent.values()), len(report["per_class"])
-        lines.append(f"macro-F1 counts {n} class{'es' if n > 1 else ''} this split does not contain but the model "
+        lines.append(f"macro-F1 counts {_classes(n)} this split does not contain but the model "
                      f"predicted ({times} time{'s' if times > 1 else ''}; F1 0 each: " + ", ".join(list(absent)[:5])
-                     + (", ..." if n > 5 else "") + f"); over the split's own {own} class{'es' if own > 1 else ''} "
+                     + (", ..." if n > 5 else "") + f"); over the split's own {_classes(own)} "
                      f"it is {report['macro_f1_split_classes']:.4f}")
     if report.get("n_many", 0) + report.get("n_medium", 0) + report.get("n_few", 0):
-        lines.append("   ".join(f"{band}-shot F1 {report[f'{band}_f1']:.4f} ({report[f'n_{band}']} classes)"
+        lines.append("   ".join(f"{band}-shot F1 {report[f'{band}_f1']:.4f} ({_classes(report[f'n_{band}'])})"
                                for band, _, _ in SHOT_BANDS) + "   (>100 / 20-100 / <20 training examples)")
     lines.append(f"{'class':<28}{'group':>6}{'train':>7}{'prec':>8}{'rec':>8}{'f1':>8}{'support':>9}")
     for c, m in report["per_class"].items():
