@@ -24,6 +24,7 @@ def test_train_evaluate_predict(tiny_bert, toy_files, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "macro-F1" in text and "verbalizer 'good' -> 'good' -> ['good']" in text
+    assert "dev: 36 texts of 3 of the 3 classes, given" in text
     meta = json.loads((out / "tailtune.json").read_text())
     assert meta["preset"] == "prompt" and meta["config"]["options"]["eta"] == 1.0 and meta["backbone"]["fingerprint"]
     assert (out / "analysis" / "weight_norms.csv").is_file() and (out / "test_report.json").is_file()
@@ -139,7 +140,7 @@ def test_prediction_reads_more_of_each_text_with_max_length(tiny_bert, toy_files
 
 
 def test_evaluate_and_predict_read_the_columns_the_classifier_was_trained_from(tiny_bert, toy_files, capsys):
-    rows = "\n".join(f"{t}\t{t.split()[-1]}\t{y}" for t, y in zip(TOY_TEXTS * 3, TOY_LABELS * 3))
+    rows = "\n".join(f"{t} {i}\t{t.split()[-1]}\t{y}" for i, (t, y) in enumerate(zip(TOY_TEXTS * 3, TOY_LABELS * 3)))
     (toy_files / "pairs.tsv").write_text("review\tlast\ttopic\n" + rows + "\n")
     out = toy_files / "pairs"
     assert main(["train", "--train", str(toy_files / "pairs.tsv"), "--text-col", "review", "--text-b-col", "last",
@@ -147,7 +148,8 @@ def test_evaluate_and_predict_read_the_columns_the_classifier_was_trained_from(t
                  "--no-progress"]) == 0
     assert json.loads((out / "tailtune.json").read_text())["columns"] == {
         "text_col": "review", "text_b_col": "last", "label_col": "topic"}
-    capsys.readouterr()
+    assert ("dev: 3 texts of 3 of the 3 classes, carved from the training data (a share of 0.1 of each class of 3 "
+            "texts or more), which keeps 33 to train") in capsys.readouterr().out
     assert main(["evaluate", str(out), "--data", str(toy_files / "pairs.tsv")]) == 0  # no column flags needed
     assert "macro-F1" in capsys.readouterr().out
     data = ["--data", str(toy_files / "pairs.tsv")]

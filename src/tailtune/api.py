@@ -148,6 +148,10 @@ class TailtuneClassifier:
             raise DataError(f"{train_ds.source}: training data has a single class ({labels[0]!r}); a classifier "
                             f"needs two or more")
         check_labels(dev, labels, "dev")
+        if log and len(dev):  # what the checkpoint and τ are chosen on
+            log(f"dev: {len(dev)} texts of {len(set(dev.labels))} of the {len(labels)} classes, "
+                + (f"carved from the training data (a share of {self.dev_fraction:g} of each class of 3 texts or "
+                   f"more), which keeps {len(train_ds)} to train" if carved else "given"))
         if not len(dev):
             why = ("none was left after carving (classes of fewer than 3 texts give none, and carved texts that also "
                    "occur in the training part are left out)" if carved else "the dev set given is empty")
