@@ -229,8 +229,8 @@ def cmd_axes(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="tailtune", description="Few-shot and long-tailed text classification "
-                                "with BERT-family encoders. Add --debug to any command for tracebacks.")
+    p = Parser(prog="tailtune", description="Few-shot and long-tailed text classification with BERT-family "
+               "encoders. Add --debug to any command for tracebacks.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a classifier and save it")

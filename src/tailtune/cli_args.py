@@ -125,7 +125,8 @@ def fill_columns(args: argparse.Namespace, model: str) -> None:
     from .errors import TailtuneError
     from .multitask import task_dirs
     try:
-        saved = [read_json(d / "tailtune.json").get("columns") or {} for d in task_dirs(model).values()]
+        metas = [read_json(d / "tailtune.json") for d in task_dirs(model).values()]
+        saved = [(m.get("columns") if isinstance(m, dict) else None) or {} for m in metas]
     except TailtuneError:  # not a local classifier (a Hub name, or a wrong path that loading will name)
         saved = []
     shared = saved[0] if saved and all(s == saved[0] for s in saved) else {}
