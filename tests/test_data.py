@@ -50,6 +50,14 @@ def test_bad_input_is_explained(tmp_path, content, name, message):
         tt.read_dataset(write(tmp_path / name, content))
 
 
+def test_a_dataset_knows_the_columns_it_was_read_from(tmp_path):
+    ds = tt.read_dataset(write(tmp_path / "d.tsv", "review\tentity\tstars\nfine\tx\t5\nbad\ty\t1\n"), "review",
+                         "stars", "entity")
+    names = {"text_col": "review", "text_b_col": "entity", "label_col": "stars"}
+    assert ds.column_names == names and ds.subset([1]).column_names == names  # a fitted classifier saves them
+    assert tt.TextDataset(["a"], ["x"]).column_names is None
+
+
 def test_plain_text_file_is_one_text_per_line(tmp_path):
     path = write(tmp_path / "t.txt", "first text\n\nsecond, with a comma\tand a tab\n")
     ds = tt.read_dataset(path, label_col=None)

@@ -133,7 +133,7 @@ class TailtuneClassifier:
             raise DataError("fit needs labels: fit(texts, labels) or fit(TextDataset)")
         train_ds = _as_dataset(X, y, X_b)
         check_trainable(train_ds)
-        self.text_pairs_ = train_ds.texts_b is not None
+        self.text_pairs_, self.column_names_ = train_ds.texts_b is not None, train_ds.column_names
         if soft_labels is not None and dev is None:
             raise ConfigError("fit with soft_labels needs an explicit dev set (a carved one would split the soft "
                               "labels apart from their texts)")
@@ -408,7 +408,8 @@ class TailtuneClassifier:
                 **({"prior_state": self.prior_state_} if getattr(self, "prior_state_", None) else {}),
                 **({"unlabeled_texts": self.unlabeled_texts_} if getattr(self, "unlabeled_texts_", 0) else {}),
                 **({"descriptions": self.descriptions_} if getattr(self, "descriptions_", None) else {}),
-                **({"text_pairs": True} if getattr(self, "text_pairs_", False) else {})}
+                **({"text_pairs": True} if getattr(self, "text_pairs_", False) else {}),
+                **({"columns": self.column_names_} if getattr(self, "column_names_", None) else {})}
 
     def save(self, directory: str | Path, overwrite: bool = False, report: Mapping[str, Any] | None = None) -> Path:
         """Save atomically (safetensors + JSON + a model card, README.md); an existing non-empty directory
@@ -436,7 +437,7 @@ class TailtuneClassifier:
         clf.model_, clf.labels_ = model, model.labels
         clf.class_stats_ = meta.get("class_stats") or {}
         clf.saved_train_result_, clf.unlabeled_texts_ = meta.get("train_result"), meta.get("unlabeled_texts", 0)
-        clf.text_pairs_ = bool(meta.get("text_pairs"))
+        clf.text_pairs_, clf.column_names_ = bool(meta.get("text_pairs")), meta.get("columns")
         if meta.get("prior_state") is not None:
             clf.prior_state_ = meta["prior_state"]
         return clf

@@ -16,7 +16,7 @@ from pathlib import Path
 from .card import kept_text
 from .config import AXIS_NAMES, PRESETS, axes_table, preset_table, preset_train_config
 from .loop import TrainConfig
-from .cli_args import (COLUMNS, HelpFormatter, Parser, add_classifier_args, add_column_args, add_config_args,
+from .cli_args import (HelpFormatter, Parser, add_classifier_args, add_column_args, add_config_args,
                        add_data_args, add_test_prior_arg, classifier_overrides, collect, default_text)
 from .cli_predict import (_read, add_loading_args, cmd_evaluate, cmd_predict, count_type, number_list,
                           output_file)
@@ -85,8 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not is_main_process():  # under `accelerate launch` the main process saves
         return 0
     with staged_dir(out, overwrite=True) as tmp:  # the finished classifier replaces the checkpoint
-        write_classifier(clf.model_, tmp, {**clf.save_metadata(report),  # evaluate and predict read them again
-                                           "columns": {name: getattr(args, name) for name in COLUMNS}})
+        write_classifier(clf.model_, tmp, clf.save_metadata(report))
         export_weight_norms(clf.weight_norms(), tmp / "analysis", args.preset)
         if report is not None:
             write_json(tmp / "test_report.json", report)

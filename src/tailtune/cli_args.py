@@ -91,7 +91,8 @@ def classifier_overrides(args: argparse.Namespace) -> dict:
 
 
 COLUMNS = {"text_col": "text", "text_b_col": None, "label_col": "label"}
-"""The data columns and their defaults; ``tailtune train`` saves the ones it read with the classifier."""
+"""The data columns and their defaults; a classifier fitted on a file saves the ones it was read from
+(``TextDataset.column_names``)."""
 
 
 def add_data_args(p: argparse.ArgumentParser, split_flags: list[tuple[str, bool | str]],

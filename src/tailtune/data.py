@@ -27,6 +27,9 @@ class TextDataset:
     written: list[bool] | None = None
     """True where an example was written for its label (a description, ``with_descriptions``) rather than observed:
     counts of the data (examples per class, which choose a recipe's regime) leave those out."""
+    column_names: dict[str, str | None] | None = None
+    """The file columns it was read from (``text_col``, ``text_b_col``, ``label_col``); a classifier fitted on it
+    saves them, and ``tailtune evaluate`` / ``predict`` read its data from the same columns."""
 
     def __post_init__(self) -> None:
         self.labels = [str(y) for y in self.labels]  # labels are strings (numpy or int labels too)
@@ -41,7 +44,7 @@ class TextDataset:
     def subset(self, indices: Sequence[int]) -> "TextDataset":
         pick = lambda xs: [xs[i] for i in indices] if xs is not None else None  # noqa: E731
         return TextDataset(pick(self.texts), pick(self.labels), pick(self.texts_b), self.source, pick(self.ids),
-                           pick(self.written))
+                           pick(self.written), self.column_names)
 
     def observed(self) -> int:
         """How many examples are observed data (not ``written`` for a label)."""
@@ -266,7 +269,8 @@ def _rows_to_dataset(rows: list[tuple[int, dict]], source: str, text_col: str, l
             texts_b.append(b)
         if ids is not None:
             ids.append(str(row.get(id_col)))
-    return TextDataset(texts, labels, texts_b, source, ids)
+    return TextDataset(texts, labels, texts_b, source, ids,
+                       column_names={"text_col": text_col, "text_b_col": text_b_col, "label_col": label_col})
 
 
 def from_hf(dataset: Any, text_col: str = "text", label_col: str = "label",
