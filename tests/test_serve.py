@@ -110,6 +110,24 @@ def test_tasks_are_added_and_removed_without_a_restart(served):
         client.add("spare")
 
 
+def test_a_task_trained_on_text_pairs_says_so_when_sent_single_texts(served, tiny_bert):
+    import warnings
+    root, client, _ = served
+    model = perturbed_module("prefix", tiny_bert, root / "pairs", labels=("p", "q"), seed=5)
+    tt.save_classifier(model, root / "pairs", {"text_pairs": True}, overwrite=True)  # as fit(X, y, X_b) saves it
+    assert client.add("pairs")["text_pairs"]
+    assert not next(t for t in client.tasks() if t["name"] == "mood")["text_pairs"]
+    try:
+        with pytest.warns(UserWarning, match="task 'pairs' was trained on pairs of texts, but these come without"):
+            assert client.predict("pairs", ["oil price"])[0]["label"] in ("p", "q")  # answered, with a warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            client.predict("pairs", ["oil price"], ["price"])
+            client.predict("mood", ["a good game"])
+    finally:
+        client.remove("pairs")
+
+
 def test_the_default_bind_address_is_loopback():
     from tailtune.cli import build_parser
     assert ServeConfig().host == "127.0.0.1"

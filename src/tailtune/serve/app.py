@@ -3,7 +3,8 @@
 Endpoints (JSON; errors are ``{"error": "..."}`` with a 4xx status):
 
 - ``POST /v1/{task}/predict`` ``{"texts": [...], "texts_b": [...]?}`` -> ``{"task", "predictions": [{"label",
-  "score", "probabilities": {label: p}}]}``;
+  "score", "probabilities": {label: p}}], "warnings"?: [...]}`` (a warning: e.g. a task trained on text pairs sent
+  texts without ``texts_b``);
 - ``GET /v1/tasks`` -> every task's labels, preset, backbone and kind;
 - ``PUT /v1/tasks/{task}`` loads ``DIR/{task}`` without a restart, ``DELETE /v1/tasks/{task}`` removes it;
 - ``GET /health``; ``GET /metrics`` (Prometheus text format).
@@ -167,7 +168,9 @@ def create_app(root: str, cfg: ServeConfig | None = None, host: ModelHost | None
             predictions.append({"label": labels[best], "score": float(p[best]),
                                 "probabilities": {y: float(v) for y, v in zip(labels, p.tolist())}})
         metrics.observe(task, 200, time.perf_counter() - start, len(texts))
-        return {"task": task, "predictions": predictions}
+        said = [f"task {task!r} was trained on pairs of texts, but these come without texts_b, so each text is "
+                f"classified alone"] if texts_b is None and host.info[task].get("text_pairs") else []
+        return {"task": task, "predictions": predictions, **({"warnings": said} if said else {})}
 
     @app.get("/v1/tasks")
     async def tasks() -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+import warnings
 from typing import Any
 
 from ..errors import TailtuneError
@@ -37,7 +38,10 @@ class Client:
     def predict(self, task: str, texts: list[str], texts_b: list[str] | None = None) -> list[dict]:
         """One dict per text: label, score and the probabilities of every label."""
         payload = {"texts": list(texts), **({"texts_b": list(texts_b)} if texts_b is not None else {})}
-        return self._call("POST", f"/v1/{task}/predict", payload)["predictions"]
+        answer = self._call("POST", f"/v1/{task}/predict", payload)
+        for said in answer.get("warnings", []):  # e.g. a task trained on text pairs sent single texts
+            warnings.warn(said, stacklevel=2)
+        return answer["predictions"]
 
     def tasks(self) -> list[dict]:
         return self._call("GET", "/v1/tasks")["tasks"]

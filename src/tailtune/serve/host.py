@@ -45,8 +45,8 @@ class ModelHost:
         if self.compile:
             for name in sorted(self.info):
                 for texts in (["warm up"], ["warm up", "warm up the compiled encoder, a second text"]):
-                    try:
-                        self.predict(texts, [name] * len(texts))
+                    try:  # a task trained on text pairs warms up on pairs
+                        self.predict(texts, [name] * len(texts), texts if self.info[name]["text_pairs"] else None)
                     except TailtuneError:
                         break
         return time.perf_counter() - start
@@ -74,7 +74,8 @@ class ModelHost:
             model = clf.model_
         self.info[name] = {"name": name, "labels": list(model.labels), "preset": meta.get("preset"),
                            "backbone": meta["backbone"]["name"], "artefact": meta["artefact"],
-                           "shares_backbone": shares, "max_length": model.input_format.max_length, "path": str(path)}
+                           "shares_backbone": shares, "max_length": model.input_format.max_length,
+                           "text_pairs": bool(meta.get("text_pairs")), "path": str(path)}
         if warm:
             self.warm_up()
         return self.info[name]
