@@ -5,12 +5,12 @@ import json
 import pytest
 
 import tailtune as tt
+from conftest import TOY_LABELS, TOY_TEXTS
 from tailtune.cli import main
 
 
 @pytest.fixture(scope="module")
 def saved(tiny_bert, tmp_path_factory):
-    from conftest import TOY_LABELS, TOY_TEXTS
     clf = tt.TailtuneClassifier("cls", tiny_bert, train_config=tt.TrainConfig(epochs=1, batch_size=8, progress=False))
     test = tt.TextDataset(TOY_TEXTS, TOY_LABELS)
     clf.fit(TOY_TEXTS * 3, TOY_LABELS * 3, dev=test)
@@ -55,6 +55,16 @@ def test_a_hub_repo_id_loads_and_a_failed_fetch_says_why(saved, monkeypatch, cap
     assert loaded.predict(["the film"]) == clf.predict(["the film"])
     assert main(["predict", "someone/toy-classifier", "the film"]) == 0  # the command line takes a repo id too
     assert json.loads(capsys.readouterr().out.splitlines()[0])["label"] == clf.predict(["the film"])[0]
+
+    rows = "".join(f"{t}\t{y}\n" for t, y in zip(TOY_TEXTS, TOY_LABELS))
+    (out.parent / "reviews.tsv").write_text("review\ttopic\n" + rows)
+    reviews = tt.read_dataset(out.parent / "reviews.tsv", "review", "topic")
+    tt.TailtuneClassifier("cls", clf.backbone, train_config=clf.train_config).fit(reviews, dev=reviews).save(
+        out.parent / "reviews", overwrite=True)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: str(out.parent / "reviews"))
+    capsys.readouterr()  # a Hub classifier's saved columns read the data, as a local one's do
+    assert main(["evaluate", "someone/reviews", "--data", str(out.parent / "reviews.tsv")]) == 0
+    assert "macro-F1" in capsys.readouterr().out
 
     def offline(repo_id, **kw):
         raise OSError("We couldn't connect to 'https://huggingface.co'")

@@ -113,6 +113,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .artefacts import write_json
     from .cli_args import fill_columns
     from .metrics import format_report
+    _resolve_model(args)  # (a Hub classifier is fetched first: its saved columns say how to read --data)
     fill_columns(args, args.model)
     data = _read(args, args.data)
     clf = _load_for_prediction(args).set_test_prior(args.test_prior)
@@ -154,6 +155,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("give texts or --data FILE, not both")
     if not args.data and not args.text:
         raise ConfigError("give texts to classify, or --data FILE")
+    _resolve_model(args)  # (a Hub classifier is fetched first: its saved columns say how to read --data)
     fill_columns(args, args.model)
     if args.data:  # the task column, when named, is read where labels would be
         id_col = args.id_col or ("id" if "id" in columns(args.data) else None)
@@ -168,7 +170,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
                           f"template, if the classifier has one), not skipped")
     else:
         texts, texts_b, row_tasks, ids = list(args.text), None, None, list(range(len(args.text)))
-    _resolve_model(args)
     dirs = task_dirs(args.model)
     if (Path(args.model) / "tailtune.json").is_file() and not row_tasks:
         if args.task:
