@@ -17,9 +17,8 @@ from .card import kept_text
 from .config import AXIS_NAMES, PRESETS, axes_table, preset_table, preset_train_config
 from .loop import TrainConfig
 from .cli_args import (HelpFormatter, Parser, add_classifier_args, add_column_args, add_config_args,
-                       add_data_args, add_test_prior_arg, classifier_overrides, collect, default_text)
-from .cli_predict import (_read, add_loading_args, cmd_evaluate, cmd_predict, count_type, number_list,
-                          output_file)
+                       add_data_args, add_test_prior_arg, classifier_overrides, collect, default_text, output_file)
+from .cli_predict import _read, add_loading_args, cmd_evaluate, cmd_predict, count_type, number_list
 from .cli_tools import add_tool_parsers
 from .stages.lm import AdaptConfig
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 from .config import AXIS_NAMES, PRESETS, ClassifierConfig, all_options
@@ -136,6 +138,21 @@ def fill_columns(args: argparse.Namespace, model: str) -> None:
             setattr(args, name, shared.get(name, default))
     if getattr(args, "text_b_col", None) == "none":
         args.text_b_col = None
+
+
+def output_file(text: str) -> str:
+    """An argparse type for a file an option writes, refused before any work when it cannot be written there: a
+    folder, or a folder that cannot be made or written into (a missing one is made when the file is written)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give the path of a file to write")
+    here = next(p for p in [path.parent, *path.parent.parents] if p.exists())  # "." and "/" always exist
+    if not here.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {here} is a file, not a folder; choose another path")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: cannot write into {here} (permission denied); choose another "
+                                         f"path")
+    return text
 
 
 def add_test_prior_arg(p: argparse.ArgumentParser, what: str) -> None:

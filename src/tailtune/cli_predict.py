@@ -5,7 +5,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -37,21 +36,6 @@ def count_type(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
     return n
-
-
-def output_file(text: str) -> str:
-    """An argparse type for a file an option writes, refused before any work when it cannot be written there: a
-    folder, or a folder that cannot be made or written into (a missing one is made when the file is written)."""
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder; give the path of a file to write")
-    here = next(p for p in [path.parent, *path.parent.parents] if p.exists())  # "." and "/" always exist
-    if not here.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: {here} is a file, not a folder; choose another path")
-    if not os.access(here, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"{text}: cannot write into {here} (permission denied); choose another "
-                                         f"path")
-    return text
 
 
 def add_loading_args(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any, Callable
 
-from .cli_predict import output_file
+from .cli_args import output_file
 
 
 def _search_data_args(p: argparse.ArgumentParser) -> None:
