@@ -469,7 +469,7 @@ def test_evaluate_takes_texts_and_labels_as_fit_does(model_dir):
     report = clf.evaluate(texts, labels)  # was an AttributeError: evaluate read only a TextDataset
     assert json.dumps(report) == json.dumps(clf.evaluate(tt.TextDataset(texts, labels)))  # NaN bands compare too
     assert clf.evaluate(texts, labels, theta=0.3, groups="split")["theta"] == 0.3
-    for args, kind, message in [((texts,), tt.DataError, "labels are needed here: pass y"),
+    for args, kind, message in [((texts,), tt.DataError, "evaluate needs labels: evaluate\\(texts, labels\\)"),
                                 ((texts, "good"), tt.DataError, "y must be a list of labels, one per text"),
                                 ((tt.TextDataset(texts, labels), 0.5), tt.ConfigError, "theta is a keyword argument"),
                                 ((tt.TextDataset(texts, labels), labels), tt.DataError, "not a TextDataset and y")]:

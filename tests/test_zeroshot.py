@@ -50,6 +50,11 @@ def test_the_embedding_method_picks_the_nearest_description(tiny_bert):
         zs.ZeroShotClassifier(labels, tiny_bert, "embedding", template="{text} it is {mask} .")
     with pytest.raises(tt.ConfigError, match="not among the labels"):
         zs.ZeroShotClassifier(labels, tiny_bert, "embedding", descriptions={"cheap": "x"})
+    # one text is refused, not read as a list of its characters
+    with pytest.raises(tt.DataError, match="not a single string"):
+        clf.predict(descriptions["money"])
+    with pytest.raises(tt.DataError, match="must hold texts"):
+        clf.predict_proba([descriptions["money"], 3])
 
 
 def test_the_zero_shot_command_reports_like_evaluate(tiny_bert, tmp_path, capsys):

@@ -12,7 +12,7 @@ import torch
 from .artefacts import save_classifier
 from .config import PRESETS, ClassifierConfig, config_from_preset, preset_train_config
 from .data import (TextDataset, check_labels, check_trainable, class_stats, label_space, per_class, stratified_split,
-                   with_descriptions)
+                   texts_of, with_descriptions)
 from .device import resolve_device, set_seed
 from .errors import ConfigError, DataError
 from .loop import TrainConfig
@@ -25,21 +25,17 @@ from .training import cached_features, data_hash, predict_logits, train
 
 
 def _as_dataset(X: Any, y: Iterable | None = None, X_b: Iterable | None = None,
-                labelled: bool = False) -> TextDataset:
-    """A TextDataset as given, or one of texts ``X``, labels ``y`` and second texts ``X_b`` (``labelled``: y is
-    needed)."""
+                labelled: str | None = None) -> TextDataset:
+    """A TextDataset as given, or one of texts ``X``, labels ``y`` and second texts ``X_b`` (``labelled``: the name of
+    the method that needs y, for its message)."""
     if isinstance(X, TextDataset):
         if y is not None or X_b is not None:
             raise DataError("give a TextDataset, or texts X with labels y; not a TextDataset and y or X_b")
         return X
-    if isinstance(X, str):
-        raise DataError("X must be a list of texts, not a single string")
-    X = list(X)
-    if not all(isinstance(x, str) for x in X):
-        bad = next(x for x in X if not isinstance(x, str))
-        raise DataError(f"X must hold texts (strings); found a {type(bad).__name__}: {str(bad)[:40]!r}")
+    X = texts_of(X)
     if y is None and labelled:
-        raise DataError("labels are needed here: pass y (one label per text) with the texts X, or a TextDataset")
+        raise DataError(f"{labelled} needs labels: {labelled}(texts, labels), one label per text, or "
+                        f"{labelled}(TextDataset)")
     if y is not None and (isinstance(y, (str, bytes)) or not isinstance(y, Iterable)):
         raise DataError(f"y must be a list of labels, one per text; got a {type(y).__name__}: {str(y)[:40]!r}")
     return TextDataset(X, list(y) if y is not None else [""] * len(X), list(X_b) if X_b is not None else None)
@@ -129,9 +125,7 @@ class TailtuneClassifier:
         (head/tail groups, the class priors of a logit adjustment) stay the data's own; with ``soft_labels`` they
         join as one-hot rows, and they never count towards a stage's examples per class (the regime bounds).
         """
-        if y is None and not isinstance(X, TextDataset):
-            raise DataError("fit needs labels: fit(texts, labels) or fit(TextDataset)")
-        train_ds = _as_dataset(X, y, X_b)
+        train_ds = _as_dataset(X, y, X_b, labelled="fit")
         check_trainable(train_ds)
         self.text_pairs_, self.column_names_ = train_ds.texts_b is not None, train_ds.column_names
         if soft_labels is not None and dev is None:
@@ -380,7 +374,7 @@ class TailtuneClassifier:
         self._check_fitted()
         if isinstance(y, (int, float)):
             raise ConfigError(f"evaluate(data, {y!r}): theta is a keyword argument, evaluate(data, theta={y!r})")
-        ds = _as_dataset(X, y, X_b, labelled=True)
+        ds = _as_dataset(X, y, X_b, labelled="evaluate")
         check_labels(ds, self.labels_, "evaluation")
         return long_tail_report(ds.labels, self.predict(ds), self.theta if theta is None else theta,
                                 self.class_stats_.get("counts"), groups)

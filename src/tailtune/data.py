@@ -51,6 +51,21 @@ class TextDataset:
         return len(self.texts) - sum(self.written or ())
 
 
+def texts_of(X: Any, name: str = "X") -> list[str]:
+    """``X`` as a list of texts, refused with a message when it is one string (which would be read character by
+    character) or holds something other than strings."""
+    if isinstance(X, (str, bytes)):
+        raise DataError(f"{name} must be a list of texts, not a single string: wrap it, [text]")
+    try:
+        X = list(X)
+    except TypeError:
+        raise DataError(f"{name} must be a list of texts; got a {type(X).__name__}") from None
+    bad = next((x for x in X if not isinstance(x, str)), None)
+    if bad is not None:
+        raise DataError(f"{name} must hold texts (strings); found a {type(bad).__name__}: {str(bad)[:40]!r}")
+    return X
+
+
 def per_class(examples: TextDataset) -> float:
     """Observed training examples per class, on average: label descriptions that joined them
     (``with_descriptions``) do not move the recipe out of the few-shot regime."""

@@ -125,13 +125,14 @@ class ZeroShotClassifier:
             probs = self._raw(list(CONTENT_FREE)).softmax(-1).mean(0)
             self.content_free_log_probs = probs.clamp_min(1e-12).log()
 
-    def _raw(self, texts: list[str]) -> torch.Tensor:
+    def _raw(self, texts: Sequence[str]) -> torch.Tensor:
+        from .data import texts_of
         from .training import predict_logits
-        return predict_logits(self.model, self.model.encode(list(texts)), self.batch_size)
+        return predict_logits(self.model, self.model.encode(texts_of(texts, "texts")), self.batch_size)
 
     def decision_function(self, texts: Sequence[str]) -> torch.Tensor:
         """(n, labels) scores: calibrated log-probabilities (prompt) or scaled cosines (embedding)."""
-        scores = self._raw(list(texts))
+        scores = self._raw(texts)
         if self.content_free_log_probs is not None:
             scores = scores.log_softmax(-1) - self.content_free_log_probs
         return scores
