@@ -13,4 +13,6 @@ $Q --only trec50-k8 r52-k8 trec50-k32 r52-k32
 $Q --only r52 --methods auto lr-balanced lr setfit hf-trainer
 # held out (built to check the default, not to choose it): long-tailed SST-5 (imbalance 100 and 10) and SST-2 (20)
 $Q --only sst5-lt sst5-lt10 sst2-lt20 --methods auto lr-balanced lr hf-trainer setfit
+# the whole classic SST-2 and SST-5 training splits (thousands of texts per class): where plain fine-tuning is the peer
+$Q --only sst2-full sst5-full --methods auto lr-balanced lr hf-trainer setfit
 python benchmarks/peers/table.py
