@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole peer benchmark on a 2-core CPU (resumable: finished runs are skipped). About 9 hours idle
-# (6 before the held-out sets; their 3 are estimated from one-thread runs).
+# The whole peer benchmark on a 2-core CPU (resumable: finished runs are skipped). About 12 hours idle
+# (6 before the held-out sets; their 3, and the 3 of the whole SST-2 and SST-5, are estimated from one-thread runs
+# two at a time).
 # Order: the 16-shot sets, TREC-50, the K-shot subsets, R52 (whose `prompt` rows come from the long-tail grid), the
 # held-out long tails.
 set -euo pipefail
