@@ -390,6 +390,8 @@ def test_api_misuse():
         tt.TailtuneClassifier().fit(["a", "b"])
     with pytest.raises(tt.DataError, match="not a single string"):
         tt.TailtuneClassifier().fit("a text", ["x"])
+    with pytest.raises(tt.DataError, match="X_b must be a list of texts, not a single string"):
+        tt.TailtuneClassifier().fit(["a", "b"], ["x", "y"], "a second text")  # was read as its characters
     with pytest.raises(tt.ConfigError, match="not trained yet"):
         tt.TailtuneClassifier().predict(["x"])
     with pytest.raises(tt.ConfigError, match="batch_size=0"):

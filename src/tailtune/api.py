@@ -38,7 +38,8 @@ def _as_dataset(X: Any, y: Iterable | None = None, X_b: Iterable | None = None,
                         f"{labelled}(TextDataset)")
     if y is not None and (isinstance(y, (str, bytes)) or not isinstance(y, Iterable)):
         raise DataError(f"y must be a list of labels, one per text; got a {type(y).__name__}: {str(y)[:40]!r}")
-    return TextDataset(X, list(y) if y is not None else [""] * len(X), list(X_b) if X_b is not None else None)
+    return TextDataset(X, list(y) if y is not None else [""] * len(X),
+                       texts_of(X_b, "X_b") if X_b is not None else None)
 
 
 COMPILE_AND_EXIT = ("compiled inference and early exit do not combine (early exit runs the encoder layer by layer): "
