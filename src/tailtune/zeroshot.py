@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from .data import texts_of
 from .errors import ConfigError
 
 METHODS = ("auto", "prompt", "embedding")
@@ -126,7 +127,6 @@ class ZeroShotClassifier:
             self.content_free_log_probs = probs.clamp_min(1e-12).log()
 
     def _raw(self, texts: Sequence[str]) -> torch.Tensor:
-        from .data import texts_of
         from .training import predict_logits
         return predict_logits(self.model, self.model.encode(texts_of(texts, "texts")), self.batch_size)
 
