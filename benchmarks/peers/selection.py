@@ -112,7 +112,7 @@ def run(data: tuple, name: str, method: str, seed: int, max_length: int, bf16: b
     finally:
         api.build_classifier = build
     return {"dataset": name, "method": method, "seed": seed, "max_length": max_length, "bf16": bf16,
-            "train_seconds": seconds,
+            "n_dev": len(dev), "train_seconds": seconds,
             "steps": clf.train_result_.steps, "evals": evals}
 
 
@@ -124,16 +124,18 @@ def _best(evals: list[dict], key: str, sign: float = 1.0, start: int = 0) -> int
     return max(range(start, len(evals)), key=lambda i: (sign * evals[i][key], -i))
 
 
-def _stopped(r: dict, from_floor: bool = True, key: str = "dev_macro_f1") -> int | None:
-    """The checkpoint `auto`'s early stopping keeps (the best dev ``key`` so far when it stops): it stops after the
-    recipe's patience of evaluations without a better one, never before its floor share of the steps, and an
-    evaluation before the floor does not count towards the patience. Without ``from_floor`` it does (the rule of
-    `auto-prev`, the default before). The recipe is `auto`'s with the run's variant's overrides
-    (quality.AUTO_TRAIN); without patience it never stops."""
+def _stop_point(r: dict, from_floor: bool = True, key: str = "dev_macro_f1") -> tuple[int, int] | None:
+    """(the checkpoint `auto`'s early stopping keeps, the evaluation it stops after): the best dev ``key`` so far
+    when it stops; it stops after the recipe's patience of evaluations without a better one, never before its floor
+    share of the steps, and an evaluation before the floor does not count towards the patience. Without
+    ``from_floor`` it does (the rule of `auto-prev`, the default before). The recipe is `auto`'s with the run's
+    variant's overrides (quality.AUTO_TRAIN); without patience it never stops."""
     from tailtune.config import AUTO_TRAIN as RECIPE
     recipe = {**RECIPE, **AUTO_TRAIN.get(r["method"], {})}
+    last = len(r["evals"]) - 1
     if recipe["patience"] is None or _best(r["evals"], key) is None:
-        return _best(r["evals"], key)
+        best = _best(r["evals"], key)
+        return None if best is None else (best, last)
     patience, floor = recipe["patience"], recipe["patience_from"] * r["steps"]
     best, bad = 0, 0
     for i, e in enumerate(r["evals"]):
@@ -142,8 +144,39 @@ def _stopped(r: dict, from_floor: bool = True, key: str = "dev_macro_f1") -> int
         elif e["step"] >= floor or not from_floor:
             bad += 1
         if bad >= patience and e["step"] >= floor:
-            break
-    return best
+            return best, i
+    return best, last
+
+
+def _stopped(r: dict, from_floor: bool = True, key: str = "dev_macro_f1") -> int | None:
+    """The checkpoint `auto`'s early stopping keeps (``_stop_point``'s first)."""
+    point = _stop_point(r, from_floor, key)
+    return None if point is None else point[0]
+
+
+def _n_dev(r: dict) -> int | None:
+    """The run's dev size: its row's, else (rows recorded before it was) quality.py's `auto` row of the same set and
+    seed (the same split)."""
+    if "n_dev" in r:
+        return r["n_dev"]
+    for q in read_jsonl(OUT.parent / "results.jsonl"):
+        if (q["dataset"], q["method"], q["seed"]) == (r["dataset"], "auto", r["seed"]):
+            return q["n_dev"]
+    return None
+
+
+def _latest_within_se(r: dict, key: str = "dev_macro_f1") -> int | None:
+    """The latest evaluation, up to where `auto` stops, whose dev ``key`` is within one standard error of the best
+    one's (``sqrt(a(1 - a) / n)`` of its dev accuracy ``a`` on ``n`` dev texts; a lower bound for macro-F1's): the
+    one-standard-error rule, preferring the later (more annealed: the learning rate decays to zero) checkpoint
+    where dev cannot tell them apart."""
+    point, n = _stop_point(r, key=key), _n_dev(r)
+    if point is None or not n:
+        return None
+    best, end = point
+    a = r["evals"][best]["dev_accuracy"]
+    bound = r["evals"][best][key] - (a * (1 - a) / n) ** 0.5
+    return max(i for i in range(end + 1) if r["evals"][i][key] >= bound)
 
 
 # rule -> index of the evaluation it keeps from a run's row (ties: the earliest, as the training loop does)
@@ -155,6 +188,7 @@ RULES = {
     "least dev log-loss": lambda r: _best(r["evals"], "dev_log_loss", -1.0),
     "best dev macro-F1 in the second half": lambda r: _best(r["evals"], "dev_macro_f1", start=len(r["evals"]) // 2),
     "the last evaluation": lambda r: len(r["evals"]) - 1,
+    "the latest within one standard error of auto's kept dev macro-F1, up to where auto stops": _latest_within_se,
     "best dev macro-F1 after the adjustment": lambda r: _best(r["evals"], "dev_adjusted_macro_f1"),
     "auto's early stopping on dev macro-F1 after the adjustment": lambda r: _stopped(r, key="dev_adjusted_macro_f1"),
     # dev macro-F1 over the dev split's own classes: a class it lacks, if predicted, costs only the recall of the
