@@ -21,6 +21,7 @@ Rows -> ``benchmarks/results/quality/selection.jsonl``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -154,15 +155,17 @@ def _stopped(r: dict, from_floor: bool = True, key: str = "dev_macro_f1") -> int
     return None if point is None else point[0]
 
 
+@functools.cache
+def _auto_dev_sizes() -> dict:
+    """(set, seed) -> dev size of quality.py's `auto` rows (read once)."""
+    return {(q["dataset"], q["seed"]): q["n_dev"] for q in read_jsonl(OUT.parent / "results.jsonl")
+            if q["method"] == "auto"}
+
+
 def _n_dev(r: dict) -> int | None:
     """The run's dev size: its row's, else (rows recorded before it was) quality.py's `auto` row of the same set and
     seed (the same split)."""
-    if "n_dev" in r:
-        return r["n_dev"]
-    for q in read_jsonl(OUT.parent / "results.jsonl"):
-        if (q["dataset"], q["method"], q["seed"]) == (r["dataset"], "auto", r["seed"]):
-            return q["n_dev"]
-    return None
+    return r.get("n_dev") or _auto_dev_sizes().get((r["dataset"], r["seed"]))
 
 
 def _latest_within_se(r: dict, key: str = "dev_macro_f1") -> int | None:
