@@ -37,3 +37,31 @@ def test_the_one_standard_error_rule_keeps_the_latest_checkpoint_dev_cannot_tell
     stopped = run([0.5, 0.8, 0.78, 0.7, 0.7, 0.7, 0.79, 0.8, 0.8, 0.8])
     assert selection._stop_point(stopped) == (1, 6)
     assert selection._latest_within_se(stopped) == 6
+
+
+def test_the_smoothed_rule_ranks_an_evaluation_with_its_neighbours():
+    # an isolated dev spike (0.95 at evaluation 1) loses to a plateau: the mean of 0.95 and 0.5 is 0.725, of 0.84,
+    # 0.86 and 0.85 is 0.85; auto stops after evaluation 7, the third from its floor (evaluation 5)
+    r = run([0.95, 0.5, 0.84, 0.86, 0.85, 0.6, 0.6, 0.6, 0.6, 0.6])
+    assert selection._stop_point(r) == (0, 6)
+    assert selection._best_smoothed(r) == 3
+    # never past where auto stops: stopped after evaluation 7 (index 6), a later plateau is not seen
+    late = run([0.5, 0.8, 0.78, 0.7, 0.7, 0.7, 0.79, 0.99, 0.99, 0.99])
+    assert selection._stop_point(late) == (1, 6)
+    assert selection._best_smoothed(late) == 2  # 0.8, 0.78 and 0.7 average 0.76; nothing up to the stop does better
+
+
+def test_a_dev_size_falls_back_to_the_one_every_seed_of_the_set_shares(monkeypatch):
+    rows = [{"dataset": "given", "method": "auto", "seed": 13, "n_dev": 617},
+            {"dataset": "given", "method": "auto", "seed": 21, "n_dev": 617},
+            {"dataset": "carved", "method": "auto", "seed": 13, "n_dev": 691},
+            {"dataset": "carved", "method": "auto", "seed": 21, "n_dev": 690}]
+    monkeypatch.setattr(selection, "read_jsonl", lambda path: rows)
+    selection._auto_dev_sizes.cache_clear()
+    try:
+        assert selection._n_dev({"dataset": "given", "seed": 87}) == 617  # a seed quality.py did not run
+        assert selection._n_dev({"dataset": "carved", "seed": 21}) == 690  # its own seed's split
+        assert selection._n_dev({"dataset": "carved", "seed": 87}) is None  # carved per seed: no one size
+        assert selection._n_dev({"dataset": "carved", "seed": 87, "n_dev": 700}) == 700  # a row's own first
+    finally:
+        selection._auto_dev_sizes.cache_clear()

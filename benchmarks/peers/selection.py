@@ -157,15 +157,22 @@ def _stopped(r: dict, from_floor: bool = True, key: str = "dev_macro_f1") -> int
 
 @functools.cache
 def _auto_dev_sizes() -> dict:
-    """(set, seed) -> dev size of quality.py's `auto` rows (read once)."""
-    return {(q["dataset"], q["seed"]): q["n_dev"] for q in read_jsonl(OUT.parent / "results.jsonl")
-            if q["method"] == "auto"}
+    """(set, seed) -> dev size of quality.py's `auto` rows (read once); (set, None) -> the size every seed of the
+    set shares, where they all share one (a dev split the set gives, as R52's, rather than one carved per seed)."""
+    sizes = {(q["dataset"], q["seed"]): q["n_dev"] for q in read_jsonl(OUT.parent / "results.jsonl")
+             if q["method"] == "auto"}
+    per_set: dict = {}
+    for (name, _), n in sizes.items():
+        per_set.setdefault(name, set()).add(n)
+    return {**sizes, **{(name, None): ns.pop() for name, ns in per_set.items() if len(ns) == 1}}
 
 
 def _n_dev(r: dict) -> int | None:
     """The run's dev size: its row's, else (rows recorded before it was) quality.py's `auto` row of the same set and
-    seed (the same split)."""
-    return r.get("n_dev") or _auto_dev_sizes().get((r["dataset"], r["seed"]))
+    seed (the same split), else the dev size all of the set's `auto` rows share (a given dev split, for a seed that
+    quality.py did not run)."""
+    sizes = _auto_dev_sizes()
+    return r.get("n_dev") or sizes.get((r["dataset"], r["seed"])) or sizes.get((r["dataset"], None))
 
 
 def _latest_within_se(r: dict, key: str = "dev_macro_f1") -> int | None:
@@ -182,6 +189,19 @@ def _latest_within_se(r: dict, key: str = "dev_macro_f1") -> int | None:
     return max(i for i in range(end + 1) if r["evals"][i][key] >= bound)
 
 
+def _best_smoothed(r: dict, key: str = "dev_macro_f1", half_width: int = 1) -> int | None:
+    """The best evaluation, up to where `auto` stops, by the mean dev ``key`` of it and its neighbours (``half_width``
+    on each side, fewer at the ends): a noisy dev score averaged over nearby checkpoints, which rank alike if dev
+    differences between neighbours are noise."""
+    point = _stop_point(r, key=key)
+    if point is None:
+        return None
+    evals = r["evals"][:point[1] + 1]
+    mean = [statistics.mean(e[key] for e in evals[max(0, i - half_width):i + half_width + 1])
+            for i in range(len(evals))]
+    return max(range(len(evals)), key=lambda i: (mean[i], -i))
+
+
 # rule -> index of the evaluation it keeps from a run's row (ties: the earliest, as the training loop does)
 RULES = {
     "best dev macro-F1 (auto, all epochs)": lambda r: _best(r["evals"], "dev_macro_f1"),
@@ -192,6 +212,7 @@ RULES = {
     "best dev macro-F1 in the second half": lambda r: _best(r["evals"], "dev_macro_f1", start=len(r["evals"]) // 2),
     "the last evaluation": lambda r: len(r["evals"]) - 1,
     "the latest within one standard error of auto's kept dev macro-F1, up to where auto stops": _latest_within_se,
+    "best mean dev macro-F1 of an evaluation and its two neighbours, up to where auto stops": _best_smoothed,
     "best dev macro-F1 after the adjustment": lambda r: _best(r["evals"], "dev_adjusted_macro_f1"),
     "auto's early stopping on dev macro-F1 after the adjustment": lambda r: _stopped(r, key="dev_adjusted_macro_f1"),
     # dev macro-F1 over the dev split's own classes: a class it lacks, if predicted, costs only the recall of the
