@@ -158,13 +158,14 @@ def _stopped(r: dict, from_floor: bool = True, key: str = "dev_macro_f1") -> int
 @functools.cache
 def _auto_dev_sizes() -> dict:
     """(set, seed) -> dev size of quality.py's `auto` rows (read once); (set, None) -> the size every seed of the
-    set shares, where they all share one (a dev split the set gives, as R52's, rather than one carved per seed)."""
+    set shares, where they all share one (a dev split the set gives, as R52's, or a carve of one size on every seed:
+    the standard-error bound reads only the size)."""
     sizes = {(q["dataset"], q["seed"]): q["n_dev"] for q in read_jsonl(OUT.parent / "results.jsonl")
              if q["method"] == "auto"}
     per_set: dict = {}
     for (name, _), n in sizes.items():
         per_set.setdefault(name, set()).add(n)
-    return {**sizes, **{(name, None): ns.pop() for name, ns in per_set.items() if len(ns) == 1}}
+    return {**sizes, **{(name, None): next(iter(ns)) for name, ns in per_set.items() if len(ns) == 1}}
 
 
 def _n_dev(r: dict) -> int | None:
