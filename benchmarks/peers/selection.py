@@ -198,9 +198,8 @@ def _best_smoothed(r: dict, key: str = "dev_macro_f1", half_width: int = 1) -> i
     if point is None:
         return None
     evals = r["evals"][:point[1] + 1]
-    mean = [statistics.mean(e[key] for e in evals[max(0, i - half_width):i + half_width + 1])
-            for i in range(len(evals))]
-    return max(range(len(evals)), key=lambda i: (mean[i], -i))
+    return _best([{key: statistics.mean(e[key] for e in evals[max(0, i - half_width):i + half_width + 1])}
+                  for i in range(len(evals))], key)
 
 
 # rule -> index of the evaluation it keeps from a run's row (ties: the earliest, as the training loop does)
