@@ -48,7 +48,12 @@ HELDOUT = {"sst5-lt": ("classic/sst5", 64, 0.65, 1000, 100, "carved"),
            # the whole training split, as it is (no class above n_max, ratio 1): plenty of examples per class, the
            # regime where plain fine-tuning is the peer to beat and where `auto`'s 10 epochs cost the most
            "sst2-full": ("classic/sst2", 64, 0.65, 10 ** 6, 1, "carved"),  # 6,920 texts, 2 classes
-           "sst5-full": ("classic/sst5", 64, 0.65, 10 ** 6, 1, "carved")}  # 8,544 texts, 5 classes
+           "sst5-full": ("classic/sst5", 64, 0.65, 10 ** 6, 1, "carved"),  # 8,544 texts, 5 classes
+           # two tasks no default was read from, drawn from a full set that ships as one all.tsv (the pool: all.tsv
+           # minus LM-BFF's test set, which is the test set, as more_splits.py draws): objectivity and the polarity
+           # of short phrases, binary, 1,000 against 50
+           "subj-lt20": ("classic/subj", 64, 0.65, 1000, 20, "carved"),
+           "mpqa-lt20": ("classic/mpqa", 64, 0.65, 1000, 20, "carved")}
 SETS = [*LONGTAIL, *FEWSHOT, *KSHOT, *HELDOUT]
 # every method's label: the peer table's row names (table.py) and what each row ran, in one place
 LABELS = {
@@ -191,6 +196,20 @@ def dev_carved(data_dir: Path, name: str) -> bool:
     return name in LONGTAIL and not (data_dir / LONGTAIL[name][0] / "dev.tsv").is_file()
 
 
+def classic_pool(data_dir: Path, folder: str):
+    """(pool, test) of a classic set: its train and test splits, or for a set that ships as one ``all.tsv``, LM-BFF's
+    test set of it and the rest of ``all.tsv`` (texts compared with more_splits.py's normalisation)."""
+    import tailtune as tt
+    base = data_dir / folder
+    if not (base / "all.tsv").is_file():
+        return tuple(tt.read_dataset(base / f"{split}.tsv") for split in ("train", "test"))
+    from more_splits import FOLDERS, _norm
+    test = tt.read_dataset(data_dir / "fewshot" / "lmbff-16shot" / FOLDERS[base.name] / "16-13" / "test.csv",
+                           header=False, columns=["label", "text"])
+    held, full = {_norm(t) for t in test.texts}, tt.read_dataset(base / "all.tsv")
+    return full.subset([i for i, t in enumerate(full.texts) if _norm(t) not in held]), test
+
+
 def load(data_dir: Path, name: str, seed: int, carve: bool = True):
     """(train, dev, test, max_length, theta, few-shot?) of a set for a seed. ``carve=False``: a set whose dev split
     is carved from its training split comes uncarved, with an empty dev set, for tailtune's ``fit`` to carve the very
@@ -211,7 +230,7 @@ def load(data_dir: Path, name: str, seed: int, carve: bool = True):
         return train, dev, test, max_length, theta, False
     if name in HELDOUT:
         folder, max_length, theta, n_max, ratio, _ = HELDOUT[name]
-        pool, test = (tt.read_dataset(data_dir / folder / f"{split}.tsv") for split in ("train", "test"))
+        pool, test = classic_pool(data_dir, folder)
         rng, by_class = random.Random(seed), indices_by_class(pool.labels)
         classes = sorted(by_class)
         rng.shuffle(classes)  # classes[0] is the largest
