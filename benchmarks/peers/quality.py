@@ -198,7 +198,8 @@ def dev_carved(data_dir: Path, name: str) -> bool:
 
 def classic_pool(data_dir: Path, folder: str):
     """(pool, test) of a classic set: its train and test splits, or for a set that ships as one ``all.tsv``, LM-BFF's
-    test set of it and the rest of ``all.tsv`` (texts compared with more_splits.py's normalisation)."""
+    test set of it and the rest of ``all.tsv`` (texts compared with more_splits.py's normalisation; as there, the few
+    copies that differ from a test text only in encoding stay in the pool: 19 of Subj's, 2 of MPQA's)."""
     import tailtune as tt
     base = data_dir / folder
     if not (base / "all.tsv").is_file():
