@@ -22,11 +22,10 @@ def data_dir(tmp_path: Path) -> Path:
         w.writerow(["text", "label"])
         w.writerows(rows)
     test = [(y, "  " + t.replace(" ", "  ")) for t, y in rows if int(t.split()[-1]) < 10]
-    for seed in (13, 21):
-        folder = tmp_path / "fewshot" / "lmbff-16shot" / "subj" / f"16-{seed}"
-        folder.mkdir(parents=True)
-        with (folder / "test.csv").open("w", newline="") as f:
-            csv.writer(f).writerows(test)
+    folder = tmp_path / "fewshot" / "lmbff-16shot" / "subj" / "16-13"  # every LM-BFF seed shares its test set
+    folder.mkdir(parents=True)
+    with (folder / "test.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(test)
     return tmp_path
 
 
