@@ -14,14 +14,17 @@ import quality
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
-    """A subj-like set: 60 texts per class in all.tsv, 10 of each of them (re-spaced) in LM-BFF's test split."""
+    """A subj-like set: 60 texts per class in all.tsv, 10 of each of them (re-spaced) in LM-BFF's test split, and
+    two more copies of test texts in all.tsv that differ from them only in encoding ("…" for "...")."""
     rows = [(f"text {y} number {i}", y) for y in ("0", "1") for i in range(60)]
+    rows += [(f"text {y} number 0 …", y) for y in ("0", "1")]
     (tmp_path / "classic" / "subj").mkdir(parents=True)
     with (tmp_path / "classic" / "subj" / "all.tsv").open("w", newline="") as f:
         w = csv.writer(f, delimiter="\t")
         w.writerow(["text", "label"])
         w.writerows(rows)
-    test = [(y, "  " + t.replace(" ", "  ")) for t, y in rows if int(t.split()[-1]) < 10]
+    test = [(y, "  " + t.replace(" ", "  ")) for t, y in rows[:120] if int(t.split()[-1]) < 10]
+    test = [(y, t + " ...") if t.split() == ["text", y, "number", "0"] else (y, t) for y, t in test]
     folder = tmp_path / "fewshot" / "lmbff-16shot" / "subj" / "16-13"  # every LM-BFF seed shares its test set
     folder.mkdir(parents=True)
     with (folder / "test.csv").open("w", newline="") as f:
@@ -32,7 +35,8 @@ def data_dir(tmp_path: Path) -> Path:
 def test_the_pool_is_all_tsv_without_lmbffs_test_set_which_is_the_test_set(data_dir):
     pool, test = quality.classic_pool(data_dir, "classic/subj")
     assert len(test) == 20 and Counter(test.labels) == {"0": 10, "1": 10}
-    assert len(pool) == 100  # the 20 test texts left out though their spacing differs
+    assert len(pool) == 100  # the 20 test texts left out though their spacing differs, and the 2 copies in "…"
+    assert not [t for t in pool.texts if "…" in t]
     assert not {" ".join(t.split()) for t in test.texts} & set(pool.texts)
 
 
