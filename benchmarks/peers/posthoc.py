@@ -3,12 +3,14 @@
     python benchmarks/peers/posthoc.py --only trec50 sst5-lt --seeds 13 21 42
     python benchmarks/peers/posthoc.py --summary
 
-Each run trains ``auto`` exactly as ``quality.py`` does (same splits, seed and recipe; ``--calibration
+Each run trains today's ``auto`` exactly as ``quality.py`` does (same splits, seed and recipe; ``--calibration
 none`` during training, so τ = 0 reproduces quality.py's ``auto`` row), then scores the dev and test sets
 once, uncalibrated, and re-scores them with the class scores minus τ·log(training class prior) for every τ
 of the grid (Menon et al., 2021: τ = 1 is the Bayes-consistent rule for the balanced error). A uniform prior
 makes every τ a no-op, so only sets with an imbalanced training split are worth running. Rows go to
-``benchmarks/results/quality/posthoc.jsonl``: per τ, test and dev macro-F1 and tail-F1.
+``benchmarks/results/quality/posthoc.jsonl``: per τ, test and dev macro-F1 and tail-F1, with ``method`` naming the
+recipe that trained them (``auto``; rows of an earlier default are relabelled with its name, e.g. ``auto-prev``, when
+the default changes, as quality.py's rows are).
 """
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def run(data_dir: Path, name: str, seed: int, save_scores: Path | None = None) -
                 tensors[f"{part}_gold"] = torch.tensor([index.get(y, -1) for y in ds.labels])
         save_scores.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(save_scores / f"{name}-{seed}.safetensors"),
-                  metadata={"train_seconds": str(seconds), "theta": str(theta)})
+                  metadata={"train_seconds": str(seconds), "theta": str(theta), "method": "auto"})
     return {"dataset": name, "method": "auto", "seed": seed, "train_seconds": seconds,
             "imbalance": max(counts.values()) / min(counts.values()), "n_train": len(train), "n_dev": len(dev),
             "n_test": len(test), "torch_threads": torch.get_num_threads(),
@@ -110,7 +112,7 @@ def main() -> None:
         summary(read_jsonl(out))
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["dataset"], r["seed"]) for r in read_jsonl(out)}
+    done = {(r["dataset"], r["seed"]) for r in read_jsonl(out) if r["method"] == "auto"}  # (not an earlier default's)
     for name in a.only:
         for seed in a.seeds:
             if (name, seed) in done:

@@ -63,7 +63,8 @@ def run(path: Path, data_dir: Path) -> dict:
     tau = tau_bal if is_carved else tau_dev  # what `--adjust-target auto` (the default) takes
     state = fit_state(dev_raw, dev_gold)
     counts = torch.bincount(gold, minlength=raw.shape[1]).float()
-    row = {"dataset": name, "seed": int(seed), "dev_carved": is_carved, "tau_dev": tau_dev, "tau_balanced": tau_bal,
+    # the recipe that trained the scores (posthoc.py trains today's default; files saved before it said so are its)
+    row = {"dataset": name, "seed": int(seed), "method": meta.get("method", "auto"), "dev_carved": is_carved, "tau_dev": tau_dev, "tau_balanced": tau_bal,
            "temperature": state["temperature"], "n_test": len(gold), "test_classes": int((counts > 0).sum()),
            "classes": raw.shape[1]}
     shifted = {"τ=0": raw, "τ from dev macro-F1": raw - tau_dev * log_prior, "τ=1": raw - log_prior,
@@ -123,7 +124,7 @@ def main() -> None:
     if not a.summary:
         if not a.scores:
             p.error("give the --save-scores folder of posthoc.py, or --summary")
-        done = {(r["dataset"], r["seed"]) for r in read_jsonl(out)}
+        done = {(r["dataset"], r["seed"]) for r in read_jsonl(out) if r["method"] == "auto"}  # today's default's
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("a", encoding="utf-8") as f:
             for path in sorted(Path(a.scores).glob("*.safetensors")):

@@ -124,6 +124,8 @@ LABELS = {
     "auto-ln-b16-mlp": "auto-ln-b16 with cls-ln's head: a tanh MLP with a LayerNorm (`--head mlp`)",
     "auto-ln-b16-cls-mlp": "auto-ln-b16 with cls-ln's readout and head: cls-ln under auto's recipe (`--readout cls "
                            "--head mlp`)",
+    "auto-cls-mlp": "`auto` reading [CLS] into a tanh MLP head, the layout of the `Trainer`'s model (`--readout cls "
+                    "--head mlp`; the pooler layer fresh, not the checkpoint's)",
     "auto-selacc": "`auto` keeping the checkpoint with the best dev accuracy, and stopping on it (`--select-metric "
                    "accuracy`)",
     "auto-last": "`auto` keeping its last step, without early stopping (`--select-metric last`)",
@@ -148,7 +150,8 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-ln-b16-cls-mlp": {**LN, "readout": "cls", "head": "mlp"}, "auto-desc": {},
                  "auto-desc-finetune": {"contrastive_head_only_below": 0}, "auto-names": {},
                  "auto-names-obs": {"contrastive_pairs": "observed"}, "auto-desc-obs": {"contrastive_pairs": "observed"},
-                 "auto-ln-names": LN, "auto-wa": {}, "auto-selacc": {}, "auto-last": {}}
+                 "auto-ln-names": LN, "auto-wa": {}, "auto-selacc": {}, "auto-last": {},
+                 "auto-cls-mlp": {"readout": "cls", "head": "mlp"}}
 # variants that fit with each label's description among the training examples (fit's descriptions=, 4 copies
 # each): the 16-shot sets' manual prompt without the text, "It was great ." (fewshot.prompt_descriptions)
 DESCRIBED = {"auto-desc", "auto-desc-finetune", "auto-desc-obs", "lr-balanced-desc", "setfit-desc"}  # (a peer's: the same texts added to its training set)

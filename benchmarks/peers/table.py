@@ -58,20 +58,22 @@ def main() -> None:
     # runs (the same training, then the τ that --adjust-tau-from-dev picks on dev; its scores at that τ); where the
     # dev set is carved from imbalanced training data, the default aims at a balanced test set instead
     # (`--adjust-target auto`): prior_shift.py's rows (the same training's raw scores, then that rule's τ), and a
-    # (set, seed) it has not scored keeps posthoc.py's row under the earlier rule, marked †. On a 16-shot set, whose
+    # (set, seed) it has not scored keeps posthoc.py's row under the earlier rule, marked †. Only the rows that the
+    # earlier default trained (their `method`); those of today's default are measured by quality.py itself. On a 16-shot set, whose
     # training prior is uniform, every τ leaves every prediction as it is, so the previous recipe's runs are the
     # default's
     direct = {(r["dataset"], r["seed"]) for r in rows if r["method"] == EARLIER}
     balanced = [{"dataset": r["dataset"], "method": EARLIER, "seed": r["seed"], **r["default_report"],
                  "train_seconds": r["train_seconds"], "tau": r["default_tau"]}
-                for r in read_jsonl(Path(a.prior_shift)) if r["dev_carved"]]
+                for r in read_jsonl(Path(a.prior_shift)) if r["dev_carved"] and r["method"] == EARLIER]
     have_balanced = direct | {(r["dataset"], r["seed"]) for r in balanced}
     carved_sets = {r["dataset"] for r in balanced}
     rows += [r for r in balanced if (r["dataset"], r["seed"]) not in direct]
     rows += [{"dataset": r["dataset"], "method": EARLIER, "seed": r["seed"], "macro_f1": r["test"][str(tau)][0],
               "tail_f1": r["test"][str(tau)][1], "train_seconds": r["train_seconds"], "tau": tau,
               "carried": r["dataset"] in carved_sets}
-             for r in read_jsonl(Path(a.posthoc)) for tau in [picked(r)] if (r["dataset"], r["seed"]) not in have_balanced]
+             for r in read_jsonl(Path(a.posthoc)) if r["method"] == EARLIER for tau in [picked(r)]
+             if (r["dataset"], r["seed"]) not in have_balanced]
     rows += [{**r, "method": EARLIER} for r in list(rows) if r["method"] == PREVIOUS and r["dataset"] in FEWSHOT]
     # `prompt` on the full long-tail sets ran in the long-tail grid (same splits, dev and max length, seeds
     # 13/21/42; its own schedule and bf16 autocast, so its seconds are not this benchmark's): marked ‡
