@@ -125,7 +125,8 @@ LABELS = {
     "auto-ln-b16-cls-mlp": "auto-ln-b16 with cls-ln's readout and head: cls-ln under auto's recipe (`--readout cls "
                            "--head mlp`)",
     "auto-cls-mlp": "`auto` reading [CLS] into a tanh MLP head, the layout of the `Trainer`'s model (`--readout cls "
-                    "--head mlp`; the pooler layer fresh, not the checkpoint's)",
+                    "--head mlp`; its dense layer fresh, not the checkpoint's pooler; `auto`'s LayerNorm before the "
+                    "output layer; not adopted)",
     "auto-selacc": "`auto` keeping the checkpoint with the best dev accuracy, and stopping on it (`--select-metric "
                    "accuracy`)",
     "auto-last": "`auto` keeping its last step, without early stopping (`--select-metric last`)",
