@@ -127,6 +127,7 @@ LABELS = {
     "auto-cls-mlp": "`auto` reading [CLS] into a tanh MLP head, the layout of the `Trainer`'s model (`--readout cls "
                     "--head mlp`; its dense layer fresh, not the checkpoint's pooler; `auto`'s LayerNorm before the "
                     "output layer; not adopted)",
+    "auto-b16-3ep": "`auto` with the `Trainer`'s batch and epochs (`--batch-size 16 --epochs 3`)",
     "auto-selacc": "`auto` keeping the checkpoint with the best dev accuracy, and stopping on it (`--select-metric "
                    "accuracy`)",
     "auto-last": "`auto` keeping its last step, without early stopping (`--select-metric last`)",
@@ -152,7 +153,7 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-desc-finetune": {"contrastive_head_only_below": 0}, "auto-names": {},
                  "auto-names-obs": {"contrastive_pairs": "observed"}, "auto-desc-obs": {"contrastive_pairs": "observed"},
                  "auto-ln-names": LN, "auto-wa": {}, "auto-selacc": {}, "auto-last": {},
-                 "auto-cls-mlp": {"readout": "cls", "head": "mlp"}}
+                 "auto-cls-mlp": {"readout": "cls", "head": "mlp"}, "auto-b16-3ep": {}}
 # variants that fit with each label's description among the training examples (fit's descriptions=, 4 copies
 # each): the 16-shot sets' manual prompt without the text, "It was great ." (fewshot.prompt_descriptions)
 DESCRIBED = {"auto-desc", "auto-desc-finetune", "auto-desc-obs", "lr-balanced-desc", "setfit-desc"}  # (a peer's: the same texts added to its training set)
@@ -169,7 +170,7 @@ DESCRIPTION_COPIES = 4
 PAPER_LR_BATCH = {"lr": 1e-4, "batch_size": 16}  # the long-tail paper's body lr and batch
 AUTO_TRAIN = {"auto-long": {"epochs": 5.0, "patience": None, "patience_from": 0.0},
               "auto-5ep": {"epochs": 5.0, "patience_from": 0.0}, "auto-nostop": {"patience": None},
-              "auto-3ep": {"epochs": 3.0},
+              "auto-3ep": {"epochs": 3.0}, "auto-b16-3ep": {"batch_size": 16, "epochs": 3.0},
               "auto-paper": {**PAPER_LR_BATCH, "patience": None}, "auto-lr": {"lr": 1e-4},
               "auto-b16": PAPER_LR_BATCH, "auto-b16-nola": PAPER_LR_BATCH,
               "auto-ln-b16": PAPER_LR_BATCH, "auto-ln-nostop": {"patience": None}, "auto-ln-b16-cls": PAPER_LR_BATCH,
