@@ -4,7 +4,8 @@
     python benchmarks/peers/posthoc.py --summary
 
 Each run trains today's ``auto`` exactly as ``quality.py`` does (same splits, seed and recipe; ``--calibration
-none`` during training, so τ = 0 reproduces quality.py's ``auto`` row), then scores the dev and test sets
+none`` during training, so τ = 0 is the unadjusted classifier, and prior_shift.py's ``default`` column, re-scored from
+``--save-scores``, reproduces quality.py's ``auto`` row), then scores the dev and test sets
 once, uncalibrated, and re-scores them with the class scores minus τ·log(training class prior) for every τ
 of the grid (Menon et al., 2021: τ = 1 is the Bayes-consistent rule for the balanced error). A uniform prior
 makes every τ a no-op, so only sets with an imbalanced training split are worth running. Rows go to

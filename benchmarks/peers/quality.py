@@ -127,7 +127,7 @@ LABELS = {
     "auto-cls-mlp": "`auto` reading [CLS] into a tanh MLP head, the layout of the `Trainer`'s model (`--readout cls "
                     "--head mlp`; its dense layer fresh, not the checkpoint's pooler; `auto`'s LayerNorm before the "
                     "output layer; not adopted)",
-    "auto-b16-3ep": "`auto` with the `Trainer`'s batch and epochs (`--batch-size 16 --epochs 3`)",
+    "auto-b16-3ep": "`auto` with the `Trainer`'s batch and epochs (`--batch-size 16 --epochs 3`; not adopted)",
     "auto-selacc": "`auto` keeping the checkpoint with the best dev accuracy, and stopping on it (`--select-metric "
                    "accuracy`)",
     "auto-last": "`auto` keeping its last step, without early stopping (`--select-metric last`)",

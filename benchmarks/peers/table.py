@@ -58,10 +58,10 @@ def main() -> None:
     # runs (the same training, then the τ that --adjust-tau-from-dev picks on dev; its scores at that τ); where the
     # dev set is carved from imbalanced training data, the default aims at a balanced test set instead
     # (`--adjust-target auto`): prior_shift.py's rows (the same training's raw scores, then that rule's τ), and a
-    # (set, seed) it has not scored keeps posthoc.py's row under the earlier rule, marked †. Only the rows that the
-    # earlier default trained (their `method`); those of today's default are measured by quality.py itself. On a 16-shot set, whose
-    # training prior is uniform, every τ leaves every prediction as it is, so the previous recipe's runs are the
-    # default's
+    # (set, seed) it has not scored keeps posthoc.py's row under the earlier rule, marked †. Only rows that the
+    # earlier default trained (their `method`) stand in; today's default is measured by quality.py itself. On a
+    # 16-shot set, whose training prior is uniform, every τ leaves every prediction as it is, so the previous recipe's
+    # runs are the default's
     direct = {(r["dataset"], r["seed"]) for r in rows if r["method"] == EARLIER}
     balanced = [{"dataset": r["dataset"], "method": EARLIER, "seed": r["seed"], **r["default_report"],
                  "train_seconds": r["train_seconds"], "tau": r["default_tau"]}
