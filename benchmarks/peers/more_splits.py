@@ -36,6 +36,13 @@ def _letters(text: str) -> str:
     return "".join(c for c in text.lower() if c.isascii() and c.isalnum())
 
 
+def test_keys(test_texts) -> tuple[set[str], set[str]]:
+    """The test texts under both keys, ``_norm`` and ``_letters`` (a text of punctuation alone, "*", has an empty
+    ``_letters`` key and matches nothing under it)."""
+    texts = list(test_texts)
+    return {_norm(t) for t in texts}, {_letters(t) for t in texts} - {""}
+
+
 def read_all(path: Path) -> list[tuple[str, str]]:
     """(label, text) rows of a classic ``all.tsv`` (header ``text<TAB>label``, CSV quoting)."""
     with path.open(newline="") as f:
@@ -85,10 +92,9 @@ def main() -> None:
     if clash:
         p.error(f"seeds {clash} are LM-BFF's published splits: choose other seeds")
     test = read_lmbff(published / "16-13" / "test.csv")
-    held = {_norm(t) for _, t in test}
+    held, test_letters = test_keys(t for _, t in test)
     pool = [r for r in read_all(data / "classic" / a.set / "all.tsv") if _norm(r[1]) not in held]
     base = Path(a.out) / "fewshot" / "lmbff-16shot" / folder
-    test_letters = {_letters(t) for _, t in test} - {""}  # a text of punctuation alone ("*") matches nothing
     for seed in a.seeds:
         train, dev = draw(pool, K, seed)
         near = sum(_letters(t) in test_letters for _, t in train + dev)

@@ -211,12 +211,11 @@ def classic_pool(data_dir: Path, folder: str):
     base = data_dir / folder
     if not (base / "all.tsv").is_file():
         return tuple(tt.read_dataset(base / f"{split}.tsv") for split in ("train", "test"))
-    from more_splits import FOLDERS, _letters, _norm
+    from more_splits import FOLDERS, _letters, _norm, test_keys
     test = tt.read_dataset(data_dir / "fewshot" / "lmbff-16shot" / FOLDERS[base.name] / "16-13" / "test.csv",
                            header=False, columns=["label", "text"])
     full = tt.read_dataset(base / "all.tsv")
-    held = {_norm(t) for t in test.texts}
-    held_letters = {_letters(t) for t in test.texts} - {""}  # a text of punctuation alone ("*") matches nothing
+    held, held_letters = test_keys(test.texts)
     return full.subset([i for i, t in enumerate(full.texts)
                         if _norm(t) not in held and _letters(t) not in held_letters]), test
 
