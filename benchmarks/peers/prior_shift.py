@@ -66,8 +66,8 @@ def run(path: Path, data_dir: Path) -> dict:
     # the recipe that trained the scores: posthoc.py trains today's default and names it in the file; a file saved
     # before it did is read as today's default's too (relabel its rows if the default has changed since)
     row = {"dataset": name, "seed": int(seed), "method": meta.get("method", "auto"), "dev_carved": is_carved,
-           "tau_dev": tau_dev, "tau_balanced": tau_bal, "temperature": state["temperature"], "n_test": len(gold), "test_classes": int((counts > 0).sum()),
-           "classes": raw.shape[1]}
+           "tau_dev": tau_dev, "tau_balanced": tau_bal, "temperature": state["temperature"], "n_test": len(gold),
+           "test_classes": int((counts > 0).sum()), "classes": raw.shape[1]}
     shifted = {"τ=0": raw, "τ from dev macro-F1": raw - tau_dev * log_prior, "τ=1": raw - log_prior,
                "τ for a balanced target": raw - tau_bal * log_prior, "default": raw - tau * log_prior}
     # how many classes the test set lacks each rule predicts (each enters scikit-learn's macro-F1 with F1 0)
