@@ -56,6 +56,42 @@ def test_module_lr_reaches_only_task_modules(tiny_bert):
     assert 1e-5 not in by_lr  # nothing else trains
 
 
+def test_layer_lr_decay_scales_the_backbone_by_depth(tiny_bert):
+    """`layer_lr_decay`: the top encoder layer (and what sits above it) at lr, each layer below at decay x the one
+    above, the embeddings one step below the first layer; the head keeps head_lr."""
+    from tailtune.loop import layer_depths, param_groups
+    model = tt.build_classifier(tt.config_from_preset("cls"), ["a", "b"], tiny_bert)
+    cfg = tt.TrainConfig(lr=1e-4, head_lr=1e-3, layer_lr_decay=0.5)
+    lr_of = {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in param_groups(model, model.param_roles(), cfg):
+        for p in g["params"]:
+            lr_of[names[id(p)]] = g["lr"]
+    assert set(lr_of) == set(model.param_roles())  # every trainable parameter, once
+    layers = 2  # the tiny model's (tests/tiny.py)
+    for name, lr in lr_of.items():
+        if name.startswith("head."):
+            assert lr == 1e-3
+        elif "embeddings" in name:
+            assert lr == pytest.approx(1e-4 * 0.5 ** layers), name
+        elif ".layer." in name:
+            i = int(name.split(".layer.")[1].split(".")[0])
+            assert lr == pytest.approx(1e-4 * 0.5 ** (layers - 1 - i)), name
+        else:  # above the layers (a pooler, where the backbone has one)
+            assert lr == pytest.approx(1e-4), name
+    assert all(any(part in n for n in lr_of) for part in ("embeddings", ".layer.0.", ".layer.1."))
+    # without it one rate for the whole backbone, as before
+    plain = {g["lr"] for g in param_groups(model, model.param_roles(), tt.TrainConfig(lr=1e-4, head_lr=1e-3))}
+    assert plain == {1e-4, 1e-3}
+    # other naming schemes: GPT-2's h.N, T5's block.N, layers.N; what matches none sits on top
+    assert layer_depths(["wte.weight", "h.0.attn.w", "h.1.mlp.w", "ln_f.weight"]) == \
+        {"wte.weight": 0, "h.0.attn.w": 1, "h.1.mlp.w": 2, "ln_f.weight": 2}
+    with pytest.raises(tt.ConfigError, match="layer_lr_decay"):
+        tt.TrainConfig(layer_lr_decay=1.5)
+    with pytest.raises(tt.ConfigError, match="layer_lr_decay"):
+        tt.TrainConfig(layer_lr_decay=0)
+
+
 def test_task_set_matches_standalone_modules_and_shares_one_encoder(tiny_model, tmp_path):
     presets = {"ad": "adapter", "lo": "lora", "pre": "prefix", "soft": "soft-prompt", "pl": "prompt-lora"}
     for i, (name, preset) in enumerate(presets.items()):

@@ -131,6 +131,8 @@ LABELS = {
     "auto-selacc": "`auto` keeping the checkpoint with the best dev accuracy, and stopping on it (`--select-metric "
                    "accuracy`)",
     "auto-last": "`auto` keeping its last step, without early stopping (`--select-metric last`)",
+    "auto-lld": "`auto` with layer-wise learning-rate decay 0.9 (`--layer-lr-decay 0.9`: each layer of the body at 0.9 "
+                "x the rate of the one above)",
     "prompt-10ep": "tailtune `prompt` with the paper's 10 epochs (lr 1e-4, batch 16) at the set's length"}
 # a paper preset run with the long-tail paper's own schedule (10 epochs, lr 1e-4, batch 16) at the set's length, where
 # its plain row runs the scaled-down CPU protocol (2 or 3 epochs) -> the preset
@@ -153,7 +155,7 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-desc-finetune": {"contrastive_head_only_below": 0}, "auto-names": {},
                  "auto-names-obs": {"contrastive_pairs": "observed"}, "auto-desc-obs": {"contrastive_pairs": "observed"},
                  "auto-ln-names": LN, "auto-wa": {}, "auto-selacc": {}, "auto-last": {},
-                 "auto-cls-mlp": {"readout": "cls", "head": "mlp"}, "auto-b16-3ep": {}}
+                 "auto-cls-mlp": {"readout": "cls", "head": "mlp"}, "auto-b16-3ep": {}, "auto-lld": {}}
 # variants that fit with each label's description among the training examples (fit's descriptions=, 4 copies
 # each): the 16-shot sets' manual prompt without the text, "It was great ." (fewshot.prompt_descriptions)
 DESCRIBED = {"auto-desc", "auto-desc-finetune", "auto-desc-obs", "lr-balanced-desc", "setfit-desc"}  # (a peer's: the same texts added to its training set)
@@ -175,7 +177,8 @@ AUTO_TRAIN = {"auto-long": {"epochs": 5.0, "patience": None, "patience_from": 0.
               "auto-b16": PAPER_LR_BATCH, "auto-b16-nola": PAPER_LR_BATCH,
               "auto-ln-b16": PAPER_LR_BATCH, "auto-ln-nostop": {"patience": None}, "auto-ln-b16-cls": PAPER_LR_BATCH,
               "auto-ln-b16-mlp": PAPER_LR_BATCH, "auto-ln-b16-cls-mlp": PAPER_LR_BATCH, "auto-wa": {"weight_average": 0.1},
-              "auto-selacc": {"select_metric": "accuracy"}, "auto-last": {"select_metric": "last"}}
+              "auto-selacc": {"select_metric": "accuracy"}, "auto-last": {"select_metric": "last"},
+              "auto-lld": {"layer_lr_decay": 0.9}}
 PEER_NAMES = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 # the methods that are tailtune (the rest are peers): `auto` and its variants, and the paper presets
 TAILTUNE = {*AUTO_VARIANTS, *PAPER_SCHEDULE, "prompt", "cls"}

@@ -42,7 +42,7 @@ TEMPLATE_STYLES = ("hybrid", "vanilla", "unified")
 
 # training settings added after results were recorded, at the value that computes what runs did before they
 # existed: left out of a run's identity at that value, so finished runs stay finished
-NEUTRAL_SETTINGS = {"patience_from": 0.0, "weight_average": None, "select_metric": None}
+NEUTRAL_SETTINGS = {"patience_from": 0.0, "weight_average": None, "select_metric": None, "layer_lr_decay": None}
 
 
 def _unknown(keys: Any, known: set, where: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import time
 from contextlib import nullcontext
@@ -53,6 +54,10 @@ class TrainConfig:
     """learning rate of the head (none: same as lr)"""
     module_lr: float | None = None
     """learning rate of task-module parameters: adapters, LoRA, prefixes, soft prompts, BitFit biases (none: lr)"""
+    layer_lr_decay: float | None = None
+    """layer-wise learning-rate decay of the backbone (discriminative fine-tuning, Howard & Ruder 2018; Sun et al.
+    2019): its top layer trains at lr, each layer below at this factor times the one above, the embeddings below the
+    first layer (0.9 on a 6-layer model: the embeddings at 0.53 x lr) (none: one lr for the whole backbone)"""
     weight_decay: float = 0.01
     """AdamW weight decay (not on biases and LayerNorms)"""
     warmup_ratio: float = 0.1
@@ -103,13 +108,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "lr", "eval_batch_size", "head_lr", "module_lr", "grad_accum",
-                     "steps", "min_steps", "save_every", "eval_every", "eval_times", "patience", "weight_average"):
+                     "steps", "min_steps", "save_every", "eval_every", "eval_times", "patience", "weight_average",
+                     "layer_lr_decay"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
                 raise ConfigError(f"{name}={value!r}: must be a number > 0")
         for name in ("batch_size", "grad_accum", "eval_batch_size"):
             if not float(getattr(self, name)).is_integer():
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be a whole number")
+        if self.layer_lr_decay is not None and self.layer_lr_decay > 1:
+            raise ConfigError(f"layer_lr_decay={self.layer_lr_decay!r}: must be in (0, 1] (each layer's rate is this "
+                              f"factor times the rate of the layer above; 1: no decay)")
         if self.weight_average is not None and self.weight_average > 1:
             raise ConfigError(f"weight_average={self.weight_average!r}: must be a share of the steps in (0, 1]")
         if self.select_metric not in (None, *SELECT_METRICS):
@@ -207,15 +216,32 @@ class PeakMemory:
             self._thread.join()
 
 
+_LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")  # encoder.layer.3. (BERT), h.3. (GPT-2)
+_EMBEDDING = re.compile(r"embed|(?:^|\.)(?:wte|wpe|shared)\.")  # BERT's embeddings., GPT-2's wte / wpe, T5's shared
+
+
+def layer_depths(names: list[str]) -> dict[str, int]:
+    """Each backbone parameter's depth for layer-wise learning rates: 0 for the embeddings, i + 1 for transformer
+    layer i, and the top layer's depth for whatever sits above the layers (pooler, final LayerNorm)."""
+    found = {n: int(m.group(1)) + 1 for n in names if (m := _LAYER.search(n))}
+    top = max(found.values(), default=0)
+    return {n: found.get(n, 0 if _EMBEDDING.search(n.lower()) else top) for n in names}
+
+
 def param_groups(model: torch.nn.Module, roles: dict[str, str], cfg: TrainConfig) -> list[dict]:
-    """AdamW groups by (learning rate, weight decay): ``lr`` for the backbone, ``head_lr`` for the
-    head, ``module_lr`` for task modules; no weight decay on biases and LayerNorms."""
+    """AdamW groups by (learning rate, weight decay): ``lr`` for the backbone (times ``layer_lr_decay`` per layer
+    below the top one), ``head_lr`` for the head, ``module_lr`` for task modules; no weight decay on biases and
+    LayerNorms."""
     rate = {"backbone": cfg.lr, "head": cfg.head_lr or cfg.lr, "module": cfg.module_lr or cfg.lr}
+    body = [n for n in roles if roles[n] == "backbone"]
+    depth = layer_depths(body) if cfg.layer_lr_decay else {}
+    top = max(depth.values(), default=0)
     groups: dict[tuple, list] = {}
     for name, p in model.named_parameters():
         if name in roles:
             no_decay = p.ndim < 2 or "norm" in name.lower()
-            groups.setdefault((rate[roles[name]], 0.0 if no_decay else cfg.weight_decay), []).append(p)
+            lr = rate[roles[name]] * (cfg.layer_lr_decay ** (top - depth[name]) if name in depth else 1.0)
+            groups.setdefault((lr, 0.0 if no_decay else cfg.weight_decay), []).append(p)
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
 
