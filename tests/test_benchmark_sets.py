@@ -42,7 +42,7 @@ def test_the_pool_is_all_tsv_without_lmbffs_test_set_which_is_the_test_set(data_
 
 def test_a_held_out_set_from_all_tsv_is_long_tailed_carved_and_disjoint_from_test(data_dir, monkeypatch):
     # the largest class 40 texts, the smallest 40 / 10 (which class is the largest is drawn by the seed)
-    monkeypatch.setitem(quality.HELDOUT, "tiny-lt", ("classic/subj", 64, 0.65, 40, 10, "carved"))
+    monkeypatch.setitem(quality.HELDOUT, "tiny-lt", quality.HeldOut("classic/subj", 64, 0.65, 40, 10, "carved"))
     train, dev, test, *_ = quality.load(data_dir, "tiny-lt", 13)
     assert sorted(Counter(train.labels + dev.labels).values()) == [4, 40]
     assert len(dev) and not set(dev.texts) & set(train.texts)

@@ -104,7 +104,7 @@ def main() -> None:
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "quality" / "posthoc.jsonl"))
     # (every set with an imbalanced training split: a uniform prior makes every τ a no-op, so the balanced
     # sst2-full / sst5-full, the slowest of HELDOUT, are left out unless named)
-    p.add_argument("--only", nargs="*", default=[*LONGTAIL, *(n for n, spec in HELDOUT.items() if spec[4] > 1)])
+    p.add_argument("--only", nargs="*", default=[*LONGTAIL, *(n for n, spec in HELDOUT.items() if spec.ratio > 1)])
     p.add_argument("--seeds", nargs="*", type=int, default=[13, 21, 42])
     p.add_argument("--summary", action="store_true", help="print the table of the results file and stop")
     p.add_argument("--save-scores", type=Path, default=None,

@@ -28,6 +28,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,22 +39,32 @@ KSHOT = {f"{name}-k{k}": (name, k) for name in LONGTAIL for k in (8, 32)}
 # held out: long-tailed versions of classic sets on which no default was chosen (a check on new data). The training
 # split is subsampled to an exponential profile, the largest class n_max texts and the smallest n_max / ratio (the
 # CIFAR-LT protocol of the long-tail literature; which class is the largest is drawn per seed); 10 % of it is carved
-# off as dev; the classic test split is kept as it is. (folder, max length, theta, n_max, ratio, dev) where dev is
-# "carved" (that 10 %: the training distribution) or "classic" (the same training split, with the set's own dev
-# split as dev: the test distribution)
-HELDOUT = {"sst5-lt": ("classic/sst5", 64, 0.65, 1000, 100, "carved"),
-           "sst5-lt-cdev": ("classic/sst5", 64, 0.65, 1000, 100, "classic"),
-           "sst5-lt10": ("classic/sst5", 64, 0.65, 1000, 10, "carved"),  # a milder tail (imbalance 10)
-           "sst2-lt20": ("classic/sst2", 64, 0.65, 1000, 20, "carved"),  # binary: 1,000 against 50
+# off as dev; the classic test split is kept as it is.
+
+
+class HeldOut(NamedTuple):
+    folder: str
+    max_length: int
+    theta: float
+    n_max: int
+    ratio: float  # imbalance: the largest class's count over the smallest's (1: the split as it is)
+    dev: str  # "carved" (10 % of the training split: the training distribution) or "classic" (the same training
+    # split, with the set's own dev split as dev: the test distribution)
+
+
+HELDOUT = {"sst5-lt": HeldOut("classic/sst5", 64, 0.65, 1000, 100, "carved"),
+           "sst5-lt-cdev": HeldOut("classic/sst5", 64, 0.65, 1000, 100, "classic"),
+           "sst5-lt10": HeldOut("classic/sst5", 64, 0.65, 1000, 10, "carved"),  # a milder tail (imbalance 10)
+           "sst2-lt20": HeldOut("classic/sst2", 64, 0.65, 1000, 20, "carved"),  # binary: 1,000 against 50
            # the whole training split, as it is (no class above n_max, ratio 1): plenty of examples per class, the
            # regime where plain fine-tuning is the peer to beat and where `auto`'s 10 epochs cost the most
-           "sst2-full": ("classic/sst2", 64, 0.65, 10 ** 6, 1, "carved"),  # 6,920 texts, 2 classes
-           "sst5-full": ("classic/sst5", 64, 0.65, 10 ** 6, 1, "carved"),  # 8,544 texts, 5 classes
+           "sst2-full": HeldOut("classic/sst2", 64, 0.65, 10 ** 6, 1, "carved"),  # 6,920 texts, 2 classes
+           "sst5-full": HeldOut("classic/sst5", 64, 0.65, 10 ** 6, 1, "carved"),  # 8,544 texts, 5 classes
            # two tasks no default was read from, drawn from a full set that ships as one all.tsv (the pool: all.tsv
            # minus LM-BFF's test set, which is the test set, as more_splits.py draws): objectivity and the polarity
            # of short phrases, binary, 1,000 against 50
-           "subj-lt20": ("classic/subj", 64, 0.65, 1000, 20, "carved"),
-           "mpqa-lt20": ("classic/mpqa", 64, 0.65, 1000, 20, "carved")}
+           "subj-lt20": HeldOut("classic/subj", 64, 0.65, 1000, 20, "carved"),
+           "mpqa-lt20": HeldOut("classic/mpqa", 64, 0.65, 1000, 20, "carved")}
 SETS = [*LONGTAIL, *FEWSHOT, *KSHOT, *HELDOUT]
 # every method's label: the peer table's row names (table.py) and what each row ran, in one place
 LABELS = {
@@ -200,7 +211,7 @@ def indices_by_class(labels: list[str]) -> dict[str, list[int]]:
 def dev_carved(data_dir: Path, name: str) -> bool:
     """Is this set's dev split carved from its training split (as `tailtune train` carves one when given none)?"""
     if name in HELDOUT:
-        return HELDOUT[name][-1] == "carved"
+        return HELDOUT[name].dev == "carved"
     return name in LONGTAIL and not (data_dir / LONGTAIL[name][0] / "dev.tsv").is_file()
 
 
