@@ -43,7 +43,7 @@ def test_prefix_trains_with_reparameterisation(tiny_bert, toy):
 
 
 def test_module_lr_reaches_only_task_modules(tiny_bert):
-    from tailtune.loop import param_groups
+    from tailtune.optim import param_groups
     model = tt.build_classifier(tt.config_from_preset("lora"), ["a", "b"], tiny_bert)
     cfg = tt.TrainConfig(lr=1e-5, head_lr=1e-3, module_lr=1e-2)
     by_lr = {}
@@ -59,7 +59,7 @@ def test_module_lr_reaches_only_task_modules(tiny_bert):
 def test_layer_lr_decay_scales_the_backbone_by_depth(tiny_bert):
     """`layer_lr_decay`: the top encoder layer (and what sits above it) at lr, each layer below at decay x the one
     above, the embeddings one step below the first layer; the head keeps head_lr."""
-    from tailtune.loop import layer_depths, param_groups
+    from tailtune.optim import layer_depths, param_groups
     model = tt.build_classifier(tt.config_from_preset("cls"), ["a", "b"], tiny_bert)
     cfg = tt.TrainConfig(lr=1e-4, head_lr=1e-3, layer_lr_decay=0.5)
     lr_of = {}

@@ -143,7 +143,7 @@ LABELS = {
                    "accuracy`)",
     "auto-last": "`auto` keeping its last step, without early stopping (`--select-metric last`)",
     "auto-lld": "`auto` with layer-wise learning-rate decay 0.9 (`--layer-lr-decay 0.9`: each layer of the body at 0.9 "
-                "x the rate of the one above)",
+                "x the rate of the one above; not adopted)",
     "prompt-10ep": "tailtune `prompt` with the paper's 10 epochs (lr 1e-4, batch 16) at the set's length"}
 # a paper preset run with the long-tail paper's own schedule (10 epochs, lr 1e-4, batch 16) at the set's length, where
 # its plain row runs the scaled-down CPU protocol (2 or 3 epochs) -> the preset
