@@ -92,6 +92,23 @@ def test_layer_lr_decay_scales_the_backbone_by_depth(tiny_bert):
         tt.TrainConfig(layer_lr_decay=0)
 
 
+@pytest.mark.parametrize("preset", ["cls", "lora"])
+def test_train_says_what_layer_lr_decay_does(tiny_bert, tmp_path, capsys, preset):
+    """`train --layer-lr-decay` prints the backbone's range of rates, or that no backbone weight trains."""
+    from tailtune.cli import main
+    from conftest import TOY_LABELS, TOY_TEXTS
+    rows = "\n".join(f"{t}\t{y}" for t, y in zip(TOY_TEXTS * 2, TOY_LABELS * 2))
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + rows + "\n")
+    assert main(["train", "--train", str(tmp_path / "train.tsv"), "--backbone", tiny_bert, "--output",
+                 str(tmp_path / "out"), "--preset", preset, "--layer-lr-decay", "0.5", "--lr", "1e-4", "--epochs", "1",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    if preset == "cls":  # the tiny BERT's 2 layers: embeddings at 0.25 x lr
+        assert "layer-wise lr decay 0.5: the backbone trains at 2.5e-05 (embeddings) to 0.0001 (top layer)" in out
+    else:
+        assert "layer-wise lr decay 0.5: not applied, as no backbone weight trains in this run" in out
+
+
 def test_task_set_matches_standalone_modules_and_shares_one_encoder(tiny_model, tmp_path):
     presets = {"ad": "adapter", "lo": "lora", "pre": "prefix", "soft": "soft-prompt", "pl": "prompt-lora"}
     for i, (name, preset) in enumerate(presets.items()):

@@ -332,7 +332,14 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
             f"{by_epochs} steps of {cfg.epochs:g} epochs: min_steps={cfg.min_steps} sets a floor (--min-steps 1 keeps "
             f"to --epochs)")
     warmup = int(total * cfg.warmup_ratio)
-    optimizer = adamw(param_groups(model, roles, cfg), device, procs)
+    groups = param_groups(model, roles, cfg)
+    if log and cfg.layer_lr_decay and cfg.layer_lr_decay < 1:
+        ids = {id(p) for n, p in named.items() if roles[n] == "backbone"}
+        body = sorted({g["lr"] for g in groups if any(id(p) in ids for p in g["params"])})
+        log(f"layer-wise lr decay {cfg.layer_lr_decay:g}: " + (
+            f"the backbone trains at {body[0]:.3g} (embeddings) to {body[-1]:.3g} (top layer)" if body else
+            "not applied, as no backbone weight trains in this run (task modules keep --module-lr, the head --head-lr)"))
+    optimizer = adamw(groups, device, procs)
     if procs.shards and log:
         log(procs.sharding.describe(procs.world, sum(p.numel() for p in params if id(p) in procs.held(optimizer)[0]),
                                     sum(p.numel() for p in params)))
