@@ -104,7 +104,7 @@ def test_train_says_what_layer_lr_decay_does(tiny_bert, tmp_path, capsys, preset
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
     if preset == "cls":  # the tiny BERT's 2 layers: embeddings at 0.25 x lr
-        assert "layer-wise lr decay 0.5: the backbone trains at 2.5e-05 (embeddings) to 0.0001 (top layer)" in out
+        assert "layer-wise lr decay 0.5: the backbone trains at 2.5e-05 at the bottom to 0.0001 at the top" in out
     else:
         assert "layer-wise lr decay 0.5: not applied, as no backbone weight trains in this run" in out
 

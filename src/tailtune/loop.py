@@ -337,7 +337,7 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
         ids = {id(p) for n, p in named.items() if roles[n] == "backbone"}
         body = sorted({g["lr"] for g in groups if any(id(p) in ids for p in g["params"])})
         log(f"layer-wise lr decay {cfg.layer_lr_decay:g}: " + (
-            f"the backbone trains at {body[0]:.3g} (embeddings) to {body[-1]:.3g} (top layer)" if body else
+            f"the backbone trains at {body[0]:.3g} at the bottom to {body[-1]:.3g} at the top" if body else
             "not applied, as no backbone weight trains in this run (task modules keep --module-lr, the head --head-lr)"))
     optimizer = adamw(groups, device, procs)
     if procs.shards and log:
