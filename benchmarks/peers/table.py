@@ -53,8 +53,7 @@ def main() -> None:
     # no peer reads dev
     rows += [{**r, "dataset": name, "shared_from": r["dataset"]} for name, spec in HELDOUT.items() if spec.dev != "carved"
              for r in list(rows) if r["method"] in PEERS and r["dataset"] == next(
-                 n for n, other in HELDOUT.items() if other._replace(dev="carved") == spec._replace(dev="carved")
-                 and other.dev == "carved")]
+                 n for n, other in HELDOUT.items() if other == spec._replace(dev="carved"))]
     # the previous default (auto-prev), where quality.py has not run it end to end: on an imbalanced training set, posthoc.py's
     # runs (the same training, then the τ that --adjust-tau-from-dev picks on dev; its scores at that τ); where the
     # dev set is carved from imbalanced training data, the default aims at a balanced test set instead

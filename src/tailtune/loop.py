@@ -29,7 +29,7 @@ from .artefacts import load_checkpoint, save_checkpoint
 from .averaging import WeightAverage
 from .device import resolve_device, resolve_precision
 from .errors import ConfigError, TrainingError
-from .optim import adamw, param_groups, schedule
+from .optim import adamw, backbone_rates, param_groups, schedule
 from .processes import Processes, launch_precision
 from .tracking import Tracker, check_tracker
 
@@ -332,14 +332,12 @@ def run(job: Job, cfg: TrainConfig, evaluate: Callable[[], dict] | None = None, 
             f"{by_epochs} steps of {cfg.epochs:g} epochs: min_steps={cfg.min_steps} sets a floor (--min-steps 1 keeps "
             f"to --epochs)")
     warmup = int(total * cfg.warmup_ratio)
-    groups = param_groups(model, roles, cfg)
     if log and cfg.layer_lr_decay and cfg.layer_lr_decay < 1:
-        ids = {id(p) for n, p in named.items() if roles[n] == "backbone"}
-        body = sorted({g["lr"] for g in groups if any(id(p) in ids for p in g["params"])})
+        body = backbone_rates(roles, cfg)
         log(f"layer-wise lr decay {cfg.layer_lr_decay:g}: " + (
-            f"the backbone trains at {body[0]:.3g} at the bottom to {body[-1]:.3g} at the top" if body else
+            f"the backbone trains at {body[0]:.3g} at the bottom to {body[1]:.3g} at the top" if body else
             "not applied, as no backbone weight trains in this run (task modules keep --module-lr, the head --head-lr)"))
-    optimizer = adamw(groups, device, procs)
+    optimizer = adamw(param_groups(model, roles, cfg), device, procs)
     if procs.shards and log:
         log(procs.sharding.describe(procs.world, sum(p.numel() for p in params if id(p) in procs.held(optimizer)[0]),
                                     sum(p.numel() for p in params)))

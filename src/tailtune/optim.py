@@ -32,6 +32,14 @@ def layer_depths(names: list[str]) -> dict[str, int]:
     return {n: found.get(n, 0 if _EMBEDDING.search(n.lower()) else top) for n in names}
 
 
+def backbone_rates(roles: dict[str, str], cfg: Rates) -> tuple[float, float] | None:
+    """The lowest and highest learning rate of the trained backbone (none: no backbone weight trains)."""
+    depth = layer_depths([n for n in roles if roles[n] == "backbone"])
+    if not depth:
+        return None
+    return cfg.lr * (cfg.layer_lr_decay or 1.0) ** (max(depth.values()) - min(depth.values())), cfg.lr
+
+
 def param_groups(model: torch.nn.Module, roles: dict[str, str], cfg: Rates) -> list[dict]:
     """AdamW groups by (learning rate, weight decay): ``lr`` for the backbone (times ``layer_lr_decay`` per layer
     below the top one), ``head_lr`` for the head, ``module_lr`` for task modules; no weight decay on biases and
