@@ -538,3 +538,52 @@ def test_contrastive_supcon_loss_matches_its_definition_and_trains_the_body(tiny
         ContrastiveOptions(contrastive_loss="triplet")
     with pytest.raises(tt.ConfigError, match="only the cosine loss"):
         tt.config_from_preset("pabee", stages=["contrastive"], contrastive_every_exit=True, contrastive_loss="supcon")
+
+
+def test_memory_stage_mixes_each_class_nearest_training_text(tiny_bert, toy, tmp_path):
+    from safetensors.torch import load_file
+
+    from tailtune.multitask import TaskSet
+    texts, labels = toy
+    config = {"readout": "mean", "head": "cosine", "stages": ["memory"], "train_config": tt.TrainConfig(
+        epochs=2, batch_size=8, head_lr=1e-2, progress=False, seed=1)}
+    dev = tt.TextDataset(texts[:6], labels[:6])
+    plain = tt.TailtuneClassifier("linear-probe", tiny_bert, **{**config, "stages": []}).fit(texts, labels, dev=dev)
+    lines = []
+    clf = tt.TailtuneClassifier("linear-probe", tiny_bert, memory_weight=0.5, **config).fit(texts, labels, dev=dev,
+                                                                                          log=lines.append)
+    assert any(line.startswith("memory: the head remembers 36 training texts (32 floats each)") for line in lines)
+    head = clf.model_.head
+    assert head.memory.shape == (len(texts), 32) and float(head.memory_weight) == 0.5
+    torch.testing.assert_close(head.memory.norm(dim=-1), torch.ones(len(texts)))
+    # by hand: s · ((1 − λ)·cos(w_c, h) + λ·max over class c's training texts of cos(v_i, h)), the same trained head
+    queries = ["a new text", texts[0]]
+    h = F.normalize(clf.model_.read_vectors(clf.model_.encode(queries)), dim=-1)
+    cos_w = h @ F.normalize(head.weight, dim=-1).T
+    best = torch.stack([(h @ head.memory[head.memory_labels == c].T).max(-1).values for c in range(3)], -1)
+    s = head.log_scale.exp()
+    torch.testing.assert_close(torch.as_tensor(clf.decision_function(queries)), s * (0.5 * cos_w + 0.5 * best))
+    torch.testing.assert_close(torch.as_tensor(plain.decision_function(queries)), s * cos_w)  # (same seed, same head)
+    # λ = 1: the nearest training text decides, so every training text gets its own label back
+    head.memory_weight.fill_(1.0)
+    assert clf.predict(texts) == list(labels)
+    head.memory_weight.fill_(0.5)
+    # a task module saves its memory and loads it back; it shares a backbone with other tasks
+    clf.save(tmp_path / "m")
+    saved = load_file(tmp_path / "m" / "module.safetensors")
+    assert {"head.memory", "head.memory_labels", "head.memory_weight"} <= set(saved)
+    loaded = tt.TailtuneClassifier.load(tmp_path / "m")
+    torch.testing.assert_close(torch.as_tensor(loaded.decision_function(texts)),
+                               torch.as_tensor(clf.decision_function(texts)))
+    plain.save(tmp_path / "p")  # an empty memory loads as one
+    assert len(tt.TailtuneClassifier.load(tmp_path / "p").model_.head.memory) == 0
+    tasks = TaskSet()
+    tasks.add(tmp_path / "m", "m")
+    tasks.add(tmp_path / "p", "p")
+    mixed = tasks.logits(texts[:6], ["m", "p"] * 3)
+    torch.testing.assert_close(torch.stack(mixed[::2]), torch.as_tensor(clf.decision_function(texts[:6:2])),
+                               atol=1e-5, rtol=1e-4)
+    with pytest.raises(ConfigError, match="memory"):
+        tt.config_from_preset("cls", stages=["memory"])  # the MLP head has no memory: refused before training
+    with pytest.raises(ConfigError, match="memory_weight=1.5: the weight of the memory"):
+        tt.config_from_preset("auto", stages=["memory"], memory_weight=1.5)

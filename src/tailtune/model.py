@@ -214,25 +214,28 @@ class Classifier(nn.Module):
             return self.head(x, mask), x, mask
 
     @torch.no_grad()
-    def class_prototypes(self, encoded: list[Encoded], targets: torch.Tensor, batch_size: int = 64,
-                         bf16: bool = False) -> torch.Tensor:
-        """(classes, dim): the mean of each class's L2-normalised read vectors, encoder in eval mode
-        (zeros for a class without examples)."""
+    def read_vectors(self, encoded: list[Encoded], batch_size: int = 64, bf16: bool = False) -> torch.Tensor:
+        """(n, dim) what the readout gives the head for each example, in input order, encoder in eval mode."""
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()
-        sums: torch.Tensor | None = None
+        rows = []
         for s in range(0, len(encoded), batch_size):
             batch = collate(encoded[s:s + batch_size], self.tokenizer.pad_token_id, device)
             with autocast(device, bf16):
                 hidden = self.features(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
                                        batch.get("soft_positions"))
-                x, _ = self.readout(hidden, batch["attention_mask"], batch["position"])
-            x = torch.nn.functional.normalize(x.float(), dim=-1)
-            sums = sums if sums is not None else x.new_zeros(len(self.labels), *x.shape[1:])
-            sums.index_add_(0, targets[s:s + batch_size].to(device), x)
-        counts = torch.bincount(targets, minlength=len(self.labels)).to(device).clamp_min(1)
+                rows.append(self.readout(hidden, batch["attention_mask"], batch["position"])[0].float())
         self.train(was_training)
+        return torch.cat(rows)
+
+    def class_prototypes(self, encoded: list[Encoded], targets: torch.Tensor, batch_size: int = 64,
+                         bf16: bool = False) -> torch.Tensor:
+        """(classes, dim): the mean of each class's L2-normalised read vectors, encoder in eval mode
+        (zeros for a class without examples)."""
+        x = torch.nn.functional.normalize(self.read_vectors(encoded, batch_size, bf16), dim=-1)
+        sums = x.new_zeros(len(self.labels), *x.shape[1:]).index_add_(0, targets.to(x.device), x)
+        counts = torch.bincount(targets, minlength=len(self.labels)).to(x.device).clamp_min(1)
         return sums / counts.reshape(-1, *([1] * (sums.dim() - 1)))
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -267,9 +270,12 @@ class Classifier(nn.Module):
         }
 
     def module_tensors(self) -> dict[str, torch.Tensor]:
-        """What trained, under portable names (task-owned encoder parameters under task "default")."""
-        return {self.router.rename(n, "default"): p.detach().cpu().contiguous()
-                for n, p in self.named_parameters() if p.requires_grad}
+        """What trained, under portable names (task-owned encoder parameters under task "default"), and what the head
+        fitted after training (``Head.saved_buffers``, e.g. a memory of training texts)."""
+        fitted = {f"head.{n}": getattr(self.head, n) for n in self.head.saved_buffers}
+        return {**{self.router.rename(n, "default"): p.detach().cpu().contiguous()
+                   for n, p in self.named_parameters() if p.requires_grad},
+                **{n: t.detach().cpu().contiguous() for n, t in fitted.items()}}
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu",

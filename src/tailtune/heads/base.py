@@ -27,6 +27,7 @@ class Head(nn.Module):
 
     layers = "last"
     wants_prototypes = False  # True: training starts the class weights from the class prototypes
+    saved_buffers: tuple[str, ...] = ()  # state fitted after training, not trained: a task module saves it too
 
     def init_from_prototypes(self, prototypes: torch.Tensor) -> None:
         """Start the class weights from ``prototypes`` (classes, dim): each class's mean read vector."""

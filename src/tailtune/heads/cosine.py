@@ -22,7 +22,14 @@ class CosineHead(Head):
 
     With a ``layer_norm``, ``h`` is ``LayerNorm(h)`` (and so are the prototypes): cosine similarity ignores the
     scale it sets, so what it adds is centring each vector and a learnt per-dimension gain and shift, which can
-    take out the direction every sentence vector shares."""
+    take out the direction every sentence vector shares.
+
+    A **memory** of training texts (``set_memory``; the ``memory`` stage fills it after training) mixes in, for each
+    class, the cosine of its nearest remembered text: ``s · ((1 − λ)·cos(w_c, h) + λ·max_{i in c} cos(v_i, h))``, the
+    ``v_i`` and ``h`` taken the same way (through the LayerNorm, normalised). A class whose few texts do not look alike
+    keeps each of them, where its one class weight stands for their mean. Empty, the head scores as above."""
+
+    saved_buffers = ("memory", "memory_labels", "memory_weight")  # fitted after training; a task module saves them
 
     def __init__(self, hidden: int, n_classes: int, scale: float = 16.0, learn_scale: bool = False,
                  dropout: float = 0.0, prototypes: bool = True, layer_norm: nn.LayerNorm | None = None) -> None:
@@ -36,12 +43,40 @@ class CosineHead(Head):
             self.register_buffer("log_scale", log_scale)
         self.dropout = nn.Dropout(dropout)
         self.wants_prototypes = prototypes
+        self.register_buffer("memory", torch.empty(0, hidden))
+        self.register_buffer("memory_labels", torch.empty(0, dtype=torch.long))
+        self.register_buffer("memory_weight", torch.tensor(0.0))
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, hidden) -> (batch, classes), computed in float32."""
         with torch.autocast(h.device.type, enabled=False):
             z = F.normalize(self._features(self.dropout(h.float())), dim=-1)
-            return self.log_scale.exp() * z @ F.normalize(self.weight.float(), dim=-1).T
+            cos = z @ F.normalize(self.weight.float(), dim=-1).T
+            if len(self.memory_labels) and float(self.memory_weight) > 0:
+                lam = self.memory_weight.float()
+                cos = (1 - lam) * cos + lam * self.nearest(z, cos)
+            return self.log_scale.exp() * cos
+
+    def nearest(self, z: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+        """(batch, classes): each class's best cosine between the unit vectors ``z`` and its remembered texts."""
+        return nearest_cosines(z, self.memory.float(), self.memory_labels, cos)
+
+    @torch.no_grad()
+    def set_memory(self, h: torch.Tensor, labels: torch.Tensor, weight: float) -> None:
+        """Remember read vectors ``h`` (n, hidden) of texts of class indices ``labels``, mixed in with weight λ."""
+        self.memory = F.normalize(self._features(h.float()), dim=-1).to(self.memory.device)
+        self.memory_labels = labels.to(self.memory_labels.device, torch.long)
+        self.memory_weight = torch.tensor(float(weight), device=self.memory_weight.device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """The memory's size comes from what is loaded; a save without a memory (from before it existed, or a
+        classifier without the stage) loads as an empty one."""
+        for name in self.saved_buffers:
+            current = getattr(self, name)
+            loaded = state_dict.setdefault(prefix + name, torch.zeros_like(current) if name == "memory_weight"
+                                           else current.new_empty((0, *current.shape[1:])))
+            setattr(self, name, current.new_empty(loaded.shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _features(self, h: torch.Tensor) -> torch.Tensor:
         """``h`` in float32, through the LayerNorm if there is one (its weights in float32 too, as the class weights)."""
@@ -59,6 +94,13 @@ class CosineHead(Head):
     def class_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         w = F.normalize(self.weight, dim=-1) * self.log_scale.exp()
         return w, torch.zeros(w.shape[0], device=w.device)
+
+
+def nearest_cosines(z: torch.Tensor, memory: torch.Tensor, labels: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """(batch, classes): for each class, the best cosine between the unit vectors ``z`` (batch, dim) and the unit
+    vectors of ``memory`` (n, dim) whose class index in ``labels`` (n,) it is; a class without any keeps ``cos``."""
+    best = torch.full_like(cos, float("-inf")).scatter_reduce(1, labels.expand(len(z), -1), z @ memory.T, reduce="amax")
+    return torch.where(torch.isinf(best), cos, best)
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 Registered stages (``ClassifierConfig.stages``) run around the main fine-tuning: ``contrastive``
 (SetFit-style pair tuning of the body, before) and ``crt`` (classifier re-training with class-balanced
-sampling, after) and ``exit-heads`` (DeeBERT's second stage for early-exit heads). Masked-LM adaptation (``lm``) and prompt pre-training (``ppt``) are stages of their
+sampling, after), ``memory`` (the cosine head remembers the training texts, after) and ``exit-heads`` (DeeBERT's second stage for early-exit heads). Masked-LM adaptation (``lm``) and prompt pre-training (``ppt``) are stages of their
 own commands (``tailtune adapt-lm``, ``tailtune pretrain-prompt``).
 """
 from __future__ import annotations
 
-from . import contrastive, crt, exit_heads  # noqa: F401  (register the stages)
+from . import contrastive, crt, exit_heads, memory  # noqa: F401  (register the stages)
