@@ -52,7 +52,7 @@ class CosineHead(Head):
         with torch.autocast(h.device.type, enabled=False):
             z = F.normalize(self._features(self.dropout(h.float())), dim=-1)
             cos = z @ F.normalize(self.weight.float(), dim=-1).T
-            if len(self.memory_labels) and float(self.memory_weight) > 0:
+            if self.memory_labels.numel() and float(self.memory_weight) > 0:
                 lam = self.memory_weight.float()
                 cos = (1 - lam) * cos + lam * self.nearest(z, cos)
             return self.log_scale.exp() * cos
@@ -99,7 +99,8 @@ class CosineHead(Head):
 def nearest_cosines(z: torch.Tensor, memory: torch.Tensor, labels: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
     """(batch, classes): for each class, the best cosine between the unit vectors ``z`` (batch, dim) and the unit
     vectors of ``memory`` (n, dim) whose class index in ``labels`` (n,) it is; a class without any keeps ``cos``."""
-    best = torch.full_like(cos, float("-inf")).scatter_reduce(1, labels.expand(len(z), -1), z @ memory.T, reduce="amax")
+    best = torch.full_like(cos, float("-inf")).scatter_reduce(1, labels.expand(z.shape[0], -1), z @ memory.T,
+                                                              reduce="amax")
     return torch.where(torch.isinf(best), cos, best)
 
 
