@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import FEWSHOT, auto_classifier, dev_carved, fit_timed, load, read_jsonl  # noqa: E402
+from quality import FEWSHOT, auto_classifier, by_dataset, dev_carved, fit_timed, load, read_jsonl  # noqa: E402
 
 from tailtune.objectives import choose_tau  # noqa: E402  (the one-standard-error rule of `--adjust-tau-from-dev`)
 
@@ -143,9 +143,7 @@ def picked(row: dict, mix: str) -> float:
 
 def summary(rows: list[dict]) -> None:
     """Per set and mixture: mean test score at every λ and at the λ dev picks (macro-F1; accuracy on 16-shot sets)."""
-    by_set: dict[str, list[dict]] = {}
-    for r in rows:
-        by_set.setdefault(r["dataset"], []).append(r)
+    by_set = by_dataset(rows)
     print("| set | seeds | mixture | " + " | ".join(f"λ={lam:g}" for lam in LAMBDAS) + " | λ from dev | tail-F1, λ = 0 → from dev |")
     print("|---|---|---|" + "---|" * (len(LAMBDAS) + 2))
     for name, rs in by_set.items():

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import HELDOUT, LONGTAIL, auto_classifier, fit_timed, load, read_jsonl  # noqa: E402
+from quality import HELDOUT, LONGTAIL, auto_classifier, by_dataset, fit_timed, load, read_jsonl  # noqa: E402
 from tailtune.objectives import ADJUST_TAUS, choose_tau  # noqa: E402  (what `--adjust-tau-from-dev` chooses)
 
 TAUS = ADJUST_TAUS
@@ -85,9 +85,7 @@ def picked(row: dict) -> float:
 
 def summary(rows: list[dict]) -> None:
     """Per set: mean test macro-F1 at every τ, and at the τ that `--adjust-tau-from-dev` chooses on dev."""
-    by_set: dict[str, list[dict]] = {}
-    for r in rows:
-        by_set.setdefault(r["dataset"], []).append(r)
+    by_set = by_dataset(rows)
     print("| set | seeds | imbalance | " + " | ".join(f"τ={t:g}" for t in TAUS) + " | τ from dev |")
     print("|---|---|---|" + "---|" * (len(TAUS) + 1))
     for name, rs in by_set.items():

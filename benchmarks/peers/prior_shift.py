@@ -26,7 +26,7 @@ from sklearn.metrics import f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import dev_carved, read_jsonl  # noqa: E402
+from quality import by_dataset, dev_carved, read_jsonl  # noqa: E402
 from tailtune.objectives import LogitAdjust  # noqa: E402
 from tailtune.priorshift import adapt, fit_state  # noqa: E402
 
@@ -92,9 +92,7 @@ SPLITS = {"as-is": "as it is", "balanced": "re-weighted to balanced", "as-is, ow
 
 
 def summary(rows: list[dict]) -> None:
-    by_set: dict[str, list[dict]] = {}
-    for r in rows:
-        by_set.setdefault(r["dataset"], []).append(r)
+    by_set = by_dataset(rows)
     print("| set | seeds | dev | test | " + " | ".join(RULES) + " |")
     print("|---|---|---|---|" + "---|" * len(RULES))
     for split, words in SPLITS.items():

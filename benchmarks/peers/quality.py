@@ -203,6 +203,14 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
 
 
+def by_dataset(rows: list[dict]) -> dict[str, list[dict]]:
+    """Result rows grouped by set, in the order the sets first appear."""
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["dataset"], []).append(r)
+    return out
+
+
 def indices_by_class(labels: list[str]) -> dict[str, list[int]]:
     """Each label's row indices, in row order (a fresh list per class, free to shuffle)."""
     by_class: dict[str, list[int]] = {}

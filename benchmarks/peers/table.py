@@ -120,7 +120,7 @@ def main() -> None:
                 + (f" [{len(mine)}]" if fewer else ""))
 
     methods = ["auto", EARLIER, "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct",
-               "auto-distinct-ho", "auto-iter40", "auto-supcon", "auto-supcon-t03", "auto-read-once", "auto-nostop", "auto-3ep", "auto-finetune", "auto-head-only", "auto-ln", "auto-wa", "auto-lld", "auto-desc", "auto-desc-finetune",
+               "auto-distinct-ho", "auto-iter40", "auto-supcon", "auto-supcon-t03", "auto-read-once", "auto-nostop", "auto-3ep", "auto-finetune", "auto-head-only", "auto-ln", "auto-wa", "auto-lld", "auto-memory", "auto-desc", "auto-desc-finetune",
                "auto-desc-obs", "lr-balanced-desc", "setfit-desc", "auto-names", "auto-names-obs", "auto-ln-names", "lr-balanced-names", "auto-nola", "auto-la", BEST_PRESET, *PEERS, "setfit-iter20"]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
     for m in methods:
