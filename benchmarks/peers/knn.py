@@ -168,7 +168,7 @@ def main() -> None:
     p.add_argument("--rescore", nargs="*", type=Path, default=None,
                    help="score these saved runs (--save-vectors files) again, replacing their rows, and stop")
     p.add_argument("--save-vectors", type=Path, default=None,
-                   help="also write each run's unit vectors, calibrated scores and gold labels (safetensors) here")
+                   help="also write each run's unit vectors, raw scores, gold labels and log prior (safetensors) here")
     a = p.parse_args()
     out = Path(a.out)
     if a.summary:
