@@ -283,7 +283,7 @@ def test_damaged_and_edited_artefacts_are_refused(model_dir, capsys, tmp_path):
             with safe_open(str(d / "model.safetensors"), "pt") as f:
                 stamp = f.metadata()
             tensors = load_file(str(d / "model.safetensors"))
-            name = next(k for k in tensors if k.startswith("head."))
+            name = next(k for k, t in tensors.items() if k.startswith("head.") and t.is_floating_point() and t.numel())
             tensors[name] = torch.full_like(tensors[name], float("nan"))
             from safetensors.torch import save_file
             save_file(tensors, str(d / "model.safetensors"), metadata=stamp)
