@@ -541,7 +541,8 @@ def test_contrastive_supcon_loss_matches_its_definition_and_trains_the_body(tiny
 
 
 def test_memory_stage_mixes_each_class_nearest_training_text(tiny_bert, toy, tmp_path):
-    from safetensors.torch import load_file
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     from tailtune.multitask import TaskSet
     texts, labels = toy
@@ -577,6 +578,19 @@ def test_memory_stage_mixes_each_class_nearest_training_text(tiny_bert, toy, tmp
                                torch.as_tensor(clf.decision_function(texts)))
     plain.save(tmp_path / "p")  # an empty memory loads as one
     assert len(tt.TailtuneClassifier.load(tmp_path / "p").model_.head.memory) == 0
+    # a full save from before the memory existed (no head.memory* keys) loads, strictly, with an empty one
+    full = tt.TailtuneClassifier("auto", tiny_bert, stages=[], train_config=config["train_config"]).fit(texts, labels,
+                                                                                                   dev=dev)
+    full.save(tmp_path / "f")
+    weights = tmp_path / "f" / "model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        stamp = f.metadata()
+    save_file({k: v for k, v in load_file(weights).items() if not k.startswith("head.memory")}, str(weights),
+              metadata=stamp)
+    old = tt.TailtuneClassifier.load(tmp_path / "f")
+    assert len(old.model_.head.memory) == 0
+    torch.testing.assert_close(torch.as_tensor(old.decision_function(texts)),
+                               torch.as_tensor(full.decision_function(texts)))
     tasks = TaskSet()
     tasks.add(tmp_path / "m", "m")
     tasks.add(tmp_path / "p", "p")
