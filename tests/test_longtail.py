@@ -65,7 +65,7 @@ def test_post_hoc_logit_adjustment_survives_save_and_load(tiny_bert, toy, tmp_pa
 
 def test_logit_adjustment_fitted_on_dev_picks_the_best_tau_and_saves_it(tiny_bert, toy, tmp_path):
     from sklearn.metrics import f1_score
-    from tailtune.objectives import ADJUST_TAUS, LogitAdjust, choose_tau
+    from tailtune.objectives import ADJUST_TAUS, LogitAdjust, smallest_within_one_se
     prior = torch.tensor([0.9, 0.09, 0.01]).log()
     raw = torch.tensor([[3.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.5, -3.0]])
     gold = [0, 2, 1]  # unadjusted, every row goes to the head class; τ = 0.25 and 0.5 get all three right, 1 does not
@@ -76,8 +76,8 @@ def test_logit_adjustment_fitted_on_dev_picks_the_best_tau_and_saves_it(tiny_ber
     assert options["adjust_tau"] == 0.25  # the best dev macro-F1; of a tie, the smaller τ
     # the one-standard-error rule: a gain within the noise of the dev set leaves the scores as they are
     scored = {0.0: 0.80, 0.25: 0.805, 0.5: 0.81, 1.0: 0.70}
-    assert choose_tau(scored, 100) == (0.0, pytest.approx((0.81 * 0.19 / 100) ** 0.5))
-    assert choose_tau(scored, 100_000)[0] == 0.5
+    assert smallest_within_one_se(scored, 100) == (0.0, pytest.approx((0.81 * 0.19 / 100) ** 0.5))
+    assert smallest_within_one_se(scored, 100_000)[0] == 0.5
     assert cal.tau == options["adjust_tau"] and "chosen on dev" in line
     torch.testing.assert_close(cal(raw), raw - cal.tau * prior)
     assert LogitAdjust(prior, 0.5, from_dev=False).fit(raw, gold) is None  # a fixed τ stays as set
@@ -348,8 +348,9 @@ def test_auto_runs_its_contrastive_stage_only_in_the_few_shot_regime(tiny_bert, 
     assert "16 pairs" in seen[1000][0] and "done" in seen[1000][-1]
     assert len(seen[1]) == 1 and "skipped" in seen[1][0]
     # the preset's own stage gives way where an override makes it inapplicable; a stage the user names does not
-    assert tt.config_from_preset("auto").stages == ("contrastive",)
-    assert tt.config_from_preset("auto", trains="head").stages == ()
+    assert tt.config_from_preset("auto").stages == ("contrastive", "memory")
+    assert tt.config_from_preset("auto", trains="head").stages == ("memory",)  # (the memory needs no body training)
+    assert tt.config_from_preset("auto", head="mlp").stages == ("contrastive",)  # (only the cosine head remembers)
     assert "contrastive_below" not in tt.config_from_preset("auto", stages=[]).options
     with pytest.raises(tt.ConfigError, match="--stages none"):
         tt.config_from_preset("auto", trains="head", stages=["contrastive"])
@@ -601,3 +602,51 @@ def test_memory_stage_mixes_each_class_nearest_training_text(tiny_bert, toy, tmp
         tt.config_from_preset("cls", stages=["memory"])  # the MLP head has no memory: refused before training
     with pytest.raises(ConfigError, match="memory_weight=1.5: the weight of the memory"):
         tt.config_from_preset("auto", stages=["memory"], memory_weight=1.5)
+    assert tt.config_from_preset("auto", memory_weight=0.5).options["memory_weight_from_dev"] is False  # (as τ)
+    assert tt.config_from_preset("auto").options["memory_weight_from_dev"] is True
+
+
+def test_memory_weight_is_chosen_on_dev_and_the_memory_capped(tiny_bert, toy, tmp_path):
+    from tailtune.objectives import smallest_within_one_se
+    from tailtune.stages.memory import MEMORY_WEIGHTS, MemoryOptions, MemoryStage, thin
+    # the cap: every class keeps min(n_c, cap) for the largest cap that fits, a larger class a seeded sample
+    labels = torch.tensor([0] * 10 + [1] * 3 + [2])
+    kept = thin(labels, 8, seed=3)
+    assert torch.bincount(labels[kept]).tolist() == [4, 3, 1] and torch.equal(kept, thin(labels, 8, seed=3))
+    assert torch.equal(thin(labels, 14), torch.arange(14)) and len(thin(labels, 3)) == 3  # (cap 1: one each)
+    texts, labels = toy
+    cfg = tt.TrainConfig(epochs=1, batch_size=8, progress=False, seed=0)
+    clf = tt.TailtuneClassifier("auto", tiny_bert, stages=[], train_config=cfg).fit(texts, labels)
+    head, n_dev = clf.model_.head, 50
+
+    def run(dev_f1: dict, size: int = 10_000) -> tuple[MemoryStage, list[str], dict]:
+        """The stage with a dev set that scores as ``dev_f1`` says for each λ the head holds when asked."""
+        stage, lines, asked = MemoryStage(MemoryOptions(memory_size=size)), [], {}
+
+        def evaluate(fit_calibration_first: bool = False) -> dict:
+            lam = min(MEMORY_WEIGHTS, key=lambda w: abs(w - float(head.memory_weight)))  # (a float32 buffer)
+            asked[lam] = fit_calibration_first  # (each λ's τ fitted anew, as the final one will be)
+            return {"macro_f1": dev_f1[lam], "n": n_dev}
+        stage.run(clf.model_, tt.TextDataset(texts, labels), cfg, evaluate, lines.append)
+        assert list(asked) == list(MEMORY_WEIGHTS) and all(asked.values())
+        return stage, lines, asked
+
+    better = {0.0: 0.60, 0.1: 0.62, 0.25: 0.68, 0.5: 0.75, 0.75: 0.76, 1.0: 0.70}  # one SE at 0.76 of 50: 0.060
+    stage, lines, _ = run(better)
+    assert smallest_within_one_se(better, n_dev)[0] == 0.5 == float(head.memory_weight)  # (0.68 < 0.76 − 0.060 < 0.75)
+    assert stage.fitted_options == {"memory_weight": 0.5} and len(head.memory) == len(texts)
+    assert "λ = 0.5 chosen on dev" in lines[0] and "0.75: 0.7600" in lines[0]
+    stage, lines, _ = run({lam: 0.6 + 0.01 * lam for lam in MEMORY_WEIGHTS}, size=9)  # within noise: none kept
+    assert stage.fitted_options == {"memory_weight": 0.0} and len(head.memory) == 0 and float(head.memory_weight) == 0
+    assert lines[0].startswith(f"memory: none kept (read 9 training texts of {len(texts)} (32 floats each))")
+    clf.save(tmp_path / "forgot")  # a forgotten memory saves (its empty tensors own their storage) and loads empty
+    assert len(tt.TailtuneClassifier.load(tmp_path / "forgot").model_.head.memory_labels) == 0
+    # fitted for real: the λ chosen is what the save records and the head holds
+    dev = tt.TextDataset(texts[:9], labels[:9])
+    lines = []
+    fitted = tt.TailtuneClassifier("auto", tiny_bert, stages=["memory"], train_config=cfg).fit(texts, labels, dev=dev,
+                                                                                               log=lines.append)
+    line = next(x for x in lines if x.startswith("memory: "))
+    chosen = fitted.config.to_dict()["options"]["memory_weight"]
+    assert f"λ = {chosen:g} chosen on dev" in line and float(fitted.model_.head.memory_weight) == chosen
+    assert len(fitted.model_.head.memory) == (len(texts) if chosen else 0)

@@ -9,8 +9,8 @@ the training set is the usual remedy in long-tail and few-shot work (kNN-augment
 al., 2020's kNN-LM; retrieval-augmented long-tail recognition, Long et al., 2022): every training text votes, so a
 tail class with two unlike texts keeps both.
 
-Each run trains today's ``auto`` exactly as ``quality.py`` does (same splits, seed and recipe: the λ = 0 column
-reproduces the peer table's ``auto`` cell), then reads the unit vectors the cosine head compares, ``LN(h) / ‖LN(h)‖``,
+Each run trains ``auto`` without its memory (``quality.py``'s ``auto-no-memory``: same splits, seed and recipe; the
+λ = 0 column reproduces the peer table's cell of the default before the memory), then reads the unit vectors the cosine head compares, ``LN(h) / ‖LN(h)‖``,
 of the training, dev and test texts, and scores dev and test with two mixtures, each for every λ of ``LAMBDAS``:
 
 - ``nn``: ``(1 − λ)·z + λ·s·max_{i in c} cos(v, v_i)``: the head's calibrated scores ``z`` (τ applied) mixed with
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality import FEWSHOT, auto_classifier, by_dataset, dev_carved, fit_timed, load, read_jsonl  # noqa: E402
 
-from tailtune.objectives import choose_tau  # noqa: E402  (the one-standard-error rule of `--adjust-tau-from-dev`)
+from tailtune.objectives import smallest_within_one_se  # noqa: E402  (the one-standard-error rule of `--adjust-tau-from-dev`)
 
 LAMBDAS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 K = 10
@@ -45,8 +45,7 @@ MIXTURES = ("nn", "knn")
 
 def head_vectors(model, encoded, batch_size: int = 64):
     """(n, dim) the unit vectors that the cosine head compares with its class weights (and that its memory holds)."""
-    import torch.nn.functional as F
-    return F.normalize(model.head._features(model.read_vectors(encoded, batch_size)), dim=-1)
+    return model.head.unit_vectors(model.read_vectors(encoded, batch_size))
 
 
 def score(t: dict, meta: dict, dataset: str) -> dict:
@@ -97,7 +96,7 @@ def run(data_dir: Path, name: str, seed: int, save: Path | None) -> dict:
     from tailtune.training import predict_logits
     train, dev, test, max_length, theta, _ = load(data_dir, name, seed)
     fit_train, fit_dev = load(data_dir, name, seed, carve=False)[:2]  # as quality.py fits (fit carves the same dev)
-    clf = auto_classifier(seed, max_length, theta)
+    clf = auto_classifier(seed, max_length, theta, "auto-no-memory")
     seconds = fit_timed(clf, fit_train, fit_dev)
     model, labels = clf.model_, clf.labels_
     index = {y: i for i, y in enumerate(labels)}
@@ -136,9 +135,8 @@ def rescore(path: Path) -> dict:
 
 
 def picked(row: dict, mix: str) -> float:
-    """The λ the one-standard-error rule picks on dev macro-F1 (accuracy on the 16-shot sets, their reported score)."""
-    i = 2 if row["dataset"] in FEWSHOT else 0
-    return choose_tau({lam: row["dev"][mix][str(lam)][i] for lam in LAMBDAS}, row["n_dev"])[0]
+    """The λ the one-standard-error rule picks on dev macro-F1, as the ``memory`` stage of ``auto`` picks it."""
+    return smallest_within_one_se({lam: row["dev"][mix][str(lam)][0] for lam in LAMBDAS}, row["n_dev"])[0]
 
 
 def summary(rows: list[dict]) -> None:

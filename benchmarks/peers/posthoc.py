@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality import HELDOUT, LONGTAIL, auto_classifier, by_dataset, fit_timed, load, read_jsonl  # noqa: E402
-from tailtune.objectives import ADJUST_TAUS, choose_tau  # noqa: E402  (what `--adjust-tau-from-dev` chooses)
+from tailtune.objectives import ADJUST_TAUS, smallest_within_one_se  # noqa: E402  (what `--adjust-tau-from-dev` chooses)
 
 TAUS = ADJUST_TAUS
 
@@ -78,9 +78,11 @@ def run(data_dir: Path, name: str, seed: int, save_scores: Path | None = None) -
 
 
 def picked(row: dict) -> float:
-    """The τ that `--adjust-tau-from-dev` picks for a run (``choose_tau`` on its dev macro-F1 by τ; 0 without a
-    dev set)."""
-    return choose_tau({t: row["dev"][str(t)][0] for t in ADJUST_TAUS}, row["n_dev"])[0] if row["dev"] else 0.0
+    """The τ that `--adjust-tau-from-dev` picks for a run (``smallest_within_one_se`` on its dev macro-F1 by τ; 0
+    without a dev set)."""
+    if not row["dev"]:
+        return 0.0
+    return smallest_within_one_se({t: row["dev"][str(t)][0] for t in ADJUST_TAUS}, row["n_dev"])[0]
 
 
 def summary(rows: list[dict]) -> None:

@@ -144,8 +144,11 @@ LABELS = {
     "auto-last": "`auto` keeping its last step, without early stopping (`--select-metric last`)",
     "auto-lld": "`auto` with layer-wise learning-rate decay 0.9 (`--layer-lr-decay 0.9`: each layer of the body at 0.9 "
                 "x the rate of the one above; not adopted)",
-    "auto-memory": "`auto` + a memory of its training texts (`--stages contrastive,memory --memory-weight 0.5`: the "
-                   "cosine head mixes each class's nearest training text into its score)",
+    "auto-memory": "`auto` with a memory of its training texts at a fixed weight (`--memory-weight 0.5`: the "
+                   "cosine head mixes each class's nearest training text into its score; today's default chooses the "
+                   "weight on dev)",
+    "auto-no-memory": "`auto` without its memory of the training texts (`--stages contrastive`: the default before "
+                      "the memory)",
     "prompt-10ep": "tailtune `prompt` with the paper's 10 epochs (lr 1e-4, batch 16) at the set's length"}
 # a paper preset run with the long-tail paper's own schedule (10 epochs, lr 1e-4, batch 16) at the set's length, where
 # its plain row runs the scaled-down CPU protocol (2 or 3 epochs) -> the preset
@@ -169,7 +172,8 @@ AUTO_VARIANTS = {"auto": {}, "auto-plain": {"stages": []},
                  "auto-names-obs": {"contrastive_pairs": "observed"}, "auto-desc-obs": {"contrastive_pairs": "observed"},
                  "auto-ln-names": LN, "auto-wa": {}, "auto-selacc": {}, "auto-last": {},
                  "auto-cls-mlp": {"readout": "cls", "head": "mlp"}, "auto-b16-3ep": {}, "auto-lld": {},
-                 "auto-memory": {"stages": ("contrastive", "memory"), "memory_weight": 0.5}}
+                 "auto-memory": {"stages": ("contrastive", "memory"), "memory_weight": 0.5},
+                 "auto-no-memory": {"stages": ("contrastive",)}}
 # variants that fit with each label's description among the training examples (fit's descriptions=, 4 copies
 # each): the 16-shot sets' manual prompt without the text, "It was great ." (fewshot.prompt_descriptions)
 DESCRIBED = {"auto-desc", "auto-desc-finetune", "auto-desc-obs", "lr-balanced-desc", "setfit-desc"}  # (a peer's: the same texts added to its training set)

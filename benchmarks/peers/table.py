@@ -8,6 +8,7 @@ import argparse
 import statistics
 from pathlib import Path
 
+import knn
 from posthoc import picked
 from quality import FEWSHOT, HELDOUT, KSHOT, LABELS, LONGTAIL, read_jsonl
 
@@ -16,6 +17,7 @@ NAMES = {**LABELS, "auto": f"**{LABELS['auto']}**"}
 BEST_PRESET = "best preset"
 PREVIOUS = "auto-nola"  # `auto-prev` before its post-hoc logit adjustment: its rows stand in (†) where auto-prev has not run
 EARLIER = "auto-prev"  # the previous `auto`: its rows stand in (†) where the current one has not run
+NO_MEMORY = "auto-no-memory"  # `auto` before its memory stage: the rows quality.py recorded as `auto` until then
 PEERS = ["lr-balanced", "lr", "setfit", "hf-trainer"]
 
 
@@ -43,12 +45,17 @@ def main() -> None:
                    help="posthoc.py's runs: the default's rows where its training prior is not uniform")
     p.add_argument("--prior-shift", default=str(results / "quality" / "prior_shift.jsonl"),
                    help="prior_shift.py's rows: the default's rows where its dev set is carved from imbalanced data")
+    p.add_argument("--knn", default=str(results / "quality" / "knn.jsonl"),
+                   help="knn.py's runs: the memory scored on the very training of the default before it")
     a = p.parse_args()
     rows = read_jsonl(Path(a.results))
-    # `auto` rows measured before the default fitted a logit adjustment on dev are the previous recipe's
+    # `auto` rows measured before the default fitted a logit adjustment on dev are the previous recipe's, and those
+    # measured before it had its memory stage are `auto-no-memory`'s
     for r in rows:
         if r["method"] == "auto" and (r.get("config") or {}).get("calibration") == "none":
             r["method"] = PREVIOUS
+        elif r["method"] == "auto" and "memory" not in (r.get("config") or {}).get("stages", ()):
+            r["method"] = NO_MEMORY
     # a held-out set that differs from another only in its dev split (quality.HELDOUT) shares that set's peer rows:
     # no peer reads dev
     rows += [{**r, "dataset": name, "shared_from": r["dataset"]} for name, spec in HELDOUT.items() if spec.dev != "carved"
@@ -86,10 +93,22 @@ def main() -> None:
     have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == EARLIER}
     rows += [{**r, "method": EARLIER, "carried": True} for r in rows
              if r["method"] == PREVIOUS and (r["dataset"], r["seed"]) not in have]
-    # the current default where quality.py has not run it: the previous default's row, marked †
-    have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == "auto"}
-    rows += [{**r, "method": "auto", "carried": True} for r in list(rows)
+    # `auto-no-memory` where quality.py has not run it: the previous default's row, marked †
+    have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == NO_MEMORY}
+    rows += [{**r, "method": NO_MEMORY, "carried": True} for r in list(rows)
              if r["method"] == EARLIER and (r["dataset"], r["seed"]) not in have]
+    # the current default where quality.py has not run it: `auto-no-memory`'s row (the same training) with the memory
+    # knn.py scored on that very training, at the λ the memory stage picks on dev; where dev picks λ = 0 the stage
+    # keeps no memory, so the classifier is the one without it; marked § where the scores are the replay's, † where
+    # knn.py has not scored that training (the row without the memory stands in)
+    replay = {(r["dataset"], r["seed"]): r for r in read_jsonl(Path(a.knn))}
+    have = {(r["dataset"], r["seed"]) for r in rows if r["method"] == "auto"}
+    for r in [r for r in rows if r["method"] == NO_MEMORY and (r["dataset"], r["seed"]) not in have]:
+        k = replay.get((r["dataset"], r["seed"]))
+        lam = None if k is None or r.get("carried") else knn.picked(k, "nn")
+        scores = dict(zip(("macro_f1", "tail_f1", "accuracy"), k["test"]["nn"][str(lam)])) if lam else {}
+        rows.append({**r, "method": "auto", **scores, "replayed": bool(lam), "memory_weight": lam,
+                     "carried": r.get("carried") or lam is None})
     # per set, only the seeds that the default and every peer of that set have run (a run in progress leaves no
     # half-filled column); the best preset and the ablation rows show whichever of those seeds they have
     kept = []
@@ -117,9 +136,10 @@ def main() -> None:
         mine = [r for r in rows if r["dataset"] == ds and r["method"] == row_method(method, ds)]
         fewer = method not in ("auto", *PEERS) and 0 < len(mine) < len(values("auto", ds))
         return ((" †" if any(r.get("carried") for r in mine) else "") + (" ‡" if any(r.get("grid") for r in mine) else "")
+                + (" §" if any(r.get("replayed") for r in mine) else "")
                 + (f" [{len(mine)}]" if fewer else ""))
 
-    methods = ["auto", EARLIER, "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct",
+    methods = ["auto", NO_MEMORY, EARLIER, "auto-b16", "auto-5ep", "auto-plain", "auto-contrastive", "auto-long", "auto-distinct",
                "auto-distinct-ho", "auto-iter40", "auto-supcon", "auto-supcon-t03", "auto-read-once", "auto-nostop", "auto-3ep", "auto-finetune", "auto-head-only", "auto-ln", "auto-wa", "auto-lld", "auto-memory", "auto-desc", "auto-desc-finetune",
                "auto-desc-obs", "lr-balanced-desc", "setfit-desc", "auto-names", "auto-names-obs", "auto-ln-names", "lr-balanced-names", "auto-nola", "auto-la", BEST_PRESET, *PEERS, "setfit-iter20"]
     lines = ["| method | " + " | ".join(sets) + " | average |", "|---|" + "---|" * (len(sets) + 1)]
@@ -165,9 +185,15 @@ def main() -> None:
         else:
             times.append(f"{s}: {ours_t:.0f} s; no peer within 2 points")
     if any(r.get("carried") for r in rows):
-        lines += ["", f"† includes seeds not yet re-run with the current `auto` recipe: their row of the previous "
-                  f"recipe (`{EARLIER}`; in its own row `{PREVIOUS}`, or the earlier rule for τ on a carved dev set) "
-                  f"stands in."]
+        lines += ["", (f"† includes seeds not yet run with the current `auto` recipe: their row of an earlier recipe "
+                       f"stands in (`{NO_MEMORY}` where knn.py has not scored the memory on that training; "
+                       f"`{EARLIER}` where `{NO_MEMORY}` has not run: in its own row `{PREVIOUS}`, or the earlier "
+                       f"rule for τ on a carved dev set).")]
+    if any(r.get("replayed") for r in rows):
+        lines += ["", (f"§ includes seeds where dev chose a memory (λ > 0): the scores of `{NO_MEMORY}`'s training "
+                       f"with the memory that `benchmarks/peers/knn.py` scored on it (the same training, then the λ "
+                       f"and τ the memory stage chooses on dev); the seconds are that training's, without the memory "
+                       f"stage.")]
     lines += ["", "[n]: on that set the row has run n seeds, fewer than the default's row (mean and std over those)."]
     shared = sorted({(r["dataset"], r["shared_from"]) for r in rows if r.get("shared_from")})
     if shared:

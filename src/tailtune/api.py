@@ -194,8 +194,18 @@ class TailtuneClassifier:
                 dev_features.append(cached_features(model, share, self.train_config))
             return procs.gather_rows(self._scores(model, share, dev_features[0], calibrated=False), len(dev_enc))
 
-        def evaluate() -> dict:
-            pred = model.calibrate(dev_scores()).argmax(-1).tolist()
+        index = {y: i for i, y in enumerate(labels)}
+        gold_dev = [index[y] for y in dev.labels]
+        carved_imbalanced = carved and not near_balanced(train_ds.labels)  # (what `auto`'s τ target reads)
+        fit_calibration = getattr(model.calibration, "fit", None)  # a calibration fitted on dev (e.g. its τ)
+
+        def evaluate(fit_calibration_first: bool = False) -> dict:
+            """The dev report at the current calibration, or (``fit_calibration_first``: for a stage's choice among
+            finished classifiers) with the calibration fitted on dev first, as the last step of fitting will."""
+            raw = dev_scores()
+            if fit_calibration_first and fit_calibration is not None:
+                fit_calibration(raw, gold_dev, carved=carved_imbalanced)
+            pred = model.calibrate(raw).argmax(-1).tolist()
             return long_tail_report(dev.labels, [labels[i] for i in pred], self.theta)
 
         # a run that stops (diverged, interrupted) leaves no half-trained model behind
@@ -220,24 +230,28 @@ class TailtuneClassifier:
         for stage in stages:
             if stage.when == "after":
                 stage_seconds += stage.run(model, train_ds, self.train_config, evaluate if dev_enc else None, log)
+                self._record(model, getattr(stage, "fitted_options", None))  # what it chose on dev
         result.seconds += stage_seconds
         self.__dict__.pop("prior_state_", None)
         if dev_enc:
-            index = {y: i for i, y in enumerate(labels)}
-            raw_dev, gold_dev = dev_scores(), [index[y] for y in dev.labels]
+            raw_dev = dev_scores()
             self.prior_state_ = fit_state(raw_dev, gold_dev)  # what `--test-prior em` calibrates with
-        fit_calibration = getattr(model.calibration, "fit", None)  # a calibration fitted on dev (e.g. its τ)
         if fit_calibration is not None and dev_enc:
-            fitted = fit_calibration(raw_dev, gold_dev, carved=carved and not near_balanced(train_ds.labels))
+            fitted = fit_calibration(raw_dev, gold_dev, carved=carved_imbalanced)
             if fitted is not None:
-                model.config = model.config.with_options(**fitted[0])  # what a save records
-                self.config = self.config.with_options(**fitted[0])  # and what `config` shows
+                self._record(model, fitted[0])
                 if log is not None:
                     log(fitted[1])
         self.model_, self.labels_, self.class_stats_, self.train_result_ = model, labels, stats, result
         self.train_labels_ = list(train_ds.labels)
         self.unlabeled_texts_ = 0 if unlabeled is None else len(unlabeled)  # (a save records how many)
         return self
+
+    def _record(self, model: Classifier, options: dict | None) -> None:
+        """Options chosen on dev while fitting, into what a save records and what `config` shows."""
+        if options:
+            model.config = model.config.with_options(**options)
+            self.config = self.config.with_options(**options)
 
     def _use_unlabeled(self, model: Classifier, stages: list, texts: list[str], mlm_weight: float,
                        train_ds: TextDataset) -> Any:

@@ -216,11 +216,13 @@ _CLS = {"readout": "cls"}  # CLS-tuning reads [CLS] by definition, whatever the 
 # default was chosen"); it reads what the backbone declares and starts a cosine head from the class
 # prototypes; few-shot, the body learns from pairs first, and with the fewest examples only the head trains
 # after (SetFit's recipe), else everything fine-tunes with a higher learning rate for the head than the body;
+# the head may then remember the training texts (each class's nearest one mixed into its score, its weight chosen on
+# dev, none where dev shows no gain beyond its noise);
 # the prediction subtracts τ·log(training prior), τ chosen on dev for test data like a dev set you give, or for a
 # class-balanced test set when the dev set was carved from imbalanced training data (a no-op on a balanced one).
 AUTO_TRAIN = {"epochs": 10.0, "min_steps": 50, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "eval_times": 10,
               "patience": 3, "patience_from": 0.5}
-_AUTO = {"readout": "auto", "head": "cosine", "layer_norm": "auto", "stages": ("contrastive",),
+_AUTO = {"readout": "auto", "head": "cosine", "layer_norm": "auto", "stages": ("contrastive", "memory"),
          "contrastive_below": 64, "contrastive_head_only_below": 17, "calibration": "logit-adjust", "adjust_tau": 0.0,
          "adjust_tau_from_dev": True, "adjust_target": "auto"}
 # the early-exit presets: `auto` with a cosine classifier after every layer, without the fitted logit adjustment
@@ -228,7 +230,7 @@ _AUTO = {"readout": "auto", "head": "cosine", "layer_norm": "auto", "stages": ("
 # adds it)
 _LA = ("calibration", "adjust_tau", "adjust_tau_from_dev", "adjust_target")
 _EXIT = {**{k: v for k, v in _AUTO.items() if k not in (*_LA, "layer_norm")}, "head": "early-exit",
-         "exit_head": "cosine"}
+         "exit_head": "cosine", "stages": ("contrastive",)}  # (the memory is the cosine head's alone)
 _EXIT_TWO_STAGE = {**_EXIT, "stages": ("contrastive", "exit-heads")}
 
 PRESETS: dict[str, Preset] = {
@@ -238,8 +240,9 @@ PRESETS: dict[str, Preset] = {
                    "pairs) tunes the body first; then, at 16 per class or fewer, only the head trains, else "
                    "everything is fine-tuned (body lr 5e-5, head lr 1e-3), from 64 per class with a LayerNorm "
                    "before the head; up to 10 epochs (50 updates at least), best dev macro-F1 (stops after 3 "
-                   "evaluations without a better one, counted from half of training on); then post-hoc logit "
-                   "adjustment, its τ chosen on dev: by macro-F1 for test data like a dev set you give, by "
+                   "evaluations without a better one, counted from half of training on); then a memory of the "
+                   "training texts (each class's nearest one mixed into its score, weight λ chosen on dev, none "
+                   "where dev shows no gain beyond its noise); then post-hoc logit adjustment, its τ chosen on dev: by macro-F1 for test data like a dev set you give, by "
                    "class-balanced log-loss (a balanced test set) for a dev set carved from imbalanced training data",
                    AUTO_TRAIN),
     "cls": Preset(dict(_CLS), "CLS-tuning: tanh MLP head on [CLS], all weights, cross-entropy"),
@@ -294,6 +297,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# options that dev may choose, and the switch that says it does: giving the option turns the switch off
+CHOSEN_ON_DEV = {"adjust_tau": "adjust_tau_from_dev", "memory_weight": "memory_weight_from_dev"}
+
+
 def config_from_preset(preset: str, defaults: Mapping[str, Any] | None = None, **overrides: Any) -> ClassifierConfig:
     """A preset with axis entries and options overridden.
 
@@ -323,8 +330,9 @@ def config_from_preset(preset: str, defaults: Mapping[str, Any] | None = None, *
     owned = owned_options(axes)  # the options of the chosen entries
     options = {k: v for k, v in (defaults or {}).items() if k in owned}
     options.update({k: v for k, v in values.items() if k in owned})  # the preset's own win over context
-    if user.get("adjust_tau") is not None and "adjust_tau_from_dev" not in user and "adjust_tau_from_dev" in owned:
-        options["adjust_tau_from_dev"] = False  # a τ the user gives is the τ used, not a start that dev replaces
+    for value, from_dev in CHOSEN_ON_DEV.items():  # a value the user gives is the value used, not one dev replaces
+        if user.get(value) is not None and from_dev not in user and from_dev in owned:
+            options[from_dev] = False
     options.update(user)  # and the user's over both; foreign options raise in ClassifierConfig
     return ClassifierConfig(**axes, **({"max_length": max_length} if max_length is not None else {}),
                             options=options)

@@ -224,10 +224,10 @@ ADJUST_TARGETS = ("dev", "balanced", "auto")
 BALANCED_TAUS = tuple(x / 20 for x in range(61))  # 0 to 3 on temperature-scaled scores, the balanced target's grid
 
 
-def choose_tau(scored: dict[float, float], n: int) -> tuple[float, float]:
-    """(τ, standard error): the smallest τ whose dev macro-F1 in ``scored`` is within one standard error of the
-    best one, the standard error taken as a proportion's, sqrt(F(1 - F) / n) for the best F on n dev examples
-    (the one-standard-error rule of model selection; Hastie et al., The Elements of Statistical Learning,
+def smallest_within_one_se(scored: dict[float, float], n: int) -> tuple[float, float]:
+    """(value, standard error): the smallest value (a τ, a memory weight λ) whose dev macro-F1 in ``scored`` is
+    within one standard error of the best one, the standard error taken as a proportion's, sqrt(F(1 - F) / n) for
+    the best F on n dev examples (the one-standard-error rule of model selection; Hastie et al., The Elements of Statistical Learning,
     7.10): the scores stay as trained unless dev shows, beyond its noise, that adjusting them helps."""
     best = max(scored.values())
     se = math.sqrt(best * (1 - best) / max(1, n))
@@ -280,7 +280,7 @@ class LogitAdjust:
         labels = sorted(set(gold)) if self.own_classes else None
         scored = {tau: float(f1_score(gold, (raw - tau * self.prior).argmax(-1).tolist(), average="macro",
                                       labels=labels, zero_division=0)) for tau in ADJUST_TAUS}
-        self.tau, se = choose_tau(scored, len(gold))
+        self.tau, se = smallest_within_one_se(scored, len(gold))
         return {"adjust_tau": self.tau}, (f"logit adjustment: τ = {self.tau:g} chosen on dev, the smallest within one "
                                           f"standard error ({se:.4f}) of the best macro-F1 (by τ: "
                                           + ", ".join(f"{t:g}: {f:.4f}" for t, f in scored.items()) + ")")

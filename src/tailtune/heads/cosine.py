@@ -50,7 +50,7 @@ class CosineHead(Head):
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, hidden) -> (batch, classes), computed in float32."""
         with torch.autocast(h.device.type, enabled=False):
-            z = F.normalize(self._features(self.dropout(h.float())), dim=-1)
+            z = self.unit_vectors(self.dropout(h.float()))
             cos = z @ F.normalize(self.weight.float(), dim=-1).T
             if self.memory_labels.numel() and float(self.memory_weight) > 0:
                 lam = self.memory_weight.float()
@@ -64,9 +64,18 @@ class CosineHead(Head):
     @torch.no_grad()
     def set_memory(self, h: torch.Tensor, labels: torch.Tensor, weight: float) -> None:
         """Remember read vectors ``h`` (n, hidden) of texts of class indices ``labels``, mixed in with weight λ."""
-        self.memory = F.normalize(self._features(h.float()), dim=-1).to(self.memory.device)
-        self.memory_labels = labels.to(self.memory_labels.device, torch.long)
+        self.memory = self.unit_vectors(h).to(self.memory.device)
+        self.memory_labels = labels.to(self.memory_labels.device, torch.long).clone()  # (its own storage: a save)
+        self.set_memory_weight(weight)
+
+    def set_memory_weight(self, weight: float) -> None:
+        """λ, the memory's weight in the scores (its texts kept)."""
         self.memory_weight = torch.tensor(float(weight), device=self.memory_weight.device)
+
+    def unit_vectors(self, h: torch.Tensor) -> torch.Tensor:
+        """(n, hidden) read vectors as the head compares them (and remembers them): through the LayerNorm if there
+        is one, in float32, of unit length."""
+        return F.normalize(self._features(h.float()), dim=-1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """The memory's size comes from what is loaded; a save without a memory (from before it existed, or a
