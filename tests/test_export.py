@@ -15,7 +15,7 @@ TEXTS = ["the movie was great", "bad food", "oil price news today", "who is it",
 
 @pytest.mark.parametrize("preset,options", [("cls", {}), ("auto", {}), ("prompt", {}), ("adapter", {}),
                                             ("soft-prompt", {"soft_tokens": 2}),
-                                            ("auto", {"stages": ["contrastive", "memory"]})])
+                                            ("auto", {"memory_weight": 0.5})])  # (a memory kept, whatever dev says)
 def test_onnx_runtime_gives_the_same_scores(preset, options, tiny_bert, toy, tmp_path, capsys):
     texts, labels = toy
     clf = tt.TailtuneClassifier(preset, tiny_bert, train_config=tt.TrainConfig(epochs=1, progress=False, seed=1),

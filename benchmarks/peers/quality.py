@@ -356,12 +356,15 @@ def run_tailtune(method: str, train, dev, test, seed: int, max_length: int, thet
         clf = tt.TailtuneClassifier(preset, max_length=max_length, theta=theta, train_config=tt.TrainConfig(
             epochs=epochs, batch_size=16 if long else 8, lr=1e-4, seed=seed, progress=False, eval_batch_size=128,
             bf16=bf16))
-    seconds = fit_timed(clf, train, dev, **fit_kw)
+    lines: list[str] = []
+    seconds = fit_timed(clf, train, dev, log=lines.append, **fit_kw)
     report = clf.evaluate(test)
     return {"report": report, "train_seconds": seconds, "epochs_run": clf.train_result_.epochs_run,
             "best_step": clf.train_result_.best_step, "steps": clf.train_result_.steps,
             "config": clf.config.to_dict(),  # and the options it chose from the training data (e.g. layer_norm)
-            "fitted_options": clf.fitted_options_}
+            "fitted_options": clf.fitted_options_,
+            # what was chosen on dev after training, as `train` prints it (the memory's λ with its seconds, the τ)
+            "chosen_on_dev": [line for line in lines if line.startswith(("memory:", "logit adjustment:"))]}
 
 
 def run_peer(method: str, train, dev, test, seed: int, max_length: int, theta: float, few: bool,
