@@ -641,6 +641,13 @@ def test_memory_weight_is_chosen_on_dev_and_the_memory_capped(tiny_bert, toy, tm
     assert lines[0].startswith(f"memory: none kept (read 9 training texts of {len(texts)} (32 floats each))")
     clf.save(tmp_path / "forgot")  # a forgotten memory saves (its empty tensors own their storage) and loads empty
     assert len(tt.TailtuneClassifier.load(tmp_path / "forgot").model_.head.memory_labels) == 0
+    # without a dev set there is nothing to choose on: no memory, as τ stays 0; a λ given is used as given
+    stage, lines = MemoryStage(MemoryOptions()), []
+    stage.run(clf.model_, tt.TextDataset(texts, labels), cfg, None, lines.append)
+    assert stage.fitted_options == {"memory_weight": 0.0} and len(head.memory) == 0 and "no dev set" in lines[0]
+    MemoryStage(MemoryOptions(memory_weight=0.25, memory_weight_from_dev=False)).run(
+        clf.model_, tt.TextDataset(texts, labels), cfg, None)
+    assert len(head.memory) == len(texts) and float(head.memory_weight) == 0.25
     # fitted for real: the λ chosen is what the save records and the head holds
     dev = tt.TextDataset(texts[:9], labels[:9])
     lines = []

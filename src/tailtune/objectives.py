@@ -227,8 +227,9 @@ BALANCED_TAUS = tuple(x / 20 for x in range(61))  # 0 to 3 on temperature-scaled
 def smallest_within_one_se(scored: dict[float, float], n: int) -> tuple[float, float]:
     """(value, standard error): the smallest value (a τ, a memory weight λ) whose dev macro-F1 in ``scored`` is
     within one standard error of the best one, the standard error taken as a proportion's, sqrt(F(1 - F) / n) for
-    the best F on n dev examples (the one-standard-error rule of model selection; Hastie et al., The Elements of Statistical Learning,
-    7.10): the scores stay as trained unless dev shows, beyond its noise, that adjusting them helps."""
+    the best F on n dev examples (the one-standard-error rule of model selection; Hastie et al., The Elements of
+    Statistical Learning, 7.10): the scores stay as trained unless dev shows, beyond its noise, that adjusting them
+    helps."""
     best = max(scored.values())
     se = math.sqrt(best * (1 - best) / max(1, n))
     return min(t for t, f in scored.items() if f >= best - se), se

@@ -36,7 +36,7 @@ class MemoryOptions:
     memory_weight_from_dev off)"""
     memory_weight_from_dev: bool = True
     """memory stage: choose λ on dev from 0, 0.1, 0.25, 0.5, 0.75, 1 (the smallest within one standard error of the
-    best dev macro-F1, τ refitted for each; 0 forgets the memory)"""
+    best dev macro-F1, τ refitted for each; 0 forgets the memory, as does a fit without a dev set)"""
     memory_size: int = 10_000
     """memory stage: the most training texts remembered; beyond it each class keeps at most a common cap (a seeded
     random sample of a larger class), so the tail classes stay whole"""
@@ -82,7 +82,10 @@ class MemoryStage:
                                      cfg.eval_batch_size, cfg.bf16)
         head, weight, chosen = model.head, self.opts.memory_weight, ""
         head.set_memory(vectors, labels[keep], weight)
-        if self.opts.memory_weight_from_dev and evaluate is not None:
+        if self.opts.memory_weight_from_dev and evaluate is None:  # no dev set to choose on: as trained (as τ is)
+            weight, chosen = 0.0, "; no dev set to choose λ on, so none is kept (--memory-weight sets one)"
+            self.fitted_options = {"memory_weight": weight}
+        elif self.opts.memory_weight_from_dev:
             reports = {}
             for lam in MEMORY_WEIGHTS:
                 head.set_memory_weight(lam)
