@@ -10,8 +10,9 @@ al., 2020's kNN-LM; retrieval-augmented long-tail recognition, Long et al., 2022
 tail class with two unlike texts keeps both.
 
 Each run trains ``auto`` without its memory (``quality.py``'s ``auto-no-memory``: same splits, seed and recipe; the
-λ = 0 column reproduces the peer table's cell of the default before the memory), then reads the unit vectors the cosine head compares, ``LN(h) / ‖LN(h)‖``,
-of the training, dev and test texts, and scores dev and test with two mixtures, each for every λ of ``LAMBDAS``:
+λ = 0 column reproduces the peer table's cell of the default before the memory), then reads the unit vectors the
+cosine head compares, ``LN(h) / ‖LN(h)‖``, of the training, dev and test texts, and scores dev and test with two
+mixtures, each for every λ of ``LAMBDAS``:
 
 - ``nn``: ``(1 − λ)·z + λ·s·max_{i in c} cos(v, v_i)``: the head's calibrated scores ``z`` (τ applied) mixed with
   each class's score of its nearest training text, on the head's own scale ``s``. One score per class, not a vote
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality import FEWSHOT, auto_classifier, by_dataset, dev_carved, fit_timed, load, read_jsonl  # noqa: E402
 
-from tailtune.objectives import smallest_within_one_se  # noqa: E402  (the one-standard-error rule of `--adjust-tau-from-dev`)
+from tailtune.objectives import smallest_within_one_se  # noqa: E402  (the rule that chooses τ and the memory's λ)
 
 LAMBDAS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 K = 10

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality import HELDOUT, LONGTAIL, auto_classifier, by_dataset, fit_timed, load, read_jsonl  # noqa: E402
-from tailtune.objectives import ADJUST_TAUS, smallest_within_one_se  # noqa: E402  (what `--adjust-tau-from-dev` chooses)
+from tailtune.objectives import ADJUST_TAUS, smallest_within_one_se  # noqa: E402  (`--adjust-tau-from-dev`'s rule)
 
 TAUS = ADJUST_TAUS
 
