@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import tailtune as tt
 from tailtune.batch import collate
 from tailtune.errors import ConfigError
+from tailtune.model import Classifier
 from tailtune.objectives import effective_number_weights
 from tailtune.registry import BuildContext
 
@@ -606,7 +607,7 @@ def test_memory_stage_mixes_each_class_nearest_training_text(tiny_bert, toy, tmp
     assert tt.config_from_preset("auto").options["memory_weight_from_dev"] is True
 
 
-def test_memory_weight_is_chosen_on_dev_and_the_memory_capped(tiny_bert, toy, tmp_path):
+def test_memory_weight_is_chosen_on_dev_and_the_memory_capped(tiny_bert, toy, tmp_path, monkeypatch):
     from tailtune.objectives import smallest_within_one_se
     from tailtune.stages.memory import MEMORY_WEIGHTS, MemoryOptions, MemoryStage, thin
     # the cap: every class keeps min(n_c, cap) for the largest cap that fits, a larger class a seeded sample
@@ -623,9 +624,9 @@ def test_memory_weight_is_chosen_on_dev_and_the_memory_capped(tiny_bert, toy, tm
         """The stage with a dev set that scores as ``dev_f1`` says for each λ the head holds when asked."""
         stage, lines, asked = MemoryStage(MemoryOptions(memory_size=size)), [], {}
 
-        def evaluate(fit_calibration_first: bool = False) -> dict:
+        def evaluate(fit_calibration_first: bool = False, head_only: bool = False) -> dict:
             lam = min(MEMORY_WEIGHTS, key=lambda w: abs(w - float(head.memory_weight)))  # (a float32 buffer)
-            asked[lam] = fit_calibration_first  # (each λ's τ fitted anew, as the final one will be)
+            asked[lam] = fit_calibration_first and head_only  # (τ fitted anew, as the final one will be; the head)
             return {"macro_f1": dev_f1[lam], "n": n_dev}
         stage.run(clf.model_, tt.TextDataset(texts, labels), cfg, evaluate, lines.append)
         assert list(asked) == list(MEMORY_WEIGHTS) and all(asked.values())
@@ -650,10 +651,22 @@ def test_memory_weight_is_chosen_on_dev_and_the_memory_capped(tiny_bert, toy, tm
     assert len(head.memory) == len(texts) and float(head.memory_weight) == 0.25
     # fitted for real: the λ chosen is what the save records and the head holds
     dev = tt.TextDataset(texts[:9], labels[:9])
-    lines = []
+    lines, reads = [], []
+    read_vectors = Classifier.read_vectors
+    monkeypatch.setattr(Classifier, "read_vectors", lambda self, enc, *a: reads.append(len(enc)) or read_vectors(
+        self, enc, *a))
     fitted = tt.TailtuneClassifier("auto", tiny_bert, stages=["memory"], train_config=cfg).fit(texts, labels, dev=dev,
                                                                                                log=lines.append)
     line = next(x for x in lines if x.startswith("memory: "))
     chosen = fitted.config.to_dict()["options"]["memory_weight"]
     assert f"λ = {chosen:g} chosen on dev" in line and float(fitted.model_.head.memory_weight) == chosen
     assert len(fitted.model_.head.memory) == (len(texts) if chosen else 0)
+    # the encoder read dev once, not once per λ (before it, the training texts for the head's prototypes and for the
+    # memory): each λ is a pass of the head alone, whose scores are the whole model's
+    assert reads == [len(texts), len(texts), len(dev)]
+    model, enc = fitted.model_, fitted.model_.encode(dev.texts)
+    index = torch.tensor([model.labels.index(y) for y in labels])
+    model.head.set_memory(read_vectors(model, model.encode(texts)), index, 0.5)
+    model.train()  # (as after training: the head's dropout is off when it scores)
+    torch.testing.assert_close(model.head_scores(read_vectors(model, enc)),
+                               fitted._scores(model, enc, calibrated=False), atol=1e-5, rtol=1e-4)

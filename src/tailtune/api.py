@@ -186,10 +186,16 @@ class TailtuneClassifier:
                 f"{c['pct_of_backbone_without_head']:.3f}% without the head)")
         dev_enc = model.encode(dev.texts, dev.texts_b) if len(dev) else None
         dev_features: list = []  # filled at the first evaluation, inside the timed loop
+        dev_reads: list = []  # dev's read vectors, once training is over (for stages that change only the head)
 
-        def dev_scores() -> torch.Tensor:
-            """The dev set's class scores, not yet calibrated."""
+        def dev_scores(head_only: bool = False) -> torch.Tensor:
+            """The dev set's class scores, not yet calibrated. ``head_only``: the body is final (a stage after training
+            that changes only the head asks), so dev's read vectors are computed once and only the head scores them."""
             share = procs.share(dev_enc)
+            if head_only and not any(e.views for e in share):  # (views are scored through the whole model)
+                if not dev_reads:
+                    dev_reads.append(model.read_vectors(share, self.train_config.eval_batch_size, self._bf16))
+                return procs.gather_rows(model.head_scores(dev_reads[0]), len(dev_enc))
             if not dev_features:  # a frozen backbone's dev features never change: encode them once
                 dev_features.append(cached_features(model, share, self.train_config))
             return procs.gather_rows(self._scores(model, share, dev_features[0], calibrated=False), len(dev_enc))
@@ -199,10 +205,11 @@ class TailtuneClassifier:
         carved_imbalanced = carved and not near_balanced(train_ds.labels)  # (what `auto`'s τ target reads)
         fit_calibration = getattr(model.calibration, "fit", None)  # a calibration fitted on dev (e.g. its τ)
 
-        def evaluate(fit_calibration_first: bool = False) -> dict:
+        def evaluate(fit_calibration_first: bool = False, head_only: bool = False) -> dict:
             """The dev report at the current calibration, or (``fit_calibration_first``: for a stage's choice among
-            finished classifiers) with the calibration fitted on dev first, as the last step of fitting will."""
-            raw = dev_scores()
+            finished classifiers) with the calibration fitted on dev first, as the last step of fitting will.
+            ``head_only``: only the head changed since the last such call (``dev_scores``)."""
+            raw = dev_scores(head_only)
             if fit_calibration_first and fit_calibration is not None:
                 fit_calibration(raw, gold_dev, carved=carved_imbalanced)
             pred = model.calibrate(raw).argmax(-1).tolist()
@@ -272,10 +279,15 @@ class TailtuneClassifier:
         if not hasattr(self, "model_"):
             raise ConfigError("this classifier is not trained yet: call fit() or load()")
 
+    @property
+    def _bf16(self) -> bool:
+        """Predict in bf16? (As the loaded classifier's precision says, else as training ran.)"""
+        return getattr(self, "precision_", "fp32") == "bf16" or (
+            not hasattr(self, "precision_") and self.train_config.bf16)
+
     def _scores(self, model: Classifier, encoded: list, features: list | None = None,
                 calibrated: bool = True) -> torch.Tensor:
-        bf16 = getattr(self, "precision_", "fp32") == "bf16" or (
-            not hasattr(self, "precision_") and self.train_config.bf16)
+        bf16 = self._bf16
         exit_rule = self.early_exit_ if hasattr(self, "early_exit_") else None
         if exit_rule is not None and features is None and calibrated:
             scores, self.layers_used_ = predict_early_exit(model, encoded, *exit_rule,

@@ -229,6 +229,16 @@ class Classifier(nn.Module):
         self.train(was_training)
         return torch.cat(rows)
 
+    @torch.no_grad()
+    def head_scores(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(n, classes) the head's raw scores of read vectors (``read_vectors``), in eval mode: what ``forward`` gives
+        for the same examples, without the encoder (for a head that reads one vector per example)."""
+        was_training = self.head.training
+        self.head.eval()
+        scores = self.head(vectors.to(next(self.parameters()).device)).float().cpu()
+        self.head.train(was_training)
+        return scores
+
     def class_prototypes(self, encoded: list[Encoded], targets: torch.Tensor, batch_size: int = 64,
                          bf16: bool = False) -> torch.Tensor:
         """(classes, dim): the mean of each class's L2-normalised read vectors, encoder in eval mode

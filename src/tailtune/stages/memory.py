@@ -89,7 +89,7 @@ class MemoryStage:
             reports = {}
             for lam in MEMORY_WEIGHTS:
                 head.set_memory_weight(lam)
-                reports[lam] = evaluate(fit_calibration_first=True)
+                reports[lam] = evaluate(fit_calibration_first=True, head_only=True)  # (dev read once)
             weight, se = smallest_within_one_se({lam: r["macro_f1"] for lam, r in reports.items()},
                                                 reports[0.0]["n"])
             chosen = (f"; λ = {weight:g} chosen on dev, the smallest within one standard error ({se:.4f}) of the best "
