@@ -208,7 +208,7 @@ class TailtuneClassifier:
         def evaluate(fit_calibration_first: bool = False, head_only: bool = False) -> dict:
             """The dev report at the current calibration, or (``fit_calibration_first``: for a stage's choice among
             finished classifiers) with the calibration fitted on dev first, as the last step of fitting will.
-            ``head_only``: only the head changed since the last such call (``dev_scores``)."""
+            ``head_only``: within a stage after training, only the head changed since its last such call."""
             raw = dev_scores(head_only)
             if fit_calibration_first and fit_calibration is not None:
                 fit_calibration(raw, gold_dev, carved=carved_imbalanced)
@@ -236,6 +236,7 @@ class TailtuneClassifier:
         model.set_trainable()  # back to the classifier's own trainable set (what its save holds)
         for stage in stages:
             if stage.when == "after":
+                dev_reads.clear()  # (read again for each stage: one before it may have changed more than the head)
                 stage_seconds += stage.run(model, train_ds, self.train_config, evaluate if dev_enc else None, log)
                 self._record(model, getattr(stage, "fitted_options", None))  # what it chose on dev
         result.seconds += stage_seconds
