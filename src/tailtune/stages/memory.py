@@ -55,9 +55,10 @@ def thin(labels: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
     if len(labels) <= size:
         return torch.arange(len(labels))
     counts = torch.bincount(labels)
-    cap = 0
-    while (counts.clamp(max=cap + 1)).sum() <= size:  # (at most the largest class's size steps)
-        cap += 1
+    cap, above = 0, int(counts.max())  # the largest cap that fits lies in [cap, above): bisection
+    while above - cap > 1:
+        mid = (cap + above) // 2
+        cap, above = (mid, above) if int(counts.clamp(max=mid).sum()) <= size else (cap, mid)
     g = torch.Generator().manual_seed(seed)
     keep = [idx if len(idx) <= cap else idx[torch.randperm(len(idx), generator=g)[:cap]]
             for idx in ((labels == c).nonzero().flatten() for c in range(len(counts)))]
