@@ -615,6 +615,13 @@ def test_memory_weight_is_chosen_on_dev_and_the_memory_capped(tiny_bert, toy, tm
     kept = thin(labels, 8, seed=3)
     assert torch.bincount(labels[kept]).tolist() == [4, 3, 1] and torch.equal(kept, thin(labels, 8, seed=3))
     assert torch.equal(thin(labels, 14), torch.arange(14)) and len(thin(labels, 3)) == 3  # (cap 1: one each)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):  # the cap is the largest that fits (the bisection against a search of every cap)
+        labels = torch.randint(0, 7, (200,), generator=g) ** 2 % 7  # (uneven classes)
+        size = int(torch.randint(1, 200, (1,), generator=g))
+        counts = torch.bincount(labels)
+        cap = max(c for c in range(int(counts.max()) + 1) if counts.clamp(max=c).sum() <= size)
+        assert torch.equal(torch.bincount(labels[thin(labels, size)], minlength=len(counts)), counts.clamp(max=cap))
     texts, labels = toy
     cfg = tt.TrainConfig(epochs=1, batch_size=8, progress=False, seed=0)
     clf = tt.TailtuneClassifier("auto", tiny_bert, stages=[], train_config=cfg).fit(texts, labels)
