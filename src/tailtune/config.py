@@ -243,7 +243,8 @@ PRESETS: dict[str, Preset] = {
                    "evaluations without a better one, counted from half of training on); then a memory of the "
                    "training texts (each class's nearest one mixed into its score, weight λ chosen on dev, none "
                    "where dev shows no gain beyond its noise); then post-hoc logit adjustment, its τ chosen on dev: "
-                   "by macro-F1 for test data like a dev set you give, by class-balanced log-loss (a balanced test set) for a dev set carved from imbalanced training data",
+                   "by macro-F1 for test data like a dev set you give, by class-balanced log-loss (a balanced test "
+                   "set) for a dev set carved from imbalanced training data",
                    AUTO_TRAIN),
     "cls": Preset(dict(_CLS), "CLS-tuning: tanh MLP head on [CLS], all weights, cross-entropy"),
     "cls-relu": Preset({**_CLS, "activation": "relu"}, "CLS-tuning with a ReLU MLP head"),

@@ -68,6 +68,12 @@ class CosineHead(Head):
         self.memory_labels = labels.to(self.memory_labels.device, torch.long).clone()  # (its own storage: a save)
         self.set_memory_weight(weight)
 
+    def forget_memory(self) -> None:
+        """Keep no memory: the scores are the class weights' alone, and a save holds none."""
+        self.memory = self.memory[:0].clone()  # (empty tensors of their own storage: a save)
+        self.memory_labels = self.memory_labels[:0].clone()
+        self.set_memory_weight(0.0)
+
     def set_memory_weight(self, weight: float) -> None:
         """λ, the memory's weight in the scores (its texts kept)."""
         self.memory_weight = torch.tensor(float(weight), device=self.memory_weight.device)

@@ -75,18 +75,22 @@ class MemoryStage:
     def run(self, model: Any, examples: Any, cfg: TrainConfig, evaluate: Callable[..., dict] | None = None,
             log: Callable[[str], None] | None = None) -> float:
         t0 = time.perf_counter()
+        head = model.head
+        if self.opts.memory_weight_from_dev and evaluate is None:  # no dev set to choose on: as trained (as τ is)
+            head.forget_memory()
+            self.fitted_options = {"memory_weight": 0.0}
+            if log:
+                log("memory: none kept; no dev set to choose λ on, so nothing was read (--memory-weight sets one)")
+            return time.perf_counter() - t0
         index = {y: i for i, y in enumerate(model.labels)}
         labels = torch.tensor([index[y] for y in examples.labels])
         keep = thin(labels, self.opts.memory_size, cfg.seed)
         texts_b = None if examples.texts_b is None else [examples.texts_b[i] for i in keep.tolist()]
         vectors = model.read_vectors(model.encode([examples.texts[i] for i in keep.tolist()], texts_b),
                                      cfg.eval_batch_size, cfg.bf16)
-        head, weight, chosen = model.head, self.opts.memory_weight, ""
+        weight, chosen = self.opts.memory_weight, ""
         head.set_memory(vectors, labels[keep], weight)
-        if self.opts.memory_weight_from_dev and evaluate is None:  # no dev set to choose on: as trained (as τ is)
-            weight, chosen = 0.0, "; no dev set to choose λ on, so none is kept (--memory-weight sets one)"
-            self.fitted_options = {"memory_weight": weight}
-        elif self.opts.memory_weight_from_dev:
+        if self.opts.memory_weight_from_dev:
             reports = {}
             for lam in MEMORY_WEIGHTS:
                 head.set_memory_weight(lam)
@@ -98,7 +102,7 @@ class MemoryStage:
                       + ")")
             self.fitted_options = {"memory_weight": weight}
         if weight == 0:
-            head.set_memory(vectors[:0], labels[:0], 0.0)  # nothing to mix in: nothing to save
+            head.forget_memory()  # nothing to mix in: nothing to save
         else:
             head.set_memory_weight(weight)
         seconds = time.perf_counter() - t0
