@@ -90,12 +90,13 @@ def score(t: dict, meta: dict, dataset: str) -> dict:
     return out
 
 
-def run(data_dir: Path, name: str, seed: int, save: Path | None) -> dict:
+def run(data_dir: Path, name: str, seed: int, save: Path | None, length: int | None = None) -> dict:
     import torch
 
     from tailtune.metrics import near_balanced
     from tailtune.training import predict_logits
     train, dev, test, max_length, theta, _ = load(data_dir, name, seed)
+    max_length = length or max_length  # --max-length, as quality.py's
     fit_train, fit_dev = load(data_dir, name, seed, carve=False)[:2]  # as quality.py fits (fit carves the same dev)
     clf = auto_classifier(seed, max_length, theta, "auto-no-memory")
     seconds = fit_timed(clf, fit_train, fit_dev)
@@ -112,14 +113,15 @@ def run(data_dir: Path, name: str, seed: int, save: Path | None) -> dict:
               f"{part}_gold": torch.tensor([index.get(y, -1) for y in ds.labels])}
     meta = {"scale": str(scale), "theta": str(theta), "labels": json.dumps(labels), "dataset": name, "seed": str(seed),
             "carved": str(dev_carved(data_dir, name) and not near_balanced(train.labels)).lower()}
-    row = {"dataset": name, "method": "auto", "seed": seed, "train_seconds": seconds, "n_train": len(train),
+    row = {"dataset": name, "method": "auto", "seed": seed, "max_length": max_length, "train_seconds": seconds,
+           "n_train": len(train),
            "n_dev": len(dev), "n_test": len(test), "scale": scale, "k": K, "torch_threads": torch.get_num_threads(),
            "fitted_options": clf.fitted_options_, "run_tau": getattr(model.calibration, "tau", None), **score(t, meta, name)}
     if save is not None:
         from safetensors.torch import save_file
         save.mkdir(parents=True, exist_ok=True)
         save_file({k: v.float().contiguous() if v.is_floating_point() else v.contiguous() for k, v in t.items()},
-                  str(save / f"{name}-{seed}.safetensors"), metadata=meta)
+                  str(save / f"{name}-{seed}{f'-{length}' if length else ''}.safetensors"), metadata=meta)
     return row
 
 
@@ -163,6 +165,8 @@ def main() -> None:
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "quality" / "knn.jsonl"))
     p.add_argument("--only", nargs="*", default=["r52", "trec50"])
     p.add_argument("--seeds", nargs="*", type=int, default=[13, 21, 42])
+    p.add_argument("--max-length", type=int, default=None,
+                   help="train and read at this many tokens instead of the set's protocol length (use its own --out)")
     p.add_argument("--summary", action="store_true", help="print the table of the results file and stop")
     p.add_argument("--rescore", nargs="*", type=Path, default=None,
                    help="score these saved runs (--save-vectors files) again, replacing their rows, and stop")
@@ -188,7 +192,7 @@ def main() -> None:
             if (name, seed) in done:
                 continue
             print(f"{name} seed {seed}", flush=True)
-            row = run(Path(a.data_dir), name, seed, a.save_vectors)
+            row = run(Path(a.data_dir), name, seed, a.save_vectors, a.max_length)
             print("    test macro-F1 by λ, nn: " + " ".join(f"{lam}:{100 * v[0]:.1f}" for lam, v in
                                                          row["test"]["nn"].items())
                   + f" ({row['train_seconds']:.0f} s)", flush=True)
