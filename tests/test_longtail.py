@@ -677,3 +677,10 @@ def test_memory_weight_is_chosen_on_dev_and_the_memory_capped(tiny_bert, toy, tm
     model.train()  # (as after training: the head's dropout is off when it scores)
     torch.testing.assert_close(model.head_scores(read_vectors(model, enc)),
                                fitted._scores(model, enc, calibrated=False), atol=1e-5, rtol=1e-4)
+    # a memory too small for one text of every class is refused before the backbone loads (it would stay empty)
+    with pytest.raises(ConfigError, match=f"memory_size=2: .* fewer than the {len(set(labels))} classes"):
+        tt.TailtuneClassifier("auto", str(tmp_path / "no-such-backbone"), stages=["memory"], memory_size=2,
+                              train_config=cfg).fit(texts, labels, dev=dev)
+    small = tt.TailtuneClassifier("auto", tiny_bert, stages=["memory"], memory_size=len(set(labels)),
+                                  memory_weight=0.5, train_config=cfg).fit(texts, labels, dev=dev)
+    assert sorted(small.model_.head.memory_labels.tolist()) == list(range(len(set(labels))))  # (one text of each)

@@ -168,7 +168,7 @@ class TailtuneClassifier:
         set_seed(self.train_config.seed)
         observed = per_class(train_ds)
         config = self.config.fitted(unlabeled=0 if unlabeled is None else len(unlabeled),  # ("auto" options)
-                                    per_class=observed)
+                                    per_class=observed, classes=len(labels))
         self.fitted_options_ = {k: v for k, v in config.options.items() if self.config.options.get(k) != v}
         if log is not None and self.fitted_options_:
             log("chosen from the training data (" + f"{observed:.1f} examples per class on average"

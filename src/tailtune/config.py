@@ -101,7 +101,8 @@ class ClassifierConfig:
     def fitted(self, **facts: Any) -> "ClassifierConfig":
         """This configuration with the options that are chosen from the training data (``auto`` values whose entry
         has a ``fit_options(options, facts)`` trait) replaced by what ``facts`` (e.g. ``unlabeled``: how many
-        unlabelled texts come with the training data) choose."""
+        unlabelled texts come with the training data; ``per_class``, ``classes``) choose. An entry whose options
+        cannot serve the data refuses it there (``ConfigError``), before the backbone loads or anything trains."""
         updates: dict[str, Any] = {}
         for key, entry in [*((axis, self.entry(axis)) for axis in AXIS_NAMES),
                            *((f"stage:{e.name}", e) for e in self.stage_entries())]:

@@ -49,6 +49,17 @@ class MemoryOptions:
                               f"from 0 (the class weights alone) to 1 (the nearest texts alone)")
 
 
+def check_size(opts: MemoryOptions, facts: dict) -> dict:
+    """Refuse, before anything trains, a memory too small to hold one text of every class (``thin``'s cap would be
+    0: the memory would stay empty and the stage do nothing). Chooses no option (the ``fit_options`` trait)."""
+    classes = facts.get("classes", 0)
+    if opts.memory_size < classes and (opts.memory_weight_from_dev or opts.memory_weight > 0):
+        raise ConfigError(f"memory_size={opts.memory_size}: the memory keeps at most that many training texts, fewer "
+                          f"than the {classes} classes, so it would hold none; give --memory-size {classes} or more "
+                          f"(default {MemoryOptions.memory_size:,}), or train without the memory stage")
+    return {}
+
+
 def thin(labels: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
     """Indices of at most ``size`` of the examples of class indices ``labels``: every class keeps min(n_c, cap), the
     largest cap that fits (water-filling), a class above it a seeded random sample; all of them when they fit."""
@@ -116,6 +127,6 @@ class MemoryStage:
 
 @STAGES.register("memory", MemoryOptions, description="a memory of the training texts after the main fine-tuning: "
                  "the cosine head mixes each class's nearest training text into its score, weight chosen on dev",
-                 when="after", requires={"head": ("cosine",)})
+                 when="after", requires={"head": ("cosine",)}, fit_options=check_size)
 def build_memory(opts: MemoryOptions) -> MemoryStage:
     return MemoryStage(opts)
