@@ -31,6 +31,7 @@ import argparse
 import json
 import statistics
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,10 +56,12 @@ def score(t: dict, meta: dict, dataset: str) -> dict:
     then the logit adjustment's τ fitted on the mixed dev scores, as `auto` fits it (``LogitAdjust.fit``, its target
     ``auto``); ``knn`` mixes probabilities after the τ of λ = 0."""
     import torch
+    from sklearn.metrics import balanced_accuracy_score
 
     from tailtune.heads.cosine import nearest_cosines
     from tailtune.metrics import long_tail_report
-    from tailtune.objectives import LogitAdjust
+    from tailtune.objectives import LogitAdjust, balanced_log_loss
+    from tailtune.priorshift import fit_temperature
     scale, theta, labels = float(meta["scale"]), float(meta["theta"]), json.loads(meta["labels"])
     train_y, n_classes = t["train_gold"], len(labels)
     counts = {labels[i]: int(n) for i, n in enumerate(torch.bincount(train_y, minlength=n_classes))}
@@ -68,7 +71,8 @@ def score(t: dict, meta: dict, dataset: str) -> dict:
     near = {part: scale * nearest_cosines(t[f"{part}_vectors"], t["train_vectors"], train_y, raw[part] / scale)
             for part in ("dev", "test")}
     adjust = LogitAdjust(t["log_prior"], 0.0, True, "auto")
-    out: dict = {"dev": {"nn": {}, "knn": {}}, "test": {"nn": {}, "knn": {}}, "tau": {}}
+    out: dict = {"dev": {"nn": {}, "knn": {}}, "test": {"nn": {}, "knn": {}}, "tau": {}, "dev_balanced": {},
+                 "carved": meta["carved"] == "true"}
 
     def report(part: str, s) -> list:
         rep = long_tail_report(golds[part], [labels[i] for i in s.argmax(1).tolist()], theta, counts)
@@ -79,6 +83,12 @@ def score(t: dict, meta: dict, dataset: str) -> dict:
         out["tau"][str(lam)] = adjust.tau
         for part, scores in mixed.items():
             out[part]["nn"][str(lam)] = report(part, adjust(scores))
+        dev = adjust(mixed["dev"])  # (other rules for λ: class-balanced dev log-loss, temperature fitted; recall)
+        gold = t["dev_gold"].tolist()
+        with warnings.catch_warnings():  # (predictions of classes dev lacks: recall is over dev's own)
+            warnings.simplefilter("ignore", UserWarning)
+            out["dev_balanced"][str(lam)] = [balanced_log_loss(dev / fit_temperature(dev, gold), gold),
+                                             balanced_accuracy_score(gold, dev.argmax(1).tolist())]
     adjust.fit(raw["dev"], t["dev_gold"].tolist(), carved=meta["carved"] == "true")
     for part, r in raw.items():
         sims = t[f"{part}_vectors"] @ t["train_vectors"].T
@@ -159,6 +169,27 @@ def summary(rows: list[dict]) -> None:
                   + f"{100 * tail0:.1f} → {100 * statistics.mean(s[1] for s, _ in chosen):.1f} |")
 
 
+def rules(rows: list[dict]) -> None:
+    """Per set: mean test score of the ``nn`` mixture at the λ each rule picks on dev: the memory stage's (the smallest
+    λ within one standard error of the best dev macro-F1), the least class-balanced dev log-loss (the rule τ follows on
+    a carved dev set), the smallest λ within one standard error of the best balanced accuracy (mean recall), and 0."""
+    picks = {"dev macro-F1, one SE (the stage's)": lambda r: picked(r, "nn"),
+             "least balanced dev log-loss": lambda r: min(LAMBDAS, key=lambda lam: r["dev_balanced"][str(lam)][0]),
+             "dev balanced accuracy, one SE": lambda r: smallest_within_one_se(
+                 {lam: r["dev_balanced"][str(lam)][1] for lam in LAMBDAS}, r["n_dev"])[0],
+             "none (λ = 0)": lambda r: 0.0}
+    print("| set | dev | seeds | " + " | ".join(picks) + " |")
+    print("|---|---|---|" + "---|" * len(picks))
+    for name, rs in by_dataset([r for r in rows if "dev_balanced" in r]).items():
+        i = 2 if name in FEWSHOT else 0
+        cells = []
+        for pick in picks.values():
+            lams = [pick(r) for r in rs]
+            mean = statistics.mean(r["test"]["nn"][str(lam)][i] for r, lam in zip(rs, lams))
+            cells.append(f"{100 * mean:.1f} (λ {', '.join(f'{lam:g}' for lam in lams)})")
+        print(f"| {name} | {'carved' if rs[0]['carved'] else 'given'} | {len(rs)} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data-dir", default="../shared/data")
@@ -168,14 +199,16 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=None,
                    help="train and read at this many tokens instead of the set's protocol length (use its own --out)")
     p.add_argument("--summary", action="store_true", help="print the table of the results file and stop")
+    p.add_argument("--rules", action="store_true",
+                   help="print the test score at the λ each rule for choosing it picks on dev, and stop")
     p.add_argument("--rescore", nargs="*", type=Path, default=None,
                    help="score these saved runs (--save-vectors files) again, replacing their rows, and stop")
     p.add_argument("--save-vectors", type=Path, default=None,
                    help="also write each run's unit vectors, raw scores, gold labels and log prior (safetensors) here")
     a = p.parse_args()
     out = Path(a.out)
-    if a.summary:
-        summary(read_jsonl(out))
+    if a.summary or a.rules:
+        (rules if a.rules else summary)(read_jsonl(out))
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     if a.rescore is not None:

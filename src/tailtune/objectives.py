@@ -243,13 +243,16 @@ def balanced_tau(raw: torch.Tensor, gold: list[int], prior: torch.Tensor) -> tup
     ``raw`` (``τ·T``), so that ``raw - τ·log prior`` predicts the same."""
     from .priorshift import fit_temperature
     t = fit_temperature(raw, gold)
-    target = torch.as_tensor(gold)
-    w = 1 / torch.bincount(target, minlength=raw.shape[1]).float()[target]
     z = raw.float() / t
+    return min(BALANCED_TAUS, key=lambda tau: balanced_log_loss(z - tau * prior, gold)) * t, t
 
-    def loss(tau: float) -> float:
-        return float((F.cross_entropy(z - tau * prior, target, reduction="none") * w).sum() / w.sum())
-    return min(BALANCED_TAUS, key=loss) * t, t
+
+def balanced_log_loss(scores: torch.Tensor, gold: list[int]) -> float:
+    """The log-loss of ``scores`` (logits) against ``gold`` with every class weighing the same: each example weighted
+    by 1 / its class's count, the set re-weighted to balance."""
+    target = torch.as_tensor(gold)
+    w = 1 / torch.bincount(target, minlength=scores.shape[1]).float()[target]
+    return float((F.cross_entropy(scores, target, reduction="none") * w).sum() / w.sum())
 
 
 class LogitAdjust:
