@@ -77,19 +77,19 @@ def score(t: dict, meta: dict, dataset: str) -> dict:
     def report(part: str, s) -> list:
         rep = long_tail_report(golds[part], [labels[i] for i in s.argmax(1).tolist()], theta, counts)
         return [rep["macro_f1"], rep["tail_f1"], rep["accuracy"]]
+    gold = t["dev_gold"].tolist()
     for lam in LAMBDAS:
         mixed = {part: (1 - lam) * raw[part] + lam * near[part] for part in raw}
-        adjust.fit(mixed["dev"], t["dev_gold"].tolist(), carved=meta["carved"] == "true")
+        adjust.fit(mixed["dev"], gold, carved=meta["carved"] == "true")
         out["tau"][str(lam)] = adjust.tau
         for part, scores in mixed.items():
             out[part]["nn"][str(lam)] = report(part, adjust(scores))
         dev = adjust(mixed["dev"])  # (other rules for λ: class-balanced dev log-loss, temperature fitted; recall)
-        gold = t["dev_gold"].tolist()
         with warnings.catch_warnings():  # (predictions of classes dev lacks: recall is over dev's own)
             warnings.simplefilter("ignore", UserWarning)
             out["dev_balanced"][str(lam)] = [balanced_log_loss(dev / fit_temperature(dev, gold), gold),
                                              balanced_accuracy_score(gold, dev.argmax(1).tolist())]
-    adjust.fit(raw["dev"], t["dev_gold"].tolist(), carved=meta["carved"] == "true")
+    adjust.fit(raw["dev"], gold, carved=meta["carved"] == "true")
     for part, r in raw.items():
         sims = t[f"{part}_vectors"] @ t["train_vectors"].T
         top, at = sims.topk(min(K, sims.shape[1]), dim=1)
@@ -124,8 +124,8 @@ def run(data_dir: Path, name: str, seed: int, save: Path | None, length: int | N
     meta = {"scale": str(scale), "theta": str(theta), "labels": json.dumps(labels), "dataset": name, "seed": str(seed),
             "carved": str(dev_carved(data_dir, name) and not near_balanced(train.labels)).lower()}
     row = {"dataset": name, "method": "auto", "seed": seed, "max_length": max_length, "train_seconds": seconds,
-           "n_train": len(train),
-           "n_dev": len(dev), "n_test": len(test), "scale": scale, "k": K, "torch_threads": torch.get_num_threads(),
+           "n_train": len(train), "n_dev": len(dev), "n_test": len(test), "scale": scale, "k": K,
+           "torch_threads": torch.get_num_threads(),
            "fitted_options": clf.fitted_options_, "run_tau": getattr(model.calibration, "tau", None), **score(t, meta, name)}
     if save is not None:
         from safetensors.torch import save_file
